@@ -1,0 +1,40 @@
+//! reef's BGP speaker.
+//!
+//! Each node advertises its pod address blocks to its peers (the node-to-node mesh, route
+//! reflectors, the user's routers) and learns everyone else's. Data flows one way:
+//!
+//! ```text
+//! wire bytes ─▶ packet (pure decode) ─▶ session FSM (pure) ─▶ RIB + policy ─▶ best paths ─▶ agent
+//! ```
+//!
+//! This crate owns BGP sessions and the routing information they carry. It must not program
+//! the kernel, allocate addresses or read the datastore: the agent feeds it prefixes to
+//! originate and peers to talk to, and consumes the stream of [`BestPathChange`]s.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+pub use reef_config::PeerType;
+
+/// An autonomous system number (4-octet, RFC 6793).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Asn(pub u32);
+
+/// The RFC 4271 session states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+/// A change of the best path(s) for one prefix, for route programming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BestPathChange {
+    pub prefix: IpNetwork,
+    /// The next hops of the equal-cost best paths; empty when the prefix is withdrawn.
+    pub next_hops: Vec<IpAddr>,
+}

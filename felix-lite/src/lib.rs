@@ -1,0 +1,55 @@
+//! felix-lite: keeps the kernel's routing table equal to the routes reef wants.
+//!
+//! ```text
+//! route plan ─▶ desired routes ─┐
+//!                               ├─▶ diff ─▶ rtnetlink (add / replace / delete)
+//! kernel routes (reef's proto) ─┘
+//! ```
+//!
+//! Every route it writes carries reef's own route protocol number ([`RouteProtocol`]); it only
+//! ever reads back, changes or deletes routes with that number. It must never touch a route of
+//! another protocol, an interface, or an address.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+/// The `rtm_protocol` value that marks a route as reef's. 201 is unassigned in iproute2's
+/// `rt_protos` and unused by BIRD (12), FRR/zebra (11, 186-196), Calico/felix (80), or dhcp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteProtocol(pub u8);
+
+impl Default for RouteProtocol {
+    fn default() -> Self {
+        RouteProtocol(201)
+    }
+}
+
+/// One next hop of a unicast route.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NextHop {
+    /// The gateway; `None` for a directly connected destination (scope link).
+    pub gateway: Option<IpAddr>,
+    /// The outgoing interface by name.
+    pub interface: String,
+    /// The gateway is reachable on the interface even without a covering subnet route.
+    pub onlink: bool,
+}
+
+/// What a route does with the packets it matches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteTarget {
+    /// Forward to one next hop, or several (one multipath route).
+    Unicast(Vec<NextHop>),
+    /// Drop silently.
+    Blackhole,
+    /// Drop and answer ICMP unreachable.
+    Unreachable,
+}
+
+/// A route as reef wants it in the kernel's main table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub destination: IpNetwork,
+    pub target: RouteTarget,
+}

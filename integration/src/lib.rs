@@ -1,0 +1,1 @@
+//! reef's multi-node test lab.

@@ -1,0 +1,37 @@
+//! reef's data plane decisions and the IP-in-IP device.
+//!
+//! ```text
+//! node address, own blocks, local pods, pools, remote routes ─▶ route plan (pure) ─▶ felix-lite
+//!                                                                   └─▶ tunl0 (kernel) or userspace ipip
+//! ```
+//!
+//! For each remote block this crate decides between a direct route on the parent interface and
+//! IP-in-IP through `tunl0`, and it keeps that one tunnel device in shape. It must not touch
+//! interfaces other than the tunnel it manages, nor routes: route programming is felix-lite's.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+pub use reef_config::IpipMode;
+
+/// Why a route exists; `reef routes` prints it beside each route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteReason {
+    /// A pod on this node, via its veth.
+    LocalPod,
+    /// A block this node owns, as a blackhole for its unused addresses.
+    OwnBlock,
+    /// A remote block whose node is reachable without encapsulation.
+    Direct,
+    /// A remote block reached over kernel IP-in-IP (`tunl0`).
+    Ipip,
+    /// A remote block reached over reef's userspace IP-in-IP fallback.
+    UserspaceIpip,
+}
+
+/// A remote block and the nodes that advertise it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRoute {
+    pub prefix: IpNetwork,
+    pub next_hops: Vec<IpAddr>,
+}
