@@ -11,6 +11,8 @@
 //! the kernel, allocate addresses or read the datastore: the agent feeds it prefixes to
 //! originate and peers to talk to, and consumes the stream of [`BestPathChange`]s.
 
+pub mod attrs;
+
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
