@@ -1,0 +1,290 @@
+//! Multi-node topologies: N nodes on K subnets behind one router, with pods attached to nodes.
+//!
+//! ```text
+//!   node0 10.100.1.10 ─┐                      ┌─ node2 10.100.2.10
+//!                      br0 ─[ router ns ]─ br1
+//!   node1 10.100.1.11 ─┘  .1             .1   └─ node3 10.100.2.11
+//! ```
+//!
+//! Every box is a namespace the test owns; the bridges live inside the router namespace, so
+//! nothing is created in the machine's root namespace. Subnet `k` (0-based) is
+//! `10.100.<k+1>.0/24` and `fd00:100:<k+1>::/64`; the router is `.1` / `::1` on each; nodes are
+//! spread evenly, in order, and numbered from `.10` in their subnet. Each node has a default
+//! route via its router address; forwarding is on in the router and the nodes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::netns::Netns;
+use crate::Error;
+
+/// How to build a [`Topology`].
+#[derive(Debug, Clone)]
+pub struct TopologyBuilder {
+    nodes: usize,
+    subnets: usize,
+    ipv6: bool,
+}
+
+/// One node: a namespace with `eth0` on its subnet.
+#[derive(Debug)]
+pub struct Node {
+    pub ns: Netns,
+    /// Index in [`Topology::nodes`].
+    pub index: usize,
+    /// 0-based subnet index.
+    pub subnet: usize,
+    pub addr: Ipv4Addr,
+    pub addr6: Option<Ipv6Addr>,
+    /// The prefix length of `addr` on `eth0` (24).
+    pub prefix_len: u8,
+    /// The router's address on this node's subnet.
+    pub gateway: Ipv4Addr,
+}
+
+/// A pod wired to a node the way reef's CNI plugin does (Calico-style): `/32` on the pod's
+/// `eth0`, default route via `169.254.1.1` answered by proxy ARP on the host-side veth, and a
+/// `/32` route to the pod on the node.
+#[derive(Debug)]
+pub struct Pod {
+    pub ns: Netns,
+    pub node: usize,
+    pub addr: Ipv4Addr,
+    /// The host-side veth in the node namespace.
+    pub host_veth: String,
+}
+
+/// The built topology; dropping it removes every namespace (pods first, then nodes, then the
+/// router) and every process still running inside them.
+#[derive(Debug)]
+pub struct Topology {
+    // Field order is drop order.
+    pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
+    pub router: Netns,
+}
+
+impl Default for TopologyBuilder {
+    fn default() -> Self {
+        TopologyBuilder {
+            nodes: 4,
+            subnets: 2,
+            ipv6: false,
+        }
+    }
+}
+
+impl TopologyBuilder {
+    /// Number of nodes (default 4).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Number of subnets the nodes are spread over (default 2).
+    pub fn subnets(mut self, k: usize) -> Self {
+        self.subnets = k;
+        self
+    }
+
+    /// Also give every node and the router IPv6 addresses.
+    pub fn ipv6(mut self, on: bool) -> Self {
+        self.ipv6 = on;
+        self
+    }
+
+    /// Creates the namespaces, links and addresses.
+    pub fn build(self) -> Result<Topology, Error> {
+        if self.subnets == 0 || self.subnets > 200 || self.nodes == 0 || self.nodes > 200 {
+            return Err(Error::Other(format!(
+                "topology: need 1..=200 nodes and subnets, got {} nodes on {} subnets",
+                self.nodes, self.subnets
+            )));
+        }
+        let router = Netns::new("router")?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        if self.ipv6 {
+            router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
+        for k in 0..self.subnets {
+            let br = format!("br{k}");
+            router.ip(["link", "add", &br, "type", "bridge"])?;
+            router.ip(["addr", "add", &format!("{}/24", router_addr(k)), "dev", &br])?;
+            if self.ipv6 {
+                router.ip([
+                    "addr",
+                    "add",
+                    &format!("{}/64", router_addr6(k)),
+                    "dev",
+                    &br,
+                    "nodad",
+                ])?;
+            }
+            router.ip(["link", "set", &br, "up"])?;
+        }
+        let mut topo = Topology {
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            router,
+        };
+        let mut per_subnet = vec![0u8; self.subnets];
+        for i in 0..self.nodes {
+            let subnet = i * self.subnets / self.nodes;
+            let host = 10 + per_subnet[subnet];
+            per_subnet[subnet] += 1;
+            let ns = Netns::new(&format!("n{i}"))?;
+            let addr = Ipv4Addr::new(10, 100, subnet as u8 + 1, host);
+            let addr6 = self.ipv6.then(|| node_addr6(subnet, host));
+            let peer = format!("n{i}");
+            // Both ends are created directly in their namespaces; nothing touches the root ns.
+            crate::cmd::run(
+                "ip",
+                [
+                    "link",
+                    "add",
+                    "eth0",
+                    "netns",
+                    ns.name(),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &peer,
+                    "netns",
+                    topo.router.name(),
+                ],
+            )?;
+            topo.router
+                .ip(["link", "set", &peer, "master", &format!("br{subnet}"), "up"])?;
+            ns.ip(["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            if let Some(a6) = addr6 {
+                ns.ip(["addr", "add", &format!("{a6}/64"), "dev", "eth0", "nodad"])?;
+            }
+            ns.ip(["link", "set", "eth0", "up"])?;
+            ns.ip([
+                "route",
+                "add",
+                "default",
+                "via",
+                &router_addr(subnet).to_string(),
+            ])?;
+            if self.ipv6 {
+                ns.ip([
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &router_addr6(subnet).to_string(),
+                ])?;
+            }
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            topo.nodes.push(Node {
+                ns,
+                index: i,
+                subnet,
+                addr,
+                addr6,
+                prefix_len: 24,
+                gateway: router_addr(subnet),
+            });
+        }
+        Ok(topo)
+    }
+}
+
+fn router_addr(subnet: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 100, subnet as u8 + 1, 1)
+}
+
+fn router_addr6(subnet: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x100, subnet as u16 + 1, 0, 0, 0, 0, 1)
+}
+
+fn node_addr6(subnet: usize, host: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x100, subnet as u16 + 1, 0, 0, 0, 0, host as u16)
+}
+
+impl Topology {
+    /// Starts describing a topology (4 nodes on 2 subnets unless changed).
+    pub fn builder() -> TopologyBuilder {
+        TopologyBuilder::default()
+    }
+
+    /// Attaches a pod with address `addr` to node `node`, Calico-style (see [`Pod`]).
+    pub fn add_pod(&mut self, node: usize, addr: Ipv4Addr) -> Result<&Pod, Error> {
+        let n = self
+            .nodes
+            .get(node)
+            .ok_or_else(|| Error::Other(format!("no node {node}")))?;
+        let ns = Netns::new(&format!("p{}", self.pods.len()))?;
+        let host_veth = format!("rp{}", self.pods.len());
+        crate::cmd::run(
+            "ip",
+            [
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                ns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &host_veth,
+                "netns",
+                n.ns.name(),
+            ],
+        )?;
+        ns.ip(["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
+        ns.ip(["link", "set", "eth0", "up"])?;
+        ns.ip([
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        ns.ip([
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ])?;
+        n.ns.ip(["link", "set", &host_veth, "up"])?;
+        n.ns.sysctl(&format!("net.ipv4.conf.{host_veth}.proxy_arp"), "1")?;
+        n.ns.ip([
+            "route",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            &host_veth,
+            "scope",
+            "link",
+        ])?;
+        self.pods.push(Pod {
+            ns,
+            node,
+            addr,
+            host_veth,
+        });
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// All namespace names of the topology (router, nodes, pods).
+    pub fn namespace_names(&self) -> Vec<String> {
+        let mut v = vec![self.router.name().to_string()];
+        v.extend(self.nodes.iter().map(|n| n.ns.name().to_string()));
+        v.extend(self.pods.iter().map(|p| p.ns.name().to_string()));
+        v
+    }
+
+    /// The node addresses as `IpAddr`s, in node order.
+    pub fn node_addrs(&self) -> Vec<IpAddr> {
+        self.nodes.iter().map(|n| IpAddr::V4(n.addr)).collect()
+    }
+}

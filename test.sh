@@ -1,0 +1,39 @@
+#!/bin/bash
+# Runs reef's whole test suite: installs what it needs, checks formatting and lints, builds,
+# runs every test (unit, lab namespaces, real BGP daemons, the real-kernel VM), then checks
+# that nothing the tests created is left behind. Needs root (network namespaces).
+set -euo pipefail
+cd "$(dirname "$0")"
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root: the tests build network namespaces" >&2; exit 1; }
+bash .ci/deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR=never
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+
+echo "== build"
+cargo build --workspace --all-targets -q
+
+echo "== tests"
+status=0
+# Arguments select tests (e.g. `-p reef-integration`, or a test name filter); none = all.
+sel=("$@"); [ ${#sel[@]} -gt 0 ] || sel=(--workspace)
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run "${sel[@]}" --no-fail-fast --failure-output final || status=$?
+else
+  cargo test "${sel[@]}" --no-fail-fast || status=$?
+fi
+
+echo "== leftovers"
+left=$(ip netns list | grep -o '^reeft-[^ ]*' || true)
+procs=$(pgrep -a -f 'reeft-(bird|frr|vm)-' || true; pgrep -a -f '^qemu-system-x86_64' || true)
+if [ -n "$left" ] || [ -n "$procs" ]; then
+  echo "FAIL: the tests left things behind:"; echo "$left"; echo "$procs"
+  for n in $left; do ip netns pids "$n" 2>/dev/null | xargs -r kill -9; ip netns del "$n"; done
+  status=1
+else
+  echo "no namespace, daemon or qemu process left behind"
+fi
+exit $status
