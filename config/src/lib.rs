@@ -2,13 +2,30 @@
 //! agent and the CNI plugin read, and their validation.
 //!
 //! This crate owns the *shape* of reef's state and the rules a valid value obeys. It does no
-//! I/O: it never talks to the API server, opens a file or touches the network. Errors name the
-//! field that is wrong and say what to change.
+//! I/O beyond reading the node config file: it never talks to the API server or touches the
+//! network. Errors name the field that is wrong and say what to change.
+//!
+//! - [`crds`]: the `reef.dev/v1alpha1` resources (IPPool, IPAMBlock, BlockAffinity,
+//!   IPAMHandle, IPAMConfig, BGPConfiguration, BGPPeer, ReefNode).
+//! - [`crdgen`]: the CRD manifests generated from those types (`deploy/crds/`).
+//! - [`node_config`]: the node config file.
 
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod crdgen;
+pub mod crds;
+pub mod node_config;
+mod schema;
+
+pub use crds::*;
+pub use node_config::{Datastore, NodeConfig};
+pub use schema::FieldError;
+
 /// When traffic to a pool's addresses is encapsulated in IP-in-IP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, JsonSchema)]
 pub enum IpipMode {
     /// Always encapsulate traffic to remote blocks of the pool.
     Always,
@@ -20,7 +37,7 @@ pub enum IpipMode {
 }
 
 /// Why reef peers with a BGP speaker; shown in `reef status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PeerType {
     /// Another reef node in the node-to-node mesh.
@@ -31,4 +48,38 @@ pub enum PeerType {
     Node,
     /// A route reflector this node is a client of.
     RouteReflector,
+}
+
+/// What can be wrong with reef's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The YAML does not parse into the expected shape (unknown field, wrong type ...).
+    #[error("{origin}:{line}:{column}: {message}")]
+    Parse {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The value parses but breaks a rule; every broken rule is listed.
+    #[error("invalid {what}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        what: String,
+        problems: Vec<FieldError>,
+    },
+}
+
+impl Error {
+    /// The problems of an [`Error::Invalid`] (empty for other errors).
+    pub fn problems(&self) -> &[FieldError] {
+        match self {
+            Error::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
 }

@@ -1,0 +1,748 @@
+//! The custom resources of the `reef.dev/v1alpha1` API group. All are cluster-scoped: pools,
+//! blocks and peers belong to the cluster's network, not to a namespace.
+//!
+//! IPAM state (IPAMBlock, BlockAffinity, IPAMHandle) is written by reef only; users read it
+//! with `kubectl get` and change pools, peers and configuration.
+
+// kube's derive takes one `#[kube(printcolumn(...))]` per column; clippy mistakes the
+// repeated `type_ = "string"` for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{self, Problems};
+use crate::{Error, IpipMode, PeerType};
+
+/// The API group of every reef resource.
+pub const GROUP: &str = "reef.dev";
+/// The version of the API group these types describe.
+pub const VERSION: &str = "v1alpha1";
+
+/// Default block prefix length for IPv4 pools: 64 addresses per block.
+pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
+/// Default block prefix length for IPv6 pools: 64 addresses per block.
+pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+/// Default AS number of the cluster (private range, as Calico's).
+pub const DEFAULT_AS_NUMBER: u32 = 64512;
+/// Default BGP port.
+pub const DEFAULT_BGP_PORT: u16 = 179;
+/// Name of the singleton IPAMConfig and BGPConfiguration resources.
+pub const DEFAULT_NAME: &str = "default";
+
+/// Label selector: every key must be present with the given value. Empty selects everything.
+pub type LabelSelector = BTreeMap<String, String>;
+
+/// Whether `selector` selects an object carrying `labels`.
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPPool
+
+/// A range of pod addresses, cut into blocks that nodes claim.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "reef.dev",
+    version = "v1alpha1",
+    kind = "IPPool",
+    root = "IpPool"
+)]
+#[kube(plural = "ippools", shortname = "pool", category = "reef")]
+#[kube(printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"))]
+#[kube(printcolumn(name = "Block", type_ = "integer", json_path = ".spec.blockSize"))]
+#[kube(printcolumn(name = "IPIP", type_ = "string", json_path = ".spec.ipipMode"))]
+#[kube(printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing"))]
+#[kube(printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"))]
+#[kube(printcolumn(
+    name = "Age",
+    type_ = "date",
+    json_path = ".metadata.creationTimestamp"
+))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpPoolSpec {
+    /// The pool's prefix.
+    #[schemars(schema_with = "schema::cidr")]
+    pub cidr: IpNetwork,
+    /// Prefix length of the blocks the pool is cut into (default 26 for IPv4, 122 for IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 128))]
+    pub block_size: Option<u8>,
+    /// When traffic to the pool's addresses on other nodes is encapsulated.
+    #[serde(default)]
+    pub ipip_mode: IpipMode,
+    /// Masquerade traffic from pods in this pool to destinations outside every pool.
+    #[serde(default)]
+    pub nat_outgoing: bool,
+    /// A disabled pool hands out no new addresses; existing ones stay.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Only nodes whose labels match all of these take blocks from the pool (empty: all).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: LabelSelector,
+}
+
+impl IpPoolSpec {
+    /// A pool of `cidr` with the default block size and settings.
+    pub fn new(cidr: IpNetwork) -> Self {
+        IpPoolSpec {
+            cidr,
+            block_size: None,
+            ipip_mode: IpipMode::default(),
+            nat_outgoing: false,
+            disabled: false,
+            node_selector: LabelSelector::new(),
+        }
+    }
+
+    /// The block prefix length in force (explicit or the family's default).
+    pub fn effective_block_size(&self) -> u8 {
+        self.block_size.unwrap_or(match self.cidr {
+            IpNetwork::V4(_) => DEFAULT_BLOCK_SIZE_V4,
+            IpNetwork::V6(_) => DEFAULT_BLOCK_SIZE_V6,
+        })
+    }
+
+    /// Whether a node with these labels may take blocks from this pool.
+    pub fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
+        selects(&self.node_selector, labels)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut p = Problems::default();
+        p.network("spec.cidr", &self.cidr);
+        let max = match self.cidr {
+            IpNetwork::V4(_) => 32,
+            IpNetwork::V6(_) => 128,
+        };
+        let bs = self.effective_block_size();
+        if bs > max {
+            p.add(
+                "spec.blockSize",
+                format!("{bs} is longer than an address of the pool's family ({max} bits)"),
+                format!("use a value between {} and {max}", self.cidr.prefix()),
+            );
+        } else if bs < self.cidr.prefix() {
+            p.add(
+                "spec.blockSize",
+                format!("blocks of /{bs} are larger than the pool {}", self.cidr),
+                format!("use a value between {} and {max}", self.cidr.prefix()),
+            );
+        } else if max - bs > 16 {
+            // A block's allocation list has one entry per address; keep it a small object.
+            p.add(
+                "spec.blockSize",
+                format!("/{bs} blocks hold {} addresses", 1u128 << (max - bs)),
+                format!(
+                    "use a prefix of at least /{} (at most 65536 addresses per block)",
+                    max - 16
+                ),
+            );
+        }
+        p.finish("IPPool")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPAMBlock
+
+/// One handed-out address of a block and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Allocation {
+    /// Offset of the address from the block's first address.
+    pub ordinal: u32,
+    /// The handle that owns the address (release by handle frees it).
+    pub handle_id: String,
+    /// The block's sequence number when this address was handed out; garbage collection
+    /// frees an address only if it still carries the number it saw, so an address released and
+    /// reused meanwhile is never freed by mistake.
+    pub sequence: u64,
+    #[serde(default)]
+    pub attributes: AllocationAttributes,
+}
+
+/// Who an address was handed to, recorded for `check` and for people reading the block.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllocationAttributes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// The node the address was allocated on (may differ from the block's affinity when
+    /// borrowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// What the address is for when it is not a pod's (e.g. `tunnel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Seconds since the Unix epoch when the address was handed out.
+    #[serde(default)]
+    pub allocated_at: u64,
+}
+
+/// A block of addresses cut from a pool, with its allocations. Written by reef's IPAM only.
+#[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "reef.dev",
+    version = "v1alpha1",
+    kind = "IPAMBlock",
+    root = "IpamBlock"
+)]
+#[kube(plural = "ipamblocks", category = "reef")]
+#[kube(printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"))]
+#[kube(printcolumn(name = "Node", type_ = "string", json_path = ".spec.affinity"))]
+#[kube(printcolumn(name = "In-Use", type_ = "integer", json_path = ".spec.inUse"))]
+#[kube(printcolumn(name = "Free", type_ = "integer", json_path = ".spec.free"))]
+#[kube(printcolumn(
+    name = "Age",
+    type_ = "date",
+    json_path = ".metadata.creationTimestamp"
+))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpamBlockSpec {
+    #[schemars(schema_with = "schema::cidr")]
+    pub cidr: IpNetwork,
+    /// The node the block is affine to; none once the node released it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
+    /// Handed-out addresses, sorted by ordinal.
+    #[serde(default)]
+    pub allocations: Vec<Allocation>,
+    /// Free ordinals in the order they are handed out (released ones go to the back).
+    #[serde(default)]
+    pub unallocated: Vec<u32>,
+    /// Incremented on every allocation; see [`Allocation::sequence`].
+    #[serde(default)]
+    pub sequence_number: u64,
+    /// Number of allocations (kept for `kubectl get`; always `allocations` length).
+    #[serde(default)]
+    pub in_use: u32,
+    /// Number of free addresses (kept for `kubectl get`; always `unallocated` length).
+    #[serde(default)]
+    pub free: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// BlockAffinity
+
+/// Where a node's claim on a block stands. A claim is written `Pending`, the block is created
+/// or taken over, then the claim is `Confirmed`; releasing goes through `PendingDeletion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AffinityState {
+    Pending,
+    Confirmed,
+    PendingDeletion,
+}
+
+/// A node's claim on a block.
+#[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(group = "reef.dev", version = "v1alpha1", kind = "BlockAffinity")]
+#[kube(plural = "blockaffinities", category = "reef")]
+#[kube(printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"))]
+#[kube(printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"))]
+#[kube(printcolumn(name = "State", type_ = "string", json_path = ".spec.state"))]
+#[kube(printcolumn(
+    name = "Age",
+    type_ = "date",
+    json_path = ".metadata.creationTimestamp"
+))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlockAffinitySpec {
+    pub node: String,
+    #[schemars(schema_with = "schema::cidr")]
+    pub cidr: IpNetwork,
+    pub state: AffinityState,
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPAMHandle
+
+/// One owner's addresses, counted per block, so release by handle visits only those blocks.
+#[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "reef.dev",
+    version = "v1alpha1",
+    kind = "IPAMHandle",
+    root = "IpamHandle"
+)]
+#[kube(plural = "ipamhandles", category = "reef")]
+#[kube(printcolumn(name = "Handle", type_ = "string", json_path = ".spec.handleId"))]
+#[kube(printcolumn(
+    name = "Age",
+    type_ = "date",
+    json_path = ".metadata.creationTimestamp"
+))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpamHandleSpec {
+    /// The handle as callers know it (the object name is a sanitised form of it).
+    pub handle_id: String,
+    /// Block CIDR → number of the handle's addresses in that block.
+    #[serde(default)]
+    pub blocks: BTreeMap<String, u32>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPAMConfig
+
+/// Cluster-wide IPAM settings (one object, named `default`).
+#[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "reef.dev",
+    version = "v1alpha1",
+    kind = "IPAMConfig",
+    root = "IpamConfig"
+)]
+#[kube(plural = "ipamconfigs", category = "reef")]
+#[kube(printcolumn(name = "Strict", type_ = "boolean", json_path = ".spec.strictAffinity"))]
+#[kube(printcolumn(
+    name = "Auto",
+    type_ = "boolean",
+    json_path = ".spec.autoAllocateBlocks"
+))]
+#[kube(printcolumn(
+    name = "Max-Blocks",
+    type_ = "integer",
+    json_path = ".spec.maxBlocksPerHost"
+))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpamConfigSpec {
+    /// Never hand out addresses from a block affine to another node.
+    #[serde(default)]
+    pub strict_affinity: bool,
+    /// Let nodes claim new blocks when theirs are full.
+    #[serde(default = "default_true")]
+    pub auto_allocate_blocks: bool,
+    /// Most blocks one node may claim (0: no limit).
+    #[serde(default)]
+    pub max_blocks_per_host: u32,
+}
+
+impl Default for IpamConfigSpec {
+    fn default() -> Self {
+        IpamConfigSpec {
+            strict_affinity: false,
+            auto_allocate_blocks: true,
+            max_blocks_per_host: 0,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// BGPConfiguration
+
+/// Cluster-wide BGP settings (one object, named `default`).
+#[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "reef.dev",
+    version = "v1alpha1",
+    kind = "BGPConfiguration",
+    root = "BgpConfiguration"
+)]
+#[kube(plural = "bgpconfigurations", category = "reef")]
+#[kube(printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"))]
+#[kube(printcolumn(
+    name = "Mesh",
+    type_ = "boolean",
+    json_path = ".spec.nodeToNodeMeshEnabled"
+))]
+#[kube(printcolumn(name = "Port", type_ = "integer", json_path = ".spec.listenPort"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpConfigurationSpec {
+    /// AS of nodes that do not set their own.
+    #[serde(default = "default_as")]
+    pub as_number: u32,
+    /// Every node peers with every other node (turn off when route reflectors are used).
+    #[serde(default = "default_true")]
+    pub node_to_node_mesh_enabled: bool,
+    /// TCP port the nodes listen on and mesh peers connect to.
+    #[serde(default = "default_port")]
+    pub listen_port: u16,
+    /// Hold time offered in OPEN, in seconds (0 or 3..=65535).
+    #[serde(default = "default_hold_time")]
+    pub hold_time_seconds: u16,
+    /// How long peers keep our routes while we restart (graceful restart), in seconds.
+    #[serde(default = "default_restart_time")]
+    pub graceful_restart_seconds: u16,
+    /// Extra prefixes every node advertises (e.g. service CIDRs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::cidr_list")]
+    pub advertise_cidrs: Vec<IpNetwork>,
+}
+
+fn default_as() -> u32 {
+    DEFAULT_AS_NUMBER
+}
+fn default_port() -> u16 {
+    DEFAULT_BGP_PORT
+}
+fn default_hold_time() -> u16 {
+    90
+}
+fn default_restart_time() -> u16 {
+    120
+}
+
+impl Default for BgpConfigurationSpec {
+    fn default() -> Self {
+        BgpConfigurationSpec {
+            as_number: DEFAULT_AS_NUMBER,
+            node_to_node_mesh_enabled: true,
+            listen_port: DEFAULT_BGP_PORT,
+            hold_time_seconds: default_hold_time(),
+            graceful_restart_seconds: default_restart_time(),
+            advertise_cidrs: Vec::new(),
+        }
+    }
+}
+
+impl BgpConfigurationSpec {
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut p = Problems::default();
+        check_as(&mut p, "spec.asNumber", self.as_number);
+        if self.listen_port == 0 {
+            p.add(
+                "spec.listenPort",
+                "port 0",
+                "use 179 or another port above 0",
+            );
+        }
+        if matches!(self.hold_time_seconds, 1 | 2) {
+            p.add(
+                "spec.holdTimeSeconds",
+                format!("{} s is not allowed by RFC 4271", self.hold_time_seconds),
+                "use 0 (no keepalives) or at least 3",
+            );
+        }
+        for (i, c) in self.advertise_cidrs.iter().enumerate() {
+            p.network(&format!("spec.advertiseCidrs[{i}]"), c);
+        }
+        p.finish("BGPConfiguration")
+    }
+}
+
+fn check_as(p: &mut Problems, field: &str, asn: u32) {
+    // 0 and 65535 / 4294967295 are reserved (RFC 7300); 23456 is AS_TRANS (RFC 6793).
+    if matches!(asn, 0 | 23456 | 65535 | u32::MAX) {
+        p.add(
+            field,
+            format!("AS {asn} is reserved"),
+            "use a private AS such as 64512-65534 or 4200000000-4294967294",
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BGPPeer
+
+/// Where to find a BGP session password: a key of a Secret in the namespace the agent runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// A BGP speaker outside the mesh (a lab router, a top-of-rack switch, a route reflector), or
+/// a set of reef nodes to peer with (route-reflector topologies).
+#[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "reef.dev",
+    version = "v1alpha1",
+    kind = "BGPPeer",
+    root = "BgpPeer"
+)]
+#[kube(plural = "bgppeers", shortname = "peer", category = "reef")]
+#[kube(printcolumn(name = "Peer", type_ = "string", json_path = ".spec.peerIP"))]
+#[kube(printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"))]
+#[kube(printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"))]
+#[kube(printcolumn(
+    name = "RR-Client",
+    type_ = "boolean",
+    json_path = ".spec.routeReflectorClient"
+))]
+#[kube(printcolumn(
+    name = "Age",
+    type_ = "date",
+    json_path = ".metadata.creationTimestamp"
+))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpPeerSpec {
+    /// Address of the peer. Either this or `peerSelector`.
+    #[serde(default, rename = "peerIP", skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::ip")]
+    pub peer_ip: Option<IpAddr>,
+    /// Peer with every reef node whose labels match (e.g. the route reflectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_selector: Option<LabelSelector>,
+    /// TCP port of the peer (default 179).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<u16>,
+    /// The peer's AS. Required with `peerIP`; with `peerSelector` defaults to the nodes' AS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// Only this node peers. Neither `node` nor `nodeSelector`: every node peers (global).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Only nodes whose labels match peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// TCP MD5 password (RFC 2385) from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretKeyRef>,
+    /// GTSM (RFC 5082): accept packets only from at most this many hops away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 255))]
+    pub ttl_security: Option<u8>,
+    /// Stop the session when the peer sends more prefixes than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefix: Option<u32>,
+    /// The peer is a route-reflector client of the selected nodes (they reflect its routes).
+    #[serde(default)]
+    pub route_reflector_client: bool,
+    /// Keep the next hop the peer sent rather than the node's own when re-advertising.
+    #[serde(default)]
+    pub keep_original_next_hop: bool,
+}
+
+impl BgpPeerSpec {
+    /// The mesh of why this peer applies, for status output.
+    pub fn peer_type(&self) -> PeerType {
+        if self.route_reflector_client {
+            PeerType::RouteReflector
+        } else if self.node.is_some() || self.node_selector.is_some() {
+            PeerType::Node
+        } else {
+            PeerType::Global
+        }
+    }
+
+    /// Whether the node `name` with `labels` sets up this peering.
+    pub fn applies_to(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        match (&self.node, &self.node_selector) {
+            (Some(n), _) => n == name,
+            (None, Some(sel)) => selects(sel, labels),
+            (None, None) => true,
+        }
+    }
+
+    /// The peer's port in force.
+    pub fn port(&self) -> u16 {
+        self.peer_port.unwrap_or(DEFAULT_BGP_PORT)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut p = Problems::default();
+        match (&self.peer_ip, &self.peer_selector) {
+            (None, None) => p.add(
+                "spec.peerIP",
+                "neither peerIP nor peerSelector is set",
+                "set the peer's address in peerIP, or peerSelector to peer with reef nodes",
+            ),
+            (Some(_), Some(_)) => p.add(
+                "spec.peerSelector",
+                "both peerIP and peerSelector are set",
+                "keep one of them",
+            ),
+            (Some(_), None) if self.as_number.is_none() => p.add(
+                "spec.asNumber",
+                "missing for a peer given by peerIP",
+                "set the peer's AS number",
+            ),
+            _ => {}
+        }
+        if let Some(asn) = self.as_number {
+            check_as(&mut p, "spec.asNumber", asn);
+        }
+        if self.node.is_some() && self.node_selector.is_some() {
+            p.add(
+                "spec.nodeSelector",
+                "both node and nodeSelector are set",
+                "keep one of them",
+            );
+        }
+        if let Some(n) = &self.node {
+            p.dns_label("spec.node", n);
+        }
+        if self.peer_port == Some(0) {
+            p.add("spec.peerPort", "port 0", "use 179 or another port above 0");
+        }
+        if self.ttl_security == Some(0) {
+            p.add(
+                "spec.ttlSecurity",
+                "0 hops",
+                "use 1 for a directly connected peer, or more for multihop",
+            );
+        }
+        if let Some(s) = &self.password {
+            if s.name.is_empty() {
+                p.add(
+                    "spec.password.name",
+                    "empty",
+                    "name the Secret holding the password",
+                );
+            }
+            if s.key.is_empty() {
+                p.add(
+                    "spec.password.key",
+                    "empty",
+                    "name the key of the Secret holding the password",
+                );
+            }
+        }
+        if self.max_prefix == Some(0) {
+            p.add(
+                "spec.maxPrefix",
+                "0 prefixes would stop the session at the first route",
+                "leave it unset for no limit, or set the most prefixes the peer may send",
+            );
+        }
+        p.finish("BGPPeer")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReefNode
+
+/// What the mesh needs to know about one node; the agent registers it and fills its status.
+#[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(group = "reef.dev", version = "v1alpha1", kind = "ReefNode")]
+#[kube(plural = "reefnodes", shortname = "rn", category = "reef")]
+#[kube(status = "ReefNodeStatus")]
+#[kube(printcolumn(name = "Address", type_ = "string", json_path = ".spec.address"))]
+#[kube(printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"))]
+#[kube(printcolumn(name = "Tunnel", type_ = "string", json_path = ".spec.tunnelAddress"))]
+#[kube(printcolumn(
+    name = "Peers-Up",
+    type_ = "integer",
+    json_path = ".status.establishedPeers"
+))]
+#[kube(printcolumn(name = "Peers", type_ = "integer", json_path = ".status.totalPeers"))]
+#[kube(printcolumn(
+    name = "Age",
+    type_ = "date",
+    json_path = ".metadata.creationTimestamp"
+))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReefNodeSpec {
+    /// The node's IPv4 address with its subnet's prefix length, e.g. 192.168.1.10/24.
+    #[schemars(schema_with = "schema::interface_address")]
+    pub address: IpNetwork,
+    /// The node's IPv6 address with prefix length, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::interface_address")]
+    pub address_v6: Option<IpNetwork>,
+    /// The node's AS (default: BGPConfiguration's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// Address of the node's IP-in-IP tunnel device, from IPAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::ip")]
+    pub tunnel_address: Option<IpAddr>,
+    /// Makes the node a route reflector with this cluster ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::ip")]
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+}
+
+impl ReefNodeSpec {
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut p = Problems::default();
+        if !self.address.is_ipv4() {
+            p.add(
+                "spec.address",
+                format!("{} is not IPv4", self.address),
+                "put the IPv4 address here and the IPv6 one in addressV6",
+            );
+        }
+        if let Some(a) = &self.address_v6 {
+            if !a.is_ipv6() {
+                p.add(
+                    "spec.addressV6",
+                    format!("{a} is not IPv6"),
+                    "put an IPv6 address with prefix length, e.g. fd00::10/64",
+                );
+            }
+        }
+        if let Some(asn) = self.as_number {
+            check_as(&mut p, "spec.asNumber", asn);
+        }
+        p.finish("ReefNode")
+    }
+}
+
+/// A BGP session's state (RFC 4271 §8.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum BgpSessionState {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+/// One of the node's BGP sessions as the agent last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerStatus {
+    #[schemars(schema_with = "schema::ip")]
+    pub address: IpAddr,
+    pub peer_type: PeerType,
+    pub state: BgpSessionState,
+    /// RFC 3339 time the session entered `state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub prefixes_received: u32,
+    #[serde(default)]
+    pub prefixes_accepted: u32,
+    #[serde(default)]
+    pub prefixes_sent: u32,
+}
+
+/// What the agent reports about its node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReefNodeStatus {
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+    /// Number of `peers` in state Established (for `kubectl get`).
+    #[serde(default)]
+    pub established_peers: u32,
+    #[serde(default)]
+    pub total_peers: u32,
+    /// Blocks the node advertises.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::cidr_list")]
+    pub blocks: Vec<IpNetwork>,
+    /// RFC 3339 time of the last update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<String>,
+}
+
+impl ReefNodeStatus {
+    /// Sets `peers` and the counts derived from them.
+    pub fn set_peers(&mut self, peers: Vec<PeerStatus>) {
+        self.established_peers = peers
+            .iter()
+            .filter(|p| p.state == BgpSessionState::Established)
+            .count() as u32;
+        self.total_peers = peers.len() as u32;
+        self.peers = peers;
+    }
+}
