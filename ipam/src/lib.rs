@@ -15,6 +15,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+pub mod block;
+
 /// Identifies one owner of addresses (for a pod: network name + container id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HandleId(pub String);
