@@ -16,6 +16,13 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 pub mod block;
+pub mod embedded;
+pub mod store;
+
+pub use embedded::EmbeddedStore;
+pub use store::{
+    Kind, Labels, Object, Revision, Spec, Store, StoreExt, Typed, WatchEvent, Watcher,
+};
 
 /// Identifies one owner of addresses (for a pod: network name + container id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,4 +34,39 @@ pub struct Assignment {
     pub address: IpAddr,
     /// The block the address was taken from.
     pub block: IpNetwork,
+}
+
+impl std::fmt::Display for HandleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What IPAM and its stores can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} {name} not found")]
+    NotFound { kind: Kind, name: String },
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: Kind, name: String },
+    /// The object changed since it was read (compare-and-swap failed); re-read and retry.
+    #[error("{kind} {name} was changed by someone else")]
+    Conflict { kind: Kind, name: String },
+    /// A watch fell too far behind; list again.
+    #[error("watch of {kind} from revision {revision} expired; list again")]
+    Expired { kind: Kind, revision: Revision },
+    #[error("{kind} {name}: stored value does not decode: {source}")]
+    Decode {
+        kind: Kind,
+        name: String,
+        source: serde_json::Error,
+    },
+    /// The backend failed (I/O, SQLite, API server); `context` says doing what.
+    #[error("{context}: {source}")]
+    Backend {
+        context: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("gave up on {what} after {attempts} conflicting writes")]
+    TooManyConflicts { what: String, attempts: u32 },
 }

@@ -1,0 +1,238 @@
+//! The datastore behind IPAM (and behind the agent's view of pools, peers and nodes): named
+//! objects of a few kinds, each write a compare-and-swap on the object's revision.
+//!
+//! Two backends implement [`Store`]: [`crate::embedded::EmbeddedStore`] (one SQLite file
+//! shared by every reef process on a machine) and the Kubernetes API. The API is blocking:
+//! the CNI plugin is a short-lived process that does one allocation and exits; async callers
+//! run it on a blocking thread.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::Error;
+
+/// The kinds of objects a store holds: the `reef.dev` resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    IpPool,
+    IpamBlock,
+    BlockAffinity,
+    IpamHandle,
+    IpamConfig,
+    BgpConfiguration,
+    BgpPeer,
+    ReefNode,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::IpPool,
+        Kind::IpamBlock,
+        Kind::BlockAffinity,
+        Kind::IpamHandle,
+        Kind::IpamConfig,
+        Kind::BgpConfiguration,
+        Kind::BgpPeer,
+        Kind::ReefNode,
+    ];
+
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::IpPool => "IPPool",
+            Kind::IpamBlock => "IPAMBlock",
+            Kind::BlockAffinity => "BlockAffinity",
+            Kind::IpamHandle => "IPAMHandle",
+            Kind::IpamConfig => "IPAMConfig",
+            Kind::BgpConfiguration => "BGPConfiguration",
+            Kind::BgpPeer => "BGPPeer",
+            Kind::ReefNode => "ReefNode",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An object's version. Opaque to callers (Kubernetes' resourceVersion); compare only for
+/// equality.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Revision(pub String);
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub type Labels = BTreeMap<String, String>;
+
+/// Label carrying the node a BlockAffinity belongs to, so a node lists only its own.
+pub const NODE_LABEL: &str = "reef.dev/node";
+
+/// One stored object, untyped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    pub name: String,
+    pub revision: Revision,
+    pub labels: Labels,
+    pub spec: serde_json::Value,
+    pub status: Option<serde_json::Value>,
+}
+
+/// What a watch reports, in revision order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// Created or changed.
+    Put(Object),
+    Deleted {
+        name: String,
+        revision: Revision,
+    },
+}
+
+/// A stream of changes to one kind.
+pub trait Watcher: Send + fmt::Debug {
+    /// The next change, waiting up to `timeout`; `None` when nothing changed in that time.
+    /// [`Error::Expired`] means changes were missed: list again and watch from there.
+    fn next(&mut self, timeout: Duration) -> Result<Option<WatchEvent>, Error>;
+}
+
+/// A store of named objects with compare-and-swap writes.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Objects of `kind` whose labels include all of `selector`, and the store's revision at
+    /// the time of the list (watch from it to see every later change).
+    fn list(&self, kind: Kind, selector: &Labels) -> Result<(Vec<Object>, Revision), Error>;
+    fn get(&self, kind: Kind, name: &str) -> Result<Option<Object>, Error>;
+    /// Creates `object` (its revision is ignored); [`Error::AlreadyExists`] if the name is taken.
+    fn create(&self, kind: Kind, object: &Object) -> Result<Object, Error>;
+    /// Replaces spec and labels if the stored revision is still `object.revision`;
+    /// [`Error::Conflict`] otherwise, [`Error::NotFound`] when gone.
+    fn update(&self, kind: Kind, object: &Object) -> Result<Object, Error>;
+    /// Replaces the status, with the same compare-and-swap rule as [`Store::update`].
+    fn update_status(&self, kind: Kind, object: &Object) -> Result<Object, Error>;
+    /// Deletes `name`, only at `revision` when given. [`Error::NotFound`] when absent.
+    fn delete(&self, kind: Kind, name: &str, revision: Option<&Revision>) -> Result<(), Error>;
+    /// Changes to `kind` after `since` (a revision from [`Store::list`]).
+    fn watch(&self, kind: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error>;
+}
+
+/// A spec type stored under a kind.
+pub trait Spec: Serialize + DeserializeOwned + Clone {
+    const KIND: Kind;
+}
+
+macro_rules! spec_kind {
+    ($($t:ty => $k:ident),* $(,)?) => {
+        $(impl Spec for $t { const KIND: Kind = Kind::$k; })*
+    };
+}
+
+spec_kind! {
+    reef_config::IpPoolSpec => IpPool,
+    reef_config::IpamBlockSpec => IpamBlock,
+    reef_config::BlockAffinitySpec => BlockAffinity,
+    reef_config::IpamHandleSpec => IpamHandle,
+    reef_config::IpamConfigSpec => IpamConfig,
+    reef_config::BgpConfigurationSpec => BgpConfiguration,
+    reef_config::BgpPeerSpec => BgpPeer,
+    reef_config::ReefNodeSpec => ReefNode,
+}
+
+/// A stored object with its spec decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Typed<T> {
+    pub name: String,
+    pub revision: Revision,
+    pub labels: Labels,
+    pub spec: T,
+    pub status: Option<serde_json::Value>,
+}
+
+impl<T: Spec> Typed<T> {
+    /// A new object to create (the revision is assigned by the store).
+    pub fn new(name: impl Into<String>, spec: T) -> Self {
+        Typed {
+            name: name.into(),
+            revision: Revision(String::new()),
+            labels: Labels::new(),
+            spec,
+            status: None,
+        }
+    }
+
+    pub fn with_label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    fn decode(o: Object) -> Result<Self, Error> {
+        let spec = serde_json::from_value(o.spec).map_err(|e| Error::Decode {
+            kind: T::KIND,
+            name: o.name.clone(),
+            source: e,
+        })?;
+        Ok(Typed {
+            name: o.name,
+            revision: o.revision,
+            labels: o.labels,
+            spec,
+            status: o.status,
+        })
+    }
+
+    fn encode(&self) -> Result<Object, Error> {
+        let spec = serde_json::to_value(&self.spec).map_err(|e| Error::Decode {
+            kind: T::KIND,
+            name: self.name.clone(),
+            source: e,
+        })?;
+        Ok(Object {
+            name: self.name.clone(),
+            revision: self.revision.clone(),
+            labels: self.labels.clone(),
+            spec,
+            status: self.status.clone(),
+        })
+    }
+}
+
+/// Typed access on any store.
+pub trait StoreExt: Store {
+    fn get_typed<T: Spec>(&self, name: &str) -> Result<Option<Typed<T>>, Error> {
+        self.get(T::KIND, name)?.map(Typed::decode).transpose()
+    }
+
+    fn list_typed<T: Spec>(&self, selector: &Labels) -> Result<Vec<Typed<T>>, Error> {
+        self.list(T::KIND, selector)?
+            .0
+            .into_iter()
+            .map(Typed::decode)
+            .collect()
+    }
+
+    fn create_typed<T: Spec>(&self, object: &Typed<T>) -> Result<Typed<T>, Error> {
+        Typed::decode(self.create(T::KIND, &object.encode()?)?)
+    }
+
+    fn update_typed<T: Spec>(&self, object: &Typed<T>) -> Result<Typed<T>, Error> {
+        Typed::decode(self.update(T::KIND, &object.encode()?)?)
+    }
+
+    fn update_status_typed<T: Spec>(&self, object: &Typed<T>) -> Result<Typed<T>, Error> {
+        Typed::decode(self.update_status(T::KIND, &object.encode()?)?)
+    }
+
+    fn delete_typed<T: Spec>(&self, object: &Typed<T>) -> Result<(), Error> {
+        self.delete(T::KIND, &object.name, Some(&object.revision))
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}
