@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 use crate::cmd;
 use crate::Error;
 
+/// Where `VmRun::binaries` land in the guest (not under /tmp or /run: the guest mounts tmpfs
+/// there). A test binary finds its sibling binaries here with `workspace_bin`.
+pub const GUEST_BIN: &str = "/reef/bin";
+
 /// The environment variable set inside the guest.
 pub const INSIDE_ENV: &str = "REEF_IN_VM";
 
@@ -87,7 +91,8 @@ impl Kernel {
 /// What to run in the guest.
 #[derive(Debug, Clone)]
 pub struct VmRun {
-    /// Host binaries to copy into the guest (same absolute path), with their libraries.
+    /// Host binaries to copy into the guest's [`GUEST_BIN`] directory (under their file
+    /// names), with the libraries they link.
     pub binaries: Vec<PathBuf>,
     /// A busybox `sh` script run as the guest's job; its exit code is the run's.
     pub script: String,
@@ -152,14 +157,16 @@ pub fn boot(kernel: &Kernel, run: &VmRun) -> Result<VmOutcome, Error> {
     {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
     }
-    let mut files: BTreeSet<PathBuf> = BTreeSet::new();
-    for p in HOST_PROGRAMS
-        .iter()
-        .map(PathBuf::from)
-        .chain(run.binaries.iter().cloned())
-    {
-        files.insert(p.clone());
-        files.extend(shared_libraries(&p)?);
+    let mut files: BTreeSet<PathBuf> = HOST_PROGRAMS.iter().map(PathBuf::from).collect();
+    for p in HOST_PROGRAMS {
+        files.extend(shared_libraries(Path::new(p))?);
+    }
+    for b in &run.binaries {
+        let name = b
+            .file_name()
+            .ok_or_else(|| Error::Other(format!("binary path {} has no file name", b.display())))?;
+        copy_file(b, &root.join(GUEST_BIN.trim_start_matches('/')).join(name))?;
+        files.extend(shared_libraries(b)?);
     }
     for f in &files {
         let dst = root.join(f.strip_prefix("/").unwrap_or(f));
@@ -190,7 +197,7 @@ pub fn boot(kernel: &Kernel, run: &VmRun) -> Result<VmOutcome, Error> {
     ));
     cmd::output(c)?;
 
-    let serial = work.path().join("serial.log");
+    let serial_log = work.path().join("serial.log");
     let start = Instant::now();
     let mut q = Command::new("timeout");
     q.arg("--kill-after=5")
@@ -211,7 +218,7 @@ pub fn boot(kernel: &Kernel, run: &VmRun) -> Result<VmOutcome, Error> {
         .arg(&initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1 loglevel=3"])
         .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
+        .arg(format!("file:{}", serial_log.display()))
         .args(["-monitor", "none", "-display", "none"]);
     let status = q
         .stdin(std::process::Stdio::null())
@@ -223,8 +230,11 @@ pub fn boot(kernel: &Kernel, run: &VmRun) -> Result<VmOutcome, Error> {
             source: e,
         })?;
     let wall = start.elapsed();
+    if std::env::var_os("REEF_VM_KEEP").is_some() {
+        eprintln!("vm: keeping the guest's files in {}", work.keep().display());
+    }
     let serial =
-        String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
+        String::from_utf8_lossy(&std::fs::read(&serial_log).unwrap_or_default()).replace('\r', "");
     if !status.status.success() && !serial.contains(EXIT_MARKER) {
         return Err(Error::Other(format!(
             "qemu failed ({}) after {:.1}s: {}\nserial console:\n{serial}",
@@ -249,9 +259,12 @@ pub fn boot(kernel: &Kernel, run: &VmRun) -> Result<VmOutcome, Error> {
 pub fn rerun_inside(name: &str, extra_binaries: &[PathBuf]) -> Result<(), Error> {
     let kernel = Kernel::find()?;
     let exe = std::env::current_exe().map_err(|e| Error::Other(format!("current_exe: {e}")))?;
+    let exe_name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::Other("test binary has no file name".into()))?;
     let mut run = VmRun::new(format!(
-        "export {INSIDE_ENV}=1 RUST_BACKTRACE=1\ncd /tmp\n'{}' --exact '{name}' --nocapture --test-threads 1\n",
-        exe.display()
+        "export {INSIDE_ENV}=1 RUST_BACKTRACE=1\ncd /tmp\n'{GUEST_BIN}/{exe_name}' --exact '{name}' --nocapture --test-threads 1\n"
     ));
     run.binaries.push(exe);
     run.binaries.extend(extra_binaries.iter().cloned());
