@@ -297,42 +297,54 @@ impl Store for EmbeddedStore {
 
     fn update(&self, kind: Kind, object: &Object) -> Result<Object, Error> {
         let expected = parse_rev(kind, &object.name, &object.revision)?;
-        let rev = self.write(kind, &object.name, false, |tx, rev| {
-            let n = tx
+        let (rev, status) = self.write(kind, &object.name, false, |tx, rev| {
+            // RETURNING hands back the untouched status: no second read.
+            let status: Option<Option<String>> = tx
                 .prepare_cached(
                     "UPDATE objects SET revision = ?1, labels = ?2, spec = ?3
-                     WHERE kind = ?4 AND name = ?5 AND revision = ?6",
+                     WHERE kind = ?4 AND name = ?5 AND revision = ?6 RETURNING status",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![
-                        rev,
-                        to_json(&object.labels),
-                        to_json(&object.spec),
-                        kind.as_str(),
-                        object.name,
-                        expected
-                    ])
+                    s.query_row(
+                        params![
+                            rev,
+                            to_json(&object.labels),
+                            to_json(&object.spec),
+                            kind.as_str(),
+                            object.name,
+                            expected
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()
                 })
                 .map_err(self.err("update"))?;
-            if n == 0 {
-                return Err(missing_or_conflict(
+            match status {
+                Some(st) => Ok((rev, st)),
+                None => Err(missing_or_conflict(
                     tx,
                     kind,
                     &object.name,
                     &self.inner.path,
-                ));
+                )),
             }
-            Ok(rev)
         })?;
-        let mut out = self.get(kind, &object.name)?.ok_or(Error::NotFound {
-            kind,
-            name: object.name.clone(),
-        })?;
-        // Another write may follow ours before the read; report the object as we wrote it.
-        out.revision = Revision(rev.to_string());
-        out.labels = object.labels.clone();
-        out.spec = object.spec.clone();
-        Ok(out)
+        let status = status
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| Error::Backend {
+                context: format!(
+                    "embedded store {}: status of {} holds invalid JSON",
+                    self.inner.path.display(),
+                    object.name
+                ),
+                source: Box::new(e),
+            })?;
+        Ok(Object {
+            revision: Revision(rev.to_string()),
+            status,
+            ..object.clone()
+        })
     }
 
     fn update_status(&self, kind: Kind, object: &Object) -> Result<Object, Error> {

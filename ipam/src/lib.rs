@@ -17,7 +17,12 @@ use ipnetwork::IpNetwork;
 
 pub mod block;
 pub mod embedded;
+pub mod ipam;
 pub mod store;
+
+pub use crate::ipam::{
+    AutoAssignArgs, AutoAssigned, CheckReport, GcReport, Ipam, IpamError, Problem,
+};
 
 pub use embedded::EmbeddedStore;
 pub use store::{
@@ -25,7 +30,7 @@ pub use store::{
 };
 
 /// Identifies one owner of addresses (for a pod: network name + container id).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HandleId(pub String);
 
 /// An address handed out of a block.
@@ -67,6 +72,9 @@ pub enum Error {
         context: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An IPAM rule (pool exhausted, address in use, ...).
+    #[error(transparent)]
+    Ipam(Box<IpamError>),
     #[error("gave up on {what} after {attempts} conflicting writes")]
     TooManyConflicts { what: String, attempts: u32 },
 }
