@@ -12,6 +12,7 @@
 //! originate and peers to talk to, and consumes the stream of [`BestPathChange`]s.
 
 pub mod attrs;
+pub mod packet;
 
 use std::net::IpAddr;
 
