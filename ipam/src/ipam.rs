@@ -257,6 +257,8 @@ pub struct GcReport {
     pub kept: usize,
     /// Handle records rewritten (or deleted) to match the blocks.
     pub handles_fixed: Vec<String>,
+    /// Affinities of interrupted claims, confirmed or removed: (node, block).
+    pub affinities_fixed: Vec<(String, IpNetwork)>,
 }
 
 /// Utilisation of one block, for `show`.
@@ -1229,6 +1231,22 @@ impl<S: Store> Ipam<S> {
                 }
                 Problem::HandleWithoutAddresses { handle } => {
                     touched.entry(handle.clone()).or_default();
+                }
+                // An interrupted claim: the block exists for the node → confirm; otherwise
+                // the claim lost or never got that far → drop the affinity. A claim still
+                // running re-creates its affinity when it confirms.
+                Problem::AffinityWithoutBlock { node, cidr, .. }
+                | Problem::BlockWithoutAffinity { cidr, node } => {
+                    let owner = self
+                        .store
+                        .get_typed::<IpamBlockSpec>(&block_name(cidr))?
+                        .and_then(|b| b.spec.affinity);
+                    if owner.as_deref() == Some(node.as_str()) {
+                        self.set_affinity_state(node, cidr, AffinityState::Confirmed)?;
+                    } else {
+                        self.delete_affinity(node, cidr)?;
+                    }
+                    out.affinities_fixed.push((node.clone(), *cidr));
                 }
                 _ => {}
             }
