@@ -6,17 +6,23 @@
 //! This crate owns what a plugin does for one attachment: the pod's veth pair, its addresses and
 //! routes, the host-side /32 route, and the allocation under the attachment's handle. It must
 //! not touch other interfaces or other programs' routes, and nothing may outlive a failed ADD.
+//!
+//! ```text
+//! CNI_* env + stdin ─▶ spec / config (pure parse) ─▶ plugin (ADD/DEL/CHECK/GC/STATUS)
+//!                                                     ├─▶ ipam::Ipam (allocate / release)
+//!                                                     └─▶ dataplane ─▶ netlink (host + pod netns)
+//! result JSON ◀─ stdout only; logs ─▶ stderr or the configured file
+//! ```
 
-/// The error codes of the CNI specification, plus reef's own (≥ 100).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    IncompatibleVersion = 1,
-    UnsupportedField = 2,
-    UnknownContainer = 3,
-    InvalidConfig = 4,
-    IoFailure = 5,
-    DecodeFailure = 6,
-    InvalidEnvironment = 7,
-    TryAgainLater = 11,
-    NotReady = 50,
-}
+pub mod backend;
+pub mod config;
+pub mod dataplane;
+pub mod error;
+pub mod ipam;
+pub mod log;
+pub mod netlink;
+pub mod plugin;
+pub mod spec;
+mod sys;
+
+pub use error::{Error, ErrorCode};

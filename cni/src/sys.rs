@@ -1,0 +1,36 @@
+//! The one place this crate needs `unsafe`: `setns(2)`, which libc exposes only as a raw call.
+//!
+//! A network namespace belongs to a thread. The plugin binaries are single-threaded and never
+//! run an async runtime, so entering the pod's namespace for a moment (to open a netlink socket
+//! there, which stays bound to that namespace) and coming back is safe; the guard restores the
+//! original namespace before anything else runs.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: setns only reads the descriptor, which `BorrowedFd` keeps open for the call;
+    // CLONE_NEWNET limits it to the network namespace of the calling thread.
+    let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Runs `f` with the calling thread inside the network namespace `target`, then returns to
+/// the namespace it came from. If returning fails the process aborts: carrying on in the
+/// wrong namespace would touch the pod's interfaces as if they were the host's.
+pub fn in_netns<T>(target: &File, f: impl FnOnce() -> T) -> io::Result<T> {
+    let home = File::open("/proc/thread-self/ns/net")?;
+    setns(std::os::fd::AsFd::as_fd(target))?;
+    let out = f();
+    if setns(std::os::fd::AsFd::as_fd(&home)).is_err() {
+        eprintln!("reef-cni: cannot return to the original network namespace; aborting");
+        std::process::abort();
+    }
+    Ok(out)
+}

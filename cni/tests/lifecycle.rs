@@ -1,0 +1,159 @@
+//! reef-cni run the way a runtime runs it, per spec version: ADD two pods on one node, both
+//! reach the host and each other; CHECK passes, then fails once something is broken; DEL
+//! twice; GC releases what is not listed as valid.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+fn lifecycle(version: &str) {
+    let node = Node::new("10.244.0.0/24");
+    let pod1 = Netns::new("pod1");
+    let pod2 = Netns::new("pod2");
+    let conf = node.reef_conf(version, "reefnet");
+    let c1 = format!("c1-{}", pod1.name);
+    let c2 = format!("c2-{}", pod2.name);
+
+    let add1 = Call::new(reef_cni(), "ADD", &c1, &pod1.path(), &conf).run(&node.host);
+    add1.expect_ok("ADD pod1");
+    let r1 = add1.json();
+    assert_eq!(r1["cniVersion"], version);
+    let add2 = Call::new(reef_cni(), "ADD", &c2, &pod2.path(), &conf).run(&node.host);
+    add2.expect_ok("ADD pod2");
+    let r2 = add2.json();
+
+    // The result's shape follows the version.
+    assert_eq!(r1["interfaces"][1]["name"], "eth0");
+    assert_eq!(r1["interfaces"][1]["sandbox"], pod1.path());
+    assert_eq!(r1["ips"][0]["interface"], 1);
+    assert_eq!(
+        r1["ips"][0].get("version").is_some(),
+        version == "0.4.0",
+        "{r1}"
+    );
+    assert_eq!(
+        r1["interfaces"][1].get("mtu").is_some(),
+        version == "1.1.0",
+        "{r1}"
+    );
+    let ip1 = result_ips(&r1)[0];
+    let ip2 = result_ips(&r2)[0];
+    assert!(r1["ips"][0]["address"].as_str().unwrap().ends_with("/32"));
+    assert_ne!(ip1, ip2);
+    assert!("10.244.0.0/24"
+        .parse::<ipnetwork::IpNetwork>()
+        .unwrap()
+        .contains(ip1));
+
+    // The kernel state: pod address, routes, host veth + /32 route with reef's protocol.
+    let addrs = pod1.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains(&format!("{ip1}/32")), "{addrs}");
+    let routes = pod1.ip(&["route", "show"]);
+    assert!(
+        routes.contains("default via 169.254.1.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(routes.contains("169.254.1.1 dev eth0"), "{routes}");
+    let host_routes = node.host.reef_routes(PROTO);
+    assert!(
+        host_routes
+            .iter()
+            .any(|r| r.starts_with(&format!("{ip1} dev reef"))),
+        "{host_routes:?}"
+    );
+    assert_eq!(node.host.links("reef").len(), 2);
+    assert_eq!(node.held(&format!("reefnet.{c1}")), vec![ip1]);
+
+    // Traffic: pod → host, pod → pod through the host.
+    assert!(pod1.ping(node.host_addr), "pod1 cannot reach the host");
+    assert!(pod1.ping(ip2), "pod1 cannot reach pod2");
+    assert!(pod2.ping(ip1), "pod2 cannot reach pod1");
+
+    // CHECK with the ADD result passes; after the pod's default route is deleted it fails
+    // and says what differs.
+    let check = Call::new(
+        reef_cni(),
+        "CHECK",
+        &c1,
+        &pod1.path(),
+        &with_prev(&conf, &r1),
+    );
+    check.run(&node.host).expect_ok("CHECK");
+    pod1.ip(&["route", "del", "default"]);
+    let failed = check.run(&node.host);
+    assert_eq!(failed.code(), 104, "{}", failed.stdout);
+    assert!(
+        failed.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("pod route 0.0.0.0/0"),
+        "{}",
+        failed.stdout
+    );
+    // And a host route removed behind reef's back is reported too.
+    node.host.ip(&["route", "del", &format!("{ip2}/32")]);
+    let check2 = Call::new(
+        reef_cni(),
+        "CHECK",
+        &c2,
+        &pod2.path(),
+        &with_prev(&conf, &r2),
+    )
+    .run(&node.host);
+    assert_eq!(check2.code(), 104);
+    assert!(check2.json()["msg"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("host route to {ip2}/32 is missing")));
+
+    // DEL twice: both succeed, and the first removes everything of pod1.
+    let del1 = Call::new(reef_cni(), "DEL", &c1, &pod1.path(), &conf);
+    del1.run(&node.host).expect_ok("DEL");
+    del1.run(&node.host).expect_ok("second DEL");
+    assert!(node.held(&format!("reefnet.{c1}")).is_empty());
+    assert_eq!(node.host.links("reef").len(), 1);
+    assert!(
+        !pod1.try_ip(&["link", "show", "eth0"]),
+        "pod1 still has eth0"
+    );
+
+    // GC (1.1.0): pod2 is not listed as valid, so its allocation goes.
+    if version == "1.1.0" {
+        let mut gc_conf = conf.clone();
+        gc_conf["cni.dev/valid-attachments"] =
+            json!([{"containerID": "someone-else", "ifname": "eth0"}]);
+        Call::new(reef_cni(), "GC", "", "", &gc_conf)
+            .unset("CNI_CONTAINERID")
+            .unset("CNI_NETNS")
+            .unset("CNI_IFNAME")
+            .run(&node.host)
+            .expect_ok("GC");
+        assert!(
+            node.held(&format!("reefnet.{c2}")).is_empty(),
+            "GC left pod2's address"
+        );
+    } else {
+        let gc = Call::new(reef_cni(), "GC", "", "", &conf).run(&node.host);
+        assert_eq!(gc.code(), 1, "GC needs cniVersion 1.1.0");
+    }
+    Call::new(reef_cni(), "DEL", &c2, &pod2.path(), &conf)
+        .run(&node.host)
+        .expect_ok("DEL pod2");
+    node.assert_clean("after DEL of both pods");
+}
+
+#[test]
+fn lifecycle_0_4_0() {
+    lifecycle("0.4.0");
+}
+
+#[test]
+fn lifecycle_1_0_0() {
+    lifecycle("1.0.0");
+}
+
+#[test]
+fn lifecycle_1_1_0() {
+    lifecycle("1.1.0");
+}
