@@ -11,8 +11,51 @@
 //! another protocol, an interface, or an address.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
+
+pub mod diff;
+pub mod fake;
+pub mod kernel;
+pub mod netlink;
+pub mod netns;
+pub mod reconciler;
+pub mod rtnl;
+
+pub use diff::{diff, Op};
+pub use kernel::{KernelNextHop, KernelRoute, KernelTarget, RouteKey};
+pub use netlink::{Netlink, RouteEvent};
+pub use reconciler::{ApplyReport, Reconciler, ReconcilerConfig, ReconcilerStatus};
+pub use rtnl::RtNetlink;
+
+/// Everything that goes wrong while programming routes, with the route or namespace concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("netlink {op} of route {route} failed (errno {errno}): {reason}")]
+    Netlink {
+        op: &'static str,
+        route: String,
+        errno: i32,
+        reason: String,
+    },
+    #[error("{op}: {reason}")]
+    Io { op: &'static str, reason: String },
+    #[error("route {destination}: interface {interface} does not exist (yet)")]
+    NoSuchInterface {
+        interface: String,
+        destination: IpNetwork,
+    },
+    #[error("route {destination} is invalid: {reason}")]
+    InvalidRoute {
+        destination: IpNetwork,
+        reason: String,
+    },
+    #[error("{0}")]
+    Unresolved(String),
+    #[error("network namespace {path}: {reason}")]
+    Netns { path: PathBuf, reason: String },
+}
 
 /// The `rtm_protocol` value that marks a route as reef's. 201 is unassigned in iproute2's
 /// `rt_protos` and unused by BIRD (12), FRR/zebra (11, 186-196), Calico/felix (80), or dhcp.

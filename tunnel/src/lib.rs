@@ -14,8 +14,32 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 pub use reef_config::IpipMode;
 
+pub mod plan;
+
+pub use plan::{plan, Plan, PlanInput, PlanProblem, PlannedRoute, Pool, TunnelMode};
+
+/// Everything that goes wrong in the data plane crate, with the block or device concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TunnelError {
+    #[error(
+        "remote block {prefix} via {next_hop}: pool ipipMode {mode:?} asks for IP-in-IP, \
+         which carries IPv4 only; set the IPv6 pool's ipipMode to Never"
+    )]
+    Ipv6Ipip {
+        prefix: IpNetwork,
+        next_hop: IpAddr,
+        mode: IpipMode,
+    },
+    #[error("remote block {prefix} is inside no configured pool; add a pool that covers it")]
+    NoPool { prefix: IpNetwork },
+    #[error("remote block {prefix} has next hop {next_hop} of the other address family")]
+    FamilyMismatch { prefix: IpNetwork, next_hop: IpAddr },
+    #[error("remote block {prefix} needs IP-in-IP but no tunnel device is available")]
+    TunnelUnavailable { prefix: IpNetwork },
+}
+
 /// Why a route exists; `reef routes` prints it beside each route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteReason {
     /// A pod on this node, via its veth.
     LocalPod,
