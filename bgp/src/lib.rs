@@ -13,6 +13,8 @@
 
 pub mod attrs;
 pub mod packet;
+pub mod policy;
+pub mod rib;
 
 use std::net::IpAddr;
 

@@ -1,0 +1,157 @@
+//! RIB ingest benchmark: one eBGP peer announces 1,000,000 IPv4 prefixes carrying about
+//! 1,000 distinct attribute sets, in packed batches as UPDATEs would bring them, straight
+//! into the RIB (no wire, no sessions). A second peer then announces the same prefixes with
+//! other attributes, so every prefix runs the full decision between two paths.
+//!
+//! Run: `cargo bench -p reef-bgp --bench rib_ingest` (prints figures; peak RSS from
+//! /proc/self/status VmHWM). Optional args: prefix count, attribute-set count.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use reef_bgp::attrs::{AsSegment, NextHop, Origin, PathAttributes};
+use reef_bgp::rib::{PeerConfig, PeerSession, Rib, RibConfig};
+use reef_bgp::{Asn, PeerType};
+
+/// Prefixes per batch: a 4096-byte UPDATE holds about 900 /24 NLRI.
+const BATCH: usize = 900;
+
+fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time of this thread in seconds: the machine is shared, so wall time alone overstates.
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0.0, |ns| ns as f64 / 1e9)
+}
+
+fn attr_set(peer_as: u32, j: u32, next_hop: Ipv4Addr) -> PathAttributes {
+    // Path lengths 1..=6, a few origins, MEDs and communities: the variety of a real feed.
+    let len = 1 + (j % 6);
+    let mut path = vec![Asn(peer_as)];
+    path.extend((1..len).map(|k| Asn(64_512 + (j * 7 + k) % 1000)));
+    PathAttributes {
+        origin: match j % 10 {
+            0 => Origin::Incomplete,
+            1 => Origin::Egp,
+            _ => Origin::Igp,
+        },
+        as_path: vec![AsSegment::Sequence(path)],
+        next_hop: Some(NextHop {
+            address: IpAddr::V4(next_hop),
+            link_local: None,
+        }),
+        // Distinct per set, so there are exactly `sets` attribute sets.
+        med: Some(j),
+        communities: (0..(j % 4)).map(|c| (peer_as << 16) | (j + c)).collect(),
+        ..PathAttributes::default()
+    }
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = args.first().copied().unwrap_or(1_000_000);
+    let sets = args.get(1).copied().unwrap_or(1_000).max(1) as u32;
+
+    let prefixes: Vec<IpNetwork> = (0..n as u32)
+        .map(|i| {
+            let addr = Ipv4Addr::from(0x0100_0000u32.wrapping_add(i << 8));
+            IpNetwork::V4(Ipv4Network::new(addr, 24).expect("valid /24"))
+        })
+        .collect();
+    let rss_base = status_kib("VmRSS:");
+
+    let mut rib =
+        Rib::new(RibConfig::new(Asn(64_500), Ipv4Addr::new(10, 0, 0, 1))).expect("config");
+    let session = |rib: &mut Rib, addr: Ipv4Addr, asn: u32| {
+        let peer = rib
+            .add_peer(PeerConfig::new(
+                IpAddr::V4(addr),
+                Asn(asn),
+                PeerType::Global,
+            ))
+            .expect("peer");
+        rib.peer_up(
+            peer,
+            PeerSession {
+                router_id: addr,
+                local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                local_v6: None,
+                ipv4: true,
+                ipv6: false,
+            },
+        )
+        .expect("up");
+        peer
+    };
+    let p1 = session(&mut rib, Ipv4Addr::new(10, 0, 0, 2), 65_001);
+    let p2 = session(&mut rib, Ipv4Addr::new(10, 0, 0, 3), 65_002);
+
+    let run = |rib: &mut Rib, peer, asn: u32, nh: Ipv4Addr| {
+        let templates: Vec<PathAttributes> = (0..sets).map(|j| attr_set(asn, j, nh)).collect();
+        let start = Instant::now();
+        let cpu = cpu_seconds();
+        let mut changes = 0usize;
+        let mut hops = 0usize;
+        for (b, chunk) in prefixes.chunks(BATCH).enumerate() {
+            // Decoding hands the RIB a fresh attribute value per UPDATE.
+            let attrs = templates[b % templates.len()].clone();
+            let out = rib.announce(peer, chunk, attrs).expect("announce");
+            changes += out.best_changes.len();
+            hops += out
+                .best_changes
+                .iter()
+                .map(|c| c.next_hops.len())
+                .sum::<usize>();
+        }
+        (start.elapsed(), cpu_seconds() - cpu, changes, hops)
+    };
+
+    let (t1, cpu1, c1, _) = run(&mut rib, p1, 65_001, Ipv4Addr::new(10, 0, 0, 2));
+    let hwm1 = status_kib("VmHWM:");
+    let rss1 = status_kib("VmRSS:");
+    println!(
+        "rib_ingest: peer 1: {n} prefixes, {sets} attribute sets, batches of {BATCH}: {:.3} s wall, {cpu1:.3} s CPU ({:.0} ns/prefix, {:.2} M prefixes/s), {c1} best-path changes",
+        t1.as_secs_f64(),
+        t1.as_nanos() as f64 / n as f64,
+        n as f64 / t1.as_secs_f64() / 1e6
+    );
+    println!(
+        "rib_ingest: after peer 1: Loc-RIB {} prefixes, {} attribute sets interned, VmRSS {} MiB (+{} MiB over the prefix list), VmHWM {} MiB",
+        rib.loc_rib_len(),
+        rib.attribute_sets(),
+        rss1 / 1024,
+        rss1.saturating_sub(rss_base) / 1024,
+        hwm1 / 1024
+    );
+
+    let (t2, cpu2, c2, h2) = run(&mut rib, p2, 65_002, Ipv4Addr::new(10, 0, 0, 3));
+    let hwm2 = status_kib("VmHWM:");
+    println!(
+        "rib_ingest: peer 2 (same prefixes, decision between 2 paths each): {:.3} s wall, {cpu2:.3} s CPU ({:.0} ns/prefix), {c2} best-path changes ({h2} next hops), VmHWM {} MiB",
+        t2.as_secs_f64(),
+        t2.as_nanos() as f64 / n as f64,
+        hwm2 / 1024
+    );
+    let counters = rib.counters(p1).expect("counters");
+    println!(
+        "rib_ingest: peer 1 counters: received {}, accepted {}, sent {}",
+        counters.received, counters.accepted, counters.sent
+    );
+}
