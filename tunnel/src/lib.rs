@@ -14,7 +14,13 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 pub use reef_config::IpipMode;
 
+pub mod device;
+pub mod nat;
 pub mod plan;
+mod sys;
+pub mod userspace;
+
+pub use device::{Tunnel, TunnelConfig};
 
 pub use plan::{plan, Plan, PlanInput, PlanProblem, PlannedRoute, Pool, TunnelMode};
 
@@ -36,6 +42,10 @@ pub enum TunnelError {
     FamilyMismatch { prefix: IpNetwork, next_hop: IpAddr },
     #[error("remote block {prefix} needs IP-in-IP but no tunnel device is available")]
     TunnelUnavailable { prefix: IpNetwork },
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error("{what}: {reason}")]
+    Io { what: String, reason: String },
 }
 
 /// Why a route exists; `reef routes` prints it beside each route.

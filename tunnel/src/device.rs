@@ -1,0 +1,329 @@
+//! The tunnel device: detect kernel IP-in-IP, configure `tunl0` or the userspace TUN device
+//! (MTU, tunnel address, up) only while a route needs it, and the MTU file for the CNI plugin.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+use rtnetlink::{Handle, LinkIpIp, LinkUnspec};
+
+use crate::plan::{Plan, Pool, TunnelMode, KERNEL_TUNNEL_DEVICE, USERSPACE_TUNNEL_DEVICE};
+use crate::userspace::{EncapTable, TunnelStats, UserspaceTunnel};
+use crate::{IpipMode, TunnelError};
+
+/// The outer IPv4 header IP-in-IP adds.
+pub const IPIP_OVERHEAD: u32 = 20;
+
+fn nl(what: impl Into<String>, e: rtnetlink::Error) -> TunnelError {
+    TunnelError::Io {
+        what: what.into(),
+        reason: e.to_string(),
+    }
+}
+
+/// The index of interface `name`, if it exists.
+pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, TunnelError> {
+    let mut s = handle.link().get().execute();
+    while let Some(l) = s.try_next().await.map_err(|e| nl("list interfaces", e))? {
+        if l.attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name))
+        {
+            return Ok(Some(l.header.index));
+        }
+    }
+    Ok(None)
+}
+
+/// The MTU of interface `name`.
+pub async fn link_mtu(handle: &Handle, name: &str) -> Result<u32, TunnelError> {
+    let mut s = handle.link().get().match_name(name).execute();
+    let l = s
+        .try_next()
+        .await
+        .map_err(|e| nl(format!("look up interface {name}"), e))?
+        .ok_or_else(|| TunnelError::NoSuchInterface(name.to_string()))?;
+    l.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .ok_or_else(|| TunnelError::NoSuchInterface(name.to_string()))
+}
+
+/// Whether the kernel has IP-in-IP: `tunl0` exists, or asking for an ipip device makes the
+/// module load (which creates `tunl0` in every namespace). Otherwise the userspace fallback.
+pub async fn detect(handle: &Handle) -> Result<TunnelMode, TunnelError> {
+    if link_index(handle, KERNEL_TUNNEL_DEVICE).await?.is_some() {
+        return Ok(TunnelMode::kernel());
+    }
+    let added = handle
+        .link()
+        .add(LinkIpIp::new(KERNEL_TUNNEL_DEVICE).build())
+        .execute()
+        .await;
+    if link_index(handle, KERNEL_TUNNEL_DEVICE).await?.is_some() {
+        return Ok(TunnelMode::kernel());
+    }
+    tracing::info!(
+        reason = %added.err().map(|e| e.to_string()).unwrap_or_default(),
+        "kernel has no IP-in-IP; using the userspace fallback"
+    );
+    Ok(TunnelMode::userspace())
+}
+
+/// Sets MTU, adds `address`/32 (if any, idempotently) and brings `name` up.
+pub async fn bring_up(
+    handle: &Handle,
+    name: &str,
+    mtu: u32,
+    address: Option<Ipv4Addr>,
+) -> Result<(), TunnelError> {
+    let index = link_index(handle, name)
+        .await?
+        .ok_or_else(|| TunnelError::NoSuchInterface(name.to_string()))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+        .execute()
+        .await
+        .map_err(|e| nl(format!("set {name} mtu {mtu} up"), e))?;
+    if let Some(a) = address {
+        if !has_address(handle, index, a).await? {
+            handle
+                .address()
+                .add(index, IpAddr::V4(a), 32)
+                .execute()
+                .await
+                .map_err(|e| nl(format!("add {a}/32 to {name}"), e))?;
+        }
+    }
+    Ok(())
+}
+
+async fn has_address(handle: &Handle, index: u32, a: Ipv4Addr) -> Result<bool, TunnelError> {
+    let mut s = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(m) = s.try_next().await.map_err(|e| nl("list addresses", e))? {
+        if m.attributes
+            .iter()
+            .any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(v)) | AddressAttribute::Address(IpAddr::V4(v)) if *v == a))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Takes `tunl0` out of use: down, and reef's tunnel address removed. (The device itself is
+/// the kernel's fallback device and cannot be deleted.)
+pub async fn release_kernel(handle: &Handle, address: Option<Ipv4Addr>) -> Result<(), TunnelError> {
+    let Some(index) = link_index(handle, KERNEL_TUNNEL_DEVICE).await? else {
+        return Ok(());
+    };
+    if let Some(a) = address {
+        let mut s = handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(m) = s.try_next().await.map_err(|e| nl("list addresses", e))? {
+            if m.attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(v)) if *v == a))
+            {
+                handle
+                    .address()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(|e| nl(format!("remove {a} from tunl0"), e))?;
+            }
+        }
+    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
+        .map_err(|e| nl("set tunl0 down", e))
+}
+
+/// The MTU pods get: the configured one, else the parent's minus the IP-in-IP header when
+/// any pool may encapsulate, else the parent's.
+pub fn pod_mtu(parent_mtu: u32, pools: &[Pool], configured: Option<u32>) -> u32 {
+    if let Some(m) = configured {
+        return m;
+    }
+    if pools.iter().any(|p| p.ipip_mode != IpipMode::Never) {
+        parent_mtu.saturating_sub(IPIP_OVERHEAD)
+    } else {
+        parent_mtu
+    }
+}
+
+/// Writes the MTU file the CNI plugin reads (decimal, newline), atomically: a plugin never
+/// reads a half-written file.
+pub fn write_mtu_file(path: &Path, mtu: u32) -> Result<(), TunnelError> {
+    let err = |e: std::io::Error| TunnelError::Io {
+        what: format!("write MTU file {}", path.display()),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{mtu}\n")).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// What the tunnel manager needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// The namespace to work in (`None`: the caller's).
+    pub netns: Option<PathBuf>,
+    /// The interface carrying the node address; its MTU sets the tunnel's.
+    pub parent_interface: String,
+    /// This node's address: the outer source of encapsulated packets.
+    pub node_address: Ipv4Addr,
+    /// The tunnel address from IPAM, put on the tunnel device (source for node → remote pod).
+    pub tunnel_address: Option<Ipv4Addr>,
+    /// Tunnel MTU; default parent MTU − 20.
+    pub mtu: Option<u32>,
+    /// Force the userspace fallback even where the kernel has ipip (tests, interop).
+    pub force_userspace: bool,
+    pub userspace_device: String,
+}
+
+impl TunnelConfig {
+    pub fn new(parent_interface: &str, node_address: Ipv4Addr) -> Self {
+        TunnelConfig {
+            netns: None,
+            parent_interface: parent_interface.to_string(),
+            node_address,
+            tunnel_address: None,
+            mtu: None,
+            force_userspace: false,
+            userspace_device: USERSPACE_TUNNEL_DEVICE.to_string(),
+        }
+    }
+}
+
+/// Keeps the one tunnel device in shape for the current plan.
+#[derive(Debug)]
+pub struct Tunnel {
+    handle: Handle,
+    cfg: TunnelConfig,
+    mode: TunnelMode,
+    mtu: u32,
+    userspace: Option<UserspaceTunnel>,
+    kernel_in_use: bool,
+}
+
+impl Tunnel {
+    /// Detects the mode (logged) and the MTU; creates nothing until a route needs the tunnel.
+    pub async fn new(cfg: TunnelConfig) -> Result<Self, TunnelError> {
+        let nl = felix_lite::RtNetlink::connect(cfg.netns.as_deref())
+            .await
+            .map_err(|e| TunnelError::Io {
+                what: "connect to netlink".into(),
+                reason: e.to_string(),
+            })?;
+        let handle = nl.handle().clone();
+        let mode = if cfg.force_userspace {
+            TunnelMode::Userspace {
+                device: cfg.userspace_device.clone(),
+            }
+        } else {
+            match detect(&handle).await? {
+                TunnelMode::Userspace { .. } => TunnelMode::Userspace {
+                    device: cfg.userspace_device.clone(),
+                },
+                m => m,
+            }
+        };
+        let mtu = match cfg.mtu {
+            Some(m) => m,
+            None => link_mtu(&handle, &cfg.parent_interface)
+                .await?
+                .saturating_sub(IPIP_OVERHEAD),
+        };
+        tracing::info!(?mode, mtu, "tunnel mode chosen");
+        Ok(Tunnel {
+            handle,
+            cfg,
+            mode,
+            mtu,
+            userspace: None,
+            kernel_in_use: false,
+        })
+    }
+
+    /// The mode the route plan must be computed with (and `reef status` shows).
+    pub fn mode(&self) -> &TunnelMode {
+        &self.mode
+    }
+
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// Whether the tunnel device is currently set up.
+    pub fn active(&self) -> bool {
+        self.userspace.is_some() || self.kernel_in_use
+    }
+
+    /// Userspace counters, when the fallback runs.
+    pub fn stats(&self) -> Option<TunnelStats> {
+        self.userspace.as_ref().map(UserspaceTunnel::stats)
+    }
+
+    /// Brings the device up when `plan` routes through it (before its routes are written),
+    /// updates the userspace map, and takes the device out of use when nothing needs it.
+    /// `cluster_nodes` are accepted as sources of encapsulated packets in addition to the
+    /// plan's next hops.
+    pub async fn sync(
+        &mut self,
+        plan: &Plan,
+        cluster_nodes: impl IntoIterator<Item = IpAddr>,
+    ) -> Result<(), TunnelError> {
+        match self.mode.clone() {
+            TunnelMode::Kernel { device } => {
+                if plan.tunnel_needed && !self.kernel_in_use {
+                    bring_up(&self.handle, &device, self.mtu, self.cfg.tunnel_address).await?;
+                    self.kernel_in_use = true;
+                } else if !plan.tunnel_needed && self.kernel_in_use {
+                    release_kernel(&self.handle, self.cfg.tunnel_address).await?;
+                    self.kernel_in_use = false;
+                }
+            }
+            TunnelMode::Userspace { device } => {
+                if plan.tunnel_needed {
+                    if self.userspace.is_none() {
+                        let u = UserspaceTunnel::start(
+                            self.cfg.netns.as_deref(),
+                            &device,
+                            self.cfg.node_address,
+                        )?;
+                        bring_up(&self.handle, &device, self.mtu, self.cfg.tunnel_address).await?;
+                        self.userspace = Some(u);
+                    }
+                    if let Some(u) = &self.userspace {
+                        u.set_table(EncapTable::from_plan(&plan.encap, cluster_nodes));
+                    }
+                } else if let Some(u) = self.userspace.take() {
+                    // Dropping closes the TUN fd: the device and its routes go with it.
+                    drop(u);
+                }
+            }
+            TunnelMode::Unavailable => {}
+        }
+        Ok(())
+    }
+}

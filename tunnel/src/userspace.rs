@@ -1,0 +1,433 @@
+//! The userspace IP-in-IP fallback for kernels without `ipip.ko`.
+//!
+//! ```text
+//!   pod ─▶ route "dev reeftun0" ─▶ TUN ─▶ [tx thread] lookup dst → node ─▶ raw socket sendto
+//!                                          (kernel adds the outer header, protocol 4)
+//!   wire ─▶ raw IPPROTO_IPIP socket ─▶ [rx thread] known node? strip outer ─▶ TUN ─▶ pod
+//! ```
+//!
+//! The wire format is the kernel's (RFC 2003 outer IPv4 header, protocol 4), so a userspace
+//! node and a kernel-ipip node interoperate. The route into the TUN device carries no gateway,
+//! so the encapsulator keeps its own map from destination block to node addresses, built from
+//! the route plan ([`EncapTable::from_plan`]). Only packets from known cluster nodes are
+//! decapsulated, like Calico's tunl0 with its allowed-sources rule.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use ipnetwork::IpNetwork;
+
+use crate::{sys, TunnelError};
+
+/// Destination block → node addresses, with longest-prefix match, and the nodes whose
+/// encapsulated packets are accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncapTable {
+    /// Per prefix length (longest first): masked network → node addresses.
+    by_len: Vec<(u8, HashMap<u32, Vec<Ipv4Addr>>)>,
+    peers: HashSet<Ipv4Addr>,
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+impl EncapTable {
+    /// From [`crate::Plan::encap`]; `extra_peers` are further cluster nodes to accept packets
+    /// from (e.g. every node of the mesh, also those with no block yet). IPv6 entries are
+    /// ignored: IP-in-IP carries IPv4.
+    pub fn from_plan(
+        encap: &BTreeMap<IpNetwork, Vec<IpAddr>>,
+        extra_peers: impl IntoIterator<Item = IpAddr>,
+    ) -> Self {
+        let mut lens: BTreeMap<u8, HashMap<u32, Vec<Ipv4Addr>>> = BTreeMap::new();
+        let mut peers = HashSet::new();
+        for (prefix, nodes) in encap {
+            let IpNetwork::V4(p) = prefix else { continue };
+            let v4: Vec<Ipv4Addr> = nodes
+                .iter()
+                .filter_map(|n| match n {
+                    IpAddr::V4(a) => Some(*a),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            if v4.is_empty() {
+                continue;
+            }
+            peers.extend(v4.iter().copied());
+            lens.entry(p.prefix())
+                .or_default()
+                .insert(u32::from(p.network()) & mask(p.prefix()), v4);
+        }
+        peers.extend(extra_peers.into_iter().filter_map(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }));
+        EncapTable {
+            by_len: lens.into_iter().rev().collect(),
+            peers,
+        }
+    }
+
+    /// The node to encapsulate a packet for `dst` to; `flow` spreads flows over several nodes
+    /// advertising the same block (one flow always takes the same node).
+    pub fn lookup(&self, dst: Ipv4Addr, flow: u32) -> Option<Ipv4Addr> {
+        let d = u32::from(dst);
+        self.by_len.iter().find_map(|(len, nets)| {
+            nets.get(&(d & mask(*len)))
+                .map(|nodes| nodes[flow as usize % nodes.len()])
+        })
+    }
+
+    /// Whether encapsulated packets from `src` are accepted.
+    pub fn accepts(&self, src: Ipv4Addr) -> bool {
+        self.peers.contains(&src)
+    }
+}
+
+/// Why a received packet was not decapsulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    TooShort,
+    NotIpv4,
+    NotIpip,
+    BadHeaderLength,
+    InnerNotIpv4,
+}
+
+/// The inner packet of a whole outer IPv4 packet as a raw socket returns it: validates the
+/// outer header (version 4, protocol 4, sane IHL) and that the inner one is IPv4.
+pub fn inner_packet(outer: &[u8]) -> Result<&[u8], Malformed> {
+    if outer.len() < 20 {
+        return Err(Malformed::TooShort);
+    }
+    if outer[0] >> 4 != 4 {
+        return Err(Malformed::NotIpv4);
+    }
+    if outer[9] != 4 {
+        return Err(Malformed::NotIpip);
+    }
+    let ihl = usize::from(outer[0] & 0x0f) * 4;
+    if ihl < 20 || ihl > outer.len() {
+        return Err(Malformed::BadHeaderLength);
+    }
+    let inner = &outer[ihl..];
+    if inner.len() < 20 {
+        return Err(Malformed::TooShort);
+    }
+    if inner[0] >> 4 != 4 {
+        return Err(Malformed::InnerNotIpv4);
+    }
+    Ok(inner)
+}
+
+/// The destination of an inner IPv4 packet and a hash of its flow (addresses and protocol).
+pub fn destination_and_flow(inner: &[u8]) -> Option<(Ipv4Addr, u32)> {
+    if inner.len() < 20 || inner[0] >> 4 != 4 {
+        return None;
+    }
+    let src = u32::from_be_bytes([inner[12], inner[13], inner[14], inner[15]]);
+    let dst = u32::from_be_bytes([inner[16], inner[17], inner[18], inner[19]]);
+    let flow = (src ^ dst.rotate_left(16) ^ u32::from(inner[9])).wrapping_mul(0x9E37_79B1);
+    Some((Ipv4Addr::from(dst), flow >> 8))
+}
+
+/// Packet counters of the userspace tunnel.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub tx: AtomicU64,
+    pub rx: AtomicU64,
+    pub drop_no_route: AtomicU64,
+    pub drop_unknown_peer: AtomicU64,
+    pub drop_malformed: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelStats {
+    pub tx: u64,
+    pub rx: u64,
+    pub drop_no_route: u64,
+    pub drop_unknown_peer: u64,
+    pub drop_malformed: u64,
+    pub errors: u64,
+}
+
+/// The running encapsulator: a TUN device and a raw IPIP socket served by two OS threads.
+/// Dropping it stops the threads and removes the TUN device (it is not persistent).
+#[derive(Debug)]
+pub struct UserspaceTunnel {
+    device: String,
+    table: Arc<RwLock<Arc<EncapTable>>>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How long the threads block before checking whether to stop.
+const POLL_MS: i32 = 100;
+
+impl UserspaceTunnel {
+    /// Creates TUN device `device` and the raw socket (bound to `local`, the outer source) in
+    /// the namespace at `netns` (the caller's own when `None`), and starts the threads. The
+    /// device still has to be configured (MTU, address, up): see [`crate::device`].
+    pub fn start(netns: Option<&Path>, device: &str, local: Ipv4Addr) -> Result<Self, TunnelError> {
+        let name = device.to_string();
+        let (tun, raw) = felix_lite::netns::maybe_in(netns, move || {
+            let tun = sys::open_tun(&name)?;
+            let raw = sys::raw_ipip_socket(local)?;
+            Ok::<_, std::io::Error>((tun, raw))
+        })
+        .map_err(|e| TunnelError::Io {
+            what: format!("enter namespace for {device}"),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| TunnelError::Io {
+            what: format!("create TUN device {device} and raw IPIP socket"),
+            reason: e.to_string(),
+        })?;
+        let raw = Arc::new(raw);
+        let tun_rx = tun.try_clone().map_err(|e| TunnelError::Io {
+            what: format!("dup TUN fd of {device}"),
+            reason: e.to_string(),
+        })?;
+        let table = Arc::new(RwLock::new(Arc::new(EncapTable::default())));
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (raw, table, counters, stop) =
+                (raw.clone(), table.clone(), counters.clone(), stop.clone());
+            threads.push(spawn(format!("{device}-tx"), move || {
+                encap_loop(tun, &raw, &table, &counters, &stop)
+            })?);
+        }
+        {
+            let (table, counters, stop) = (table.clone(), counters.clone(), stop.clone());
+            threads.push(spawn(format!("{device}-rx"), move || {
+                decap_loop(&raw, tun_rx, &table, &counters, &stop)
+            })?);
+        }
+        tracing::info!(device, %local, "userspace IP-in-IP started (kernel has no ipip)");
+        Ok(UserspaceTunnel {
+            device: device.to_string(),
+            table,
+            counters,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Swaps in a new destination map (packets in flight use the old or the new one whole).
+    pub fn set_table(&self, table: EncapTable) {
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        *t = Arc::new(table);
+    }
+
+    pub fn stats(&self) -> TunnelStats {
+        let c = &self.counters;
+        TunnelStats {
+            tx: c.tx.load(Ordering::Relaxed),
+            rx: c.rx.load(Ordering::Relaxed),
+            drop_no_route: c.drop_no_route.load(Ordering::Relaxed),
+            drop_unknown_peer: c.drop_unknown_peer.load(Ordering::Relaxed),
+            drop_malformed: c.drop_malformed.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for UserspaceTunnel {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, TunnelError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|e| TunnelError::Io {
+            what: format!("spawn thread {name}"),
+            reason: e.to_string(),
+        })
+}
+
+fn current(table: &RwLock<Arc<EncapTable>>) -> Arc<EncapTable> {
+    table.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn encap_loop(
+    mut tun: File,
+    raw: &OwnedFd,
+    table: &RwLock<Arc<EncapTable>>,
+    c: &Counters,
+    stop: &AtomicBool,
+) {
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        match sys::wait_readable(&tun, POLL_MS) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        let n = match tun.read(&mut buf) {
+            Ok(n) => n,
+            Err(_) => {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let pkt = &buf[..n];
+        // IPv6 (router solicitations on the TUN) and garbage are not ours to carry.
+        let Some((dst, flow)) = destination_and_flow(pkt) else {
+            c.drop_malformed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let Some(node) = current(table).lookup(dst, flow) else {
+            c.drop_no_route.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        match sys::send_to(raw, pkt, node) {
+            Ok(_) => c.tx.fetch_add(1, Ordering::Relaxed),
+            Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn decap_loop(
+    raw: &OwnedFd,
+    mut tun: File,
+    table: &RwLock<Arc<EncapTable>>,
+    c: &Counters,
+    stop: &AtomicBool,
+) {
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        match sys::wait_readable(raw, POLL_MS) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        let (n, src) = match sys::recv_from(raw, &mut buf) {
+            Ok(x) => x,
+            Err(_) => {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        if !current(table).accepts(src) {
+            c.drop_unknown_peer.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match inner_packet(&buf[..n]) {
+            Ok(inner) => match tun.write(inner) {
+                Ok(_) => c.rx.fetch_add(1, Ordering::Relaxed),
+                Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
+            },
+            Err(_) => c.drop_malformed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, &[&str])]) -> EncapTable {
+        let m = entries
+            .iter()
+            .map(|(p, ns)| {
+                (
+                    p.parse().unwrap(),
+                    ns.iter().map(|n| n.parse().unwrap()).collect(),
+                )
+            })
+            .collect();
+        EncapTable::from_plan(&m, ["10.20.9.9".parse().unwrap()])
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_flows_stick() {
+        let t = table(&[
+            ("10.244.0.0/16", &["10.20.2.1"]),
+            ("10.244.3.0/26", &["10.20.2.10", "10.20.2.11"]),
+            ("fd00::/64", &["fd00::1"]),
+        ]);
+        assert_eq!(
+            t.lookup("10.244.7.1".parse().unwrap(), 0),
+            Some("10.20.2.1".parse().unwrap())
+        );
+        let a = t.lookup("10.244.3.5".parse().unwrap(), 0).unwrap();
+        let b = t.lookup("10.244.3.5".parse().unwrap(), 1).unwrap();
+        assert_ne!(a, b, "two nodes share the block's flows");
+        assert_eq!(t.lookup("10.244.3.5".parse().unwrap(), 2), Some(a));
+        assert_eq!(t.lookup("10.245.0.1".parse().unwrap(), 0), None);
+        assert!(t.accepts("10.20.2.11".parse().unwrap()));
+        assert!(
+            t.accepts("10.20.9.9".parse().unwrap()),
+            "extra peers accepted"
+        );
+        assert!(!t.accepts("10.20.6.6".parse().unwrap()));
+    }
+
+    fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
+        p.extend(src);
+        p.extend(dst);
+        let len = (p.len() + payload.len()) as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p.extend(payload);
+        p
+    }
+
+    #[test]
+    fn decapsulation_validates_both_headers() {
+        let inner = ipv4(1, [10, 244, 1, 1], [10, 244, 2, 1], b"ping");
+        let outer = ipv4(4, [10, 20, 1, 10], [10, 20, 2, 10], &inner);
+        assert_eq!(inner_packet(&outer), Ok(&inner[..]));
+        assert_eq!(inner_packet(&outer[..10]), Err(Malformed::TooShort));
+        let mut udp = outer.clone();
+        udp[9] = 17;
+        assert_eq!(inner_packet(&udp), Err(Malformed::NotIpip));
+        let mut v6 = outer.clone();
+        v6[0] = 0x65;
+        assert_eq!(inner_packet(&v6), Err(Malformed::NotIpv4));
+        let mut ihl = outer.clone();
+        ihl[0] = 0x4f; // 60-byte header but only 44 bytes present
+        assert_eq!(inner_packet(&ihl[..44]), Err(Malformed::BadHeaderLength));
+        let mut inner6 = outer.clone();
+        inner6[20] = 0x60;
+        assert_eq!(inner_packet(&inner6), Err(Malformed::InnerNotIpv4));
+        assert_eq!(
+            destination_and_flow(&inner).map(|(d, _)| d),
+            Some(Ipv4Addr::new(10, 244, 2, 1))
+        );
+        assert_eq!(destination_and_flow(&[0x60; 40]), None);
+    }
+}
