@@ -12,6 +12,7 @@
 //! originate and peers to talk to, and consumes the stream of [`BestPathChange`]s.
 
 pub mod attrs;
+pub mod fsm;
 pub mod packet;
 pub mod policy;
 pub mod rib;

@@ -1,0 +1,4 @@
+#![no_main]
+//! cargo-fuzz target: see `reef_bgp_fuzz::open`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| reef_bgp_fuzz::open(data));
