@@ -1,6 +1,7 @@
 //! Property test: random sequences of announce / withdraw / session resets / graceful
 //! restarts / local originations from several peers. After every step:
-//! - the RIB's Adj-RIBs-In equal a plain model of what each peer sent;
+//! - the RIB's Adj-RIBs-In equal a plain model of what each peer sent (peer 3 is a mesh
+//!   peer, so its routes outside the cluster pools are kept but rejected);
 //! - the Loc-RIB's best path and ECMP next hops equal a brute-force decision over that model;
 //! - folding every `best_changes` emitted so far gives the RIB's current best next hops;
 //! - folding every per-peer update gives each peer's Adj-RIB-Out, and that holds exactly
@@ -69,6 +70,14 @@ const PREFIXES: [&str; 6] = [
     "2001:db8:1::/48",
     "2001:db8:2::/48",
 ];
+
+/// The cluster pools: the mesh peer's routes elsewhere are rejected on import.
+const POOLS: [&str; 2] = ["192.0.2.0/24", "2001:db8:1::/48"];
+const MESH_PEER: usize = 3;
+
+fn rejected(peer: usize, p: &IpNetwork) -> bool {
+    peer == MESH_PEER && !POOLS.iter().any(|x| x.parse::<IpNetwork>().unwrap() == *p)
+}
 
 fn prefix(i: usize) -> IpNetwork {
     PREFIXES[i].parse().unwrap()
@@ -262,7 +271,7 @@ fn brute_force(
     let mut cands: Vec<Cand> = model
         .adj_in
         .iter()
-        .filter(|((_, p), _)| *p == prefix)
+        .filter(|((peer, p), _)| *p == prefix && !rejected(*peer, p))
         .map(|((peer, _), (a, _))| {
             let spec = &PEERS[*peer];
             let ebgp = spec.asn != LOCAL_AS;
@@ -326,6 +335,7 @@ fn run(ops: Vec<Op>, max_paths: usize, always_compare_med: bool) -> Result<(), T
     let mut cfg = RibConfig::new(Asn(LOCAL_AS), Ipv4Addr::new(10, 0, 0, 1));
     cfg.max_paths = max_paths;
     cfg.always_compare_med = always_compare_med;
+    cfg.cluster_pools = POOLS.iter().map(|p| p.parse().unwrap()).collect();
     let mut rib = Rib::new(cfg).unwrap();
     let mut model = Model {
         adj_out: vec![BTreeMap::new(); PEERS.len()],
@@ -333,7 +343,12 @@ fn run(ops: Vec<Op>, max_paths: usize, always_compare_med: bool) -> Result<(), T
     };
     let mut ids: Vec<PeerId> = Vec::new();
     for (i, p) in PEERS.iter().enumerate() {
-        let mut c = PeerConfig::new(p.addr.parse().unwrap(), Asn(p.asn), PeerType::Global);
+        let kind = if i == MESH_PEER {
+            PeerType::Mesh
+        } else {
+            PeerType::Global
+        };
+        let mut c = PeerConfig::new(p.addr.parse().unwrap(), Asn(p.asn), kind);
         c.rr_client = p.rr_client;
         let id = rib.add_peer(c).unwrap();
         model.absorb(rib.peer_up(id, session(i)).unwrap());
@@ -437,6 +452,8 @@ fn check(
         prop_assert_eq!(&got, &want, "Adj-RIB-In of peer {} after {:?}", i, op);
         let c = rib.counters(*id).unwrap();
         prop_assert_eq!(c.received, want.len());
+        let accepted = want.keys().filter(|p| !rejected(i, p)).count();
+        prop_assert_eq!(c.accepted, accepted, "accepted count of peer {}", i);
         let stale = model
             .adj_in
             .iter()

@@ -297,24 +297,44 @@ pub struct LocEntry {
 }
 
 // ---- internal representation --------------------------------------------------------------
+//
+// One hash table per family maps a prefix to all routes for it: each peer's route as received
+// (its Adj-RIB-In entry), marked rejected when import refused it, and the local origination.
+// One table instead of separate Adj-RIBs-In and Loc-RIB means one memory access per received
+// prefix, which is what ingest speed is made of at a million prefixes. The per-peer views are
+// read out of it; operations on one peer's routes scan the table.
 
 /// `Path::source` of a locally originated path.
 const LOCAL: u32 = u32::MAX;
 
+/// Kept for a restarting peer (RFC 4724) and not yet refreshed.
+const STALE: u8 = 1;
+/// Import refused the route: it stays for the Adj-RIB-In view and soft reconfiguration.
+const REJECTED: u8 = 2;
+/// Import changed the attributes: `attrs` holds them after import, and the family's
+/// `received` side table holds them as received.
+const MODIFIED: u8 = 4;
+
+/// One route for a prefix. 16 bytes: the common single-route prefix needs no allocation.
 #[derive(Debug, Clone)]
 struct Path {
     source: u32,
+    flags: u8,
     attrs: Arc<PathAttributes>,
 }
 
 impl Path {
-    fn same(&self, other: &Path) -> bool {
-        self.source == other.source && Arc::ptr_eq(&self.attrs, &other.attrs)
+    fn accepted(&self) -> bool {
+        self.flags & REJECTED == 0
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
     }
 }
 
-/// The candidate paths of one prefix, the ECMP set first (best at index 0). One path, by far
-/// the common case, is held inline.
+/// The routes of one prefix: the ECMP set first (best at index 0), then the other accepted
+/// routes, then the rejected ones in any order.
 #[derive(Debug)]
 enum Dest {
     One(Path),
@@ -335,68 +355,74 @@ impl Dest {
         }
     }
 
+    fn paths_mut(&mut self) -> &mut [Path] {
+        match self {
+            Dest::One(p) => std::slice::from_mut(p),
+            Dest::Many(m) => &mut m.paths,
+        }
+    }
+
+    /// The ECMP set; empty when no route is accepted (the prefix is not in the Loc-RIB).
     fn multipath(&self) -> &[Path] {
         match self {
-            Dest::One(p) => std::slice::from_ref(p),
+            Dest::One(p) if p.accepted() => std::slice::from_ref(p),
+            Dest::One(_) => &[],
             Dest::Many(m) => &m.paths[..m.multipath],
         }
     }
 
-    /// Inserts or replaces the path of `path.source`; true when it is new.
-    fn upsert(&mut self, path: Path) -> bool {
+    fn find(&self, source: u32) -> Option<&Path> {
+        self.paths().iter().find(|p| p.source == source)
+    }
+
+    fn find_mut(&mut self, source: u32) -> Option<&mut Path> {
+        self.paths_mut().iter_mut().find(|p| p.source == source)
+    }
+
+    fn push(&mut self, path: Path) {
         match self {
-            Dest::One(p) if p.source == path.source => {
-                *p = path;
-                false
-            }
             Dest::One(p) => {
                 let first = p.clone();
+                let multipath = usize::from(first.accepted());
                 *self = Dest::Many(Box::new(ManyPaths {
                     paths: vec![first, path],
-                    multipath: 1,
+                    multipath,
                 }));
-                true
             }
-            Dest::Many(m) => {
-                if let Some(p) = m.paths.iter_mut().find(|p| p.source == path.source) {
-                    *p = path;
-                    false
-                } else {
-                    m.paths.push(path);
-                    true
-                }
-            }
+            Dest::Many(m) => m.paths.push(path),
         }
     }
 
-    /// Removes the path of `source`; returns (was there, now empty).
-    fn remove(&mut self, source: u32) -> (bool, bool) {
+    /// Removes the route of `source`; returns it and whether none is left.
+    fn remove(&mut self, source: u32) -> (Option<Path>, bool) {
         match self {
-            Dest::One(p) => {
-                let found = p.source == source;
-                (found, found)
-            }
+            Dest::One(p) if p.source == source => (Some(p.clone()), true),
+            Dest::One(_) => (None, false),
             Dest::Many(m) => {
                 let Some(i) = m.paths.iter().position(|p| p.source == source) else {
-                    return (false, false);
+                    return (None, false);
                 };
-                m.paths.remove(i);
+                let removed = m.paths.remove(i);
                 if m.paths.len() == 1 {
                     let last = m.paths.pop().expect("one path left");
                     *self = Dest::One(last);
                 }
-                (true, false)
+                (Some(removed), false)
             }
         }
     }
 
-    /// Runs the decision process and puts the ECMP set first (best at 0).
+    /// Runs the decision process and puts the ECMP set first.
     fn reselect(&mut self, cfg: &RibConfig, peers: &[Option<Peer>], scratch: &mut Scratch) {
         let Dest::Many(m) = self else { return };
         scratch.cands.clear();
-        scratch
-            .cands
-            .extend(m.paths.iter().map(|p| candidate(p, cfg, peers)));
+        scratch.index.clear();
+        for (i, p) in m.paths.iter().enumerate() {
+            if p.accepted() {
+                scratch.cands.push(candidate(p, cfg, peers));
+                scratch.index.push(i);
+            }
+        }
         decision::select(
             &scratch.cands,
             cfg.always_compare_med,
@@ -409,7 +435,8 @@ impl Dest {
         scratch.at.extend(0..n); // at[pos] = original index now at pos
         scratch.pos.clear();
         scratch.pos.extend(0..n); // pos[orig] = where original index orig is now
-        for (dst, &orig) in scratch.order.iter().enumerate() {
+        for (dst, &c) in scratch.order.iter().enumerate() {
+            let orig = scratch.index[c];
             let src = scratch.pos[orig];
             if src != dst {
                 m.paths.swap(src, dst);
@@ -427,6 +454,8 @@ impl Dest {
 #[derive(Debug, Default)]
 struct Scratch {
     cands: Vec<Candidate>,
+    /// Path index of each candidate.
+    index: Vec<usize>,
     order: Vec<usize>,
     at: Vec<usize>,
     pos: Vec<usize>,
@@ -473,6 +502,7 @@ struct Peer {
     session: Option<PeerSession>,
     received: usize,
     accepted: usize,
+    stale: usize,
     exceeded: bool,
     /// (received attrs, modifications) → attrs after import. Holds the input `Arc` so the
     /// pointer key stays valid.
@@ -483,24 +513,24 @@ struct Peer {
 /// One address family's tables.
 #[derive(Debug)]
 struct FamilyRib<K> {
-    loc: Table<K, Dest>,
-    /// Per peer slot: routes as received.
-    adj_in: Vec<Table<K, Arc<PathAttributes>>>,
+    routes: Table<K, Dest>,
+    /// Prefixes with an accepted route (the Loc-RIB's size).
+    loc_len: usize,
+    /// Per peer slot: attributes as received, for routes import changed (flag MODIFIED).
+    received: Vec<Table<K, Arc<PathAttributes>>>,
     /// Per peer slot: routes as sent.
     adj_out: Vec<Table<K, Arc<PathAttributes>>>,
-    /// Per peer slot: prefixes kept for a restarting peer, not yet refreshed.
-    stale: Vec<Option<HashSet<K, Hasher>>>,
-    /// Per peer slot: Adj-RIB-Out changes of the running operation (None = withdraw).
+    /// Per peer slot: Adj-RIB-Out changes of the running operation.
     pending: Vec<Pending<K>>,
 }
 
 impl<K> Default for FamilyRib<K> {
     fn default() -> Self {
         Self {
-            loc: Table::default(),
-            adj_in: Vec::new(),
+            routes: Table::default(),
+            loc_len: 0,
+            received: Vec::new(),
             adj_out: Vec::new(),
-            stale: Vec::new(),
             pending: Vec::new(),
         }
     }
@@ -508,10 +538,35 @@ impl<K> Default for FamilyRib<K> {
 
 impl<K: PrefixKey> FamilyRib<K> {
     fn add_slot(&mut self) {
-        self.adj_in.push(Table::default());
+        self.received.push(Table::default());
         self.adj_out.push(Table::default());
-        self.stale.push(None);
         self.pending.push(Vec::new());
+    }
+
+    /// The prefixes where peer `slot` has a route (optionally only stale ones).
+    fn keys_of(&self, slot: u32, only_stale: bool) -> Vec<K> {
+        self.routes
+            .iter()
+            .filter(|(_, d)| d.find(slot).is_some_and(|p| !only_stale || p.has(STALE)))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// A peer's Adj-RIB-In as received.
+    fn adj_in(&self, slot: u32) -> Vec<(K, Arc<PathAttributes>)> {
+        let side = &self.received[slot as usize];
+        self.routes
+            .iter()
+            .filter_map(|(k, d)| {
+                let p = d.find(slot)?;
+                let a = if p.has(MODIFIED) {
+                    side.get(k).unwrap_or(&p.attrs)
+                } else {
+                    &p.attrs
+                };
+                Some((*k, Arc::clone(a)))
+            })
+            .collect()
     }
 }
 
@@ -624,6 +679,7 @@ impl Rib {
             session: None,
             received: 0,
             accepted: 0,
+            stale: 0,
             exceeded: false,
             import_memo: Table::default(),
             export_memo: Table::default(),
@@ -663,7 +719,7 @@ impl Rib {
             received: p.received,
             accepted: p.accepted,
             sent: self.v4.adj_out[i].len() + self.v6.adj_out[i].len(),
-            stale: stale_len(&self.v4.stale[i]) + stale_len(&self.v6.stale[i]),
+            stale: p.stale,
             max_prefix_exceeded: p.exceeded,
         })
     }
@@ -713,12 +769,15 @@ impl Rib {
     /// returned. Stale routes of a restarting peer stay until End-of-RIB or the timer.
     pub fn peer_up(&mut self, id: PeerId, session: PeerSession) -> Result<RibOutput, RibError> {
         let p = self.peer_mut(id)?;
+        let rid_changed = p.router_id != session.router_id;
         p.session = Some(session);
         p.router_id = session.router_id;
         // The router id feeds the decision and ORIGINATOR_ID on reflection.
         self.clear_memos();
-        self.reselect_peer::<Prefix4>(id.0);
-        self.reselect_peer::<Prefix6>(id.0);
+        if rid_changed {
+            self.reselect_peer::<Prefix4>(id.0);
+            self.reselect_peer::<Prefix6>(id.0);
+        }
         self.export_full::<Prefix4>(id.0);
         self.export_full::<Prefix6>(id.0);
         Ok(self.finish())
@@ -728,8 +787,8 @@ impl Rib {
     pub fn peer_down(&mut self, id: PeerId) -> Result<RibOutput, RibError> {
         self.peer(id)?;
         self.session_gone(id.0);
-        self.flush_peer::<Prefix4>(id.0);
-        self.flush_peer::<Prefix6>(id.0);
+        self.flush_peer::<Prefix4>(id.0, false);
+        self.flush_peer::<Prefix6>(id.0, false);
         let p = self.peer_mut(id)?;
         p.exceeded = false;
         Ok(self.finish())
@@ -740,8 +799,8 @@ impl Rib {
     pub fn peer_down_graceful(&mut self, id: PeerId) -> Result<RibOutput, RibError> {
         self.peer(id)?;
         self.session_gone(id.0);
-        mark_stale(&mut self.v4, id.0);
-        mark_stale(&mut self.v6, id.0);
+        let marked = mark_stale(&mut self.v4, id.0) + mark_stale(&mut self.v6, id.0);
+        self.peer_mut(id)?.stale += marked;
         Ok(self.finish())
     }
 
@@ -749,8 +808,8 @@ impl Rib {
     pub fn end_of_rib(&mut self, id: PeerId, family: Family) -> Result<RibOutput, RibError> {
         self.peer(id)?;
         match family {
-            Family::Ipv4 => self.sweep_stale::<Prefix4>(id.0),
-            Family::Ipv6 => self.sweep_stale::<Prefix6>(id.0),
+            Family::Ipv4 => self.flush_peer::<Prefix4>(id.0, true),
+            Family::Ipv6 => self.flush_peer::<Prefix6>(id.0, true),
         }
         Ok(self.finish())
     }
@@ -758,8 +817,8 @@ impl Rib {
     /// The restart (or stale-path) timer for the peer fired: all its stale routes go.
     pub fn stale_timer_expired(&mut self, id: PeerId) -> Result<RibOutput, RibError> {
         self.peer(id)?;
-        self.sweep_stale::<Prefix4>(id.0);
-        self.sweep_stale::<Prefix6>(id.0);
+        self.flush_peer::<Prefix4>(id.0, true);
+        self.flush_peer::<Prefix6>(id.0, true);
         Ok(self.finish())
     }
 
@@ -768,12 +827,10 @@ impl Rib {
         let out = self.peer_down(id)?;
         let i = id.0 as usize;
         self.peers[i] = None;
-        for f in [&mut self.v4.adj_in[i], &mut self.v4.adj_out[i]] {
-            *f = Table::default();
-        }
-        for f in [&mut self.v6.adj_in[i], &mut self.v6.adj_out[i]] {
-            *f = Table::default();
-        }
+        self.v4.received[i] = Table::default();
+        self.v4.adj_out[i] = Table::default();
+        self.v6.received[i] = Table::default();
+        self.v6.adj_out[i] = Table::default();
         Ok(out)
     }
 
@@ -810,8 +867,8 @@ impl Rib {
         self.established(id)?;
         for prefix in prefixes {
             match prefix {
-                IpNetwork::V4(_) => self.withdraw_one::<Prefix4>(id.0, prefix),
-                IpNetwork::V6(_) => self.withdraw_one::<Prefix6>(id.0, prefix),
+                IpNetwork::V4(_) => self.remove_one::<Prefix4>(id.0, prefix),
+                IpNetwork::V6(_) => self.remove_one::<Prefix6>(id.0, prefix),
             }
         }
         Ok(self.finish())
@@ -822,8 +879,8 @@ impl Rib {
         let attrs = Arc::clone(&self.local_attrs);
         for prefix in prefixes {
             match prefix {
-                IpNetwork::V4(_) => self.set_local::<Prefix4>(prefix, Some(&attrs)),
-                IpNetwork::V6(_) => self.set_local::<Prefix6>(prefix, Some(&attrs)),
+                IpNetwork::V4(_) => self.originate_one::<Prefix4>(prefix, &attrs),
+                IpNetwork::V6(_) => self.originate_one::<Prefix6>(prefix, &attrs),
             }
         }
         self.finish()
@@ -833,8 +890,8 @@ impl Rib {
     pub fn withdraw_originated(&mut self, prefixes: &[IpNetwork]) -> RibOutput {
         for prefix in prefixes {
             match prefix {
-                IpNetwork::V4(_) => self.set_local::<Prefix4>(prefix, None),
-                IpNetwork::V6(_) => self.set_local::<Prefix6>(prefix, None),
+                IpNetwork::V4(_) => self.remove_one::<Prefix4>(LOCAL, prefix),
+                IpNetwork::V6(_) => self.remove_one::<Prefix6>(LOCAL, prefix),
             }
         }
         self.finish()
@@ -852,17 +909,17 @@ impl Rib {
 
     /// Number of prefixes in the Loc-RIB.
     pub fn loc_rib_len(&self) -> usize {
-        self.v4.loc.len() + self.v6.loc.len()
+        self.v4.loc_len + self.v6.loc_len
     }
 
     /// The whole Loc-RIB, sorted by prefix.
     pub fn loc_rib(&self) -> Vec<LocEntry> {
         let mut v: Vec<LocEntry> = self
             .v4
-            .loc
+            .routes
             .iter()
-            .map(|(k, d)| self.entry(*k, d))
-            .chain(self.v6.loc.iter().map(|(k, d)| self.entry(*k, d)))
+            .filter_map(|(k, d)| self.entry(*k, d))
+            .chain(self.v6.routes.iter().filter_map(|(k, d)| self.entry(*k, d)))
             .collect();
         v.sort_by_key(|e| e.prefix);
         v
@@ -872,13 +929,13 @@ impl Rib {
     /// (a full resync after the agent restarts, or the fold of all `best_changes`).
     pub fn best_next_hops(&self) -> BTreeMap<IpNetwork, Vec<IpAddr>> {
         let mut m = BTreeMap::new();
-        for (k, d) in &self.v4.loc {
+        for (k, d) in &self.v4.routes {
             let nh = next_hops(d.multipath(), &self.peers);
             if !nh.is_empty() {
                 m.insert(k.to_net(), nh);
             }
         }
-        for (k, d) in &self.v6.loc {
+        for (k, d) in &self.v6.routes {
             let nh = next_hops(d.multipath(), &self.peers);
             if !nh.is_empty() {
                 m.insert(k.to_net(), nh);
@@ -891,15 +948,15 @@ impl Rib {
     pub fn originated(&self) -> Vec<IpNetwork> {
         let mut v: Vec<IpNetwork> = self
             .v4
-            .loc
+            .routes
             .iter()
-            .filter(|(_, d)| d.paths().iter().any(|p| p.source == LOCAL))
+            .filter(|(_, d)| d.find(LOCAL).is_some())
             .map(|(k, _)| k.to_net())
             .chain(
                 self.v6
-                    .loc
+                    .routes
                     .iter()
-                    .filter(|(_, d)| d.paths().iter().any(|p| p.source == LOCAL))
+                    .filter(|(_, d)| d.find(LOCAL).is_some())
                     .map(|(k, _)| k.to_net()),
             )
             .collect();
@@ -907,14 +964,27 @@ impl Rib {
         v
     }
 
-    /// The peer's Adj-RIB-In (as received), sorted by prefix.
+    /// The peer's Adj-RIB-In (as received, including routes import rejected), sorted by
+    /// prefix.
     pub fn adj_rib_in(
         &self,
         id: PeerId,
     ) -> Result<Vec<(IpNetwork, Arc<PathAttributes>)>, RibError> {
         self.peer(id)?;
-        let i = id.0 as usize;
-        Ok(sorted_table(&self.v4.adj_in[i], &self.v6.adj_in[i]))
+        let mut v: Vec<(IpNetwork, Arc<PathAttributes>)> = self
+            .v4
+            .adj_in(id.0)
+            .into_iter()
+            .map(|(k, a)| (k.to_net(), a))
+            .chain(
+                self.v6
+                    .adj_in(id.0)
+                    .into_iter()
+                    .map(|(k, a)| (k.to_net(), a)),
+            )
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        Ok(v)
     }
 
     /// The peer's Adj-RIB-Out (as sent), sorted by prefix.
@@ -924,7 +994,17 @@ impl Rib {
     ) -> Result<Vec<(IpNetwork, Arc<PathAttributes>)>, RibError> {
         self.peer(id)?;
         let i = id.0 as usize;
-        Ok(sorted_table(&self.v4.adj_out[i], &self.v6.adj_out[i]))
+        let mut v: Vec<(IpNetwork, Arc<PathAttributes>)> = self.v4.adj_out[i]
+            .iter()
+            .map(|(k, a)| (k.to_net(), Arc::clone(a)))
+            .chain(
+                self.v6.adj_out[i]
+                    .iter()
+                    .map(|(k, a)| (k.to_net(), Arc::clone(a))),
+            )
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        Ok(v)
     }
 
     /// Number of distinct attribute sets held (for memory figures).
@@ -969,9 +1049,9 @@ impl Rib {
             p.session = None;
         }
         // Nothing more goes to a peer without a session; its Adj-RIB-Out starts empty again.
-        self.v4.adj_out[i].clear();
+        self.v4.adj_out[i] = Table::default();
         self.v4.pending[i].clear();
-        self.v6.adj_out[i].clear();
+        self.v6.adj_out[i] = Table::default();
         self.v6.pending[i].clear();
     }
 
@@ -986,105 +1066,208 @@ impl Rib {
         };
         let (fam, mut sh) = K::split(self);
         let i = slot as usize;
-        let refreshed = fam.stale[i].as_mut().is_some_and(|s| s.remove(&key));
-        match fam.adj_in[i].entry(key) {
-            Entry::Occupied(mut e) => {
-                if Arc::ptr_eq(e.get(), attrs) && !refreshed {
-                    return Ok(());
-                }
-                e.insert(Arc::clone(attrs));
-            }
+        let FamilyRib {
+            routes,
+            loc_len,
+            received,
+            adj_out,
+            pending,
+        } = fam;
+        let side = &mut received[i];
+        match routes.entry(key) {
             Entry::Vacant(e) => {
-                let peer = sh.peers[i].as_mut().expect("peer of an existing slot");
-                if peer.exceeded
-                    || peer
-                        .cfg
-                        .max_prefix
-                        .is_some_and(|m| peer.received >= m as usize)
-                {
-                    peer.exceeded = true;
-                    return Err(Exceeded);
+                admit_new(&mut sh, slot)?;
+                let (flags, stored) = import_path(&mut sh, slot, key, attrs, side);
+                if flags & REJECTED == 0 {
+                    count_accepted(&mut sh, slot, 1);
                 }
-                peer.received += 1;
-                e.insert(Arc::clone(attrs));
+                let d = e.insert(Dest::One(Path {
+                    source: slot,
+                    flags,
+                    attrs: stored,
+                }));
+                let mut out = Out {
+                    adj_out,
+                    pending,
+                    loc_len,
+                };
+                settle(&mut out, &mut sh, key, &Snapshot::Empty, d.multipath());
+            }
+            Entry::Occupied(mut e) => {
+                let d = e.get_mut();
+                let existing = d.find(slot).map(|p| {
+                    let as_received = if p.has(MODIFIED) {
+                        side.get(&key).unwrap_or(&p.attrs)
+                    } else {
+                        &p.attrs
+                    };
+                    (Arc::ptr_eq(as_received, attrs), p.has(STALE), p.accepted())
+                });
+                match existing {
+                    // A repeat of what the peer sent before: nothing to do.
+                    Some((true, false, _)) => return Ok(()),
+                    Some((_, stale, _)) => {
+                        if stale {
+                            peer_of(&mut sh, slot).stale -= 1;
+                        }
+                    }
+                    None => admit_new(&mut sh, slot)?,
+                }
+                let was_accepted = existing.is_some_and(|(_, _, a)| a);
+                let before = Snapshot::of(d, sh.peers);
+                let (flags, stored) = import_path(&mut sh, slot, key, attrs, side);
+                let path = Path {
+                    source: slot,
+                    flags,
+                    attrs: stored,
+                };
+                match d.find_mut(slot) {
+                    Some(p) => *p = path,
+                    None => d.push(path),
+                }
+                let now_accepted = flags & REJECTED == 0;
+                count_accepted(
+                    &mut sh,
+                    slot,
+                    isize::from(now_accepted) - isize::from(was_accepted),
+                );
+                d.reselect(sh.cfg, sh.peers, sh.scratch);
+                let mut out = Out {
+                    adj_out,
+                    pending,
+                    loc_len,
+                };
+                settle(&mut out, &mut sh, key, &before, d.multipath());
             }
         }
-        let effective = import(&mut sh, slot, key, attrs);
-        set_path(fam, &mut sh, key, slot, effective);
         Ok(())
     }
 
-    fn withdraw_one<K: Fam>(&mut self, slot: u32, prefix: &IpNetwork) {
+    fn originate_one<K: Fam>(&mut self, prefix: &IpNetwork, attrs: &Arc<PathAttributes>) {
         let Some(key) = K::from_net(prefix) else {
             return;
         };
         let (fam, mut sh) = K::split(self);
-        remove_learned(fam, &mut sh, slot, key);
-    }
-
-    fn set_local<K: Fam>(&mut self, prefix: &IpNetwork, attrs: Option<&Arc<PathAttributes>>) {
-        let Some(key) = K::from_net(prefix) else {
-            return;
+        let FamilyRib {
+            routes,
+            loc_len,
+            adj_out,
+            pending,
+            ..
+        } = fam;
+        let path = Path {
+            source: LOCAL,
+            flags: 0,
+            attrs: Arc::clone(attrs),
         };
-        let (fam, mut sh) = K::split(self);
-        set_path(fam, &mut sh, key, LOCAL, attrs.cloned());
-    }
-
-    fn flush_peer<K: Fam>(&mut self, slot: u32) {
-        let (fam, mut sh) = K::split(self);
-        let i = slot as usize;
-        fam.stale[i] = None;
-        let keys: Vec<K> = fam.adj_in[i].keys().copied().collect();
-        for key in keys {
-            remove_learned(fam, &mut sh, slot, key);
+        let mut out = Out {
+            adj_out,
+            pending,
+            loc_len,
+        };
+        match routes.entry(key) {
+            Entry::Vacant(e) => {
+                let d = e.insert(Dest::One(path));
+                settle(&mut out, &mut sh, key, &Snapshot::Empty, d.multipath());
+            }
+            Entry::Occupied(mut e) => {
+                let d = e.get_mut();
+                if d.find(LOCAL).is_some() {
+                    return;
+                }
+                let before = Snapshot::of(d, sh.peers);
+                d.push(path);
+                d.reselect(sh.cfg, sh.peers, sh.scratch);
+                settle(&mut out, &mut sh, key, &before, d.multipath());
+            }
         }
-        fam.adj_in[i] = Table::default();
     }
 
-    fn sweep_stale<K: Fam>(&mut self, slot: u32) {
-        let (fam, mut sh) = K::split(self);
-        let Some(stale) = fam.stale[slot as usize].take() else {
+    fn remove_one<K: Fam>(&mut self, slot: u32, prefix: &IpNetwork) {
+        let Some(key) = K::from_net(prefix) else {
             return;
         };
-        for key in stale {
-            remove_learned(fam, &mut sh, slot, key);
+        let (fam, mut sh) = K::split(self);
+        remove_path(fam, &mut sh, slot, key);
+    }
+
+    /// Removes all the peer's routes of one family (or only the stale ones).
+    fn flush_peer<K: Fam>(&mut self, slot: u32, only_stale: bool) {
+        let (fam, mut sh) = K::split(self);
+        for key in fam.keys_of(slot, only_stale) {
+            remove_path(fam, &mut sh, slot, key);
+        }
+        if !only_stale {
+            fam.received[slot as usize] = Table::default();
         }
     }
 
     /// Runs import again on every route the peer sent (policy or pools changed).
     fn reimport<K: Fam>(&mut self, slot: u32) {
         let (fam, mut sh) = K::split(self);
-        let routes: Vec<(K, Arc<PathAttributes>)> = fam.adj_in[slot as usize]
-            .iter()
-            .map(|(k, a)| (*k, Arc::clone(a)))
-            .collect();
-        for (key, attrs) in routes {
-            let effective = import(&mut sh, slot, key, &attrs);
-            set_path(fam, &mut sh, key, slot, effective);
+        let i = slot as usize;
+        for (key, attrs) in fam.adj_in(slot) {
+            let FamilyRib {
+                routes,
+                loc_len,
+                received,
+                adj_out,
+                pending,
+            } = &mut *fam;
+            let Some(d) = routes.get_mut(&key) else {
+                continue;
+            };
+            let before = Snapshot::of(d, sh.peers);
+            let (flags, stored) = import_path(&mut sh, slot, key, &attrs, &mut received[i]);
+            let Some(p) = d.find_mut(slot) else { continue };
+            let was_accepted = p.accepted();
+            let stale = p.flags & STALE;
+            *p = Path {
+                source: slot,
+                flags: flags | stale,
+                attrs: stored,
+            };
+            let now_accepted = flags & REJECTED == 0;
+            count_accepted(
+                &mut sh,
+                slot,
+                isize::from(now_accepted) - isize::from(was_accepted),
+            );
+            d.reselect(sh.cfg, sh.peers, sh.scratch);
+            let mut out = Out {
+                adj_out,
+                pending,
+                loc_len,
+            };
+            settle(&mut out, &mut sh, key, &before, d.multipath());
         }
     }
 
-    /// Runs the decision again where the peer has paths (its router id may have changed).
+    /// Runs the decision again where the peer has routes (its router id changed).
     fn reselect_peer<K: Fam>(&mut self, slot: u32) {
         let (fam, mut sh) = K::split(self);
-        let keys: Vec<K> = fam.adj_in[slot as usize].keys().copied().collect();
-        for key in keys {
-            let Some(d) = fam.loc.get_mut(&key) else {
+        for key in fam.keys_of(slot, false) {
+            let FamilyRib {
+                routes,
+                loc_len,
+                adj_out,
+                pending,
+                ..
+            } = &mut *fam;
+            let Some(d) = routes.get_mut(&key) else {
                 continue;
             };
             if !matches!(d, Dest::Many(_)) {
                 continue;
             }
-            let before = Snapshot::of(d);
+            let before = Snapshot::of(d, sh.peers);
             d.reselect(sh.cfg, sh.peers, sh.scratch);
-            settle(
-                &mut fam.adj_out,
-                &mut fam.pending,
-                &mut sh,
-                key,
-                &before,
-                d.multipath(),
-            );
+            let mut out = Out {
+                adj_out,
+                pending,
+                loc_len,
+            };
+            settle(&mut out, &mut sh, key, &before, d.multipath());
         }
     }
 
@@ -1093,14 +1276,17 @@ impl Rib {
         let (fam, mut sh) = K::split(self);
         let t = target as usize;
         let FamilyRib {
-            loc,
+            routes,
             adj_out,
             pending,
             ..
         } = fam;
         let mut seen: HashSet<K, Hasher> = HashSet::default();
-        for (key, d) in loc.iter() {
-            let desired = export(&mut sh, target, *key, &d.paths()[0]);
+        for (key, d) in routes.iter() {
+            let Some(best) = d.multipath().first() else {
+                continue;
+            };
+            let desired = export(&mut sh, target, *key, best);
             seen.insert(*key);
             diff_out(&mut adj_out[t], &mut pending[t], *key, desired);
         }
@@ -1130,16 +1316,22 @@ impl Rib {
 
     fn lookup_in<K: Fam>(&self, prefix: &IpNetwork) -> Option<LocEntry> {
         let key = K::from_net(prefix)?;
-        let d = K::table(self).loc.get(&key)?;
-        Some(self.entry(key, d))
+        let d = K::table(self).routes.get(&key)?;
+        self.entry(key, d)
     }
 
-    fn entry<K: PrefixKey>(&self, key: K, d: &Dest) -> LocEntry {
-        LocEntry {
+    /// The Loc-RIB view of one prefix's routes; `None` when none is accepted.
+    fn entry<K: PrefixKey>(&self, key: K, d: &Dest) -> Option<LocEntry> {
+        let multipath = d.multipath();
+        if multipath.is_empty() {
+            return None;
+        }
+        Some(LocEntry {
             prefix: key.to_net(),
             paths: d
                 .paths()
                 .iter()
+                .filter(|p| p.accepted())
                 .map(|p| Route {
                     source: if p.source == LOCAL {
                         RouteSource::Local
@@ -1149,15 +1341,18 @@ impl Rib {
                     attrs: Arc::clone(&p.attrs),
                 })
                 .collect(),
-            multipath: d.multipath().len(),
-            next_hops: next_hops(d.multipath(), &self.peers),
-        }
+            multipath: multipath.len(),
+            next_hops: next_hops(multipath, &self.peers),
+        })
     }
 
     /// Collects the output of the running operation and sweeps unused attribute sets.
     fn finish(&mut self) -> RibOutput {
         let mut updates = Vec::new();
         for slot in 0..self.peers.len() {
+            if self.v4.pending[slot].is_empty() && self.v6.pending[slot].is_empty() {
+                continue;
+            }
             let mut u = PeerUpdate {
                 peer: PeerId(slot as u32),
                 withdraw: Vec::new(),
@@ -1182,36 +1377,45 @@ impl Rib {
     }
 }
 
-fn stale_len<K>(s: &Option<HashSet<K, Hasher>>) -> usize {
-    s.as_ref().map_or(0, HashSet::len)
-}
-
 fn pool_bound(t: PeerType) -> bool {
     // Other reef nodes, directly or through a reflector: they may only carry pool prefixes.
     matches!(t, PeerType::Mesh | PeerType::RouteReflector)
 }
 
-fn mark_stale<K: PrefixKey>(fam: &mut FamilyRib<K>, slot: u32) {
-    let i = slot as usize;
-    let keys = &fam.adj_in[i];
-    if keys.is_empty() {
-        return;
-    }
-    let stale = fam.stale[i].get_or_insert_with(HashSet::default);
-    stale.extend(keys.keys().copied());
+fn peer_of<'a>(sh: &'a mut Shared<'_>, slot: u32) -> &'a mut Peer {
+    sh.peers[slot as usize]
+        .as_mut()
+        .expect("routes only exist for known peers")
 }
 
-fn sorted_table<A: PrefixKey, B: PrefixKey>(
-    a: &Table<A, Arc<PathAttributes>>,
-    b: &Table<B, Arc<PathAttributes>>,
-) -> Vec<(IpNetwork, Arc<PathAttributes>)> {
-    let mut v: Vec<_> = a
-        .iter()
-        .map(|(k, x)| (k.to_net(), Arc::clone(x)))
-        .chain(b.iter().map(|(k, x)| (k.to_net(), Arc::clone(x))))
-        .collect();
-    v.sort_by_key(|(k, _)| *k);
-    v
+/// Counts a prefix new from this peer, unless that passes its max-prefix limit.
+fn admit_new(sh: &mut Shared<'_>, slot: u32) -> Result<(), Exceeded> {
+    let peer = peer_of(sh, slot);
+    if peer.exceeded
+        || peer
+            .cfg
+            .max_prefix
+            .is_some_and(|m| peer.received >= m as usize)
+    {
+        peer.exceeded = true;
+        return Err(Exceeded);
+    }
+    peer.received += 1;
+    Ok(())
+}
+
+/// Marks every route of the peer in one family stale; returns how many were not already.
+fn mark_stale<K: PrefixKey>(fam: &mut FamilyRib<K>, slot: u32) -> usize {
+    let mut n = 0;
+    for d in fam.routes.values_mut() {
+        if let Some(p) = d.find_mut(slot) {
+            if !p.has(STALE) {
+                p.flags |= STALE;
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Moves one family's pending changes for a peer into its update, each prefix once (the last
@@ -1252,6 +1456,35 @@ fn drain_pending<K: PrefixKey>(
     }
 }
 
+/// Import of one received route into its stored form: flags and the attributes to keep.
+/// Keeps `side` (the received attributes of modified routes) in step.
+fn import_path<K: PrefixKey>(
+    sh: &mut Shared<'_>,
+    slot: u32,
+    key: K,
+    attrs: &Arc<PathAttributes>,
+    side: &mut Table<K, Arc<PathAttributes>>,
+) -> (u8, Arc<PathAttributes>) {
+    match import(sh, slot, key, attrs) {
+        Some(effective) if Arc::ptr_eq(&effective, attrs) => {
+            if !side.is_empty() {
+                side.remove(&key);
+            }
+            (0, effective)
+        }
+        Some(effective) => {
+            side.insert(key, Arc::clone(attrs));
+            (MODIFIED, effective)
+        }
+        None => {
+            if !side.is_empty() {
+                side.remove(&key);
+            }
+            (REJECTED, Arc::clone(attrs))
+        }
+    }
+}
+
 /// Import of one received route: loop checks, safe defaults, the peer's policy, eBGP
 /// LOCAL_PREF removal. `None` means rejected (it stays in the Adj-RIB-In).
 fn import<K: PrefixKey>(
@@ -1275,19 +1508,24 @@ fn import<K: PrefixKey>(
     {
         return None;
     }
-    let net = key.to_net();
-    if policy::is_default_route(&net) && !peer.cfg.accept_default_route {
+    if key.is_default() && !peer.cfg.accept_default_route {
         return None;
     }
-    if pool_bound(peer.cfg.peer_type) && !policy::within_pools(&net, &cfg.cluster_pools) {
-        return None;
-    }
-    let mods = match &peer.cfg.import_policy {
-        None => Modifications::default(),
-        Some(p) => match p.evaluate(&net, attrs) {
-            Verdict::Reject => return None,
-            Verdict::Accept(m) => m,
-        },
+    let pools = pool_bound(peer.cfg.peer_type);
+    let mods = if pools || peer.cfg.import_policy.is_some() {
+        let net = key.to_net();
+        if pools && !policy::within_pools(&net, &cfg.cluster_pools) {
+            return None;
+        }
+        match &peer.cfg.import_policy {
+            None => Modifications::default(),
+            Some(p) => match p.evaluate(&net, attrs) {
+                Verdict::Reject => return None,
+                Verdict::Accept(m) => m,
+            },
+        }
+    } else {
+        Modifications::default()
     };
     // LOCAL_PREF from an eBGP peer is ignored (RFC 4271 §5.1.5).
     let strip_lp = peer.ebgp && attrs.local_pref.is_some();
@@ -1309,92 +1547,49 @@ fn import<K: PrefixKey>(
     Some(out)
 }
 
-/// Removes a learned route from the Adj-RIB-In and the Loc-RIB.
-fn remove_learned<K: Fam>(fam: &mut FamilyRib<K>, sh: &mut Shared<'_>, slot: u32, key: K) {
-    let i = slot as usize;
-    if fam.adj_in[i].remove(&key).is_none() {
-        return;
-    }
-    if let Some(s) = fam.stale[i].as_mut() {
-        s.remove(&key);
-    }
-    if let Some(p) = sh.peers[i].as_mut() {
-        p.received -= 1;
-    }
-    set_path(fam, sh, key, slot, None);
-}
-
-/// The ECMP set of a prefix before a change; one path (the common case) needs no allocation.
-enum Snapshot {
-    Empty,
-    One(Path),
-    Many(Vec<Path>),
-}
-
-impl Snapshot {
-    fn of(d: &Dest) -> Self {
-        match d.multipath() {
-            [p] => Snapshot::One(p.clone()),
-            set => Snapshot::Many(set.to_vec()),
-        }
-    }
-
-    fn paths(&self) -> &[Path] {
-        match self {
-            Snapshot::Empty => &[],
-            Snapshot::One(p) => std::slice::from_ref(p),
-            Snapshot::Many(v) => v,
-        }
-    }
-}
-
-/// Sets (or with `None` removes) the candidate path of `source` for `key`, reruns the
-/// decision and queues what changed.
-fn set_path<K: PrefixKey>(
-    fam: &mut FamilyRib<K>,
-    sh: &mut Shared<'_>,
-    key: K,
-    source: u32,
-    path: Option<Arc<PathAttributes>>,
-) {
+/// Removes the route of `slot` (a peer or LOCAL) for `key`.
+fn remove_path<K: PrefixKey>(fam: &mut FamilyRib<K>, sh: &mut Shared<'_>, slot: u32, key: K) {
     let FamilyRib {
-        loc,
+        routes,
+        loc_len,
+        received,
         adj_out,
         pending,
-        ..
     } = fam;
-    match (loc.entry(key), path) {
-        (Entry::Vacant(_), None) => {}
-        (Entry::Vacant(e), Some(attrs)) => {
-            count_accepted(sh, source, 1);
-            let d = e.insert(Dest::One(Path { source, attrs }));
-            settle(adj_out, pending, sh, key, &Snapshot::Empty, d.multipath());
+    let Entry::Occupied(mut e) = routes.entry(key) else {
+        return;
+    };
+    let d = e.get_mut();
+    if d.find(slot).is_none() {
+        return;
+    }
+    let before = Snapshot::of(d, sh.peers);
+    let (removed, empty) = d.remove(slot);
+    let Some(removed) = removed else { return };
+    if slot != LOCAL {
+        if removed.has(MODIFIED) {
+            received[slot as usize].remove(&key);
         }
-        (Entry::Occupied(mut e), Some(attrs)) => {
-            let d = e.get_mut();
-            let before = Snapshot::of(d);
-            if d.upsert(Path { source, attrs }) {
-                count_accepted(sh, source, 1);
-            }
-            d.reselect(sh.cfg, sh.peers, sh.scratch);
-            settle(adj_out, pending, sh, key, &before, d.multipath());
+        let peer = peer_of(sh, slot);
+        peer.received -= 1;
+        if removed.accepted() {
+            peer.accepted -= 1;
         }
-        (Entry::Occupied(mut e), None) => {
-            let d = e.get_mut();
-            let before = Snapshot::of(d);
-            let (found, empty) = d.remove(source);
-            if !found {
-                return;
-            }
-            count_accepted(sh, source, -1);
-            if empty {
-                e.remove();
-                settle(adj_out, pending, sh, key, &before, &[]);
-            } else {
-                d.reselect(sh.cfg, sh.peers, sh.scratch);
-                settle(adj_out, pending, sh, key, &before, d.multipath());
-            }
+        if removed.has(STALE) {
+            peer.stale -= 1;
         }
+    }
+    let mut out = Out {
+        adj_out,
+        pending,
+        loc_len,
+    };
+    if empty {
+        e.remove();
+        settle(&mut out, sh, key, &before, &[]);
+    } else {
+        d.reselect(sh.cfg, sh.peers, sh.scratch);
+        settle(&mut out, sh, key, &before, d.multipath());
     }
 }
 
@@ -1404,27 +1599,96 @@ fn count_accepted(sh: &mut Shared<'_>, source: u32, delta: isize) {
     }
 }
 
+/// A route of the ECMP set before a change, by identity: attribute sets are interned and only
+/// freed by the sweep at the end of an operation, so a pointer names one set throughout.
+struct Snap {
+    source: u32,
+    attrs: *const PathAttributes,
+    next_hop: Option<IpAddr>,
+}
+
+impl Snap {
+    fn of(p: &Path, peers: &[Option<Peer>]) -> Self {
+        Snap {
+            source: p.source,
+            attrs: Arc::as_ptr(&p.attrs),
+            next_hop: next_hop_of(p, peers),
+        }
+    }
+
+    fn same(&self, p: &Path) -> bool {
+        self.source == p.source && std::ptr::eq(self.attrs, Arc::as_ptr(&p.attrs))
+    }
+}
+
+/// The ECMP set of a prefix before a change; one route (the common case) needs no allocation.
+enum Snapshot {
+    Empty,
+    One(Snap),
+    Many(Vec<Snap>),
+}
+
+impl Snapshot {
+    fn of(d: &Dest, peers: &[Option<Peer>]) -> Self {
+        match d.multipath() {
+            [] => Snapshot::Empty,
+            [p] => Snapshot::One(Snap::of(p, peers)),
+            set => Snapshot::Many(set.iter().map(|p| Snap::of(p, peers)).collect()),
+        }
+    }
+
+    fn snaps(&self) -> &[Snap] {
+        match self {
+            Snapshot::Empty => &[],
+            Snapshot::One(s) => std::slice::from_ref(s),
+            Snapshot::Many(v) => v,
+        }
+    }
+
+    fn next_hops(&self) -> Vec<IpAddr> {
+        match self.snaps() {
+            [] => Vec::new(),
+            [s, ..] if s.source == LOCAL => Vec::new(),
+            set => {
+                let mut v: Vec<IpAddr> = set.iter().filter_map(|s| s.next_hop).collect();
+                v.sort();
+                v.dedup();
+                v
+            }
+        }
+    }
+}
+
+/// Where `settle` queues Adj-RIB-Out changes and keeps the Loc-RIB size.
+struct Out<'a, K> {
+    adj_out: &'a mut [Table<K, Arc<PathAttributes>>],
+    pending: &'a mut [Pending<K>],
+    loc_len: &'a mut usize,
+}
+
 /// Compares the ECMP set before and after a change: queues a best-path change when the next
 /// hops moved and Adj-RIB-Out changes when the best path did.
 fn settle<K: PrefixKey>(
-    adj_out: &mut [Table<K, Arc<PathAttributes>>],
-    pending: &mut [Pending<K>],
+    out: &mut Out<'_, K>,
     sh: &mut Shared<'_>,
     key: K,
     before: &Snapshot,
     after: &[Path],
 ) {
-    let before = before.paths();
-    if before.len() == after.len() && before.iter().zip(after).all(|(a, b)| a.same(b)) {
+    let snaps = before.snaps();
+    if snaps.len() == after.len() && snaps.iter().zip(after).all(|(a, b)| a.same(b)) {
         return;
     }
+    match (snaps.is_empty(), after.is_empty()) {
+        (true, false) => *out.loc_len += 1,
+        (false, true) => *out.loc_len -= 1,
+        _ => {}
+    }
     let new_nh = next_hops(after, sh.peers);
-    let unchanged = match before {
+    let unchanged = match snaps {
         // The common case, compared without building the old list.
-        [p] if p.source != LOCAL => {
-            new_nh.len() == 1 && next_hop_of(p, sh.peers) == Some(new_nh[0])
-        }
-        _ => next_hops(before, sh.peers) == new_nh,
+        [s] if s.source != LOCAL => new_nh.len() == 1 && s.next_hop == Some(new_nh[0]),
+        _ => before.next_hops() == new_nh,
     };
     if !unchanged {
         sh.best_changes.push(BestPathChange {
@@ -1433,7 +1697,7 @@ fn settle<K: PrefixKey>(
         });
     }
     let best = after.first();
-    let best_changed = match (before.first(), best) {
+    let best_changed = match (snaps.first(), best) {
         (Some(a), Some(b)) => !a.same(b),
         (None, None) => false,
         _ => true,
@@ -1446,7 +1710,7 @@ fn settle<K: PrefixKey>(
             continue;
         }
         let desired = best.and_then(|b| export(sh, t as u32, key, b));
-        diff_out(&mut adj_out[t], &mut pending[t], key, desired);
+        diff_out(&mut out.adj_out[t], &mut out.pending[t], key, desired);
     }
 }
 
@@ -1515,18 +1779,6 @@ fn export<K: PrefixKey>(
     if !session.has(K::FAMILY) || best.source == target {
         return None;
     }
-    let net = key.to_net();
-    if policy::is_default_route(&net) && !tp.cfg.send_default_route {
-        return None;
-    }
-    let attrs = &best.attrs;
-    if attrs.communities.contains(&NO_ADVERTISE)
-        || (tp.ebgp
-            && (attrs.communities.contains(&NO_EXPORT)
-                || attrs.communities.contains(&NO_EXPORT_SUBCONFED)))
-    {
-        return None;
-    }
     let mut reflect_from = None;
     if best.source != LOCAL {
         let sp = sh
@@ -1546,9 +1798,20 @@ fn export<K: PrefixKey>(
             return None;
         }
     }
+    if key.is_default() && !tp.cfg.send_default_route {
+        return None;
+    }
+    let attrs = &best.attrs;
+    if attrs.communities.contains(&NO_ADVERTISE)
+        || (tp.ebgp
+            && (attrs.communities.contains(&NO_EXPORT)
+                || attrs.communities.contains(&NO_EXPORT_SUBCONFED)))
+    {
+        return None;
+    }
     let mods = match &tp.cfg.export_policy {
         None => Modifications::default(),
-        Some(p) => match p.evaluate(&net, attrs) {
+        Some(p) => match p.evaluate(&key.to_net(), attrs) {
             Verdict::Reject => return None,
             Verdict::Accept(m) => m,
         },
@@ -1582,7 +1845,6 @@ fn export<K: PrefixKey>(
     out
 }
 
-/// The attribute rewrite on export (RFC 4271 §5.1, RFC 4456 §8).
 fn rewrite(
     cfg: &RibConfig,
     target: &Peer,
@@ -1633,8 +1895,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_path_destination_is_two_words() {
-        // The inline single path is what keeps a million prefixes cheap.
+    fn one_route_destination_is_two_words() {
+        // The inline single route is what keeps a million prefixes cheap.
+        assert_eq!(std::mem::size_of::<Path>(), 16);
         assert_eq!(std::mem::size_of::<Dest>(), 16);
     }
 }

@@ -31,6 +31,8 @@ pub(crate) trait PrefixKey: Copy + Eq + Hash + Ord + Debug {
     /// The key of `net`, host bits cleared; `None` for the other family.
     fn from_net(net: &IpNetwork) -> Option<Self>;
     fn to_net(self) -> IpNetwork;
+    /// 0.0.0.0/0 or ::/0.
+    fn is_default(self) -> bool;
 }
 
 /// An IPv4 prefix, host bits cleared.
@@ -58,6 +60,10 @@ impl PrefixKey for Prefix4 {
             }),
             IpNetwork::V6(_) => None,
         }
+    }
+
+    fn is_default(self) -> bool {
+        self.len == 0
     }
 
     fn to_net(self) -> IpNetwork {
@@ -92,6 +98,10 @@ impl PrefixKey for Prefix6 {
             }
             IpNetwork::V4(_) => None,
         }
+    }
+
+    fn is_default(self) -> bool {
+        self.len == 0
     }
 
     fn to_net(self) -> IpNetwork {
