@@ -1,1 +1,228 @@
-fn main() {}
+//! ADD and DEL latency of reef-cni against the reference ptp + host-local, same machine, same
+//! run, both timed the same way: from spawning the plugin process to its exit, with the
+//! config on stdin, from a thread inside a throwaway "host" namespace. 200 pods each, ADDs
+//! interleaved (reef, reference, reef, …), then DELs interleaved.
+//!
+//! Run as root: `cargo bench -p reef-cni --bench addel` (REEF_BENCH_PODS overrides 200).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reef_config::IpPoolSpec;
+use reef_ipam::EmbeddedStore;
+use serde_json::json;
+
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} (run as root)");
+        Netns(name)
+    }
+    fn ip(&self, args: &[&str]) {
+        let ok = Command::new("ip")
+            .arg("-n")
+            .arg(&self.0)
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip -n {} {args:?}", self.0);
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Spawns `bin` with the CNI variables and `stdin`, waits, and returns the elapsed time.
+fn time_call(bin: &Path, command: &str, id: &str, netns: &str, stdin: &[u8]) -> Duration {
+    let t0 = Instant::now();
+    let mut child = Command::new(bin)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait plugin");
+    let dt = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "{} {command} {id} failed: {} {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dt
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn report(name: &str, v: &mut [Duration]) -> (f64, f64) {
+    v.sort();
+    let (p50, p99) = (pct(v, 0.50), pct(v, 0.99));
+    let mean = v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len() as f64 * 1e3;
+    println!(
+        "{name:<28} p50 {p50:7.2} ms   p99 {p99:7.2} ms   mean {mean:7.2} ms   (n={})",
+        v.len()
+    );
+    (p50, p99)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing to parse.
+    let pods: usize = std::env::var("REEF_BENCH_PODS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let tag = format!("reeft-bench{}", std::process::id());
+    let dir = TempDir(std::env::temp_dir().join(&tag));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let host = Netns::new(format!("{tag}-host"));
+    host.ip(&["link", "set", "lo", "up"]);
+    host.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    host.ip(&["addr", "add", "192.168.250.1/24", "dev", "up0"]);
+    host.ip(&["link", "set", "up0", "up"]);
+    host.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.168.250.254",
+        "dev",
+        "up0",
+    ]);
+
+    let store_path = dir.0.join("store.db");
+    let node_config = dir.0.join("node.yaml");
+    std::fs::write(
+        &node_config,
+        format!(
+            "nodeName: bench\naddress: 192.168.250.1/24\nrouteProtocol: 201\nmtu: 1480\ndatastore:\n  embedded:\n    path: {}\n",
+            store_path.display()
+        ),
+    )
+    .expect("node config");
+    let ipam = reef_ipam::Ipam::new(EmbeddedStore::open(&store_path).expect("store"));
+    ipam.put_pool(
+        "default",
+        IpPoolSpec::new("10.244.0.0/16".parse().expect("cidr")),
+    )
+    .expect("pool");
+    drop(ipam);
+
+    let reef_conf = serde_json::to_vec(&json!({
+        "cniVersion": "1.0.0", "name": "reefbench", "type": "reef-cni", "nodeConfig": node_config,
+    }))
+    .expect("json");
+    let ref_conf = serde_json::to_vec(&json!({
+        "cniVersion": "1.0.0", "name": "refbench", "type": "ptp", "ipMasq": false, "mtu": 1480,
+        "ipam": { "type": "host-local", "dataDir": dir.0.join("host-local"),
+                  "ranges": [[{ "subnet": "10.245.0.0/16" }]], "routes": [{ "dst": "0.0.0.0/0" }] },
+    }))
+    .expect("json");
+    let reef_bin = Path::new(env!("CARGO_BIN_EXE_reef-cni"));
+    let ref_bin = Path::new("/usr/lib/cni/ptp");
+    assert!(
+        ref_bin.exists(),
+        "install containernetworking-plugins for the reference plugins"
+    );
+
+    println!("creating {} pod namespaces ...", 2 * pods);
+    let reef_pods: Vec<Netns> = (0..pods)
+        .map(|i| Netns::new(format!("{tag}-r{i}")))
+        .collect();
+    let ref_pods: Vec<Netns> = (0..pods)
+        .map(|i| Netns::new(format!("{tag}-p{i}")))
+        .collect();
+
+    let host_ns = File::open(host.path()).expect("open host netns");
+    let (mut reef_add, mut ref_add, mut reef_del, mut ref_del) = (vec![], vec![], vec![], vec![]);
+    reef_cni::sys::in_netns(&host_ns, || {
+        // One warm-up pair each, not counted (page cache, first store write).
+        let warm_r = Netns::new(format!("{tag}-wr"));
+        let warm_p = Netns::new(format!("{tag}-wp"));
+        time_call(reef_bin, "ADD", "warm-r", &warm_r.path(), &reef_conf);
+        time_call(ref_bin, "ADD", "warm-p", &warm_p.path(), &ref_conf);
+        time_call(reef_bin, "DEL", "warm-r", &warm_r.path(), &reef_conf);
+        time_call(ref_bin, "DEL", "warm-p", &warm_p.path(), &ref_conf);
+        for i in 0..pods {
+            reef_add.push(time_call(
+                reef_bin,
+                "ADD",
+                &format!("r{i}"),
+                &reef_pods[i].path(),
+                &reef_conf,
+            ));
+            ref_add.push(time_call(
+                ref_bin,
+                "ADD",
+                &format!("p{i}"),
+                &ref_pods[i].path(),
+                &ref_conf,
+            ));
+        }
+        for i in 0..pods {
+            reef_del.push(time_call(
+                reef_bin,
+                "DEL",
+                &format!("r{i}"),
+                &reef_pods[i].path(),
+                &reef_conf,
+            ));
+            ref_del.push(time_call(
+                ref_bin,
+                "DEL",
+                &format!("p{i}"),
+                &ref_pods[i].path(),
+                &ref_conf,
+            ));
+        }
+    })
+    .expect("enter the host namespace");
+
+    println!("ADD / DEL latency, {pods} pods each, timed as processes (spawn → exit):");
+    let (ra, _) = report("reef-cni ADD", &mut reef_add);
+    let (pa, _) = report("ptp+host-local ADD", &mut ref_add);
+    let (rd, _) = report("reef-cni DEL", &mut reef_del);
+    let (pd, _) = report("ptp+host-local DEL", &mut ref_del);
+    println!(
+        "p50 ratio reef/reference: ADD {:.2}, DEL {:.2} (target: ≤ 1.00)",
+        ra / pa,
+        rd / pd
+    );
+}

@@ -23,6 +23,6 @@ pub mod log;
 pub mod netlink;
 pub mod plugin;
 pub mod spec;
-mod sys;
+pub mod sys;
 
 pub use error::{Error, ErrorCode};
