@@ -4,7 +4,11 @@
 //! other attributes, so every prefix runs the full decision between two paths.
 //!
 //! Run: `cargo bench -p reef-bgp --bench rib_ingest` (prints figures; peak RSS from
-//! /proc/self/status VmHWM). Optional args: prefix count, attribute-set count.
+//! /proc/self/status VmHWM). Optional args: prefix count, attribute-set count, and
+//! `--shuffle` to send the prefixes in random order instead of address order (address order
+//! is how table dumps usually arrive, and the IPv4 tables are laid out to profit from it;
+//! shuffled is the worst case for the caches). The prefixes are /24s scattered over the whole
+//! IPv4 space, as in a real table, so the tables are touched throughout.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
@@ -62,6 +66,7 @@ fn attr_set(peer_as: u32, j: u32, next_hop: Ipv4Addr) -> PathAttributes {
 }
 
 fn main() {
+    let shuffle = std::env::args().any(|a| a == "--shuffle");
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -69,12 +74,26 @@ fn main() {
     let n = args.first().copied().unwrap_or(1_000_000);
     let sets = args.get(1).copied().unwrap_or(1_000).max(1) as u32;
 
-    let prefixes: Vec<IpNetwork> = (0..n as u32)
+    // Distinct /24s spread over the whole address space like a real table's (an odd multiplier
+    // permutes the 2^24 /24s), in address order as a table dump sends them.
+    let mut prefixes: Vec<IpNetwork> = (0..n as u32)
         .map(|i| {
-            let addr = Ipv4Addr::from(0x0100_0000u32.wrapping_add(i << 8));
+            let addr = Ipv4Addr::from(i.wrapping_mul(0x9E37_79B1) << 8);
             IpNetwork::V4(Ipv4Network::new(addr, 24).expect("valid /24"))
         })
         .collect();
+    prefixes.sort();
+    if shuffle {
+        // Fisher-Yates with a fixed xorshift, so runs are comparable.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for i in (1..prefixes.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            prefixes.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+    }
+    let order = if shuffle { "shuffled" } else { "address order" };
     let rss_base = status_kib("VmRSS:");
 
     let mut rib =
@@ -127,7 +146,7 @@ fn main() {
     let hwm1 = status_kib("VmHWM:");
     let rss1 = status_kib("VmRSS:");
     println!(
-        "rib_ingest: peer 1: {n} prefixes, {sets} attribute sets, batches of {BATCH}: {:.3} s wall, {cpu1:.3} s CPU ({:.0} ns/prefix, {:.2} M prefixes/s), {c1} best-path changes",
+        "rib_ingest: peer 1: {n} prefixes ({order}), {sets} attribute sets, batches of {BATCH}: {:.3} s wall, {cpu1:.3} s CPU ({:.0} ns/prefix, {:.2} M prefixes/s), {c1} best-path changes",
         t1.as_secs_f64(),
         t1.as_nanos() as f64 / n as f64,
         n as f64 / t1.as_secs_f64() / 1e6

@@ -481,7 +481,9 @@ fn candidate(p: &Path, cfg: &RibConfig, peers: &[Option<Peer>]) -> Candidate {
     }
 }
 
-type Table<K, V> = HashMap<K, V, Hasher>;
+type Table<K, V> = HashMap<K, V, <K as PrefixKey>::Build>;
+/// Tables keyed by something else than a prefix.
+type Memo<K, V> = HashMap<K, V, Hasher>;
 /// Adj-RIB-Out changes queued for one peer (`None` = withdraw).
 type Pending<K> = Vec<(K, Option<Arc<PathAttributes>>)>;
 
@@ -506,13 +508,13 @@ struct Peer {
     exceeded: bool,
     /// (received attrs, modifications) → attrs after import. Holds the input `Arc` so the
     /// pointer key stays valid.
-    import_memo: Table<(usize, Modifications), (Arc<PathAttributes>, Arc<PathAttributes>)>,
-    export_memo: Table<ExportKey, (Arc<PathAttributes>, Option<Arc<PathAttributes>>)>,
+    import_memo: Memo<(usize, Modifications), (Arc<PathAttributes>, Arc<PathAttributes>)>,
+    export_memo: Memo<ExportKey, (Arc<PathAttributes>, Option<Arc<PathAttributes>>)>,
 }
 
 /// One address family's tables.
 #[derive(Debug)]
-struct FamilyRib<K> {
+struct FamilyRib<K: PrefixKey> {
     routes: Table<K, Dest>,
     /// Prefixes with an accepted route (the Loc-RIB's size).
     loc_len: usize,
@@ -524,7 +526,7 @@ struct FamilyRib<K> {
     pending: Vec<Pending<K>>,
 }
 
-impl<K> Default for FamilyRib<K> {
+impl<K: PrefixKey> Default for FamilyRib<K> {
     fn default() -> Self {
         Self {
             routes: Table::default(),
@@ -681,8 +683,8 @@ impl Rib {
             accepted: 0,
             stale: 0,
             exceeded: false,
-            import_memo: Table::default(),
-            export_memo: Table::default(),
+            import_memo: Memo::default(),
+            export_memo: Memo::default(),
         }));
         self.v4.add_slot();
         self.v6.add_slot();
@@ -1281,7 +1283,7 @@ impl Rib {
             pending,
             ..
         } = fam;
-        let mut seen: HashSet<K, Hasher> = HashSet::default();
+        let mut seen: HashSet<K, K::Build> = HashSet::default();
         for (key, d) in routes.iter() {
             let Some(best) = d.multipath().first() else {
                 continue;
@@ -1660,7 +1662,7 @@ impl Snapshot {
 }
 
 /// Where `settle` queues Adj-RIB-Out changes and keeps the Loc-RIB size.
-struct Out<'a, K> {
+struct Out<'a, K: PrefixKey> {
     adj_out: &'a mut [Table<K, Arc<PathAttributes>>],
     pending: &'a mut [Pending<K>],
     loc_len: &'a mut usize,
