@@ -168,9 +168,13 @@ pub fn add(
     w: &Wiring<'_>,
 ) -> Result<Wired, Error> {
     use std::os::fd::AsRawFd;
+    // With IPv6 the host side comes up only once DAD is off: its link-local is the pod's
+    // gateway and must answer at once, not after a second of duplicate detection.
+    let v6 = w.addrs.iter().any(|a| a.is_ipv6());
     host.add_veth(
         w.host_name,
         HOST_MAC,
+        !v6,
         w.ifname,
         netns.file.as_raw_fd(),
         w.mtu,
@@ -225,10 +229,13 @@ fn wire(host: &mut Netlink, pod: &mut Netlink, w: &Wiring<'_>) -> Result<Wired, 
     }
     if v6 {
         sysctl(&format!("net/ipv6/conf/{h}/accept_ra"), "0")?;
+        sysctl(&format!("net/ipv6/conf/{h}/accept_dad"), "0")?;
         // IPv6 forwarding only exists globally; a node with IPv6 pods must forward.
         if read_sysctl("net/ipv6/conf/all/forwarding").as_deref() != Some("1") {
             sysctl("net/ipv6/conf/all/forwarding", "1")?;
         }
+        host.set_up(hostlink.index)
+            .map_err(|e| Error::netlink(format!("set {h} up"), e))?;
     }
     for a in w.addrs {
         let prefix = if a.is_ipv4() { 32 } else { 128 };

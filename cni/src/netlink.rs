@@ -149,13 +149,16 @@ impl Netlink {
         }
     }
 
-    /// Creates a veth pair: `host` here (up, with `host_mac`) and `peer` in the namespace
-    /// `peer_netns` (down: the kernel cannot open a veth before both ends exist, so the peer
-    /// is brought up with [`Netlink::set_up`]), both with `mtu`. EEXIST if `host` exists.
+    /// Creates a veth pair: `host` here (with `host_mac`, up if `up`) and `peer` in the
+    /// namespace `peer_netns` (down: the kernel cannot open a veth before both ends exist, so
+    /// the peer is brought up with [`Netlink::set_up`]), both with `mtu`. EEXIST if `host`
+    /// exists.
+    #[allow(clippy::too_many_arguments)] // One netlink request; the fields are its attributes.
     pub fn add_veth(
         &mut self,
         host: &str,
         host_mac: [u8; 6],
+        up: bool,
         peer: &str,
         peer_netns: RawFd,
         mtu: u32,
@@ -165,8 +168,10 @@ impl Netlink {
         p.attributes.push(LinkAttribute::Mtu(mtu));
         p.attributes.push(LinkAttribute::NetNsFd(peer_netns));
         let mut m = LinkMessage::default();
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
+        if up {
+            m.header.flags = LinkFlags::Up;
+            m.header.change_mask = LinkFlags::Up;
+        }
         m.attributes.push(LinkAttribute::IfName(host.to_string()));
         m.attributes.push(LinkAttribute::Mtu(mtu));
         m.attributes.push(LinkAttribute::Address(host_mac.to_vec()));

@@ -21,16 +21,25 @@ fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// Returns the thread to its namespace when dropped, also when `f` panics.
+struct Return(File);
+
+impl Drop for Return {
+    fn drop(&mut self) {
+        if setns(std::os::fd::AsFd::as_fd(&self.0)).is_err() {
+            // Carrying on in the wrong namespace would touch the pod's interfaces as if they
+            // were the host's.
+            eprintln!("reef-cni: cannot return to the original network namespace; aborting");
+            std::process::abort();
+        }
+    }
+}
+
 /// Runs `f` with the calling thread inside the network namespace `target`, then returns to
-/// the namespace it came from. If returning fails the process aborts: carrying on in the
-/// wrong namespace would touch the pod's interfaces as if they were the host's.
+/// the namespace it came from (the process aborts if it cannot).
 pub fn in_netns<T>(target: &File, f: impl FnOnce() -> T) -> io::Result<T> {
     let home = File::open("/proc/thread-self/ns/net")?;
     setns(std::os::fd::AsFd::as_fd(target))?;
-    let out = f();
-    if setns(std::os::fd::AsFd::as_fd(&home)).is_err() {
-        eprintln!("reef-cni: cannot return to the original network namespace; aborting");
-        std::process::abort();
-    }
-    Ok(out)
+    let _back = Return(home);
+    Ok(f())
 }

@@ -157,3 +157,88 @@ fn lifecycle_1_0_0() {
 fn lifecycle_1_1_0() {
     lifecycle("1.1.0");
 }
+
+#[test]
+fn dual_stack_pods_reach_the_host_and_each_other_over_both_families() {
+    let node = Node::dual("10.246.0.0/24", "fd00:246::/120");
+    let pod1 = Netns::new("pod1");
+    let pod2 = Netns::new("pod2");
+    let mut conf = node.reef_conf("1.1.0", "dual");
+    conf["ipam"] = json!({"assignIpv4": true, "assignIpv6": true});
+    conf["logFile"] = json!(node.dir.0.join("cni.log"));
+    conf["logLevel"] = json!("debug");
+    let r1 = Call::new(reef_cni(), "ADD", "d1", &pod1.path(), &conf).run(&node.host);
+    let r1 = r1.expect_ok("ADD pod1").json();
+    let r2 = Call::new(reef_cni(), "ADD", "d2", &pod2.path(), &conf).run(&node.host);
+    let r2 = r2.expect_ok("ADD pod2").json();
+    let (ips1, ips2) = (result_ips(&r1), result_ips(&r2));
+    assert_eq!(ips1.len(), 2, "{r1}");
+    let v6_1 = *ips1.iter().find(|a| a.is_ipv6()).unwrap();
+    let v6_2 = *ips2.iter().find(|a| a.is_ipv6()).unwrap();
+    let v4_2 = *ips2.iter().find(|a| a.is_ipv4()).unwrap();
+    assert!(r1["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["address"].as_str().unwrap().ends_with("/128")));
+    assert_eq!(
+        r1["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}, {"dst": "::/0", "gw": "fe80::ecee:eeff:feee:eeee"}])
+    );
+    let routes6 = pod1.ip(&["-6", "route", "show"]);
+    assert!(
+        routes6.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"),
+        "{routes6}"
+    );
+    assert!(
+        pod1.ping_eventually("fd00:250::1".parse().unwrap()),
+        "pod1 cannot reach the host over IPv6"
+    );
+    assert!(
+        pod1.ping_eventually(v6_2),
+        "pod1 cannot reach pod2 over IPv6"
+    );
+    assert!(
+        pod2.ping_eventually(v6_1),
+        "pod2 cannot reach pod1 over IPv6"
+    );
+    assert!(pod1.ping(v4_2), "pod1 cannot reach pod2 over IPv4");
+    Call::new(
+        reef_cni(),
+        "CHECK",
+        "d1",
+        &pod1.path(),
+        &with_prev(&conf, &r1),
+    )
+    .run(&node.host)
+    .expect_ok("CHECK");
+    // The v6 host route goes too: CHECK names it.
+    node.host
+        .ip(&["-6", "route", "del", &format!("{v6_1}/128")]);
+    let out = Call::new(
+        reef_cni(),
+        "CHECK",
+        "d1",
+        &pod1.path(),
+        &with_prev(&conf, &r1),
+    )
+    .run(&node.host);
+    assert_eq!(out.code(), 104);
+    assert!(
+        out.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("host route to {v6_1}/128")),
+        "{}",
+        out.stdout
+    );
+    for (id, pod) in [("d1", &pod1), ("d2", &pod2)] {
+        Call::new(reef_cni(), "DEL", id, &pod.path(), &conf)
+            .run(&node.host)
+            .expect_ok("DEL");
+    }
+    node.assert_clean("after dual-stack DEL");
+    // Logs went to the configured file, not to stdout or stderr.
+    let log = std::fs::read_to_string(node.dir.0.join("cni.log")).unwrap();
+    assert!(log.contains("ADD dual.d1"), "{log}");
+}

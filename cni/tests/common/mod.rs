@@ -79,6 +79,11 @@ impl Netns {
             .success()
     }
 
+    /// Pings a few times, for paths whose neighbour entries are still being resolved.
+    pub fn ping_eventually(&self, to: IpAddr) -> bool {
+        (0..5).any(|_| self.ping(to))
+    }
+
     /// Names of links whose name starts with `prefix`.
     pub fn links(&self, prefix: &str) -> Vec<String> {
         let out = self.ip(&["-o", "link", "show"]);
@@ -145,6 +150,29 @@ pub struct Node {
 impl Node {
     pub fn new(pool: &str) -> Node {
         Self::with_pool(Some(pool))
+    }
+
+    /// A dual-stack node: the v4 pool, a v6 pool, and an IPv6 address on the host.
+    pub fn dual(v4: &str, v6: &str) -> Node {
+        let node = Self::with_pool(Some(v4));
+        let mut spec = IpPoolSpec::new(v6.parse().unwrap());
+        spec.block_size = Some(122);
+        node.ipam()
+            .put_pool("default-v6", spec)
+            .expect("put v6 pool");
+        node.host
+            .ip(&["addr", "add", "fd00:250::1/64", "dev", "up0", "nodad"]);
+        node.host.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:250::fe",
+            "dev",
+            "up0",
+        ]);
+        node
     }
 
     /// A node whose datastore has the given pool (or none).
