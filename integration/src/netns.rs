@@ -33,11 +33,32 @@ pub struct Netns {
 impl Netns {
     /// Creates a namespace with a unique name ending in `tag`, with `lo` up.
     pub fn new(tag: &str) -> Result<Netns, Error> {
-        let name = unique_name(tag);
-        cmd::run("ip", ["netns", "add", &name])?;
-        let ns = Netns { name };
+        Netns::create(&unique_name(tag))
+    }
+
+    /// Creates a namespace with exactly this name, with `lo` up.
+    pub fn create(name: &str) -> Result<Netns, Error> {
+        cmd::run("ip", ["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.ip(["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Takes charge of an existing namespace (it is deleted when the guard drops).
+    pub fn adopt(name: &str) -> Netns {
+        Netns {
+            name: name.to_string(),
+        }
+    }
+
+    /// Gives up the guard: the namespace outlives this value (for a lab that stays up between
+    /// commands); returns its name.
+    pub fn persist(self) -> String {
+        let name = self.name.clone();
+        std::mem::forget(self);
+        name
     }
 
     /// The namespace's name (as in `ip netns list`).

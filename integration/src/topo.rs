@@ -23,6 +23,8 @@ pub struct TopologyBuilder {
     nodes: usize,
     subnets: usize,
     ipv6: bool,
+    /// Fixed names `<prefix>router`, `<prefix>n<i>`, `<prefix>p<i>` instead of unique ones.
+    prefix: Option<String>,
 }
 
 /// One node: a namespace with `eth0` on its subnet.
@@ -61,6 +63,7 @@ pub struct Topology {
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
     pub router: Netns,
+    prefix: Option<String>,
 }
 
 impl Default for TopologyBuilder {
@@ -69,6 +72,7 @@ impl Default for TopologyBuilder {
             nodes: 4,
             subnets: 2,
             ipv6: false,
+            prefix: None,
         }
     }
 }
@@ -92,6 +96,20 @@ impl TopologyBuilder {
         self
     }
 
+    /// Names the namespaces `<prefix>router`, `<prefix>n0`, … (`<prefix>p0`, … for pods)
+    /// instead of unique test names; for a lab that other commands find again.
+    pub fn named(mut self, prefix: &str) -> Self {
+        self.prefix = Some(prefix.to_string());
+        self
+    }
+
+    fn netns(&self, tag: &str) -> Result<Netns, Error> {
+        match &self.prefix {
+            Some(p) => Netns::create(&format!("{p}{tag}")),
+            None => Netns::new(tag),
+        }
+    }
+
     /// Creates the namespaces, links and addresses.
     pub fn build(self) -> Result<Topology, Error> {
         if self.subnets == 0 || self.subnets > 200 || self.nodes == 0 || self.nodes > 200 {
@@ -100,7 +118,7 @@ impl TopologyBuilder {
                 self.nodes, self.subnets
             )));
         }
-        let router = Netns::new("router")?;
+        let router = self.netns("router")?;
         router.sysctl("net.ipv4.ip_forward", "1")?;
         if self.ipv6 {
             router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
@@ -125,13 +143,14 @@ impl TopologyBuilder {
             pods: Vec::new(),
             nodes: Vec::new(),
             router,
+            prefix: self.prefix.clone(),
         };
         let mut per_subnet = vec![0u8; self.subnets];
         for i in 0..self.nodes {
             let subnet = i * self.subnets / self.nodes;
             let host = 10 + per_subnet[subnet];
             per_subnet[subnet] += 1;
-            let ns = Netns::new(&format!("n{i}"))?;
+            let ns = self.netns(&format!("n{i}"))?;
             let addr = Ipv4Addr::new(10, 100, subnet as u8 + 1, host);
             let addr6 = self.ipv6.then(|| node_addr6(subnet, host));
             let peer = format!("n{i}");
@@ -216,7 +235,11 @@ impl Topology {
             .nodes
             .get(node)
             .ok_or_else(|| Error::Other(format!("no node {node}")))?;
-        let ns = Netns::new(&format!("p{}", self.pods.len()))?;
+        let tag = format!("p{}", self.pods.len());
+        let ns = match &self.prefix {
+            Some(p) => Netns::create(&format!("{p}{tag}"))?,
+            None => Netns::new(&tag)?,
+        };
         let host_veth = format!("rp{}", self.pods.len());
         crate::cmd::run(
             "ip",
@@ -281,6 +304,20 @@ impl Topology {
         v.extend(self.nodes.iter().map(|n| n.ns.name().to_string()));
         v.extend(self.pods.iter().map(|p| p.ns.name().to_string()));
         v
+    }
+
+    /// Gives up every guard: the namespaces outlive this value. Returns their names.
+    pub fn persist(self) -> Vec<String> {
+        let Topology {
+            pods,
+            nodes,
+            router,
+            ..
+        } = self;
+        let mut names: Vec<String> = pods.into_iter().map(|p| p.ns.persist()).collect();
+        names.extend(nodes.into_iter().map(|n| n.ns.persist()));
+        names.push(router.persist());
+        names
     }
 
     /// The node addresses as `IpAddr`s, in node order.

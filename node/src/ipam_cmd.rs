@@ -1,0 +1,263 @@
+//! `reef ipam show | check | gc | release`: IPAM state straight from the datastore.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+use clap::Subcommand;
+use ipnetwork::IpNetwork;
+use reef_ipam::{HandleId, Problem};
+use serde::Serialize;
+
+use crate::output::{Output, Table};
+use crate::{datastore, Exit};
+use reef_config::node_config::NodeConfig;
+
+#[derive(Debug, Subcommand)]
+pub enum IpamCmd {
+    /// Pools and their utilisation; blocks with --blocks; borrowed addresses with --borrowed.
+    Show {
+        #[arg(long)]
+        blocks: bool,
+        #[arg(long)]
+        borrowed: bool,
+    },
+    /// Look for leaks, duplicates, addresses outside pools and inconsistent records.
+    /// Exits 1 when it finds a problem.
+    Check,
+    /// Release leaked addresses older than the grace period (never one reused meanwhile).
+    Gc {
+        /// Seconds an allocation must be old before gc frees it.
+        #[arg(long, default_value_t = 600)]
+        grace: u64,
+    },
+    /// Release one address or every address of a handle.
+    Release {
+        #[arg(long, conflicts_with = "handle", required_unless_present = "handle")]
+        ip: Option<IpAddr>,
+        #[arg(long)]
+        handle: Option<String>,
+    },
+}
+
+#[derive(Serialize)]
+struct PoolJson {
+    name: String,
+    cidr: IpNetwork,
+    disabled: bool,
+    size: String,
+    in_use: u64,
+    blocks: Vec<BlockJson>,
+}
+
+#[derive(Serialize)]
+struct BlockJson {
+    cidr: IpNetwork,
+    affinity: Option<String>,
+    size: u32,
+    in_use: u32,
+    borrowed: Vec<BorrowedJson>,
+}
+
+#[derive(Serialize)]
+struct BorrowedJson {
+    address: IpAddr,
+    node: String,
+}
+
+#[derive(Serialize)]
+struct CheckJson {
+    clean: bool,
+    blocks: usize,
+    allocations: usize,
+    handles: usize,
+    leaked: usize,
+    problems: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct GcJson {
+    released: Vec<IpAddr>,
+    kept: usize,
+    handles_fixed: Vec<String>,
+    affinities_fixed: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ReleaseJson {
+    released: Vec<IpAddr>,
+}
+
+pub fn run(cfg: &NodeConfig, cmd: IpamCmd, out: Output) -> Result<Exit> {
+    let ipam = datastore::open_ipam(cfg)?;
+    match cmd {
+        IpamCmd::Show { blocks, borrowed } => {
+            let pools: Vec<PoolJson> = ipam
+                .show()?
+                .into_iter()
+                .map(|p| PoolJson {
+                    name: p.name,
+                    cidr: p.cidr,
+                    disabled: p.disabled,
+                    size: p.size.to_string(),
+                    in_use: p.in_use,
+                    blocks: p
+                        .blocks
+                        .into_iter()
+                        .map(|b| BlockJson {
+                            cidr: b.cidr,
+                            affinity: b.affinity,
+                            size: b.size,
+                            in_use: b.in_use,
+                            borrowed: b
+                                .borrowed
+                                .into_iter()
+                                .map(|(address, node)| BorrowedJson { address, node })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect();
+            if out.json {
+                out.print_json(&pools)?;
+                return Ok(Exit::Ok);
+            }
+            let mut t = Table::new(&["POOL", "CIDR", "IN USE", "SIZE", "UTILISATION", "DISABLED"]);
+            for p in &pools {
+                let size: f64 = p.size.parse().unwrap_or(0.0);
+                t.row(vec![
+                    p.name.clone(),
+                    p.cidr.to_string(),
+                    p.in_use.to_string(),
+                    p.size.clone(),
+                    percent(p.in_use as f64, size),
+                    p.disabled.to_string(),
+                ]);
+            }
+            print!("{}", t.render());
+            if blocks {
+                let mut t = Table::new(&["BLOCK", "POOL", "NODE", "IN USE", "SIZE", "UTILISATION"]);
+                for p in &pools {
+                    for b in &p.blocks {
+                        t.row(vec![
+                            b.cidr.to_string(),
+                            p.name.clone(),
+                            b.affinity.clone().unwrap_or_else(|| "-".into()),
+                            b.in_use.to_string(),
+                            b.size.to_string(),
+                            percent(b.in_use as f64, b.size as f64),
+                        ]);
+                    }
+                }
+                println!();
+                print!("{}", t.render());
+            }
+            if borrowed {
+                let mut t = Table::new(&["ADDRESS", "BLOCK", "BLOCK NODE", "USED BY NODE"]);
+                for p in &pools {
+                    for b in &p.blocks {
+                        for br in &b.borrowed {
+                            t.row(vec![
+                                br.address.to_string(),
+                                b.cidr.to_string(),
+                                b.affinity.clone().unwrap_or_else(|| "-".into()),
+                                br.node.clone(),
+                            ]);
+                        }
+                    }
+                }
+                println!();
+                print!("{}", t.render());
+            }
+            Ok(Exit::Ok)
+        }
+        IpamCmd::Check => {
+            let r = ipam.check(None)?;
+            let leaked = r
+                .problems
+                .iter()
+                .filter(|p| matches!(p, Problem::Leaked { .. }))
+                .count();
+            let j = CheckJson {
+                clean: r.is_clean(),
+                blocks: r.blocks,
+                allocations: r.allocations,
+                handles: r.handles,
+                leaked,
+                problems: r.problems.iter().map(ToString::to_string).collect(),
+            };
+            if out.json {
+                out.print_json(&j)?;
+            } else {
+                println!(
+                    "checked {} blocks, {} allocations, {} handles: {}",
+                    j.blocks,
+                    j.allocations,
+                    j.handles,
+                    if j.clean {
+                        "no problems"
+                    } else {
+                        "PROBLEMS FOUND"
+                    }
+                );
+                for p in &j.problems {
+                    println!("  - {p}");
+                }
+            }
+            Ok(if j.clean { Exit::Ok } else { Exit::Problems })
+        }
+        IpamCmd::Gc { grace } => {
+            let r = ipam.gc(grace, None)?;
+            let j = GcJson {
+                released: r.released,
+                kept: r.kept,
+                handles_fixed: r.handles_fixed,
+                affinities_fixed: r
+                    .affinities_fixed
+                    .into_iter()
+                    .map(|(n, c)| format!("{n}/{c}"))
+                    .collect(),
+            };
+            if out.json {
+                out.print_json(&j)?;
+            } else {
+                println!(
+                    "released {} leaked addresses; kept {} younger than {grace}s; fixed {} handles and {} affinities",
+                    j.released.len(),
+                    j.kept,
+                    j.handles_fixed.len(),
+                    j.affinities_fixed.len()
+                );
+                for a in &j.released {
+                    println!("  released {a}");
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        IpamCmd::Release { ip, handle } => {
+            let released = match (ip, handle) {
+                (Some(ip), None) => ipam.release_addresses(&[ip])?,
+                (None, Some(h)) => ipam.release_by_handle(&HandleId(h))?,
+                _ => anyhow::bail!("give exactly one of --ip ADDRESS and --handle ID"),
+            };
+            if out.json {
+                out.print_json(&ReleaseJson {
+                    released: released.clone(),
+                })?;
+            } else if released.is_empty() {
+                println!("nothing to release");
+            } else {
+                for a in &released {
+                    println!("released {a}");
+                }
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+fn percent(used: f64, size: f64) -> String {
+    if size <= 0.0 {
+        return "-".into();
+    }
+    format!("{:.1}%", used * 100.0 / size)
+}
