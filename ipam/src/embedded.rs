@@ -26,8 +26,19 @@ use crate::Error;
 
 /// Change-log entries kept for watchers that fall behind.
 const KEEP_CHANGES: i64 = 20_000;
-/// How long a writer waits for another process's transaction.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Polls of a busy lock before a writer gives up (~200 µs each: about 30 s).
+const BUSY_POLLS: i32 = 150_000;
+
+fn busy_wait(attempt: i32) -> bool {
+    if attempt >= BUSY_POLLS {
+        return false;
+    }
+    // Spread the pollers of several processes a little so they do not wake in step.
+    let jitter = u64::from(std::process::id() % 7) * 20;
+    std::thread::sleep(Duration::from_micros(150 + jitter));
+    true
+}
+
 /// How often a watcher polls the change log.
 const WATCH_POLL: Duration = Duration::from_millis(20);
 
@@ -84,8 +95,20 @@ impl EmbeddedStore {
             })?;
         }
         let conn = Connection::open(&path).map_err(db_err(&path, "open"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(db_err(&path, "set busy timeout"))?;
+        // SQLite's own busy handler backs off to 100 ms sleeps, which makes the latency tail
+        // of several writer processes long; ours polls the lock every ~200 µs.
+        conn.busy_handler(Some(busy_wait))
+            .map_err(db_err(&path, "set busy handler"))?;
+        // The last connection to close would checkpoint the WAL into the database and fsync
+        // it: every short-lived CNI process would pay a sync (~10 ms here). Checkpoints
+        // happen instead in the commit that fills the WAL past 1000 pages (SQLite's default),
+        // which also bounds what the first connection to open must scan to rebuild the WAL
+        // index (the agent normally holds the store open, so CNI calls skip even that).
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(db_err(&path, "disable checkpoint on close"))?;
         // Switching to WAL takes a lock; it persists in the file, so only the first open pays.
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))

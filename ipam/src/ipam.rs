@@ -66,6 +66,26 @@ pub fn handle_name(handle: &HandleId) -> String {
     )
 }
 
+/// Label on blocks saying whether they have a free address ("true" / "false"), so a node
+/// finds a block to allocate from with one list instead of reading each of its blocks.
+pub const FREE_LABEL: &str = "reef.dev/has-free";
+
+/// A block object with its index labels (owner node, has-free) set from its spec; every
+/// block write goes through here so the labels never disagree with the spec.
+fn with_block_labels(mut t: Typed<IpamBlockSpec>) -> Typed<IpamBlockSpec> {
+    t.labels.remove(NODE_LABEL);
+    if let Some(n) = &t.spec.affinity {
+        t.labels.insert(NODE_LABEL.to_string(), n.clone());
+    }
+    let free = if t.spec.unallocated.is_empty() {
+        "false"
+    } else {
+        "true"
+    };
+    t.labels.insert(FREE_LABEL.to_string(), free.to_string());
+    t
+}
+
 fn node_labels(node: &str) -> Labels {
     Labels::from([(NODE_LABEL.to_string(), node.to_string())])
 }
@@ -447,16 +467,17 @@ impl<S: Store> Ipam<S> {
         let in_pools = |c: &IpNetwork| pools.iter().any(|p| p.cidr.contains(c.network()));
         let mut got: Vec<Assignment> = Vec::new();
 
-        // 1. Blocks affine to the node.
+        // 1. Blocks affine to the node that have a free address: one indexed list.
+        let mut sel = node_labels(&args.node);
+        sel.insert(FREE_LABEL.to_string(), "true".to_string());
         let affine: Vec<IpNetwork> = self
             .store
-            .list_typed::<BlockAffinitySpec>(&node_labels(&args.node))?
+            .list_typed::<IpamBlockSpec>(&sel)?
             .into_iter()
-            .filter(|a| a.spec.node == args.node && a.spec.cidr.is_ipv4() == v4)
-            .filter(|a| a.spec.state == AffinityState::Confirmed && in_pools(&a.spec.cidr))
-            .map(|a| a.spec.cidr)
+            .filter(|b| b.spec.affinity.as_deref() == Some(args.node.as_str()))
+            .map(|b| b.spec.cidr)
+            .filter(|c| c.is_ipv4() == v4 && in_pools(c))
             .collect();
-        let mut affine_count = affine.len() as u32;
         for cidr in &affine {
             let need = want - got.len();
             got.extend(self.take_from_block(cidr, need, &args.handle, attrs, Some(&args.node))?);
@@ -464,16 +485,31 @@ impl<S: Store> Ipam<S> {
                 return Ok(got);
             }
         }
+        // Counted only when a claim is considered (rare): every confirmed affinity.
+        let mut affine_count: Option<u32> = None;
 
         // 2. New blocks, claimed for the node.
         while got.len() < want && cfg.auto_allocate_blocks {
-            if cfg.max_blocks_per_host > 0 && affine_count >= cfg.max_blocks_per_host {
-                break;
+            if cfg.max_blocks_per_host > 0 {
+                let count = match affine_count {
+                    Some(c) => c,
+                    None => self
+                        .store
+                        .list_typed::<BlockAffinitySpec>(&node_labels(&args.node))?
+                        .iter()
+                        .filter(|a| a.spec.node == args.node && a.spec.cidr.is_ipv4() == v4)
+                        .filter(|a| a.spec.state == AffinityState::Confirmed)
+                        .count() as u32,
+                };
+                if count >= cfg.max_blocks_per_host {
+                    break;
+                }
+                affine_count = Some(count);
             }
             let Some(cidr) = self.claim_block(&pools, &args.node)? else {
                 break;
             };
-            affine_count += 1;
+            affine_count = affine_count.map(|c| c + 1);
             let need = want - got.len();
             got.extend(self.take_from_block(&cidr, need, &args.handle, attrs, Some(&args.node))?);
         }
@@ -542,7 +578,7 @@ impl<S: Store> Ipam<S> {
             if addrs.is_empty() {
                 return Ok(None);
             }
-            let upd = Typed { spec: b.spec, ..t };
+            let upd = with_block_labels(Typed { spec: b.spec, ..t });
             self.store.update_typed(&upd)?;
             Ok(Some((addrs, Block::from_spec(upd.spec))))
         })?;
@@ -689,7 +725,7 @@ impl<S: Store> Ipam<S> {
         })?;
         let won = match self
             .store
-            .create_typed(&Typed::new(block_name(&cidr), blk.spec))
+            .create_typed(&with_block_labels(Typed::new(block_name(&cidr), blk.spec)))
         {
             Ok(_) => true,
             Err(Error::AlreadyExists { .. }) => self
@@ -795,7 +831,7 @@ impl<S: Store> Ipam<S> {
                 block::AssignError::InUse { addr, handle } => IpamError::InUse { addr, handle },
                 block::AssignError::NotInBlock { addr, .. } => IpamError::NotInPool { addr },
             })?;
-            let upd = Typed { spec: b.spec, ..t };
+            let upd = with_block_labels(Typed { spec: b.spec, ..t });
             self.store.update_typed(&upd)?;
             Ok(Block::from_spec(upd.spec))
         })?;
@@ -834,7 +870,8 @@ impl<S: Store> Ipam<S> {
                 let mut b = Block::from_spec(t.spec);
                 let addrs = b.release_handle(handle);
                 if !addrs.is_empty() {
-                    self.store.update_typed(&Typed { spec: b.spec, ..t })?;
+                    self.store
+                        .update_typed(&with_block_labels(Typed { spec: b.spec, ..t }))?;
                 }
                 Ok(addrs)
             })?;
@@ -894,7 +931,7 @@ impl<S: Store> Ipam<S> {
                 if gone.is_empty() {
                     return Ok((gone, None));
                 }
-                let upd = Typed { spec: b.spec, ..t };
+                let upd = with_block_labels(Typed { spec: b.spec, ..t });
                 self.store.update_typed(&upd)?;
                 Ok((gone, Some(Block::from_spec(upd.spec))))
             })?;
@@ -1214,7 +1251,8 @@ impl<S: Store> Ipam<S> {
                         if !b.release_if_sequence(*addr, *sequence) {
                             return Ok(false);
                         }
-                        self.store.update_typed(&Typed { spec: b.spec, ..t })?;
+                        self.store
+                            .update_typed(&with_block_labels(Typed { spec: b.spec, ..t }))?;
                         Ok(true)
                     })?;
                     if freed {

@@ -236,3 +236,54 @@ pub trait StoreExt: Store {
 }
 
 impl<S: Store + ?Sized> StoreExt for S {}
+
+macro_rules! forward_store {
+    ($($ptr:ident),*) => {$(
+        /// A shared or boxed store is a store (e.g. `Ipam<Box<dyn Store>>` from [`open`]).
+        impl<S: Store + ?Sized> Store for ptr::$ptr<S> {
+            fn list(&self, kind: Kind, selector: &Labels) -> Result<(Vec<Object>, Revision), Error> {
+                (**self).list(kind, selector)
+            }
+            fn get(&self, kind: Kind, name: &str) -> Result<Option<Object>, Error> {
+                (**self).get(kind, name)
+            }
+            fn create(&self, kind: Kind, object: &Object) -> Result<Object, Error> {
+                (**self).create(kind, object)
+            }
+            fn update(&self, kind: Kind, object: &Object) -> Result<Object, Error> {
+                (**self).update(kind, object)
+            }
+            fn update_status(&self, kind: Kind, object: &Object) -> Result<Object, Error> {
+                (**self).update_status(kind, object)
+            }
+            fn delete(&self, kind: Kind, name: &str, revision: Option<&Revision>) -> Result<(), Error> {
+                (**self).delete(kind, name, revision)
+            }
+            fn watch(&self, kind: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
+                (**self).watch(kind, since)
+            }
+        }
+    )*};
+}
+
+mod ptr {
+    pub use std::boxed::Box;
+    pub use std::sync::Arc;
+}
+
+forward_store!(Box, Arc);
+
+/// Opens the store the node config names.
+pub fn open(datastore: &reef_config::Datastore) -> Result<Box<dyn Store>, Error> {
+    match datastore {
+        reef_config::Datastore::Embedded { path } => {
+            Ok(Box::new(crate::embedded::EmbeddedStore::open(path)?))
+        }
+        reef_config::Datastore::Kubernetes { .. } => Err(Error::Backend {
+            context: "datastore.kubernetes".into(),
+            source:
+                "the Kubernetes datastore is not built into this reef yet; use datastore.embedded"
+                    .into(),
+        }),
+    }
+}

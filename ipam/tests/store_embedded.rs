@@ -110,3 +110,17 @@ fn open_reports_unusable_path() {
     let e = EmbeddedStore::open(&junk).unwrap_err();
     assert!(e.to_string().contains("junk.db"), "{e}");
 }
+
+/// The node config's datastore choice opens the right backend.
+#[test]
+fn open_from_node_config() {
+    let dir = TempDir::new("cfg");
+    let ds = reef_config::Datastore::Embedded {
+        path: dir.path().join("x/store.db"),
+    };
+    let s = reef_ipam::store::open(&ds).unwrap();
+    assert!(s.list(Kind::IpPool, &Labels::new()).unwrap().0.is_empty());
+    let ipam = reef_ipam::Ipam::new(s);
+    assert!(ipam.blocks_for_node("n").unwrap().is_empty());
+    assert!(dir.path().join("x/store.db").exists());
+}

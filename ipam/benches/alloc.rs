@@ -1,0 +1,287 @@
+//! Allocation figures on the embedded store (not a timed test: it prints, it does not judge).
+//!
+//! `cargo bench -p reef-ipam --bench alloc` prints, for one node in-process (with block
+//! claims, then steady state), for the CNI plugin's pattern (open the store, allocate, exit),
+//! and for 8 concurrent node processes: allocations per second, p50 / p99 latency, and
+//! store writes per allocation. Targets: >= 2,000/s for one node, p99 < 5 ms, <= 2 writes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reef_config::IpPoolSpec;
+use reef_ipam::store::{Kind, Labels, Object, Revision, Store, Watcher};
+use reef_ipam::{AutoAssignArgs, EmbeddedStore, Error, HandleId, Ipam};
+
+const STORM_BIN: &str = env!("CARGO_BIN_EXE_reef-ipam-storm");
+
+/// The embedded store, counting writes.
+#[derive(Debug, Clone)]
+struct Counting {
+    inner: EmbeddedStore,
+    writes: Arc<AtomicU64>,
+}
+
+impl Counting {
+    fn tick<T>(&self, r: Result<T, Error>) -> Result<T, Error> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+}
+
+impl Store for Counting {
+    fn list(&self, k: Kind, s: &Labels) -> Result<(Vec<Object>, Revision), Error> {
+        self.inner.list(k, s)
+    }
+    fn get(&self, k: Kind, n: &str) -> Result<Option<Object>, Error> {
+        self.inner.get(k, n)
+    }
+    fn create(&self, k: Kind, o: &Object) -> Result<Object, Error> {
+        self.tick(self.inner.create(k, o))
+    }
+    fn update(&self, k: Kind, o: &Object) -> Result<Object, Error> {
+        self.tick(self.inner.update(k, o))
+    }
+    fn update_status(&self, k: Kind, o: &Object) -> Result<Object, Error> {
+        self.tick(self.inner.update_status(k, o))
+    }
+    fn delete(&self, k: Kind, n: &str, r: Option<&Revision>) -> Result<(), Error> {
+        self.tick(self.inner.delete(k, n, r))
+    }
+    fn watch(&self, k: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
+        self.inner.watch(k, since)
+    }
+}
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fresh_store(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let ipam = Ipam::new(EmbeddedStore::open(&path).unwrap());
+    ipam.put_pool("v4", IpPoolSpec::new("10.128.0.0/14".parse().unwrap()))
+        .unwrap();
+    path
+}
+
+fn args(handle: String, node: &str) -> AutoAssignArgs {
+    AutoAssignArgs {
+        handle: HandleId(handle),
+        num_v4: 1,
+        node: node.into(),
+        ..Default::default()
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// CPU time (user + system) this process has used: unlike wall time it does not grow when
+/// other work shares the machine's two cores.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" that ends the command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+fn report(
+    what: &str,
+    n: usize,
+    wall: Duration,
+    mut lat: Vec<Duration>,
+    writes: Option<u64>,
+    cpu: Option<Duration>,
+) {
+    lat.sort();
+    let w = writes
+        .map(|w| format!(", {:.2} writes/alloc", w as f64 / n as f64))
+        .unwrap_or_default();
+    let c = cpu
+        .map(|c| format!(", {:.0}/CPU-s", n as f64 / c.as_secs_f64().max(1e-3)))
+        .unwrap_or_default();
+    println!(
+        "{what:<46} {n:>5} allocs {:>7.0}/s  p50 {:>6.3} ms  p99 {:>7.3} ms{w}{c}",
+        n as f64 / wall.as_secs_f64(),
+        pct(&lat, 0.50).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3,
+    );
+}
+
+fn one_node(dir: &Path) {
+    const N: usize = 5000;
+    let path = fresh_store(dir, "one.db");
+    let store = Counting {
+        inner: EmbeddedStore::open(&path).unwrap(),
+        writes: Default::default(),
+    };
+    let ipam = Ipam::new(store.clone());
+    let run = |tag: &str| {
+        let before = store.writes.load(Ordering::Relaxed);
+        let mut lat = Vec::with_capacity(N);
+        let (t0, c0) = (Instant::now(), cpu_time());
+        for i in 0..N {
+            let t = Instant::now();
+            ipam.auto_assign(&args(format!("{tag}-{i}"), "node-1"))
+                .unwrap();
+            lat.push(t.elapsed());
+        }
+        (
+            t0.elapsed(),
+            lat,
+            store.writes.load(Ordering::Relaxed) - before,
+            cpu_time() - c0,
+        )
+    };
+    let (wall, lat, w, c) = run("a");
+    report(
+        "1 node, claiming blocks as it goes",
+        N,
+        wall,
+        lat,
+        Some(w),
+        Some(c),
+    );
+    for i in 0..N {
+        ipam.release_by_handle(&HandleId(format!("a-{i}"))).unwrap();
+    }
+    let (wall, lat, w, c) = run("b");
+    report(
+        "1 node, steady state (blocks already affine)",
+        N,
+        wall,
+        lat,
+        Some(w),
+        Some(c),
+    );
+    let (t0, c0) = (Instant::now(), cpu_time());
+    let mut lat = Vec::with_capacity(N);
+    let before = store.writes.load(Ordering::Relaxed);
+    for i in 0..N {
+        let t = Instant::now();
+        ipam.release_by_handle(&HandleId(format!("b-{i}"))).unwrap();
+        lat.push(t.elapsed());
+    }
+    let w = store.writes.load(Ordering::Relaxed) - before;
+    report(
+        "1 node, release by handle",
+        N,
+        t0.elapsed(),
+        lat,
+        Some(w),
+        Some(cpu_time() - c0),
+    );
+}
+
+/// What the CNI plugin does per pod: open the store, allocate once, close. With `agent`, a
+/// long-lived connection stays open meanwhile, as the node's agent keeps one.
+fn cni_pattern(dir: &Path, agent: bool) {
+    const N: usize = 1000;
+    let path = fresh_store(dir, if agent { "cni-agent.db" } else { "cni.db" });
+    let _agent = agent.then(|| EmbeddedStore::open(&path).unwrap());
+    let what = if agent {
+        "CNI: open + allocate per call, agent running"
+    } else {
+        "CNI: open + allocate per call, store closed"
+    };
+    let (mut lat, mut open_lat) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    let (t0, c0) = (Instant::now(), cpu_time());
+    for i in 0..N {
+        let t = Instant::now();
+        let ipam = Ipam::new(EmbeddedStore::open(&path).unwrap());
+        open_lat.push(t.elapsed());
+        ipam.auto_assign(&args(format!("cni-{i}"), "node-1"))
+            .unwrap();
+        drop(ipam);
+        lat.push(t.elapsed());
+    }
+    let (wall, cpu) = (t0.elapsed(), cpu_time() - c0);
+    report(what, N, wall, lat, None, Some(cpu));
+    report(
+        "  of which: opening the store",
+        N,
+        wall,
+        open_lat,
+        None,
+        None,
+    );
+}
+
+fn eight_processes(dir: &Path) {
+    const PER: usize = 500;
+    let path = fresh_store(dir, "eight.db");
+    let t0 = Instant::now();
+    let children: Vec<_> = (0..8)
+        .map(|n| {
+            Command::new(STORM_BIN)
+                .args([
+                    "--store",
+                    path.to_str().unwrap(),
+                    "--node",
+                    &format!("node-{n}"),
+                ])
+                .args([
+                    "--count",
+                    &PER.to_string(),
+                    "--seed",
+                    &(n + 1).to_string(),
+                    "--latencies",
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for mut c in children {
+        for line in BufReader::new(c.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("lat-us ") {
+                lat.extend(
+                    rest.split(' ')
+                        .map(|x| Duration::from_micros(x.parse().unwrap())),
+                );
+            }
+        }
+        assert!(c.wait().unwrap().success());
+    }
+    let wall = t0.elapsed();
+    let ipam = Ipam::new(EmbeddedStore::open(&path).unwrap());
+    assert!(ipam.check(None).unwrap().is_clean());
+    report(
+        "8 node processes, one store (incl. start-up)",
+        8 * PER,
+        wall,
+        lat,
+        None,
+        None,
+    );
+}
+
+fn main() {
+    // `cargo test --benches` runs bench binaries with `--bench` absent; keep that quick.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let dir = Dir(std::env::temp_dir().join(format!("reeft-ipam-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    if quick {
+        cni_pattern(&dir.0, true);
+        return;
+    }
+    one_node(&dir.0);
+    cni_pattern(&dir.0, true);
+    cni_pattern(&dir.0, false);
+    eight_processes(&dir.0);
+}
