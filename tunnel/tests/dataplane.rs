@@ -144,7 +144,8 @@ async fn four_nodes_two_subnets_every_pod_pair() {
         }
     }
     // …and what the kernel does with them.
-    assert!(route_dev(&topo, 0, pod_addr(1, 0)).contains("via 10.100.1.11 dev eth0"));
+    let direct = format!("via {} dev eth0", topo.nodes[1].addr);
+    assert!(route_dev(&topo, 0, pod_addr(1, 0)).contains(&direct));
     assert!(route_dev(&topo, 0, pod_addr(2, 0)).contains("dev reeftun0"));
     assert!(route_dev(&topo, 0, pod_addr(0, 1)).contains(&topo.pods[1].host_veth));
 
@@ -246,9 +247,7 @@ async fn tunnel_device_exists_only_while_a_route_needs_it() {
         tunnel_needed: true,
         ..Default::default()
     };
-    needs
-        .encap
-        .insert(block(1), vec![IpAddr::V4(Ipv4Addr::new(10, 100, 1, 99))]);
+    needs.encap.insert(block(1), vec![IpAddr::V4(n.gateway)]);
     tunnel.sync(&needs, []).await.unwrap();
     let link = n.ns.ip(["link", "show", "reeftun0"]).unwrap();
     assert!(link.contains("mtu 1480") && link.contains("UP"), "{link}");
@@ -296,7 +295,7 @@ async fn nat_outgoing_masquerades_only_traffic_leaving_the_pools() {
 
     // The "outside world": the router's address on the other subnet. It has no route back
     // to pods, so without masquerading the pod cannot talk to it.
-    let outside = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 100, 2, 1)), 7700);
+    let outside = SocketAddr::new(IpAddr::V4(topo.nodes[2].gateway), 7700);
     assert!(topo.pods[0].ns.tcp_exchange(outside, b"x").is_err());
 
     nat::apply(Some(&ns0), &pools(true)).unwrap();
