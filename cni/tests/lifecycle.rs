@@ -242,3 +242,88 @@ fn dual_stack_pods_reach_the_host_and_each_other_over_both_families() {
     let log = std::fs::read_to_string(node.dir.0.join("cni.log")).unwrap();
     assert!(log.contains("ADD dual.d1"), "{log}");
 }
+
+#[test]
+fn mtu_comes_from_config_then_agent_file_then_default() {
+    let node = Node::new("10.247.0.0/24");
+    let conf = node.reef_conf("1.1.0", "mtu");
+    let mtu_of = |pod: &Netns, r: &serde_json::Value| {
+        let link = pod.ip(&["-o", "link", "show", "eth0"]);
+        let kernel: u64 = link
+            .split(" mtu ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            r["interfaces"][1]["mtu"], kernel,
+            "result and kernel disagree: {r}"
+        );
+        kernel
+    };
+    // Nothing configured, no file: 1480.
+    let p1 = Netns::new("mtu1");
+    let r = Call::new(reef_cni(), "ADD", "m1", &p1.path(), &conf).run(&node.host);
+    assert_eq!(mtu_of(&p1, &r.expect_ok("ADD").json()), 1480);
+    // The agent's file (the node config's mtuFile).
+    std::fs::write(node.dir.0.join("mtu"), "1410\n").unwrap();
+    let p2 = Netns::new("mtu2");
+    let r = Call::new(reef_cni(), "ADD", "m2", &p2.path(), &conf).run(&node.host);
+    assert_eq!(mtu_of(&p2, &r.expect_ok("ADD").json()), 1410);
+    // The CNI config wins over the file.
+    let mut with_mtu = conf.clone();
+    with_mtu["mtu"] = json!(1300);
+    let p3 = Netns::new("mtu3");
+    let r = Call::new(reef_cni(), "ADD", "m3", &p3.path(), &with_mtu).run(&node.host);
+    assert_eq!(mtu_of(&p3, &r.expect_ok("ADD").json()), 1300);
+    for (id, p) in [("m1", &p1), ("m2", &p2), ("m3", &p3)] {
+        Call::new(reef_cni(), "DEL", id, &p.path(), &conf)
+            .run(&node.host)
+            .expect_ok("DEL");
+    }
+    node.assert_clean("after the MTU pods");
+}
+
+#[test]
+fn concurrent_adds_get_distinct_addresses_and_all_work() {
+    let node = Node::new("10.248.0.0/24");
+    let conf = node.reef_conf("1.0.0", "par");
+    let pods: Vec<Netns> = (0..8).map(|_| Netns::new("par")).collect();
+    let results: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (conf, host) = (&conf, &node.host);
+                s.spawn(move || {
+                    let out =
+                        Call::new(reef_cni(), "ADD", &format!("par{i}"), &p.path(), conf).run(host);
+                    out.expect_ok("parallel ADD").json()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips: Vec<_> = results.iter().map(|r| result_ips(r)[0]).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 8, "duplicate addresses: {ips:?}");
+    let ip_of = |i: usize| result_ips(&results[i])[0];
+    assert!(pods[0].ping(ip_of(7)), "pod 0 cannot reach pod 7");
+    assert!(pods[7].ping(ip_of(0)), "pod 7 cannot reach pod 0");
+    std::thread::scope(|s| {
+        for (i, p) in pods.iter().enumerate() {
+            let (conf, host) = (&conf, &node.host);
+            s.spawn(move || {
+                Call::new(reef_cni(), "DEL", &format!("par{i}"), &p.path(), conf)
+                    .run(host)
+                    .expect_ok("DEL")
+                    .ok
+            });
+        }
+    });
+    node.assert_clean("after parallel DELs");
+}
