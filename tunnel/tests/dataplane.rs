@@ -4,113 +4,17 @@
 //! Same-subnet pairs must go direct, cross-subnet pairs through the userspace tunnel; ping
 //! and TCP between every pod pair; natOutgoing masquerades only traffic leaving the pools.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use felix_lite::{Reconciler, ReconcilerConfig, RtNetlink};
-use ipnetwork::IpNetwork;
 use reef_integration::Topology;
-use reef_tunnel::{
-    nat, plan, IpipMode, PlanInput, Pool, RemoteRoute, RouteReason, Tunnel, TunnelConfig,
-    TunnelMode,
-};
+use reef_tunnel::{nat, RouteReason, Tunnel, TunnelConfig, TunnelMode};
 
-fn block(node: usize) -> IpNetwork {
-    format!("10.244.{}.0/26", node + 1).parse().unwrap()
-}
-
-fn pod_addr(node: usize, k: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, node as u8 + 1, 10 + k)
-}
-
-fn pools(nat_outgoing: bool) -> Vec<Pool> {
-    vec![Pool {
-        cidr: "10.244.0.0/16".parse().unwrap(),
-        ipip_mode: IpipMode::CrossSubnet,
-        nat_outgoing,
-    }]
-}
-
-/// One node's agent: tunnel manager + reconciler, driven once from the plan.
-struct Agent {
-    tunnel: Tunnel,
-    reconciler: Reconciler<RtNetlink>,
-    plan: reef_tunnel::Plan,
-}
-
-async fn start_agent(topo: &Topology, i: usize) -> Agent {
-    let n = &topo.nodes[i];
-    let netns = PathBuf::from(n.ns.path());
-    let mut cfg = TunnelConfig::new("eth0", n.addr);
-    cfg.netns = Some(netns.clone());
-    cfg.tunnel_address = Some(Ipv4Addr::new(10, 244, i as u8 + 1, 1));
-    let mut tunnel = Tunnel::new(cfg).await.unwrap();
-    assert_eq!(
-        tunnel.mode(),
-        &TunnelMode::userspace(),
-        "this kernel has no ipip: the fallback must be chosen"
-    );
-    assert_eq!(tunnel.mtu(), 1480);
-    let local_pods: BTreeMap<IpAddr, String> = topo
-        .pods
-        .iter()
-        .filter(|p| p.node == i)
-        .map(|p| (IpAddr::V4(p.addr), p.host_veth.clone()))
-        .collect();
-    let remote_routes = topo
-        .nodes
-        .iter()
-        .filter(|m| m.index != i)
-        .map(|m| RemoteRoute {
-            prefix: block(m.index),
-            next_hops: vec![IpAddr::V4(m.addr)],
-        })
-        .collect();
-    let input = PlanInput {
-        node_addresses: vec![IpNetwork::new(IpAddr::V4(n.addr), n.prefix_len).unwrap()],
-        parent_interface: "eth0".into(),
-        own_blocks: vec![block(i)],
-        local_pods,
-        pools: pools(true),
-        remote_routes,
-        tunnel: tunnel.mode().clone(),
-    };
-    let p = plan(&input);
-    assert!(p.problems.is_empty(), "{:?}", p.problems);
-    tunnel.sync(&p, topo.node_addrs()).await.unwrap();
-    let nl = RtNetlink::connect(Some(&netns)).await.unwrap();
-    let mut reconciler = Reconciler::new(nl, ReconcilerConfig::default());
-    reconciler.set_desired(p.desired_routes());
-    let rep = reconciler.resync().await.unwrap();
-    assert!(
-        rep.failed.is_empty() && rep.unresolved.is_empty(),
-        "{rep:?}"
-    );
-    Agent {
-        tunnel,
-        reconciler,
-        plan: p,
-    }
-}
-
-fn build() -> Topology {
-    let mut topo = Topology::builder().nodes(4).subnets(2).build().unwrap();
-    for node in 0..4 {
-        for k in 0..2 {
-            topo.add_pod(node, pod_addr(node, k)).unwrap();
-        }
-    }
-    // The lab wires the pod /32 routes by hand; here reef programs them.
-    for p in &topo.pods {
-        let n = &topo.nodes[p.node];
-        n.ns.ip(["route", "del", &format!("{}/32", p.addr)])
-            .unwrap();
-    }
-    topo
-}
+mod common;
+use common::*;
 
 fn route_dev(topo: &Topology, node: usize, dst: Ipv4Addr) -> String {
     topo.nodes[node]
@@ -121,10 +25,16 @@ fn route_dev(topo: &Topology, node: usize, dst: Ipv4Addr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_nodes_two_subnets_every_pod_pair() {
-    let topo = build();
+    let topo = build(2);
     let mut agents = Vec::new();
     for i in 0..4 {
-        agents.push(start_agent(&topo, i).await);
+        let a = start_agent(&topo, i).await;
+        assert_eq!(
+            a.tunnel.mode(),
+            &TunnelMode::userspace(),
+            "this kernel has no ipip: the fallback must be chosen"
+        );
+        agents.push(a);
     }
 
     // The plan's decisions: same subnet direct, other subnet userspace ipip.
@@ -206,7 +116,7 @@ async fn four_nodes_two_subnets_every_pod_pair() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encapsulated_packets_from_unknown_nodes_are_dropped() {
-    let topo = build();
+    let topo = build(2);
     let mut agents = Vec::new();
     for i in 0..4 {
         agents.push(start_agent(&topo, i).await);
@@ -280,7 +190,7 @@ fn nat_packets(topo: &Topology, node: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nat_outgoing_masquerades_only_traffic_leaving_the_pools() {
-    let topo = build();
+    let topo = build(2);
     let mut agents = Vec::new();
     for i in 0..4 {
         agents.push(start_agent(&topo, i).await);
