@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use reef_config::{AllocationAttributes, Datastore, IpamHandleSpec, NodeConfig};
-use reef_ipam::{AutoAssignArgs, EmbeddedStore, HandleId, IpamError, Labels, StoreExt};
+use reef_ipam::{AutoAssignArgs, HandleId, IpamError, Labels, Store, StoreExt};
 
 use crate::error::Error;
 use crate::ipam::{AllocRequest, Allocated, Ipam};
@@ -12,7 +12,7 @@ use crate::ipam::{AllocRequest, Allocated, Ipam};
 /// reef-ipam on one node's datastore.
 #[derive(Debug)]
 pub struct ReefIpam {
-    ipam: reef_ipam::Ipam<EmbeddedStore>,
+    ipam: reef_ipam::Ipam<Box<dyn Store>>,
     node: String,
     labels: Labels,
 }
@@ -25,22 +25,20 @@ pub fn open(node: &NodeConfig) -> Result<Box<dyn Ipam>, Error> {
 
 impl ReefIpam {
     pub fn open(node: &NodeConfig) -> Result<ReefIpam, Error> {
-        let store = match &node.datastore {
-            Datastore::Embedded { path } => {
-                if !path.exists() {
-                    return Err(Error::TryAgainLater(format!(
-                        "embedded datastore {} does not exist yet (the reef agent creates it)",
-                        path.display()
-                    )));
-                }
-                EmbeddedStore::open(path).map_err(map_err)?
+        if let Datastore::Embedded { path } = &node.datastore {
+            if !path.exists() {
+                return Err(Error::TryAgainLater(format!(
+                    "embedded datastore {} does not exist yet (the reef agent creates it)",
+                    path.display()
+                )));
             }
-            Datastore::Kubernetes { .. } => {
-                return Err(Error::Ipam(
-                    "the Kubernetes datastore is not available to the CNI plugins in this build; use the embedded datastore".into(),
-                ))
-            }
-        };
+        }
+        let store = reef_ipam::store::open(&node.datastore).map_err(|e| match &node.datastore {
+            // Opening a Kubernetes client does not talk to the API server: a failure here is
+            // configuration (or a build without it), not a transient condition.
+            Datastore::Kubernetes { .. } => Error::Ipam(e.to_string()),
+            Datastore::Embedded { .. } => map_err(e),
+        })?;
         Ok(ReefIpam {
             ipam: reef_ipam::Ipam::new(store),
             node: node.node_name.clone(),

@@ -104,16 +104,8 @@ pub fn reef_cni(
         Command::Check => cni_check(env, &conf, open).map(|()| None),
         Command::Gc => gc(&conf.net, &conf.node_config, open, log).map(|()| None),
         Command::Status => status(&conf.node_config, open).map(|()| None),
-        Command::Version => unreachable_version(),
+        Command::Version => Ok(Some(spec::version_info(Some(conf.net.cni_version)))),
     }
-}
-
-/// VERSION returns before any config parsing in both plugins.
-fn unreachable_version<T>() -> Result<T, Error> {
-    Err(Error::env(
-        "CNI_COMMAND",
-        "VERSION is answered before the config is read",
-    ))
 }
 
 fn cni_add(env: &Env, conf: &ReefConf, open: OpenIpam<'_>, log: &mut Log) -> Result<Value, Error> {
@@ -357,7 +349,7 @@ pub fn reef_ipam(
         }
         Command::Gc => gc(&conf.net, &conf.node_config, open, log).map(|()| None),
         Command::Status => status(&conf.node_config, open).map(|()| None),
-        Command::Version => unreachable_version(),
+        Command::Version => Ok(Some(spec::version_info(Some(conf.net.cni_version)))),
     }
 }
 
