@@ -283,8 +283,17 @@ fn cni_check(env: &Env, conf: &ReefConf, open: OpenIpam<'_>) -> Result<(), Error
 }
 
 /// GC: releases this network's allocations whose attachment is not listed as valid.
+/// Handles are `<network>.<container id>` and both may contain '.', so networks named like
+/// `a` and `a.b` on one datastore would see each other's handles: give networks names that
+/// are not prefixes of one another.
 fn gc(net: &NetConf, node_config: &Path, open: OpenIpam<'_>, log: &mut Log) -> Result<(), Error> {
-    let valid: &[Attachment] = net.valid_attachments.as_deref().unwrap_or(&[]);
+    // Without the list every allocation of the network would look stale: refuse.
+    let valid: &[Attachment] = net.valid_attachments.as_deref().ok_or_else(|| {
+        Error::config(
+            "cni.dev/valid-attachments",
+            "GC needs the list of valid attachments",
+        )
+    })?;
     let node = load_node(node_config)?;
     let mut ipam = open(&node)?;
     let prefix = format!("{}.", net.name);

@@ -404,3 +404,27 @@ fn del_is_idempotent_without_netns_and_status_turns_ready() {
         json!(["0.4.0", "1.0.0", "1.1.0"])
     );
 }
+
+#[test]
+fn a_failure_inside_the_pod_rolls_back_veth_and_both_addresses() {
+    // The pod has IPv6 switched off, so adding its IPv6 address fails after the veth exists
+    // and both addresses are allocated: everything must go again.
+    let node = Node::dual("10.81.0.0/24", "fd00:81::/120");
+    let pod = Netns::new("pod");
+    pod.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]);
+    pod.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"]);
+    let mut conf = node.reef_conf("1.0.0", "v6off");
+    conf["ipam"] = json!({"assignIpv6": true});
+    let out = Call::new(reef_cni(), "ADD", "c-v6off", &pod.path(), &conf).run(&node.host);
+    assert_eq!(out.code(), 103, "{}", out.stdout);
+    assert!(
+        out.json()["msg"].as_str().unwrap().contains("fd00:81::"),
+        "{}",
+        out.stdout
+    );
+    node.assert_clean("failed IPv6 address in the pod");
+    assert!(
+        !pod.try_ip(&["link", "show", "eth0"]),
+        "eth0 left in the pod"
+    );
+}
