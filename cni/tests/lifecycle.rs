@@ -154,6 +154,28 @@ fn lifecycle_1_0_0() {
 }
 
 #[test]
+fn logs_go_to_stderr_and_stdout_holds_only_the_result() {
+    let node = Node::new("10.249.0.0/24");
+    let pod = Netns::new("pod");
+    let mut conf = node.reef_conf("1.0.0", "logs");
+    conf["logLevel"] = json!("debug");
+    let out = Call::new(reef_cni(), "ADD", "l1", &pod.path(), &conf).run(&node.host);
+    out.expect_ok("ADD");
+    let v: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).expect("stdout is exactly one JSON document");
+    assert_eq!(v["cniVersion"], "1.0.0");
+    assert!(
+        out.stderr.contains("INFO") && out.stderr.contains("logs.l1"),
+        "{}",
+        out.stderr
+    );
+    Call::new(reef_cni(), "DEL", "l1", &pod.path(), &conf)
+        .run(&node.host)
+        .expect_ok("DEL");
+    node.assert_clean("after DEL");
+}
+
+#[test]
 fn lifecycle_1_1_0() {
     lifecycle("1.1.0");
 }
