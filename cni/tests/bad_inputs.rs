@@ -201,6 +201,22 @@ fn bad_inputs_get_their_code_and_leave_nothing_behind() {
             7,
         ),
         (
+            "MTU file unreadable (a directory)",
+            add(&conf_with(&node, &[("mtuFile", json!(node.dir.0))])),
+            5,
+        ),
+        (
+            "GC without valid-attachments",
+            Call::new(
+                reef_cni(),
+                "GC",
+                "c-bad",
+                &pod.path(),
+                &json!({"cniVersion": "1.1.0", "name": "bad", "type": "reef-cni", "nodeConfig": node.node_config}),
+            ),
+            7,
+        ),
+        (
             "CHECK without prevResult",
             Call::new(reef_cni(), "CHECK", "c-bad", &pod.path(), &good),
             7,
