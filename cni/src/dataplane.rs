@@ -390,9 +390,16 @@ pub fn check(host: &mut Netlink, pod: &mut Netlink, e: &Expected<'_>) -> Result<
         }
     }
     if e.addrs.iter().any(|a| a.is_ipv4()) {
-        let p = format!("net/ipv4/conf/{}/proxy_arp", e.host_name);
-        if read_sysctl(&p).as_deref() != Some("1") {
-            diffs.push(format!("{p} is not 1"));
+        for (key, want) in [
+            ("conf", "proxy_arp", "1"),
+            ("conf", "forwarding", "1"),
+            ("neigh", "proxy_delay", "0"),
+        ]
+        .map(|(dir, name, want)| (format!("net/ipv4/{dir}/{}/{name}", e.host_name), want))
+        {
+            if read_sysctl(&key).as_deref() != Some(want) {
+                diffs.push(format!("{key} is not {want}"));
+            }
         }
     }
     if diffs.is_empty() {

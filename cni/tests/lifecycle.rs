@@ -91,6 +91,23 @@ fn lifecycle(version: &str) {
         "{}",
         failed.stdout
     );
+    // A host sysctl changed behind reef's back is reported.
+    let host_veth = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
+    node.host.exec(&[
+        "sysctl",
+        "-q",
+        "-w",
+        &format!("net.ipv4.conf.{host_veth}.proxy_arp=0"),
+    ]);
+    let failed = check.run(&node.host);
+    assert!(
+        failed.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("proxy_arp is not 1"),
+        "{}",
+        failed.stdout
+    );
     // And a host route removed behind reef's back is reported too.
     node.host.ip(&["route", "del", &format!("{ip2}/32")]);
     let check2 = Call::new(
