@@ -22,6 +22,8 @@ pub mod ipam;
 pub mod log;
 pub mod netlink;
 pub mod plugin;
+#[cfg(test)]
+mod proptests;
 pub mod spec;
 pub mod sys;
 
