@@ -178,6 +178,8 @@ pub struct UserspaceTunnel {
 
 /// How long the threads block before checking whether to stop.
 const POLL_MS: i32 = 100;
+/// Raw socket buffers: room for bursts of a fast TCP flow.
+const SOCKET_BUFFER: i32 = 4 << 20;
 
 impl UserspaceTunnel {
     /// Creates TUN device `device` and the raw socket (bound to `local`, the outer source) in
@@ -188,6 +190,9 @@ impl UserspaceTunnel {
         let (tun, raw) = felix_lite::netns::maybe_in(netns, move || {
             let tun = sys::open_tun(&name)?;
             let raw = sys::raw_ipip_socket(local)?;
+            sys::set_nonblocking(&tun)?;
+            sys::set_nonblocking(&raw)?;
+            sys::set_buffers(&raw, SOCKET_BUFFER);
             Ok::<_, std::io::Error>((tun, raw))
         })
         .map_err(|e| TunnelError::Io {
@@ -285,16 +290,15 @@ fn encap_loop(
 ) {
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
-        match sys::wait_readable(&tun, POLL_MS) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(_) => {
-                c.errors.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        }
+        // Non-blocking: drain what is queued, poll only when empty.
         let n = match tun.read(&mut buf) {
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sys::wait_readable(&tun, POLL_MS).is_err() {
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             Err(_) => {
                 c.errors.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -326,16 +330,14 @@ fn decap_loop(
 ) {
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
-        match sys::wait_readable(raw, POLL_MS) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(_) => {
-                c.errors.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        }
         let (n, src) = match sys::recv_from(raw, &mut buf) {
             Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sys::wait_readable(raw, POLL_MS).is_err() {
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             Err(_) => {
                 c.errors.fetch_add(1, Ordering::Relaxed);
                 continue;
