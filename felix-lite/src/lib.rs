@@ -2,13 +2,21 @@
 //!
 //! ```text
 //! route plan ─▶ desired routes ─┐
-//!                               ├─▶ diff ─▶ rtnetlink (add / replace / delete)
-//! kernel routes (reef's proto) ─┘
+//!                               ├─▶ diff (pure) ─▶ Netlink: add / replace / delete
+//! kernel routes (reef's proto) ─┘        ▲
+//!   route events (monitor) ──────────────┘   resync timer, retry-once then resync
 //! ```
 //!
+//! - [`Reconciler`]: the single owner of reef's view of the kernel; [`Reconciler::run`] follows
+//!   desired-state updates (a `watch` channel), route events and a periodic resync.
+//! - [`diff()`]: desired vs kernel → [`Op`]s (pure). Equal routes produce nothing, so a restart
+//!   adopts a previous run's routes without churn; a changed route is replaced in place.
+//! - [`Netlink`]: the trait over the kernel; [`RtNetlink`] is the real one (rtnetlink, tokio),
+//!   opened inside any namespace via [`netns`]; [`fake::FakeNetlink`] injects faults for tests.
+//!
 //! Every route it writes carries reef's own route protocol number ([`RouteProtocol`]); it only
-//! ever reads back, changes or deletes routes with that number. It must never touch a route of
-//! another protocol, an interface, or an address.
+//! ever reads back, changes or deletes routes with that number, and never replaces a route it
+//! did not write. It must never touch a route of another protocol, an interface, or an address.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

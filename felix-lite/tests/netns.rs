@@ -286,3 +286,44 @@ async fn a_restart_causes_no_route_churn() {
         "the restart itself must produce no route event; before:\n{before}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_route_returns_with_its_interface_through_the_periodic_resync() {
+    let ns = node();
+    let cfg = ReconcilerConfig {
+        resync_interval: Duration::from_millis(200),
+        ..ReconcilerConfig::default()
+    };
+    let (tx, rx) = watch::channel(desired());
+    let (stx, srx) = watch::channel(Default::default());
+    let task = tokio::spawn(Reconciler::new(connect(&ns).await, cfg).run(rx, Some(stx)));
+    eventually("installed", || {
+        reef_routes(&ns).contains("10.244.1.5 dev cali1")
+    })
+    .await;
+
+    // The veth goes (pod deleted and recreated, say): the kernel drops the route with it.
+    ns.ip(["link", "del", "cali1"]).unwrap();
+    eventually("reported as unresolved", || {
+        srx.borrow().errors.iter().any(|e| e.contains("cali1"))
+    })
+    .await;
+    assert!(!reef_routes(&ns).contains("10.244.1.5"));
+    ns.ip([
+        "link", "add", "cali1", "type", "veth", "peer", "name", "cali1p",
+    ])
+    .unwrap();
+    ns.ip(["link", "set", "cali1", "up"]).unwrap();
+    ns.ip(["link", "set", "cali1p", "up"]).unwrap();
+    eventually("route back on the new interface", || {
+        reef_routes(&ns).contains("10.244.1.5 dev cali1")
+    })
+    .await;
+    eventually("errors cleared", || srx.borrow().errors.is_empty()).await;
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -1,13 +1,21 @@
 //! reef's data plane decisions and the IP-in-IP device.
 //!
 //! ```text
-//! node address, own blocks, local pods, pools, remote routes ─▶ route plan (pure) ─▶ felix-lite
-//!                                                                   └─▶ tunl0 (kernel) or userspace ipip
+//! node address, own blocks, local pods, pools, remote routes ─▶ plan() (pure) ─▶ felix-lite
+//!                                                                   └─▶ Tunnel::sync: tunl0 (kernel)
+//!                                                                       or userspace ipip (TUN + raw)
 //! ```
 //!
-//! For each remote block this crate decides between a direct route on the parent interface and
-//! IP-in-IP through `tunl0`, and it keeps that one tunnel device in shape. It must not touch
-//! interfaces other than the tunnel it manages, nor routes: route programming is felix-lite's.
+//! - [`plan()`]: for each remote block, direct route on the parent interface or IP-in-IP,
+//!   with a [`RouteReason`] per route and per-block problems listed, never fatal.
+//! - [`Tunnel`]: detects kernel ipip (else the userspace fallback, logged), brings the one
+//!   tunnel device up only while the plan needs it, and feeds the userspace encapsulator its
+//!   destination map. Call `Tunnel::sync` before writing routes that use the device.
+//! - [`nat`]: natOutgoing in reef's own nftables table `ip reef-nat`.
+//! - [`device::write_mtu_file`]: the MTU file the CNI plugin reads.
+//!
+//! It must not touch interfaces other than the tunnel it manages, nor routes: route
+//! programming is felix-lite's. Its only unsafe code is `sys.rs` (TUN ioctl, raw socket).
 
 use std::net::IpAddr;
 
