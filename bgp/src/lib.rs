@@ -12,10 +12,13 @@
 //! originate and peers to talk to, and consumes the stream of [`BestPathChange`]s.
 
 pub mod attrs;
+pub mod config;
 pub mod fsm;
 pub mod packet;
 pub mod policy;
 pub mod rib;
+pub mod speaker;
+mod sys;
 
 use std::net::IpAddr;
 

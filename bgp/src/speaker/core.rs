@@ -1,0 +1,635 @@
+//! The core task: the one owner of the RIB, the peer table and the status. It takes the
+//! handle's commands, the sessions' events and the listener's connections, applies them to
+//! the RIB and sends out what the RIB returns (see the diagram in `speaker/mod.rs`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnetwork::IpNetwork;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::net;
+use super::session::{self, Established, SessionCmd, SessionEvent, SessionEventKind, Settings};
+use super::{Command, PeerStatus, Shutdown, SpeakerError, SpeakerEvent};
+use crate::config::{ConfigError, PeerConfig, SpeakerConfig};
+use crate::packet::error::codes;
+use crate::packet::{Family, Notification};
+use crate::policy::Direction;
+use crate::rib::{self, Announcement, PeerId, PeerSession, PeerUpdate, Rib, RibConfig, RibOutput};
+use crate::{Asn, SessionState};
+
+/// How long a restarted peer's stale routes may wait for its End-of-RIB once the session is
+/// back (RFC 4724 leaves this "stale path" time to the implementation).
+const STALE_AFTER_UP: Duration = Duration::from_secs(120);
+/// Bound on the session events queue: sessions wait (and stop reading) when the RIB is
+/// busy.
+const SESSION_QUEUE: usize = 1024;
+
+struct PeerEntry {
+    cfg: PeerConfig,
+    id: PeerId,
+    key: u64,
+    cmd: mpsc::UnboundedSender<SessionCmd>,
+    task: JoinHandle<()>,
+    state: SessionState,
+    since: SystemTime,
+    last_error: Option<String>,
+    max_prefix_exceeded: bool,
+    /// Bumped whenever a stale timer is (re)started, so an old timer's firing is ignored.
+    stale_epoch: u64,
+}
+
+enum Internal {
+    Accepted(TcpStream, SocketAddr),
+    StaleTimer {
+        address: IpAddr,
+        key: u64,
+        epoch: u64,
+    },
+}
+
+struct Core {
+    cfg: SpeakerConfig,
+    settings: Arc<Settings>,
+    rib: Rib,
+    peers: HashMap<IpAddr, PeerEntry>,
+    by_id: HashMap<PeerId, IpAddr>,
+    listener: Option<Arc<TcpListener>>,
+    events: mpsc::UnboundedSender<SpeakerEvent>,
+    sess_tx: mpsc::Sender<SessionEvent>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    next_key: u64,
+}
+
+/// Binds the listener, starts the core task and the configured peers.
+pub(crate) async fn spawn(
+    cfg: SpeakerConfig,
+    events: mpsc::UnboundedSender<SpeakerEvent>,
+) -> Result<mpsc::UnboundedSender<Command>, SpeakerError> {
+    let mut rc = RibConfig::new(Asn(cfg.asn), cfg.router_id);
+    rc.cluster_id = cfg.cluster_id;
+    rc.max_paths = cfg.max_paths;
+    rc.cluster_pools = cfg.cluster_pools.clone();
+    let rib = Rib::new(rc)?;
+    let listener = if cfg.listen_port == 0 {
+        None
+    } else {
+        let address = SocketAddr::new(cfg.listen_address, cfg.listen_port);
+        let l = net::listen(address).map_err(|source| SpeakerError::Listen { address, source })?;
+        Some(Arc::new(l))
+    };
+    let settings = Arc::new(Settings {
+        local_as: cfg.asn,
+        router_id: cfg.router_id,
+        hold_time: cfg.hold_time,
+        connect_retry: cfg.connect_retry(),
+        gr: cfg.graceful_restart,
+        next_hop_v4: cfg.next_hop_v4,
+        next_hop_v6: cfg.next_hop_v6,
+    });
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (sess_tx, sess_rx) = mpsc::channel(SESSION_QUEUE);
+    let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+    let accept_task = listener.clone().map(|l| {
+        let tx = internal_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, a)) => {
+                        if tx.send(Internal::Accepted(s, a)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: wait a little instead of spinning.
+                        warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+    });
+    let peers = cfg.peers.clone();
+    let originate = cfg.originate.clone();
+    let mut core = Core {
+        cfg,
+        settings,
+        rib,
+        peers: HashMap::new(),
+        by_id: HashMap::new(),
+        listener,
+        events,
+        sess_tx,
+        internal_tx,
+        next_key: 0,
+    };
+    for p in peers {
+        core.add_peer(p)?;
+    }
+    let out = core.rib.originate(&originate);
+    core.dispatch(out);
+    tokio::spawn(async move {
+        core.run(cmd_rx, sess_rx, internal_rx).await;
+        if let Some(t) = accept_task {
+            t.abort();
+        }
+    });
+    Ok(cmd_tx)
+}
+
+impl Core {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<Command>,
+        mut sess: mpsc::Receiver<SessionEvent>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+    ) {
+        loop {
+            tokio::select! {
+                c = cmds.recv() => match c {
+                    Some(Command::Shutdown(how, reply)) => {
+                        self.shutdown(how).await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(c) => self.command(c),
+                    None => {
+                        // Every handle is gone: stop as for an agent restart.
+                        self.shutdown(Shutdown::Graceful).await;
+                        return;
+                    }
+                },
+                Some(e) = sess.recv() => self.session_event(e),
+                Some(i) = internal.recv() => self.internal(i),
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::AddPeer(p, r) => {
+                let res = self.check_peer(&p).and_then(|()| self.add_peer(p));
+                let _ = r.send(res);
+            }
+            Command::UpdatePeer(p, r) => {
+                let res = self.check_peer(&p).and_then(|()| self.update_peer(p));
+                let _ = r.send(res);
+            }
+            Command::RemovePeer(a, r) => {
+                let _ = r.send(self.remove_peer(a));
+            }
+            Command::Originate(prefixes, r) => {
+                let res = check_prefixes(&prefixes).map(|()| {
+                    let out = self.rib.originate(&prefixes);
+                    self.dispatch(out);
+                });
+                let _ = r.send(res);
+            }
+            Command::Withdraw(prefixes, r) => {
+                let out = self.rib.withdraw_originated(&prefixes);
+                self.dispatch(out);
+                let _ = r.send(Ok(()));
+            }
+            Command::Status(r) => {
+                let _ = r.send(self.status());
+            }
+            Command::BestPaths(r) => {
+                let _ = r.send(self.rib.best_next_hops());
+            }
+            Command::LocRibLen(r) => {
+                let _ = r.send(self.rib.loc_rib_len());
+            }
+            // `run` takes Shutdown before it gets here.
+            Command::Shutdown(..) => {}
+        }
+    }
+
+    fn check_peer(&self, p: &PeerConfig) -> Result<(), SpeakerError> {
+        p.validate(&format!("peer {}", p.address), &self.cfg)?;
+        Ok(())
+    }
+
+    fn rib_peer(&self, p: &PeerConfig) -> Result<rib::PeerConfig, SpeakerError> {
+        let mut r = rib::PeerConfig::new(p.address, Asn(p.asn), p.peer_type);
+        r.rr_client = p.rr_client;
+        r.next_hop_self = p.next_hop_self;
+        r.max_prefix = p.max_prefix;
+        r.export_learned = p.export_learned;
+        r.accept_default_route = p.accept_default_route;
+        r.send_default_route = p.send_default_route;
+        let compile = |name: &Option<String>, d: Direction, field: &str| {
+            name.as_ref()
+                .map(|n| {
+                    self.cfg.policy.compile(n, d).map_err(|e| ConfigError {
+                        field: format!("peer {}.{field}", p.address),
+                        problem: e.to_string(),
+                    })
+                })
+                .transpose()
+        };
+        r.import_policy = compile(&p.import_policy, Direction::Import, "import_policy")?;
+        r.export_policy = compile(&p.export_policy, Direction::Export, "export_policy")?;
+        Ok(r)
+    }
+
+    fn add_peer(&mut self, p: PeerConfig) -> Result<(), SpeakerError> {
+        if self.peers.contains_key(&p.address) {
+            return Err(SpeakerError::DuplicatePeer(p.address));
+        }
+        let id = self.rib.add_peer(self.rib_peer(&p)?)?;
+        if let Some(l) = &self.listener {
+            if let Some(pw) = &p.password {
+                if let Err(e) = net::listener_md5(l, p.address, Some(pw)) {
+                    warn!(peer = %p.address, "MD5 key on the listener: {e}");
+                }
+            }
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let (cmd, task) = session::spawn(
+            key,
+            p.clone(),
+            Arc::clone(&self.settings),
+            self.sess_tx.clone(),
+        );
+        info!(peer = %p.address, asn = p.asn, "peer added");
+        self.by_id.insert(id, p.address);
+        self.peers.insert(
+            p.address,
+            PeerEntry {
+                cfg: p,
+                id,
+                key,
+                cmd,
+                task,
+                state: SessionState::Idle,
+                since: SystemTime::now(),
+                last_error: None,
+                max_prefix_exceeded: false,
+                stale_epoch: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn update_peer(&mut self, p: PeerConfig) -> Result<(), SpeakerError> {
+        let rp = self.rib_peer(&p)?;
+        let entry = self
+            .peers
+            .get(&p.address)
+            .ok_or(SpeakerError::UnknownPeer(p.address))?;
+        let id = entry.id;
+        let old = entry.cfg.clone();
+        let out = self.rib.set_peer_config(id, rp)?;
+        self.dispatch(out);
+        if old.password != p.password {
+            if let Some(l) = &self.listener {
+                if let Err(e) = net::listener_md5(l, p.address, p.password.as_deref()) {
+                    warn!(peer = %p.address, "MD5 key on the listener: {e}");
+                }
+            }
+        }
+        let transport = old.asn != p.asn
+            || old.port != p.port
+            || old.source_address != p.source_address
+            || old.password != p.password
+            || old.multihop != p.multihop
+            || old.ttl_security != p.ttl_security
+            || old.passive != p.passive
+            || old.hold_time != p.hold_time;
+        let Some(entry) = self.peers.get_mut(&p.address) else {
+            return Err(SpeakerError::UnknownPeer(p.address));
+        };
+        entry.cfg = p.clone();
+        if transport {
+            let _ = entry.cmd.send(SessionCmd::Reconfigure(p));
+        }
+        if entry.max_prefix_exceeded {
+            entry.max_prefix_exceeded = false;
+            let _ = entry.cmd.send(SessionCmd::Start);
+        }
+        Ok(())
+    }
+
+    fn remove_peer(&mut self, a: IpAddr) -> Result<(), SpeakerError> {
+        let entry = self.peers.remove(&a).ok_or(SpeakerError::UnknownPeer(a))?;
+        let _ = entry.cmd.send(SessionCmd::Stop {
+            notification: Some(Notification::new(codes::CEASE, codes::PEER_DECONFIGURED)),
+            exit: true,
+        });
+        self.by_id.remove(&entry.id);
+        if entry.cfg.password.is_some() {
+            if let Some(l) = &self.listener {
+                let _ = net::listener_md5(l, a, None);
+            }
+        }
+        let out = self.rib.remove_peer(entry.id)?;
+        self.dispatch(out);
+        info!(peer = %a, "peer removed");
+        Ok(())
+    }
+
+    fn status(&self) -> Vec<PeerStatus> {
+        let mut v: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|e| {
+                let c = self.rib.counters(e.id).unwrap_or_default();
+                PeerStatus {
+                    address: e.cfg.address,
+                    peer_type: e.cfg.peer_type,
+                    asn: e.cfg.asn,
+                    state: e.state,
+                    since: e.since,
+                    last_error: e.last_error.clone(),
+                    prefixes_received: c.received,
+                    prefixes_accepted: c.accepted,
+                    prefixes_sent: c.sent,
+                    prefixes_stale: c.stale,
+                    max_prefix_exceeded: e.max_prefix_exceeded,
+                }
+            })
+            .collect();
+        v.sort_by_key(|s| s.address);
+        v
+    }
+
+    /// Sends what a RIB operation produced: best-path changes to the events stream,
+    /// Adj-RIB-Out deltas to the sessions, and a max-prefix stop.
+    fn dispatch(&mut self, out: RibOutput) {
+        for b in out.best_changes {
+            let _ = self.events.send(SpeakerEvent::BestPath(b));
+        }
+        for u in out.updates {
+            if let Some(e) = self.by_id.get(&u.peer).and_then(|a| self.peers.get(a)) {
+                let _ = e.cmd.send(SessionCmd::Advertise(u));
+            }
+        }
+        if let Some(m) = out.max_prefix_exceeded {
+            let Some(a) = self.by_id.get(&m.peer).copied() else {
+                return;
+            };
+            let Some(e) = self.peers.get_mut(&a) else {
+                return;
+            };
+            if e.max_prefix_exceeded {
+                return;
+            }
+            warn!(peer = %a, limit = m.limit, "maximum number of prefixes exceeded; stopping the session");
+            e.max_prefix_exceeded = true;
+            e.last_error = Some(format!("maximum number of prefixes ({}) exceeded", m.limit));
+            // RFC 4486: AFI, SAFI and the limit as data.
+            let mut n = Notification::new(codes::CEASE, codes::MAX_PREFIXES_REACHED);
+            n.data = [&1u16.to_be_bytes()[..], &[1], &m.limit.to_be_bytes()].concat();
+            let _ = e.cmd.send(SessionCmd::Stop {
+                notification: Some(n),
+                exit: false,
+            });
+        }
+    }
+
+    fn session_event(&mut self, ev: SessionEvent) {
+        let Some(e) = self.peers.get_mut(&ev.address) else {
+            return;
+        };
+        if e.key != ev.key {
+            return;
+        }
+        let id = e.id;
+        let result = match ev.kind {
+            SessionEventKind::State(s, reason) => {
+                e.state = s;
+                e.since = SystemTime::now();
+                if let Some(r) = &reason {
+                    if !e.max_prefix_exceeded {
+                        e.last_error = Some(r.clone());
+                    }
+                }
+                let _ = self.events.send(SpeakerEvent::PeerState {
+                    address: ev.address,
+                    peer_type: e.cfg.peer_type,
+                    state: s,
+                    reason,
+                });
+                Ok(())
+            }
+            SessionEventKind::Up(est) => self.peer_up(ev.address, est),
+            SessionEventKind::Routes { withdraw, announce } => {
+                if !self.rib.is_established(id).unwrap_or(false) {
+                    return;
+                }
+                let mut r = Ok(());
+                if !withdraw.is_empty() {
+                    r = self.rib.withdraw(id, &withdraw).map(|o| self.dispatch(o));
+                }
+                for (attrs, prefixes) in announce {
+                    let e = self.peers.get(&ev.address);
+                    if e.is_none_or(|e| e.max_prefix_exceeded) {
+                        break;
+                    }
+                    r = r.and(
+                        self.rib
+                            .announce(id, &prefixes, attrs)
+                            .map(|o| self.dispatch(o)),
+                    );
+                }
+                r.map_err(SpeakerError::from)
+            }
+            SessionEventKind::EndOfRib(f) => {
+                debug!(peer = %ev.address, ?f, "End-of-RIB");
+                let out = self.rib.end_of_rib(id, rib_family(f));
+                out.map(|o| self.dispatch(o)).map_err(SpeakerError::from)
+            }
+            SessionEventKind::RouteRefresh(f) => {
+                // Send the Adj-RIB-Out of that family again.
+                self.resend(id, f);
+                Ok(())
+            }
+            SessionEventKind::Down { graceful, reason } => {
+                info!(peer = %ev.address, %reason, graceful = graceful.is_some(), "session down");
+                if !self.rib.is_established(id).unwrap_or(false) {
+                    return;
+                }
+                let out = match graceful {
+                    Some(restart) => {
+                        self.start_stale_timer(ev.address, restart);
+                        self.rib.peer_down_graceful(id)
+                    }
+                    None => self.rib.peer_down(id),
+                };
+                out.map(|o| self.dispatch(o)).map_err(SpeakerError::from)
+            }
+        };
+        if let Err(err) = result {
+            warn!(peer = %ev.address, "RIB: {err}");
+        }
+    }
+
+    fn peer_up(&mut self, address: IpAddr, est: Established) -> Result<(), SpeakerError> {
+        let Some(e) = self.peers.get(&address) else {
+            return Ok(());
+        };
+        let id = e.id;
+        let counters = self.rib.counters(id)?;
+        if counters.stale > 0 {
+            // A restarted peer: keep its stale routes only for the families it says it kept
+            // forwarding state for; wait for End-of-RIB, bounded by the stale timer.
+            let kept = est.peer_gr.as_ref().is_some_and(|g| {
+                est.families.iter().all(|f| {
+                    g.families
+                        .iter()
+                        .any(|gf| gf.afi_safi == f.afi_safi() && gf.forwarding_preserved)
+                })
+            });
+            if kept {
+                self.start_stale_timer(address, STALE_AFTER_UP);
+            } else {
+                let out = self.rib.stale_timer_expired(id)?;
+                self.dispatch(out);
+            }
+        }
+        let session = PeerSession {
+            router_id: est.router_id,
+            local_v4: est.local_v4,
+            local_v6: est.local_v6,
+            ipv4: est.families.contains(Family::Ipv4Unicast),
+            ipv6: est.families.contains(Family::Ipv6Unicast),
+        };
+        let out = self.rib.peer_up(id, session)?;
+        self.dispatch(out);
+        if let Some(e) = self.peers.get(&address) {
+            // The initial table is queued ahead of this: End-of-RIB follows it (RFC 4724).
+            let _ = e.cmd.send(SessionCmd::EndOfRib);
+        }
+        Ok(())
+    }
+
+    fn resend(&mut self, id: PeerId, f: Family) {
+        let Ok(table) = self.rib.adj_rib_out(id) else {
+            return;
+        };
+        let mut groups: Vec<Announcement> = Vec::new();
+        let mut index: HashMap<usize, usize> = HashMap::new();
+        for (prefix, attrs) in table {
+            if crate::packet::Family::of(prefix.ip()) != f {
+                continue;
+            }
+            let k = Arc::as_ptr(&attrs) as usize;
+            let i = *index.entry(k).or_insert_with(|| {
+                groups.push(Announcement {
+                    attrs,
+                    prefixes: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            groups[i].prefixes.push(prefix);
+        }
+        if let Some(e) = self.by_id.get(&id).and_then(|a| self.peers.get(a)) {
+            let _ = e.cmd.send(SessionCmd::Advertise(PeerUpdate {
+                peer: id,
+                withdraw: Vec::new(),
+                announce: groups,
+            }));
+        }
+    }
+
+    fn start_stale_timer(&mut self, address: IpAddr, after: Duration) {
+        let Some(e) = self.peers.get_mut(&address) else {
+            return;
+        };
+        e.stale_epoch += 1;
+        let (key, epoch) = (e.key, e.stale_epoch);
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Internal::StaleTimer {
+                address,
+                key,
+                epoch,
+            });
+        });
+    }
+
+    fn internal(&mut self, i: Internal) {
+        match i {
+            Internal::Accepted(stream, remote) => {
+                let a = net::canonical(remote.ip());
+                match self.peers.get(&a) {
+                    Some(e) => {
+                        let _ = e.cmd.send(SessionCmd::Incoming(stream));
+                    }
+                    None => debug!(%remote, "connection from an unconfigured address closed"),
+                }
+            }
+            Internal::StaleTimer {
+                address,
+                key,
+                epoch,
+            } => {
+                let Some(e) = self.peers.get(&address) else {
+                    return;
+                };
+                if e.key != key || e.stale_epoch != epoch {
+                    return;
+                }
+                info!(peer = %address, "graceful restart: stale routes expired");
+                match self.rib.stale_timer_expired(e.id) {
+                    Ok(out) => self.dispatch(out),
+                    Err(err) => warn!(peer = %address, "RIB: {err}"),
+                }
+            }
+        }
+    }
+
+    async fn shutdown(&mut self, how: Shutdown) {
+        let notification = match how {
+            Shutdown::Graceful => None,
+            Shutdown::Hard => Some(Notification::cease_with_message(
+                codes::ADMINISTRATIVE_SHUTDOWN,
+                "reef-bgp shutting down",
+            )),
+        };
+        let mut tasks = Vec::new();
+        for (_, e) in self.peers.drain() {
+            let _ = e.cmd.send(SessionCmd::Stop {
+                notification: notification.clone(),
+                exit: true,
+            });
+            tasks.push(e.task);
+        }
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.listener = None;
+        info!("speaker stopped");
+    }
+}
+
+fn rib_family(f: Family) -> rib::Family {
+    match f {
+        Family::Ipv4Unicast => rib::Family::Ipv4,
+        Family::Ipv6Unicast => rib::Family::Ipv6,
+    }
+}
+
+fn check_prefixes(prefixes: &[IpNetwork]) -> Result<(), SpeakerError> {
+    for p in prefixes {
+        if p.ip() != p.network() {
+            return Err(ConfigError {
+                field: "originate".into(),
+                problem: format!(
+                    "{p} has host bits set; write {}/{}",
+                    p.network(),
+                    p.prefix()
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}

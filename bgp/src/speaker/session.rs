@@ -1,0 +1,1001 @@
+//! One task per configured peer: the I/O shell around the pure RFC 4271 state machine
+//! ([`crate::fsm`]). It turns sockets, timers and the core's commands into FSM events and
+//! carries out the actions the FSM returns: connect, send, arm timers, drop the connection,
+//! report the session up or down.
+//!
+//! ```text
+//!  core ─SessionCmd─▶ ┌──────────────────────────────────────────────┐ ─SessionEvent─▶ core
+//!  (Incoming conn,    │ select: read socket │ timers │ connect │ cmds│ (state, up, routes,
+//!   Advertise, Stop)  │   ─▶ Event ─▶ Fsm::handle ─▶ Vec<Action> ─▶ │  End-of-RIB, down)
+//!                     └──────────────────────────────────────────────┘
+//!                                      │ urgent / bulk
+//!                                      ▼
+//!                               writer task (owns the write half and the keepalive timer)
+//! ```
+//!
+//! Where the driver departs from a literal reading of the FSM, on purpose:
+//! - the KeepaliveTimer runs in the writer task (`StartTimer(Keepalive)` configures it), so
+//!   KEEPALIVEs keep flowing while this task waits for the RIB to take an UPDATE;
+//! - a collision (RFC 4271 §6.8) is resolved with [`fsm::resolve_collision`]; the losing
+//!   connection gets a Cease / Connection Collision Resolution, and when the new connection
+//!   wins, the FSM is dumped (OpenCollisionDump) and restarted on it;
+//! - with graceful restart negotiated, a new connection from a peer we are Established with
+//!   means the peer restarted (RFC 4724 §4.2): the old session ends as a transport failure
+//!   (its routes kept stale) and the new connection goes on.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ipnetwork::IpNetwork;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info, warn};
+
+use super::net;
+use super::writer::{Writer, BULK_CHUNK};
+use crate::attrs::PathAttributes;
+use crate::config::{GracefulRestartConfig, PeerConfig};
+use crate::fsm::{self, Action, Collision, DownReason, Event, Fsm, FsmConfig, Negotiated, Timer};
+use crate::packet::error::codes;
+use crate::packet::{
+    frame, pack_updates, pack_withdrawals, Capability, EncodeCxt, Families, Family, GrFamily,
+    GracefulRestart, Message, MessageType, Notification, Open, Update, Verdict,
+};
+use crate::rib::PeerUpdate;
+use crate::{Asn, SessionState};
+
+/// Speaker-wide settings every session needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+    pub gr: GracefulRestartConfig,
+    pub next_hop_v4: Option<Ipv4Addr>,
+    pub next_hop_v6: Option<Ipv6Addr>,
+}
+
+/// What the core tells a session.
+#[derive(Debug)]
+pub(crate) enum SessionCmd {
+    /// The listener accepted a connection from this peer.
+    Incoming(TcpStream),
+    /// Adj-RIB-Out delta to send.
+    Advertise(PeerUpdate),
+    /// The initial table has been queued: send End-of-RIB for every negotiated family.
+    EndOfRib,
+    /// Stop the session, sending `notification` if given (none: close quietly, the graceful
+    /// restart way); then stay idle (`exit: false`) until [`SessionCmd::Start`], or end.
+    Stop {
+        notification: Option<Notification>,
+        exit: bool,
+    },
+    Start,
+    /// New transport settings: the running session (if any) is reset.
+    Reconfigure(PeerConfig),
+}
+
+/// The session reached Established.
+#[derive(Debug, Clone)]
+pub(crate) struct Established {
+    pub router_id: Ipv4Addr,
+    pub local_v4: Option<Ipv4Addr>,
+    pub local_v6: Option<Ipv6Addr>,
+    pub families: Families,
+    /// The peer's graceful restart capability (when both sides advertised one).
+    pub peer_gr: Option<GracefulRestart>,
+}
+
+/// What a session tells the core.
+#[derive(Debug)]
+pub(crate) enum SessionEventKind {
+    State(SessionState, Option<String>),
+    Up(Established),
+    Routes {
+        withdraw: Vec<IpNetwork>,
+        announce: Vec<(PathAttributes, Vec<IpNetwork>)>,
+    },
+    EndOfRib(Family),
+    RouteRefresh(Family),
+    /// The established session ended. `graceful`: the peer negotiated graceful restart and
+    /// the transport went away (the case RFC 4724 covers), so its routes are kept stale for
+    /// this long.
+    Down {
+        graceful: Option<Duration>,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct SessionEvent {
+    /// Which session task (a peer removed and added again gets a new one).
+    pub key: u64,
+    pub address: IpAddr,
+    pub kind: SessionEventKind,
+}
+
+pub(crate) fn spawn(
+    key: u64,
+    cfg: PeerConfig,
+    settings: Arc<Settings>,
+    events: mpsc::Sender<SessionEvent>,
+) -> (mpsc::UnboundedSender<SessionCmd>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let fsm = Fsm::new(fsm_config(&cfg, &settings));
+    let s = Session {
+        key,
+        cfg,
+        settings,
+        events,
+        cmds: rx,
+        fsm,
+        conn: None,
+        connecting: None,
+        pending: None,
+        adopting: None,
+        open_sent: false,
+        timers: Timers::default(),
+        negotiated: None,
+        verdict: Verdict::Ok,
+        first_open: true,
+        exit: false,
+    };
+    (tx, tokio::spawn(s.run()))
+}
+
+/// The FSM's view of a peer.
+fn fsm_config(p: &PeerConfig, s: &Settings) -> FsmConfig {
+    let mut c = FsmConfig::new(Asn(s.local_as), Asn(p.asn), s.router_id);
+    c.hold_time = p.hold_time.unwrap_or(s.hold_time);
+    c.connect_retry_secs = s.connect_retry.as_secs().max(1) as u32;
+    c.max_idle_hold_secs = 60;
+    c.passive = p.passive;
+    c.families = Families::BOTH;
+    c.route_refresh = true;
+    c.graceful_restart = s.gr.enabled.then(|| GracefulRestart {
+        restart_state: false,
+        notification: false,
+        restart_time: s.gr.restart_time,
+        families: Family::ALL
+            .iter()
+            .map(|f| GrFamily {
+                afi_safi: f.afi_safi(),
+                forwarding_preserved: false,
+            })
+            .collect(),
+    });
+    c
+}
+
+/// One TCP connection with the peer.
+struct Conn {
+    rd: OwnedReadHalf,
+    writer: Writer,
+    writer_task: JoinHandle<std::io::Result<()>>,
+    /// We initiated it (for collision resolution).
+    outgoing: bool,
+    local: Option<IpAddr>,
+    buf: BytesMut,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, outgoing: bool) -> Conn {
+        let local = net::local_ip(&stream);
+        let (rd, wr) = stream.into_split();
+        let (writer, writer_task) = Writer::spawn(wr);
+        Conn {
+            rd,
+            writer,
+            writer_task,
+            outgoing,
+            local,
+            buf: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Flushes what is queued and closes; the writer task finishes on its own.
+    fn close(self) -> JoinHandle<std::io::Result<()>> {
+        drop(self.writer);
+        self.writer_task
+    }
+}
+
+#[derive(Default)]
+struct Timers {
+    connect_retry: Option<Instant>,
+    hold: Option<Instant>,
+    idle_hold: Option<Instant>,
+}
+
+impl Timers {
+    fn slot(&mut self, t: Timer) -> Option<&mut Option<Instant>> {
+        match t {
+            Timer::ConnectRetry => Some(&mut self.connect_retry),
+            Timer::Hold => Some(&mut self.hold),
+            Timer::IdleHold => Some(&mut self.idle_hold),
+            Timer::Keepalive => None,
+        }
+    }
+
+    fn next(&self) -> Option<Instant> {
+        [self.connect_retry, self.hold, self.idle_hold]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The timer events due at `now`, clearing them.
+    fn due(&mut self, now: Instant) -> Vec<Event> {
+        let mut v = Vec::new();
+        for (slot, ev) in [
+            (&mut self.hold, Event::HoldTimerExpires),
+            (&mut self.connect_retry, Event::ConnectRetryTimerExpires),
+            (&mut self.idle_hold, Event::IdleHoldTimerExpires),
+        ] {
+            if slot.is_some_and(|t| t <= now) {
+                *slot = None;
+                v.push(ev);
+            }
+        }
+        v
+    }
+}
+
+type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+struct Session {
+    key: u64,
+    cfg: PeerConfig,
+    settings: Arc<Settings>,
+    events: mpsc::Sender<SessionEvent>,
+    cmds: mpsc::UnboundedReceiver<SessionCmd>,
+    fsm: Fsm,
+    conn: Option<Conn>,
+    /// An outgoing connection attempt in progress.
+    connecting: Option<Connecting>,
+    /// A second connection (RFC 4271 §6.8) exchanging OPENs on the side, until the
+    /// collision rule picks one of the two.
+    pending: Option<JoinHandle<Option<PreOpened>>>,
+    /// A connection to continue on after the FSM restarts (collision or peer restart): the
+    /// restart's `Connect` action is skipped and this connection is used instead.
+    adopting: Option<TcpStream>,
+    /// Our OPEN already went out on the adopted connection: skip the FSM's `SendOpen`.
+    open_sent: bool,
+    timers: Timers,
+    /// The parameters of the Established session (kept after the FSM clears its own copy on
+    /// the way down, to decide on graceful restart).
+    negotiated: Option<Negotiated>,
+    /// The RFC 7606 verdict of the UPDATE being fed to the FSM.
+    verdict: Verdict,
+    /// No session reached Established yet in this process: our OPEN carries the graceful
+    /// restart R and F bits when the speaker is restarting.
+    first_open: bool,
+    exit: bool,
+}
+
+/// What woke the task up.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Timer,
+    Connected(std::io::Result<TcpStream>),
+    Pending(Option<PreOpened>),
+    Cmd(Option<SessionCmd>),
+}
+
+/// A second connection on which our OPEN went out and the peer's came in.
+struct PreOpened {
+    stream: TcpStream,
+    open: Open,
+    /// Bytes read after the OPEN.
+    rest: BytesMut,
+}
+
+/// Sends `ours` on `stream` and reads the peer's OPEN (RFC 4271 §6.8: both connections run
+/// until the collision is resolved). `None` when the peer sent anything else or went away.
+async fn pre_open(mut stream: TcpStream, ours: Bytes) -> Option<PreOpened> {
+    use tokio::io::AsyncWriteExt;
+    let work = async {
+        stream.write_all(&ours).await.ok()?;
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            if let Some(len) = frame(&buf).ok()? {
+                let msg = buf.split_to(len);
+                return match Message::decode(&msg, &Default::default()).ok()?.0 {
+                    Message::Open(open) => Some((open, buf)),
+                    _ => None,
+                };
+            }
+            if stream.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    };
+    let (open, rest) = tokio::time::timeout(Duration::from_secs(fsm::LARGE_HOLD_TIME.into()), work)
+        .await
+        .ok()??;
+    Some(PreOpened { stream, open, rest })
+}
+
+impl Session {
+    async fn emit(&mut self, kind: SessionEventKind) {
+        let ev = SessionEvent {
+            key: self.key,
+            address: self.cfg.address,
+            kind,
+        };
+        if self.events.send(ev).await.is_err() {
+            // The core is gone: the speaker is stopping.
+            self.exit = true;
+        }
+    }
+
+    async fn run(mut self) {
+        self.feed(Event::ManualStart).await;
+        while !self.exit {
+            let wake = {
+                let timer = self.timers.next();
+                let read = async {
+                    match self.conn.as_mut() {
+                        Some(c) => c.rd.read_buf(&mut c.buf).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let connect = async {
+                    match self.connecting.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let pending = async {
+                    match self.pending.as_mut() {
+                        Some(t) => t.await.ok().flatten(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    r = read => Wake::Read(r),
+                    () = async { match timer { Some(t) => sleep_until(t).await, None => std::future::pending().await } } => Wake::Timer,
+                    r = connect => Wake::Connected(r),
+                    p = pending => Wake::Pending(p),
+                    c = self.cmds.recv() => Wake::Cmd(c),
+                }
+            };
+            match wake {
+                Wake::Read(Ok(0)) => {
+                    self.feed(Event::TcpConnectionFails).await;
+                    self.reason_hint("connection closed by the peer");
+                }
+                Wake::Read(Ok(_)) => self.process_input().await,
+                Wake::Read(Err(e)) => {
+                    debug!(peer = %self.cfg.address, "read: {e}");
+                    self.feed(Event::TcpConnectionFails).await;
+                }
+                Wake::Timer => {
+                    for ev in self.timers.due(Instant::now()) {
+                        self.feed(ev).await;
+                    }
+                }
+                Wake::Connected(r) => {
+                    self.connecting = None;
+                    match r {
+                        Ok(stream) => {
+                            self.conn = Some(Conn::new(stream, true));
+                            self.feed(Event::TcpCrAcked).await;
+                        }
+                        Err(e) => {
+                            debug!(peer = %self.cfg.address, "connect: {e}");
+                            self.feed(Event::TcpConnectionFails).await;
+                        }
+                    }
+                }
+                Wake::Pending(p) => {
+                    self.pending = None;
+                    if let Some(p) = p {
+                        self.pending_opened(p).await;
+                    }
+                }
+                Wake::Cmd(None) => self.exit = true,
+                Wake::Cmd(Some(c)) => self.command(c).await,
+            }
+        }
+        if let Some(c) = self.conn.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
+        }
+    }
+
+    /// A hint for the log; the FSM's last error is what status shows.
+    fn reason_hint(&self, what: &str) {
+        debug!(peer = %self.cfg.address, "{what}");
+    }
+
+    /// Decodes every whole message in the read buffer and feeds it to the FSM.
+    async fn process_input(&mut self) {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return;
+            };
+            let len = match frame(&conn.buf) {
+                Ok(Some(len)) => len,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(peer = %self.cfg.address, "bad message header: {e}");
+                    self.feed(Event::BgpHeaderErr(e.into())).await;
+                    return;
+                }
+            };
+            let msg = conn.buf.split_to(len);
+            let cxt = self
+                .negotiated
+                .as_ref()
+                .map(|n| n.decode_cxt())
+                .unwrap_or_default();
+            let ev = match Message::decode(&msg, &cxt) {
+                Ok((Message::Open(o), _)) => Event::BgpOpen(o),
+                Ok((Message::Update(u), verdict)) => match verdict {
+                    Verdict::SessionReset(n) => {
+                        warn!(peer = %self.cfg.address, "UPDATE error, resetting: {n}");
+                        Event::UpdateMsgErr(n)
+                    }
+                    v => {
+                        self.verdict = v;
+                        Event::UpdateMsg(u)
+                    }
+                },
+                Ok((Message::Notification(n), _)) => {
+                    warn!(peer = %self.cfg.address, "received NOTIFICATION {n}");
+                    if n.code == codes::OPEN_MESSAGE && n.subcode == codes::UNSUPPORTED_VERSION {
+                        Event::NotifMsgVerErr(n)
+                    } else {
+                        Event::NotifMsg(n)
+                    }
+                }
+                Ok((Message::Keepalive, _)) => Event::KeepAliveMsg,
+                Ok((Message::RouteRefresh(r), _)) => Event::RouteRefreshMsg(r),
+                Err(e) => {
+                    warn!(peer = %self.cfg.address, "bad message: {e}");
+                    match MessageType::from_u8(msg[18]) {
+                        Some(MessageType::Open) => Event::BgpOpenMsgErr(e.into()),
+                        Some(MessageType::Update) => Event::UpdateMsgErr(e.into()),
+                        _ => Event::BgpHeaderErr(e.into()),
+                    }
+                }
+            };
+            self.feed(ev).await;
+            if self.exit {
+                return;
+            }
+        }
+    }
+
+    /// The second connection has exchanged OPENs: RFC 4271 §6.8 decides which connection
+    /// survives (RFC 4724 §4.2 when the peer restarted).
+    async fn pending_opened(&mut self, p: PreOpened) {
+        let state = self.fsm.state();
+        let decision = match state {
+            SessionState::Idle => {
+                // Our first connection just lost the collision at the peer's end (it sent
+                // a Cease / collision on it): this one is the survivor. Otherwise Idle
+                // (stopped, backing off) refuses connections.
+                let lost = matches!(self.fsm.last_error(), Some(DownReason::NotificationReceived(n))
+                    if n.code == codes::CEASE && n.subcode == codes::CONNECTION_COLLISION_RESOLUTION);
+                if lost {
+                    self.restart_on(p).await;
+                }
+                return;
+            }
+            SessionState::Connect | SessionState::Active => {
+                // The first connection is gone (or never came): go on with this one.
+                self.connecting = None;
+                if let Some(c) = self.conn.take() {
+                    drop(c.close());
+                }
+                return self.go_on_with(p).await;
+            }
+            SessionState::Established => {
+                let gr = self
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.graceful_restart.is_some());
+                let restarted = p.open.graceful_restart().is_some_and(|g| g.restart_state);
+                if gr && restarted {
+                    info!(peer = %self.cfg.address, "the peer restarted (new connection, R bit): keeping its routes as stale");
+                    self.feed(Event::TcpConnectionFails).await;
+                    return self.restart_on(p).await;
+                }
+                Collision::CloseNew
+            }
+            SessionState::OpenSent | SessionState::OpenConfirm => {
+                let outgoing = self.conn.as_ref().is_some_and(|c| c.outgoing);
+                fsm::resolve_collision(self.settings.router_id, p.open.router_id, state, outgoing)
+            }
+        };
+        match decision {
+            Collision::CloseNew => {
+                info!(peer = %self.cfg.address, "connection collision: closing the newer connection");
+                let n = Notification::new(codes::CEASE, codes::CONNECTION_COLLISION_RESOLUTION);
+                let mut stream = p.stream;
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stream
+                        .write_all(&encode_msg(&Message::Notification(n)))
+                        .await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+            Collision::CloseExisting => {
+                info!(peer = %self.cfg.address, "connection collision: going on with the newer connection");
+                self.feed(Event::OpenCollisionDump).await;
+                self.restart_on(p).await;
+            }
+        }
+    }
+
+    /// Restarts the FSM (now Idle) on a pre-opened connection instead of connecting.
+    async fn restart_on(&mut self, p: PreOpened) {
+        self.adopting = Some(p.stream);
+        self.feed(Event::ManualStart).await;
+        let Some(stream) = self.adopting.take() else {
+            return;
+        };
+        self.go_on_with(PreOpened { stream, ..p }).await;
+    }
+
+    /// Makes a pre-opened connection the session's (FSM in Connect or Active).
+    async fn go_on_with(&mut self, p: PreOpened) {
+        let mut conn = Conn::new(p.stream, false);
+        conn.buf = p.rest;
+        self.conn = Some(conn);
+        self.open_sent = true;
+        self.feed(Event::TcpConnectionConfirmed).await;
+        self.open_sent = false;
+        self.feed(Event::BgpOpen(p.open)).await;
+        self.process_input().await;
+    }
+
+    async fn command(&mut self, c: SessionCmd) {
+        match c {
+            SessionCmd::Incoming(s) => self.incoming(s).await,
+            SessionCmd::Advertise(u) => {
+                if let (Some(conn), Some(n)) = (&self.conn, &self.negotiated) {
+                    if self.fsm.state() == SessionState::Established {
+                        send_update(&conn.writer, &u, &n.encode_cxt());
+                    }
+                }
+            }
+            SessionCmd::EndOfRib => {
+                if let (Some(conn), Some(n)) = (&self.conn, &self.negotiated) {
+                    if self.fsm.state() == SessionState::Established {
+                        for f in n.families.iter() {
+                            conn.writer
+                                .bulk(encode_update(&Update::end_of_rib(f), &n.encode_cxt()));
+                        }
+                    }
+                }
+            }
+            SessionCmd::Stop { notification, exit } => {
+                match notification {
+                    Some(n) => self.feed(Event::AutomaticStop(n)).await,
+                    None => {
+                        // The graceful restart way: close the transport, no NOTIFICATION.
+                        if let Some(c) = self.conn.take() {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
+                        }
+                    }
+                }
+                if exit {
+                    self.exit = true;
+                }
+            }
+            SessionCmd::Start => {
+                if self.fsm.state() == SessionState::Idle {
+                    self.feed(Event::ManualStart).await;
+                }
+            }
+            SessionCmd::Reconfigure(cfg) => {
+                let n = Notification::new(codes::CEASE, codes::OTHER_CONFIGURATION_CHANGE);
+                self.feed(Event::AutomaticStop(n)).await;
+                self.cfg = cfg;
+                self.fsm = Fsm::new(fsm_config(&self.cfg, &self.settings));
+                self.timers = Timers::default();
+                self.feed(Event::ManualStart).await;
+            }
+        }
+    }
+
+    /// The listener handed over a connection from this peer.
+    async fn incoming(&mut self, s: TcpStream) {
+        if let Err(e) = net::set_ttl(&s, &self.cfg, self.settings.local_as) {
+            warn!(peer = %self.cfg.address, "socket options: {e}");
+            return;
+        }
+        match self.fsm.state() {
+            // Idle (back-off or stopped) refuses connections (RFC 4271 §8.2.2).
+            SessionState::Idle => drop(s),
+            // Waiting for the next attempt: this connection is the session's.
+            SessionState::Active if self.conn.is_none() && self.connecting.is_none() => {
+                self.conn = Some(Conn::new(s, false));
+                self.feed(Event::TcpConnectionConfirmed).await;
+            }
+            // Our own attempt is under way, or a session exists: run the OPEN exchange on
+            // this connection too; `pending_opened` decides which one stays.
+            _ => {
+                let ours = encode_msg(&Message::Open(self.our_open()));
+                if let Some(old) = self.pending.replace(tokio::spawn(pre_open(s, ours))) {
+                    old.abort();
+                }
+            }
+        }
+    }
+
+    /// Our OPEN, as the FSM would send it.
+    fn our_open(&self) -> Open {
+        self.restart_bits(self.fsm.config().open())
+    }
+
+    /// RFC 4724 §4.1: the first OPEN after a restart carries the R bit and says forwarding
+    /// state was kept.
+    fn restart_bits(&self, mut open: Open) -> Open {
+        if self.settings.gr.restarting && self.first_open {
+            for c in &mut open.capabilities {
+                if let Capability::GracefulRestart(g) = c {
+                    g.restart_state = true;
+                    for f in &mut g.families {
+                        f.forwarding_preserved = true;
+                    }
+                }
+            }
+        }
+        open
+    }
+
+    /// Feeds one event to the FSM and carries out its actions.
+    async fn feed(&mut self, ev: Event) {
+        let actions = self.fsm.handle(ev);
+        for a in actions {
+            self.act(a).await;
+        }
+    }
+
+    async fn act(&mut self, a: Action) {
+        match a {
+            Action::Connect => {
+                if self.adopting.is_some() {
+                    return;
+                }
+                let cfg = self.cfg.clone();
+                let local_as = self.settings.local_as;
+                let limit = self.settings.connect_retry;
+                self.connecting = Some(Box::pin(async move {
+                    match tokio::time::timeout(limit, net::connect(&cfg, local_as)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "connect timed out",
+                        )),
+                    }
+                }));
+            }
+            Action::DropConnection => {
+                self.connecting = None;
+                if let Some(c) = self.conn.take() {
+                    drop(c.close());
+                }
+            }
+            Action::SendOpen(open) => {
+                if !self.open_sent {
+                    let open = self.restart_bits(*open);
+                    self.send_urgent(&Message::Open(open));
+                }
+            }
+            Action::SendKeepalive => self.send_urgent(&Message::Keepalive),
+            Action::SendNotification(n) => {
+                info!(peer = %self.cfg.address, "sending NOTIFICATION {n}");
+                self.send_urgent(&Message::Notification(n));
+            }
+            Action::StartTimer(Timer::Keepalive, secs) => {
+                if let Some(c) = &self.conn {
+                    c.writer.keepalive_every(Duration::from_secs(secs.into()));
+                }
+            }
+            Action::StopTimer(Timer::Keepalive) => {
+                if let Some(c) = &self.conn {
+                    c.writer.keepalive_every(Duration::ZERO);
+                }
+            }
+            Action::StartTimer(t, secs) => {
+                if let Some(slot) = self.timers.slot(t) {
+                    *slot = Some(Instant::now() + Duration::from_secs(secs.into()));
+                }
+            }
+            Action::StopTimer(t) => {
+                if let Some(slot) = self.timers.slot(t) {
+                    *slot = None;
+                }
+            }
+            Action::Established(n) => {
+                let local = self.conn.as_ref().and_then(|c| c.local);
+                let est = Established {
+                    router_id: n.peer_router_id,
+                    local_v4: match local {
+                        Some(IpAddr::V4(a)) => Some(a),
+                        _ => self.settings.next_hop_v4,
+                    },
+                    local_v6: match local {
+                        Some(IpAddr::V6(a)) if net::usable_v6(a) => Some(a),
+                        _ => self.settings.next_hop_v6,
+                    },
+                    families: n.families,
+                    peer_gr: n.graceful_restart.clone(),
+                };
+                self.negotiated = Some(*n);
+                self.first_open = false;
+                info!(peer = %self.cfg.address, "session established");
+                self.emit(SessionEventKind::Up(est)).await;
+            }
+            Action::SessionDown(reason) => {
+                let n = self.negotiated.take();
+                let graceful = match reason {
+                    DownReason::ConnectionFailed => n
+                        .as_ref()
+                        .and_then(|n| n.graceful_restart.as_ref())
+                        .map(|g| Duration::from_secs(u64::from(g.restart_time)))
+                        .filter(|d| !d.is_zero()),
+                    _ => None,
+                };
+                let mut text = describe(&reason);
+                if graceful.is_some() {
+                    text.push_str(" (graceful restart: routes kept as stale)");
+                }
+                info!(peer = %self.cfg.address, reason = %text, "session down");
+                self.emit(SessionEventKind::Down {
+                    graceful,
+                    reason: text,
+                })
+                .await;
+            }
+            Action::ProcessUpdate(u) => {
+                let verdict = std::mem::replace(&mut self.verdict, Verdict::Ok);
+                self.on_update(*u, verdict).await;
+            }
+            Action::ProcessRouteRefresh(r) => {
+                if let Some(f) = Family::from_afi_safi(r.afi_safi) {
+                    if self
+                        .negotiated
+                        .as_ref()
+                        .is_some_and(|n| n.families.contains(f))
+                    {
+                        self.emit(SessionEventKind::RouteRefresh(f)).await;
+                    }
+                }
+            }
+            Action::StateChanged(s) => {
+                let reason = match s {
+                    SessionState::Idle | SessionState::Active => {
+                        self.fsm.last_error().map(describe)
+                    }
+                    _ => None,
+                };
+                self.emit(SessionEventKind::State(s, reason)).await;
+            }
+        }
+    }
+
+    fn send_urgent(&self, m: &Message) {
+        if let Some(c) = &self.conn {
+            c.writer.urgent(encode_msg(m));
+        }
+    }
+
+    /// Hands a received UPDATE to the RIB as RFC 7606 says.
+    async fn on_update(&mut self, u: Update, verdict: Verdict) {
+        if let Some(f) = u.end_of_rib_family() {
+            self.emit(SessionEventKind::EndOfRib(f)).await;
+            return;
+        }
+        let mut withdraw: Vec<IpNetwork> = u.withdrawn_prefixes().collect();
+        let mut announce = Vec::new();
+        match verdict {
+            Verdict::TreatAsWithdraw(issue) => {
+                info!(peer = %self.cfg.address, ?issue, "malformed UPDATE: treat-as-withdraw (RFC 7606)");
+                withdraw.extend(u.announced_prefixes());
+            }
+            Verdict::AttributeDiscard(issues) => {
+                info!(peer = %self.cfg.address, ?issues, "malformed attributes discarded (RFC 7606)");
+                collect_announcements(&u, &mut announce);
+            }
+            // Session resets never get here (UpdateMsgErr).
+            Verdict::Ok | Verdict::SessionReset(_) => collect_announcements(&u, &mut announce),
+        }
+        if withdraw.is_empty() && announce.is_empty() {
+            return;
+        }
+        self.emit(SessionEventKind::Routes { withdraw, announce })
+            .await;
+    }
+}
+
+fn collect_announcements(u: &Update, announce: &mut Vec<(PathAttributes, Vec<IpNetwork>)>) {
+    if !u.nlri.is_empty() {
+        if let Some(a) = u.attributes_for(Family::Ipv4Unicast) {
+            announce.push((a, u.nlri.iter().map(|p| IpNetwork::V4(*p)).collect()));
+        }
+    }
+    if let Some(r) = &u.mp_reach {
+        if let Some(a) = u.attributes_for(r.family) {
+            announce.push((a, r.nlri.clone()));
+        }
+    }
+}
+
+fn describe(r: &DownReason) -> String {
+    match r {
+        DownReason::Stopped(n) => format!("stopped: sent {n}"),
+        DownReason::NotificationSent(n) => format!("sent NOTIFICATION {n}"),
+        DownReason::NotificationReceived(n) => format!("received NOTIFICATION {n}"),
+        DownReason::ConnectionFailed => "connection failed or closed".into(),
+        DownReason::CollisionResolution => "connection collision resolution".into(),
+    }
+}
+
+fn encode_msg(m: &Message) -> Bytes {
+    let mut b = BytesMut::new();
+    if let Err(e) = m.encode(&EncodeCxt::default(), &mut b) {
+        warn!("cannot encode {:?}: {e}", m.msg_type());
+    }
+    b.freeze()
+}
+
+fn encode_update(u: &Update, cxt: &EncodeCxt) -> Bytes {
+    let mut b = BytesMut::new();
+    if let Err(e) = u.encode(cxt, &mut b) {
+        warn!("cannot encode an UPDATE: {e}");
+    }
+    b.freeze()
+}
+
+/// Prefixes packed per call: keeps each packed run well under one bulk chunk.
+const PACK_RUN: usize = 512;
+
+/// Packs an Adj-RIB-Out delta into UPDATEs and queues them in chunks of whole messages.
+fn send_update(writer: &Writer, u: &PeerUpdate, cxt: &EncodeCxt) {
+    let mut buf = BytesMut::with_capacity(BULK_CHUNK);
+    let flush = |buf: &mut BytesMut, force: bool| {
+        // A run of PACK_RUN prefixes is at most a few KiB, so a chunk stays near BULK_CHUNK.
+        if buf.len() >= BULK_CHUNK - 8192 || (force && !buf.is_empty()) {
+            writer.bulk(buf.split().freeze());
+        }
+    };
+    let withdraw: Vec<IpNetwork> = u
+        .withdraw
+        .iter()
+        .copied()
+        .filter(|p| cxt.families.contains(Family::of(p.ip())))
+        .collect();
+    for part in withdraw.chunks(PACK_RUN) {
+        if let Err(e) = pack_withdrawals(part, cxt, &mut buf) {
+            warn!("cannot encode withdrawals: {e}");
+        }
+        flush(&mut buf, false);
+    }
+    for a in &u.announce {
+        for fam in Family::ALL {
+            if !cxt.families.contains(fam) {
+                continue;
+            }
+            let of_family: Vec<IpNetwork> = a
+                .prefixes
+                .iter()
+                .copied()
+                .filter(|p| Family::of(p.ip()) == fam)
+                .collect();
+            for part in of_family.chunks(PACK_RUN) {
+                if let Err(e) = pack_updates(&a.attrs, part, cxt, &mut buf) {
+                    warn!("cannot encode an announcement: {e}");
+                }
+                flush(&mut buf, false);
+            }
+        }
+    }
+    flush(&mut buf, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::attrs::NextHop;
+    use crate::packet::{DecodeCxt, PeerKind};
+    use crate::rib::{self, Announcement, PeerId, Rib, RibConfig};
+
+    fn peer_id() -> PeerId {
+        let mut rib = Rib::new(RibConfig::new(Asn(64512), Ipv4Addr::new(10, 0, 0, 1))).unwrap();
+        let p = rib::PeerConfig::new(
+            "10.0.0.2".parse().unwrap(),
+            Asn(64512),
+            crate::PeerType::Global,
+        );
+        rib.add_peer(p).unwrap()
+    }
+
+    fn cxt() -> EncodeCxt {
+        EncodeCxt {
+            four_octet_as: true,
+            peer: PeerKind::Internal,
+            families: Families::BOTH,
+        }
+    }
+
+    #[tokio::test]
+    async fn bulk_chunks_hold_whole_messages_and_every_prefix() {
+        // A writer whose far end we read: check what goes on the wire.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(a), l.accept());
+        let (mut far, _) = s.unwrap();
+        let (_rd, wr) = c.unwrap().into_split();
+        let (writer, task) = Writer::spawn(wr);
+        let attrs = Arc::new(PathAttributes {
+            next_hop: Some(NextHop {
+                address: "10.0.0.1".parse().unwrap(),
+                link_local: None,
+            }),
+            local_pref: Some(100),
+            ..PathAttributes::default()
+        });
+        let prefixes: Vec<IpNetwork> = (0..20_000u32)
+            .map(|i| {
+                IpNetwork::V4(
+                    ipnetwork::Ipv4Network::new((0x0a00_0000 + (i << 8)).into(), 24).unwrap(),
+                )
+            })
+            .collect();
+        let u = PeerUpdate {
+            peer: peer_id(),
+            withdraw: prefixes[..1000].to_vec(),
+            announce: vec![Announcement {
+                attrs,
+                prefixes: prefixes.clone(),
+            }],
+        };
+        send_update(&writer, &u, &cxt());
+        // Read until every prefix has arrived; chunks must hold whole messages.
+        let mut all = Vec::new();
+        let mut announced = 0;
+        let mut withdrawn = 0;
+        let mut chunk = vec![0u8; 65536];
+        while announced + withdrawn < 21_000 {
+            let n = tokio::time::timeout(Duration::from_secs(10), far.read(&mut chunk))
+                .await
+                .expect("the writer sends everything")
+                .unwrap();
+            assert!(n > 0, "closed early");
+            all.extend_from_slice(&chunk[..n]);
+            let mut used = 0;
+            while let Some(len) = frame(&all[used..]).unwrap() {
+                let dc: DecodeCxt = cxt().into();
+                let Message::Update(u) = Message::decode(&all[used..used + len], &dc).unwrap().0
+                else {
+                    panic!("only UPDATEs")
+                };
+                announced += u.nlri.len();
+                withdrawn += u.withdrawn.len();
+                used += len;
+            }
+            all.drain(..used);
+        }
+        drop(writer);
+        task.await.unwrap().unwrap();
+        assert_eq!((announced, withdrawn), (20_000, 1000));
+    }
+}

@@ -1,0 +1,415 @@
+//! Speakers talking to each other over loopback (127.0.0.0/8, each test on its own
+//! addresses and ports): sessions, routes both ways, MD5, max-prefix, collisions, route
+//! reflection, graceful restart. The interop tests against BIRD and FRR are in
+//! `bgp/tests/interop*.rs`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use tokio::sync::mpsc;
+use tokio::time::{sleep, Instant};
+
+use super::*;
+
+/// A fresh 127.a.b.0/24 block per test (pid and a counter), so parallel tests never share
+/// addresses.
+fn block() -> [u8; 2] {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = std::process::id()
+        .wrapping_mul(31)
+        .wrapping_add(N.fetch_add(1, Ordering::Relaxed));
+    [(n % 250 + 2) as u8, ((n / 250) % 250 + 1) as u8]
+}
+
+fn free_port(addr: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((addr, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Node {
+    addr: Ipv4Addr,
+    port: u16,
+    handle: SpeakerHandle,
+    _events: mpsc::UnboundedReceiver<SpeakerEvent>,
+}
+
+fn speaker_cfg(asn: u32, addr: Ipv4Addr, port: u16) -> SpeakerConfig {
+    let mut c = SpeakerConfig::new(asn, addr);
+    c.listen_address = IpAddr::V4(addr);
+    c.listen_port = port;
+    c.hold_time = 3;
+    c.connect_retry = 1;
+    c.graceful_restart.restart_time = 30;
+    c
+}
+
+fn peer(to: &Node, asn: u32, from: Ipv4Addr) -> PeerConfig {
+    let mut p = PeerConfig::new(IpAddr::V4(to.addr), asn);
+    p.port = to.port;
+    p.source_address = Some(IpAddr::V4(from));
+    p
+}
+
+async fn start(cfg: SpeakerConfig) -> Node {
+    // RUST_LOG=reef_bgp=debug shows the sessions' logs of a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let addr = cfg.router_id;
+    let port = cfg.listen_port;
+    let (handle, events) = Speaker::start(cfg).await.expect("speaker starts");
+    Node {
+        addr,
+        port,
+        handle,
+        _events: events,
+    }
+}
+
+/// Polls `check` every 50 ms until it returns Some, or panics after `secs` with the last
+/// value seen.
+async fn wait<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > end => {
+                panic!("timed out waiting for {what}; last: {last}")
+            }
+            Err(_) => sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn status_of(n: &Node, peer: Ipv4Addr) -> PeerStatus {
+    n.handle
+        .status()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.address == IpAddr::V4(peer))
+        .expect("peer in status")
+}
+
+async fn established(n: &Node, peer: Ipv4Addr) {
+    wait(&format!("{} → {peer} Established", n.addr), 15, || async {
+        let s = status_of(n, peer).await;
+        if s.state == SessionState::Established {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await
+}
+
+async fn routes(n: &Node) -> BTreeMap<IpNetwork, Vec<IpAddr>> {
+    n.handle.best_paths().await.unwrap()
+}
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+async fn has_route(n: &Node, prefix: &str, via: IpAddr) {
+    let p = net(prefix);
+    wait(&format!("{prefix} via {via} at {}", n.addr), 15, || async {
+        let r = routes(n).await;
+        if r.get(&p) == Some(&vec![via]) {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await
+}
+
+async fn no_route(n: &Node, prefix: &str, secs: u64) {
+    let p = net(prefix);
+    wait(&format!("{prefix} gone at {}", n.addr), secs, || async {
+        let r = routes(n).await;
+        if r.contains_key(&p) {
+            Err(format!("{r:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Two speakers A and B on fresh loopback addresses, peered with each other.
+async fn pair(
+    asn_a: u32,
+    asn_b: u32,
+    tweak: impl Fn(&mut PeerConfig, &mut PeerConfig),
+) -> (Node, Node) {
+    let [x, y] = block();
+    let (a, b) = (Ipv4Addr::new(127, x, y, 1), Ipv4Addr::new(127, x, y, 2));
+    let (pa, pb) = (free_port(a), free_port(b));
+    let mut ca = speaker_cfg(asn_a, a, pa);
+    let mut cb = speaker_cfg(asn_b, b, pb);
+    let mut to_b = PeerConfig::new(IpAddr::V4(b), asn_b);
+    to_b.port = pb;
+    to_b.source_address = Some(IpAddr::V4(a));
+    let mut to_a = PeerConfig::new(IpAddr::V4(a), asn_a);
+    to_a.port = pa;
+    to_a.source_address = Some(IpAddr::V4(b));
+    tweak(&mut to_b, &mut to_a);
+    ca.peers.push(to_b);
+    cb.peers.push(to_a);
+    (start(ca).await, start(cb).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ibgp_pair_exchanges_v4_and_v6_routes_and_withdraws_them() {
+    let (a, b) = pair(64512, 64512, |_, _| {}).await;
+    established(&a, b.addr).await;
+    established(&b, a.addr).await;
+    a.handle.originate(vec![net("10.1.0.0/24")]).await.unwrap();
+    b.handle.originate(vec![net("10.2.0.0/24")]).await.unwrap();
+    has_route(&b, "10.1.0.0/24", IpAddr::V4(a.addr)).await;
+    has_route(&a, "10.2.0.0/24", IpAddr::V4(b.addr)).await;
+    // Counters for `reef status`.
+    let s = status_of(&a, b.addr).await;
+    assert_eq!(
+        (s.prefixes_received, s.prefixes_accepted, s.prefixes_sent),
+        (1, 1, 1),
+        "{s:?}"
+    );
+    assert_eq!(s.peer_type, PeerType::Global);
+    assert!(!s.max_prefix_exceeded);
+    // Withdraw: gone at the peer, session stays up.
+    a.handle.withdraw(vec![net("10.1.0.0/24")]).await.unwrap();
+    no_route(&b, "10.1.0.0/24", 5).await;
+    assert_eq!(status_of(&b, a.addr).await.state, SessionState::Established);
+    // Bad input is refused with the field named.
+    let e = a
+        .handle
+        .originate(vec![net("10.1.0.1/24")])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("host bits"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_routes_over_an_ipv4_session_use_the_configured_next_hop() {
+    let [x, y] = block();
+    let (a, b) = (Ipv4Addr::new(127, x, y, 1), Ipv4Addr::new(127, x, y, 2));
+    let (pa, pb) = (free_port(a), free_port(b));
+    let mut ca = speaker_cfg(65001, a, pa);
+    ca.next_hop_v6 = Some("fd00:1::1".parse().unwrap());
+    ca.originate = vec![net("fd00:244:1::/64")];
+    let mut cb = speaker_cfg(65002, b, pb);
+    let mut to_b = PeerConfig::new(IpAddr::V4(b), 65002);
+    to_b.port = pb;
+    to_b.source_address = Some(IpAddr::V4(a));
+    let mut to_a = PeerConfig::new(IpAddr::V4(a), 65001);
+    to_a.port = pa;
+    to_a.source_address = Some(IpAddr::V4(b));
+    // eBGP over loopback is "directly connected" anyway; TTL 1 suffices.
+    ca.peers.push(to_b);
+    cb.peers.push(to_a);
+    let (na, nb) = (start(ca).await, start(cb).await);
+    established(&nb, na.addr).await;
+    has_route(&nb, "fd00:244:1::/64", "fd00:1::1".parse().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_prefix_stops_the_session_until_reconfigured() {
+    let (a, b) = pair(64512, 64512, |to_b, _| to_b.max_prefix = Some(2)).await;
+    b.handle
+        .originate(vec![
+            net("10.2.0.0/24"),
+            net("10.2.1.0/24"),
+            net("10.2.2.0/24"),
+        ])
+        .await
+        .unwrap();
+    let s = wait("max-prefix stop", 15, || async {
+        let s = status_of(&a, b.addr).await;
+        if s.max_prefix_exceeded {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    assert!(s
+        .last_error
+        .unwrap_or_default()
+        .contains("maximum number of prefixes"));
+    // It stays down (no automatic restart), and its routes are gone.
+    sleep(Duration::from_secs(3)).await;
+    let s = status_of(&a, b.addr).await;
+    assert_eq!(s.state, SessionState::Idle, "{s:?}");
+    assert!(routes(&a).await.is_empty());
+    // Raising the limit brings it back.
+    let mut p = peer(&b, 64512, a.addr);
+    p.max_prefix = Some(10);
+    a.handle.update_peer(p).await.unwrap();
+    established(&a, b.addr).await;
+    has_route(&a, "10.2.2.0/24", IpAddr::V4(b.addr)).await;
+    assert!(!status_of(&a, b.addr).await.max_prefix_exceeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_passwords_must_match() {
+    let (a, b) = pair(64512, 64512, |to_b, to_a| {
+        to_b.password = Some("reef-secret".into());
+        to_a.password = Some("reef-secret".into());
+    })
+    .await;
+    established(&a, b.addr).await;
+    let (c, d) = pair(64512, 64512, |to_d, to_c| {
+        to_d.password = Some("right".into());
+        to_c.password = Some("wrong".into());
+    })
+    .await;
+    sleep(Duration::from_secs(5)).await;
+    assert_ne!(status_of(&c, d.addr).await.state, SessionState::Established);
+    assert_ne!(status_of(&d, c.addr).await.state, SessionState::Established);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_active_settle_on_one_session() {
+    let (a, b) = pair(64512, 64512, |_, _| {}).await;
+    established(&a, b.addr).await;
+    established(&b, a.addr).await;
+    let since = status_of(&a, b.addr).await.since;
+    // Stable: no flapping after the collision was resolved.
+    sleep(Duration::from_secs(4)).await;
+    let s = status_of(&a, b.addr).await;
+    assert_eq!(
+        (s.state, s.since),
+        (SessionState::Established, since),
+        "{s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_reflector_passes_client_routes_to_other_clients() {
+    let [x, y] = block();
+    let addrs: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(127, x, y, i)).collect();
+    let ports: Vec<u16> = addrs.iter().map(|a| free_port(*a)).collect();
+    let mut rr = speaker_cfg(64512, addrs[0], ports[0]);
+    let mut clients = Vec::new();
+    for i in 1..3 {
+        let mut p = PeerConfig::new(IpAddr::V4(addrs[i]), 64512);
+        p.port = ports[i];
+        p.source_address = Some(IpAddr::V4(addrs[0]));
+        p.rr_client = true;
+        rr.peers.push(p);
+        let mut c = speaker_cfg(64512, addrs[i], ports[i]);
+        let mut up = PeerConfig::new(IpAddr::V4(addrs[0]), 64512);
+        up.port = ports[0];
+        up.source_address = Some(IpAddr::V4(addrs[i]));
+        up.passive = true;
+        c.peers.push(up);
+        c.originate = vec![net(&format!("10.{i}.0.0/24"))];
+        clients.push(c);
+    }
+    let _rr = start(rr).await;
+    let mut nodes = Vec::new();
+    for c in clients {
+        nodes.push(start(c).await);
+    }
+    // Client 1 learns client 2's block with client 2 as next hop, through the reflector.
+    has_route(&nodes[0], "10.2.0.0/24", IpAddr::V4(addrs[2])).await;
+    has_route(&nodes[1], "10.1.0.0/24", IpAddr::V4(addrs[1])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_leaves_routes_with_the_peer_until_end_of_rib() {
+    let [x, y] = block();
+    let (a, b) = (Ipv4Addr::new(127, x, y, 1), Ipv4Addr::new(127, x, y, 2));
+    let (pa, pb) = (free_port(a), free_port(b));
+    let mk_a = |restarting: bool| {
+        let mut ca = speaker_cfg(64512, a, pa);
+        ca.graceful_restart.restarting = restarting;
+        ca.originate = vec![net("10.1.0.0/24")];
+        let mut to_b = PeerConfig::new(IpAddr::V4(b), 64512);
+        to_b.port = pb;
+        to_b.source_address = Some(IpAddr::V4(a));
+        ca.peers.push(to_b);
+        ca
+    };
+    let mut cb = speaker_cfg(64512, b, pb);
+    let mut to_a = PeerConfig::new(IpAddr::V4(a), 64512);
+    to_a.port = pa;
+    to_a.source_address = Some(IpAddr::V4(b));
+    cb.peers.push(to_a);
+    let nb = start(cb).await;
+    let na = start(mk_a(false)).await;
+    has_route(&nb, "10.1.0.0/24", IpAddr::V4(a)).await;
+    na.handle.shutdown(Shutdown::Graceful).await.unwrap();
+    drop(na);
+    // B sees the session go, but keeps A's route (stale) well past the hold time (3 s).
+    wait("session down at B", 10, || async {
+        let s = status_of(&nb, a).await;
+        if s.state != SessionState::Established {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        routes(&nb).await.get(&net("10.1.0.0/24")),
+        Some(&vec![IpAddr::V4(a)])
+    );
+    assert_eq!(status_of(&nb, a).await.prefixes_stale, 1);
+    // A comes back (restarting); after its End-of-RIB nothing is stale and the route stays.
+    let na = start(mk_a(true)).await;
+    established(&nb, a).await;
+    wait("stale routes refreshed", 10, || async {
+        let s = status_of(&nb, a).await;
+        if s.prefixes_stale == 0 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    assert_eq!(
+        routes(&nb).await.get(&net("10.1.0.0/24")),
+        Some(&vec![IpAddr::V4(a)])
+    );
+    // A hard stop (Cease) withdraws at once.
+    na.handle.shutdown(Shutdown::Hard).await.unwrap();
+    no_route(&nb, "10.1.0.0/24", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_peer_withdraws_its_routes() {
+    let (a, b) = pair(64512, 64512, |_, _| {}).await;
+    b.handle.originate(vec![net("10.2.0.0/24")]).await.unwrap();
+    has_route(&a, "10.2.0.0/24", IpAddr::V4(b.addr)).await;
+    a.handle.remove_peer(IpAddr::V4(b.addr)).await.unwrap();
+    assert!(routes(&a).await.is_empty());
+    assert!(a.handle.status().await.unwrap().is_empty());
+    // B hears a Cease and loses the session.
+    wait("B sees the session end", 10, || async {
+        let s = status_of(&b, a.addr).await;
+        if s.state != SessionState::Established {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    assert!(matches!(
+        a.handle.remove_peer(IpAddr::V4(b.addr)).await,
+        Err(SpeakerError::UnknownPeer(_))
+    ));
+}
