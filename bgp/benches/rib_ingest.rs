@@ -7,7 +7,8 @@
 //! /proc/self/status VmHWM). Optional args: prefix count, attribute-set count, and
 //! `--shuffle` to send the prefixes in random order instead of address order (address order
 //! is how table dumps usually arrive, and the IPv4 tables are laid out to profit from it;
-//! shuffled is the worst case for the caches). The prefixes are /24s scattered over the whole
+//! shuffled is the worst case for the caches). `--rr [CLIENTS]` runs the route-reflector
+//! fan-out instead: 500 clients each announcing 2 blocks. The prefixes are /24s scattered over the whole
 //! IPv4 space, as in a real table, so the tables are touched throughout.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -65,7 +66,80 @@ fn attr_set(peer_as: u32, j: u32, next_hop: Ipv4Addr) -> PathAttributes {
     }
 }
 
+/// Route-reflector fan-out at the RIB: `clients` iBGP clients each announce 2 blocks; every
+/// client must end up with every other client's blocks in its Adj-RIB-Out.
+fn rr_fanout(clients: u32) {
+    let mut rib =
+        Rib::new(RibConfig::new(Asn(64_500), Ipv4Addr::new(10, 0, 0, 1))).expect("config");
+    let addr = |c: u32| Ipv4Addr::from(0x7F01_0000 + c + 2);
+    let ids: Vec<_> = (0..clients)
+        .map(|c| {
+            let mut cfg = PeerConfig::new(IpAddr::V4(addr(c)), Asn(64_500), PeerType::Node);
+            cfg.rr_client = true;
+            rib.add_peer(cfg).expect("peer")
+        })
+        .collect();
+    let start = Instant::now();
+    let cpu = cpu_seconds();
+    let mut announced = 0usize;
+    for (c, id) in ids.iter().enumerate() {
+        let s = PeerSession {
+            router_id: addr(c as u32),
+            local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            local_v6: None,
+            ipv4: true,
+            ipv6: false,
+        };
+        let out = rib.peer_up(*id, s).expect("up");
+        announced += out
+            .updates
+            .iter()
+            .map(|u| u.announce.iter().map(|a| a.prefixes.len()).sum::<usize>())
+            .sum::<usize>();
+        let blocks: Vec<IpNetwork> = (0..2u32)
+            .map(|b| {
+                let a = Ipv4Addr::from(0x0AF4_0000 + ((c as u32 * 2 + b) << 6));
+                IpNetwork::V4(Ipv4Network::new(a, 26).expect("valid /26"))
+            })
+            .collect();
+        let attrs = PathAttributes {
+            next_hop: Some(NextHop {
+                address: IpAddr::V4(addr(c as u32)),
+                link_local: None,
+            }),
+            local_pref: Some(100),
+            ..PathAttributes::default()
+        };
+        let out = rib.announce(*id, &blocks, attrs).expect("announce");
+        announced += out
+            .updates
+            .iter()
+            .map(|u| u.announce.iter().map(|a| a.prefixes.len()).sum::<usize>())
+            .sum::<usize>();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    let sent: usize = ids
+        .iter()
+        .map(|id| rib.counters(*id).expect("counters").sent)
+        .sum();
+    println!(
+        "rib_ingest --rr: {clients} clients x 2 blocks: {wall:.3} s wall, {cpu:.3} s CPU; {announced} prefix announcements queued, Adj-RIBs-Out hold {sent} routes (want {}), {} attribute sets, VmHWM {} MiB",
+        clients as usize * (clients as usize - 1) * 2,
+        rib.attribute_sets(),
+        status_kib("VmHWM:") / 1024
+    );
+}
+
 fn main() {
+    if let Some(pos) = std::env::args().position(|a| a == "--rr") {
+        let clients = std::env::args()
+            .nth(pos + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
+        rr_fanout(clients);
+        return;
+    }
     let shuffle = std::env::args().any(|a| a == "--shuffle");
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -74,11 +148,16 @@ fn main() {
     let n = args.first().copied().unwrap_or(1_000_000);
     let sets = args.get(1).copied().unwrap_or(1_000).max(1) as u32;
 
-    // Distinct /24s spread over the whole address space like a real table's (an odd multiplier
-    // permutes the 2^24 /24s), in address order as a table dump sends them.
+    // Distinct /24s spread over the address space like a real table's (an odd multiplier
+    // permutes the /24s), in address order as a table dump sends them.
     let mut prefixes: Vec<IpNetwork> = (0..n as u32)
         .map(|i| {
-            let addr = Ipv4Addr::from(i.wrapping_mul(0x9E37_79B1) << 8);
+            // 2^23 /24s from 1.0.0.0 up, skipping 127/8: unicast space only (BIRD drops the rest).
+            let mut x = 0x01_0000 + (i.wrapping_mul(0x9E37_79B1) & 0x7F_FFFF);
+            if x >= 0x7F_0000 {
+                x += 0x01_0000;
+            }
+            let addr = Ipv4Addr::from(x << 8);
             IpNetwork::V4(Ipv4Network::new(addr, 24).expect("valid /24"))
         })
         .collect();
