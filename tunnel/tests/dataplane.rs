@@ -91,6 +91,15 @@ async fn four_nodes_two_subnets_every_pod_pair() {
         }
     }
 
+    // Nodes reach every pod too (cross-subnet replies come back to the node's tunnel
+    // address through the remote node's encapsulator).
+    for (i, n) in topo.nodes.iter().enumerate() {
+        for p in &topo.pods {
+            let rtt = n.ns.ping(IpAddr::V4(p.addr), 1);
+            assert!(rtt.is_ok(), "node {i} → pod {}: {rtt:?}", p.addr);
+        }
+    }
+
     // Cross-subnet traffic really went through the userspace encapsulators, and packets from
     // unknown sources were never accepted.
     for (i, a) in agents.iter().enumerate() {

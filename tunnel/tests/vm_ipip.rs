@@ -78,6 +78,21 @@ fn vm_kernel_ipip_every_pod_pair() {
         }
         tcp(&topo, 0, 2, 7100);
         tcp(&topo, 3, 1, 7101);
+
+        // No route needs the tunnel any more: tunl0 goes down and loses reef's address.
+        let mut a0 = agents.swap_remove(0);
+        a0.reconciler.set_desired(vec![]);
+        a0.reconciler.resync().await.unwrap();
+        a0.tunnel
+            .sync(&reef_tunnel::Plan::default(), [])
+            .await
+            .unwrap();
+        assert!(!a0.tunnel.active());
+        let link = topo.nodes[0].ns.ip(["addr", "show", "tunl0"]).unwrap();
+        assert!(
+            !link.contains(",UP") && !link.contains("10.244.1.1"),
+            "{link}"
+        );
         drop(agents);
     });
 }
