@@ -105,6 +105,8 @@ enum Op {
     StaleTimer(usize),
     Originate(usize),
     StopOriginating(usize),
+    /// Flip the peer's route-reflector-client flag (a soft reconfiguration).
+    ToggleClient(usize),
 }
 
 fn attr_spec() -> impl Strategy<Value = AttrSpec> {
@@ -154,6 +156,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => peer.prop_map(Op::StaleTimer),
         1 => pfx.clone().prop_map(Op::Originate),
         1 => pfx.prop_map(Op::StopOriginating),
+        1 => (0usize..PEERS.len()).prop_map(Op::ToggleClient),
     ]
 }
 
@@ -218,6 +221,8 @@ struct Model {
     best: BTreeMap<IpNetwork, Vec<IpAddr>>,
     /// Fold of all updates per peer.
     adj_out: Vec<BTreeMap<IpNetwork, Arc<PathAttributes>>>,
+    /// Which peers are route-reflector clients now.
+    clients: Vec<bool>,
 }
 
 impl Model {
@@ -339,6 +344,7 @@ fn run(ops: Vec<Op>, max_paths: usize, always_compare_med: bool) -> Result<(), T
     let mut rib = Rib::new(cfg).unwrap();
     let mut model = Model {
         adj_out: vec![BTreeMap::new(); PEERS.len()],
+        clients: PEERS.iter().map(|p| p.rr_client).collect(),
         ..Model::default()
     };
     let mut ids: Vec<PeerId> = Vec::new();
@@ -421,6 +427,12 @@ fn run(ops: Vec<Op>, max_paths: usize, always_compare_med: bool) -> Result<(), T
                 model.originated.remove(&prefix(*i));
                 rib.withdraw_originated(&[prefix(*i)])
             }
+            Op::ToggleClient(peer) => {
+                model.clients[*peer] = !model.clients[*peer];
+                let mut c = rib.peer_config(ids[*peer]).unwrap().clone();
+                c.rr_client = model.clients[*peer];
+                rib.set_peer_config(ids[*peer], c).unwrap()
+            }
         };
         model.absorb(out);
         check(&rib, &model, &ids, max_paths, always_compare_med, &op)?;
@@ -497,7 +509,7 @@ fn check(
                 Some((None, _)) => true,
                 Some((Some(s), _)) => {
                     let ibgp = |i: usize| PEERS[i].asn == LOCAL_AS;
-                    *s != t && ibgp(*s) && ibgp(t) && (PEERS[*s].rr_client || PEERS[t].rr_client)
+                    *s != t && ibgp(*s) && ibgp(t) && (model.clients[*s] || model.clients[t])
                 }
                 None => false,
             })

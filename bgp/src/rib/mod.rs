@@ -32,7 +32,7 @@ mod intern;
 mod prefix;
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -1283,18 +1283,17 @@ impl Rib {
             pending,
             ..
         } = fam;
-        let mut seen: HashSet<K, K::Build> = HashSet::default();
         for (key, d) in routes.iter() {
             let Some(best) = d.multipath().first() else {
                 continue;
             };
             let desired = export(&mut sh, target, *key, best);
-            seen.insert(*key);
             diff_out(&mut adj_out[t], &mut pending[t], *key, desired);
         }
+        // What was sent for prefixes that left the Loc-RIB goes too.
         let gone: Vec<K> = adj_out[t]
             .keys()
-            .filter(|k| !seen.contains(k))
+            .filter(|k| routes.get(k).is_none_or(|d| d.multipath().is_empty()))
             .copied()
             .collect();
         for key in gone {
