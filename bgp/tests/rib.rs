@@ -463,6 +463,61 @@ fn ecmp_set_is_capped_by_max_paths() {
     }
 }
 
+#[test]
+fn decision_settings_change_at_runtime() {
+    let mut rib = rib();
+    let a = up(&mut rib, "10.0.1.2", 65001, "9.9.9.9");
+    let b = up(&mut rib, "10.0.1.3", 65002, "1.1.1.1");
+    let pfx = [net("198.51.100.0/24")];
+    rib.announce(
+        a,
+        &pfx,
+        with(path(&[65001], "10.0.1.2"), |x| x.med = Some(1)),
+    )
+    .unwrap();
+    rib.announce(
+        b,
+        &pfx,
+        with(path(&[65002], "10.0.1.3"), |x| x.med = Some(5)),
+    )
+    .unwrap();
+    assert_eq!(
+        rib.lookup(&pfx[0]).unwrap().next_hops.len(),
+        2,
+        "ECMP across ASes"
+    );
+
+    let mut cfg = rib.config().clone();
+    cfg.max_paths = 1;
+    let out = rib.set_config(cfg.clone()).unwrap();
+    assert_eq!(
+        out.best_changes,
+        vec![BestPathChange {
+            prefix: pfx[0],
+            next_hops: vec![ip("10.0.1.3")]
+        }],
+        "lowest router id alone"
+    );
+    cfg.always_compare_med = true;
+    let out = rib.set_config(cfg.clone()).unwrap();
+    assert_eq!(
+        out.best_changes[0].next_hops,
+        vec![ip("10.0.1.2")],
+        "lowest MED now"
+    );
+    assert_eq!(best_source(&rib, "198.51.100.0/24"), RouteSource::Peer(a));
+    cfg.max_paths = 0;
+    assert!(matches!(
+        rib.set_config(cfg),
+        Err(RibError::InvalidConfig { .. })
+    ));
+    assert_eq!(
+        rib.config().max_paths,
+        1,
+        "a rejected config changes nothing"
+    );
+}
+
 // ---- route reflection ----------------------------------------------------------------------
 
 struct RrLab {

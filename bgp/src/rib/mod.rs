@@ -750,6 +750,26 @@ impl Rib {
         Ok(self.finish())
     }
 
+    /// Replaces the node-wide settings (ECMP width, MED rule, cluster id, pools, ...) and
+    /// re-evaluates everything: import, the decision for every prefix, and every export.
+    pub fn set_config(&mut self, cfg: RibConfig) -> Result<RibOutput, RibError> {
+        cfg.validate()?;
+        self.cfg = cfg;
+        let local_as = self.cfg.local_as;
+        for p in self.peers.iter_mut().flatten() {
+            p.ebgp = p.cfg.remote_as != local_as;
+        }
+        self.clear_memos();
+        for id in self.peer_ids() {
+            self.reimport::<Prefix4>(id.0);
+            self.reimport::<Prefix6>(id.0);
+        }
+        self.reselect_all::<Prefix4>();
+        self.reselect_all::<Prefix6>();
+        self.reexport_all();
+        Ok(self.finish())
+    }
+
     /// Replaces the cluster's pools and re-evaluates the routes of mesh and route-reflector
     /// peers.
     pub fn set_cluster_pools(&mut self, pools: Vec<IpNetwork>) -> Result<RibOutput, RibError> {
@@ -1270,6 +1290,31 @@ impl Rib {
                 loc_len,
             };
             settle(&mut out, &mut sh, key, &before, d.multipath());
+        }
+    }
+
+    /// Runs the decision again for every prefix with more than one route.
+    fn reselect_all<K: Fam>(&mut self) {
+        let (fam, mut sh) = K::split(self);
+        let FamilyRib {
+            routes,
+            loc_len,
+            adj_out,
+            pending,
+            ..
+        } = fam;
+        let mut out = Out {
+            adj_out,
+            pending,
+            loc_len,
+        };
+        for (key, d) in routes.iter_mut() {
+            if !matches!(d, Dest::Many(_)) {
+                continue;
+            }
+            let before = Snapshot::of(d, sh.peers);
+            d.reselect(sh.cfg, sh.peers, sh.scratch);
+            settle(&mut out, &mut sh, *key, &before, d.multipath());
         }
     }
 
