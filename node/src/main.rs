@@ -3,9 +3,13 @@
 //! Only this crate parses flags, sets up logging and decides exit codes; the libraries it
 //! wires together (bgp, ipam, tunnel, felix-lite, cni, config) expose types and functions.
 
+mod agent;
+mod control;
 mod datastore;
 mod ipam_cmd;
+mod lab;
 mod output;
+mod status_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,9 +47,25 @@ enum Format {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The node agent.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// This node's BGP peers, tunnel and routes, from the local agent.
+    Status,
+    /// The routes the agent programs and why.
+    Routes,
     /// IP address management: pools, blocks, leaks.
     #[command(subcommand)]
     Ipam(ipam_cmd::IpamCmd),
+    /// The local lab: nodes, a BIRD router and pods in network namespaces on this machine.
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Run the agent in the foreground until SIGTERM (graceful restart: peers keep routes).
+    Run,
 }
 
 /// What a command's outcome means to a script.
@@ -56,16 +76,40 @@ pub enum Exit {
     Failed = 3,
 }
 
+fn run_agent(cfg: NodeConfig) -> anyhow::Result<Exit> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
+        .map_err(|e| anyhow::anyhow!("logLevel: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(agent::run(cfg))?;
+    Ok(Exit::Ok)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Output {
         json: cli.output == Format::Json,
     };
-    let result = NodeConfig::load(&cli.config)
-        .map_err(anyhow::Error::from)
-        .and_then(|cfg| match cli.command {
-            Command::Ipam(cmd) => ipam_cmd::run(&cfg, cmd, out),
-        });
+    let config = || NodeConfig::load(&cli.config).map_err(anyhow::Error::from);
+    let result = match cli.command {
+        Command::Node(NodeCmd::Run) => config().and_then(run_agent),
+        Command::Status => config().and_then(|c| status_cmd::status(&c, out)),
+        Command::Routes => config().and_then(|c| status_cmd::routes(&c, out)),
+        Command::Ipam(cmd) => config().and_then(|c| ipam_cmd::run(&c, cmd, out)),
+        // The lab writes its own node configs; it reads none.
+        Command::Lab(cmd) => lab::run(cmd, out),
+    };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<Exit>) -> ExitCode {
     match result {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(e) => {

@@ -1,0 +1,513 @@
+//! `reef node run`: the node agent.
+//!
+//! ```text
+//!  datastore (every second, in a blocking thread)          SIGTERM / SIGINT
+//!    ReefNodes, BGPPeers, BGPConfiguration, pools, blocks        │
+//!          │ View                                               ▼
+//!          ▼                                         ┌──────────────────────┐
+//!   ┌────────────────┐  add/update/remove peers,     │ shutdown: graceful   │
+//!   │  agent loop    │──originate/withdraw blocks──▶ │ restart (peers keep  │
+//!   │  (this task)   │                               │ our routes), kernel  │
+//!   │                │◀──BestPath / PeerState────────│ routes stay          │
+//!   └────────────────┘       SpeakerEvent            └──────────────────────┘
+//!     │ plan (pure)                 ▲ speaker = reef_bgp::speaker (owns the RIB)
+//!     │   ├─▶ tunnel.sync (tunl0 or userspace ipip, MTU file, nat table)
+//!     │   └─▶ watch<Vec<Route>> ─▶ felix-lite reconciler task ─▶ rtnetlink
+//!     └─▶ watch<Snapshot> ─▶ control socket (reef status / routes) and HTTP (/healthz,
+//!                            /readyz, /metrics)
+//! ```
+//!
+//! The loop is the single owner of the agent's state; everything else gets snapshots.
+
+mod http;
+pub mod snapshot;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, Context, Result};
+use ipnetwork::IpNetwork;
+use reef_bgp::speaker::{
+    PeerConfig, Shutdown, Speaker, SpeakerConfig, SpeakerEvent, SpeakerHandle,
+};
+use reef_config::crds::{
+    BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec, IpamBlockSpec, ReefNodeSpec, ReefNodeStatus,
+    DEFAULT_NAME,
+};
+use reef_config::node_config::NodeConfig;
+use reef_ipam::{Ipam, Labels, Store, StoreExt, Typed};
+use tokio::sync::watch;
+
+use self::snapshot::{PeerRow, RouteRow, Snapshot};
+use self::view::View;
+
+/// Where BGP passwords are read from when the datastore is embedded (see `view::read_secret`).
+const SECRETS_DIR: &str = "/etc/reef/secrets";
+/// How often the datastore is read again.
+const POLL: Duration = Duration::from_secs(1);
+/// How often the node resource's status is written.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+type SharedIpam = Arc<Ipam<Box<dyn Store>>>;
+
+/// Runs the agent until SIGTERM / SIGINT.
+pub async fn run(cfg: NodeConfig) -> Result<()> {
+    let ipam: SharedIpam = Arc::new(Ipam::new(crate::datastore::open_store(&cfg)?));
+    let secrets = std::env::var_os("REEF_SECRETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SECRETS_DIR));
+
+    // 1. Register: the tunnel address (which claims this node's first block) and the node
+    //    resource the other nodes build their mesh from.
+    let (tunnel_addr, view) = {
+        let ipam = ipam.clone();
+        let cfg = cfg.clone();
+        blocking(move || register(&ipam, &cfg)).await?
+    };
+    tracing::info!(node = %cfg.node_name, address = %cfg.address, tunnel = %tunnel_addr, "registered");
+
+    // 2. The data plane: tunnel device (kernel ipip, or the userspace fallback) and the
+    //    route reconciler.
+    let parent = match &cfg.interface {
+        Some(i) => i.clone(),
+        None => interface_of(cfg.address.ip()).context("finding the node's interface")?,
+    };
+    let mut tcfg = reef_tunnel::TunnelConfig::new(
+        &parent,
+        view::v4(cfg.address.ip())
+            .ok_or_else(|| anyhow!("address: the node address must be IPv4"))?,
+    );
+    tcfg.tunnel_address = view::v4(tunnel_addr);
+    tcfg.mtu = cfg.mtu.map(|m| m + reef_tunnel::device::IPIP_OVERHEAD);
+    let mut tunnel = reef_tunnel::Tunnel::new(tcfg)
+        .await
+        .context("setting up the tunnel")?;
+    let mtu = cfg.mtu.unwrap_or_else(|| tunnel.mtu());
+    reef_tunnel::device::write_mtu_file(&cfg.mtu_file, mtu).context("writing the MTU file")?;
+    tracing::info!(mode = %describe_tunnel(tunnel.mode()), mtu, parent = %parent, "tunnel");
+
+    let nl = felix_lite::RtNetlink::connect(None)
+        .await
+        .context("opening rtnetlink")?;
+    let rcfg = felix_lite::ReconcilerConfig {
+        protocol: felix_lite::RouteProtocol(cfg.route_protocol),
+        ..Default::default()
+    };
+    let reconciler = felix_lite::Reconciler::new(nl, rcfg);
+    let (desired_tx, desired_rx) = watch::channel(Vec::new());
+    let (rstatus_tx, rstatus_rx) = watch::channel(felix_lite::ReconcilerStatus::default());
+    let reconcile_task = tokio::spawn(reconciler.run(desired_rx, Some(rstatus_tx)));
+
+    // 3. The BGP speaker, originating this node's blocks; graceful restart so peers keep our
+    //    routes while the agent restarts.
+    let mut scfg = SpeakerConfig::new(
+        view::node_as(&cfg, &view),
+        view::v4(cfg.address.ip()).unwrap_or([0, 0, 0, 0].into()),
+    );
+    scfg.graceful_restart.enabled = true;
+    scfg.cluster_pools = view.pools.iter().map(|p| p.spec.cidr).collect();
+    if let Some(b) = &view.bgp {
+        scfg.listen_port = b.listen_port;
+        scfg.hold_time = b.hold_time_seconds;
+        scfg.graceful_restart.restart_time = b.graceful_restart_seconds;
+    }
+    scfg.cluster_id = view
+        .nodes
+        .iter()
+        .find(|n| n.name == cfg.node_name)
+        .and_then(|n| n.spec.route_reflector_cluster_id);
+    let own: BTreeSet<IpNetwork> = view::own_blocks(&cfg, &view);
+    scfg.originate = own.iter().copied().collect();
+    let (speaker, mut events) = Speaker::start(scfg)
+        .await
+        .context("starting the BGP speaker")?;
+
+    // 4. Status for the CLI and for HTTP.
+    let (snap_tx, snap_rx) = watch::channel(Snapshot::starting(&cfg));
+    let control = crate::control::serve(cfg.agent_socket.clone(), snap_rx.clone())
+        .await
+        .context("opening the control socket")?;
+    let http = http::serve(cfg.metrics_address, snap_rx.clone())
+        .await
+        .context("opening the metrics address")?;
+
+    let mut st = AgentState {
+        cfg: cfg.clone(),
+        secrets,
+        view,
+        own: own.clone(),
+        peers: BTreeMap::new(),
+        remote: BTreeMap::new(),
+        tunnel_mode: describe_tunnel(tunnel.mode()),
+        started: SystemTime::now(),
+        last_plan: None,
+        problems: Vec::new(),
+        mtu,
+    };
+    st.sync_peers(&speaker).await;
+    st.replan(&mut tunnel, &desired_tx).await;
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut poll = tokio::time::interval(POLL);
+    let mut last_status = Instant::now() - STATUS_EVERY;
+    let mut dirty = false;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                if st.on_event(ev) {
+                    dirty = true;
+                }
+                // Drain what is already queued before replanning once.
+                while let Ok(ev) = events.try_recv() {
+                    dirty |= st.on_event(ev);
+                }
+            }
+            _ = poll.tick() => {
+                let ipam2 = ipam.clone();
+                match blocking(move || read_view(&ipam2)).await {
+                    Ok(v) => {
+                        dirty |= st.on_view(v, &speaker).await;
+                        st.problems.retain(|p| !p.starts_with("datastore"));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the datastore");
+                        st.problems.retain(|p| !p.starts_with("datastore"));
+                        st.problems.push(format!("datastore: {e:#}"));
+                    }
+                }
+                if last_status.elapsed() >= STATUS_EVERY {
+                    last_status = Instant::now();
+                    let peers = speaker.status().await.unwrap_or_default();
+                    let ipam2 = ipam.clone();
+                    let name = st.cfg.node_name.clone();
+                    let blocks: Vec<IpNetwork> = st.own.iter().copied().collect();
+                    if let Err(e) = blocking(move || write_status(&ipam2, &name, &peers, blocks)).await {
+                        tracing::warn!(error = %e, "writing the node status");
+                    }
+                }
+            }
+        }
+        if dirty {
+            dirty = false;
+            st.replan(&mut tunnel, &desired_tx).await;
+        }
+        let peers = speaker.status().await.unwrap_or_default();
+        let rs = rstatus_rx.borrow().clone();
+        let _ = snap_tx.send(st.snapshot(&peers, &rs, tunnel.stats()));
+    }
+
+    tracing::info!("shutting down: graceful restart, kernel routes kept");
+    let _ = speaker.shutdown(Shutdown::Graceful).await;
+    drop(desired_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), reconcile_task).await;
+    control.abort();
+    http.abort();
+    let _ = std::fs::remove_file(&cfg.agent_socket);
+    Ok(())
+}
+
+/// The agent loop's state.
+struct AgentState {
+    cfg: NodeConfig,
+    secrets: PathBuf,
+    view: View,
+    own: BTreeSet<IpNetwork>,
+    /// Sessions configured on the speaker.
+    peers: BTreeMap<IpAddr, PeerConfig>,
+    /// Best paths from BGP: prefix → next hops.
+    remote: BTreeMap<IpNetwork, Vec<IpAddr>>,
+    tunnel_mode: String,
+    started: SystemTime,
+    last_plan: Option<reef_tunnel::Plan>,
+    problems: Vec<String>,
+    mtu: u32,
+}
+
+impl AgentState {
+    fn on_event(&mut self, ev: SpeakerEvent) -> bool {
+        match ev {
+            SpeakerEvent::BestPath(c) => {
+                if c.next_hops.is_empty() {
+                    self.remote.remove(&c.prefix).is_some()
+                } else {
+                    self.remote.insert(c.prefix, c.next_hops.clone()) != Some(c.next_hops)
+                }
+            }
+            SpeakerEvent::PeerState {
+                address,
+                state,
+                reason,
+                ..
+            } => {
+                tracing::info!(peer = %address, state = ?state, reason = ?reason, "BGP session");
+                false
+            }
+        }
+    }
+
+    /// Takes a new datastore reading; returns whether the plan's inputs changed.
+    async fn on_view(&mut self, v: View, speaker: &SpeakerHandle) -> bool {
+        self.view = v;
+        let own = view::own_blocks(&self.cfg, &self.view);
+        let added: Vec<IpNetwork> = own.difference(&self.own).copied().collect();
+        let removed: Vec<IpNetwork> = self.own.difference(&own).copied().collect();
+        if !added.is_empty() {
+            if let Err(e) = speaker.originate(added).await {
+                tracing::warn!(error = %e, "originating blocks");
+            }
+        }
+        if !removed.is_empty() {
+            if let Err(e) = speaker.withdraw(removed).await {
+                tracing::warn!(error = %e, "withdrawing blocks");
+            }
+        }
+        self.own = own;
+        self.sync_peers(speaker).await;
+        // Pods come and go between readings; the plan compares itself to the last one.
+        true
+    }
+
+    async fn sync_peers(&mut self, speaker: &SpeakerHandle) {
+        let (want, problems) = view::desired_peers(&self.cfg, &self.view, &self.secrets);
+        self.problems.retain(|p| !p.starts_with("BGPPeer"));
+        self.problems.extend(problems);
+        for addr in self.peers.keys().copied().collect::<Vec<_>>() {
+            if !want.contains_key(&addr) {
+                match speaker.remove_peer(addr).await {
+                    Ok(()) => {
+                        self.peers.remove(&addr);
+                        tracing::info!(peer = %addr, "peer removed");
+                    }
+                    Err(e) => tracing::warn!(peer = %addr, error = %e, "removing peer"),
+                }
+            }
+        }
+        for (addr, p) in want {
+            let result = match self.peers.get(&addr) {
+                None => speaker.add_peer(p.clone()).await,
+                Some(old) if *old != p => speaker.update_peer(p.clone()).await,
+                Some(_) => continue,
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(peer = %addr, kind = ?p.peer_type, "peer configured");
+                    self.peers.insert(addr, p);
+                }
+                Err(e) => tracing::warn!(peer = %addr, error = %e, "configuring peer"),
+            }
+        }
+    }
+
+    async fn replan(
+        &mut self,
+        tunnel: &mut reef_tunnel::Tunnel,
+        desired: &watch::Sender<Vec<felix_lite::Route>>,
+    ) {
+        let input = reef_tunnel::PlanInput {
+            node_addresses: std::iter::once(self.cfg.address)
+                .chain(self.cfg.address_v6)
+                .collect(),
+            parent_interface: tunnel_parent(&self.cfg),
+            own_blocks: self.own.iter().copied().collect(),
+            local_pods: view::local_pods(&self.cfg, &self.view, |l| {
+                std::path::Path::new("/sys/class/net").join(l).exists()
+            }),
+            pools: view::plan_pools(&self.view),
+            remote_routes: self
+                .remote
+                .iter()
+                .map(|(p, nh)| reef_tunnel::RemoteRoute {
+                    prefix: *p,
+                    next_hops: nh.clone(),
+                })
+                .collect(),
+            tunnel: tunnel_mode_of(tunnel),
+        };
+        let plan = reef_tunnel::plan(&input);
+        if self.last_plan.as_ref() == Some(&plan) {
+            return;
+        }
+        for p in &plan.problems {
+            tracing::warn!(problem = ?p, "route plan");
+        }
+        let nodes: Vec<IpAddr> = self
+            .view
+            .nodes
+            .iter()
+            .map(|n| n.spec.address.ip())
+            .collect();
+        if let Err(e) = tunnel.sync(&plan, nodes).await {
+            tracing::warn!(error = %e, "tunnel");
+        }
+        let _ = desired.send(plan.desired_routes());
+        self.last_plan = Some(plan);
+    }
+
+    fn snapshot(
+        &self,
+        peers: &[reef_bgp::speaker::PeerStatus],
+        rs: &felix_lite::ReconcilerStatus,
+        tstats: Option<reef_tunnel::userspace::TunnelStats>,
+    ) -> Snapshot {
+        Snapshot {
+            node: self.cfg.node_name.clone(),
+            address: self.cfg.address.to_string(),
+            ready: true,
+            since: snapshot::rfc3339(self.started),
+            tunnel_mode: self.tunnel_mode.clone(),
+            mtu: self.mtu,
+            blocks: self.own.iter().map(ToString::to_string).collect(),
+            peers: peers.iter().map(PeerRow::from_status).collect(),
+            routes: self
+                .last_plan
+                .as_ref()
+                .map(|p| p.routes.iter().map(RouteRow::from_planned).collect())
+                .unwrap_or_default(),
+            routes_desired: rs.desired,
+            routes_programmed: rs.programmed,
+            reconcile_resyncs: rs.resyncs,
+            reconcile_errors: rs.errors.clone(),
+            problems: self.problems.clone(),
+            userspace_tunnel: tstats.map(|s| snapshot::TunnelCounters {
+                tx: s.tx,
+                rx: s.rx,
+                dropped: s.drop_no_route + s.drop_unknown_peer + s.drop_malformed,
+            }),
+        }
+    }
+}
+
+fn tunnel_parent(cfg: &NodeConfig) -> String {
+    cfg.interface
+        .clone()
+        .unwrap_or_else(|| interface_of(cfg.address.ip()).unwrap_or_else(|_| "eth0".into()))
+}
+
+/// How `reef status` names the tunnel mode.
+fn describe_tunnel(m: &reef_tunnel::TunnelMode) -> String {
+    match m {
+        reef_tunnel::TunnelMode::Kernel { device } => format!("kernel ipip ({device})"),
+        reef_tunnel::TunnelMode::Userspace { device } => format!("userspace ipip ({device})"),
+        reef_tunnel::TunnelMode::Unavailable => {
+            "unavailable (no ipip in the kernel, no TUN)".into()
+        }
+    }
+}
+
+fn tunnel_mode_of(t: &reef_tunnel::Tunnel) -> reef_tunnel::TunnelMode {
+    t.mode().clone()
+}
+
+/// The interface that carries `addr`, from `ip -o addr`.
+fn interface_of(addr: IpAddr) -> Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "addr", "show"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needle = format!(" {addr}/");
+    text.lines()
+        .find(|l| l.contains(&needle))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|s| s.split('@').next().unwrap_or(s).to_string())
+        .ok_or_else(|| anyhow!("no interface has {addr}; set `interface` in the node config"))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("datastore task failed: {e}"))?
+}
+
+fn register(ipam: &SharedIpam, cfg: &NodeConfig) -> Result<(IpAddr, View)> {
+    let labels: Labels = cfg.labels.clone();
+    let tunnel = ipam
+        .ensure_tunnel_address(&cfg.node_name, &labels, true)
+        .context(
+            "allocating the tunnel address (is there an IPv4 IPPool that selects this node?)",
+        )?;
+    let spec = ReefNodeSpec {
+        address: cfg.address,
+        address_v6: cfg.address_v6,
+        as_number: cfg.as_number,
+        tunnel_address: Some(tunnel),
+        route_reflector_cluster_id: None,
+    };
+    let store = ipam.store();
+    for _ in 0..5 {
+        match store.get_typed::<ReefNodeSpec>(&cfg.node_name)? {
+            None => {
+                let mut obj = Typed::new(cfg.node_name.clone(), spec.clone());
+                obj.labels = labels.clone();
+                match store.create_typed(&obj) {
+                    Ok(_) => break,
+                    Err(reef_ipam::Error::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(mut obj) => {
+                // Keep what the user set on the resource (route reflector cluster id).
+                let mut s = spec.clone();
+                s.route_reflector_cluster_id = obj.spec.route_reflector_cluster_id;
+                if obj.spec == s && obj.labels == labels {
+                    break;
+                }
+                obj.spec = s;
+                obj.labels = labels.clone();
+                match store.update_typed(&obj) {
+                    Ok(_) => break,
+                    Err(reef_ipam::Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok((tunnel, read_view(ipam)?))
+}
+
+fn read_view(ipam: &SharedIpam) -> Result<View> {
+    let s = ipam.store();
+    let all = Labels::new();
+    Ok(View {
+        bgp: s
+            .get_typed::<BgpConfigurationSpec>(DEFAULT_NAME)?
+            .map(|t| t.spec),
+        nodes: s.list_typed::<ReefNodeSpec>(&all)?,
+        peers: s.list_typed::<BgpPeerSpec>(&all)?,
+        pools: s.list_typed::<IpPoolSpec>(&all)?,
+        blocks: s.list_typed::<IpamBlockSpec>(&all)?,
+    })
+}
+
+fn write_status(
+    ipam: &SharedIpam,
+    node: &str,
+    peers: &[reef_bgp::speaker::PeerStatus],
+    blocks: Vec<IpNetwork>,
+) -> Result<()> {
+    let s = ipam.store();
+    for _ in 0..3 {
+        let Some(mut obj) = s.get_typed::<ReefNodeSpec>(node)? else {
+            return Ok(());
+        };
+        let mut status = ReefNodeStatus {
+            blocks: blocks.clone(),
+            ..Default::default()
+        };
+        status.set_peers(peers.iter().map(snapshot::crd_peer_status).collect());
+        status.last_updated = Some(snapshot::rfc3339(SystemTime::now()));
+        obj.status = Some(serde_json::to_value(&status)?);
+        match s.update_status_typed(&obj) {
+            Ok(_) => return Ok(()),
+            Err(reef_ipam::Error::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

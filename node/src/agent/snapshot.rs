@@ -1,0 +1,220 @@
+//! The agent's state as the CLI and the metrics endpoint see it: plain, serialisable rows.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use reef_bgp::speaker::{state_name, PeerStatus};
+use reef_bgp::SessionState;
+use reef_config::crds::BgpSessionState;
+use reef_config::node_config::NodeConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything `reef status` and `reef routes` print.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub node: String,
+    pub address: String,
+    /// The agent has registered, started its speaker and planned its routes.
+    pub ready: bool,
+    pub since: String,
+    pub tunnel_mode: String,
+    pub mtu: u32,
+    pub blocks: Vec<String>,
+    pub peers: Vec<PeerRow>,
+    pub routes: Vec<RouteRow>,
+    pub routes_desired: usize,
+    pub routes_programmed: usize,
+    pub reconcile_resyncs: u64,
+    pub reconcile_errors: Vec<String>,
+    /// Configuration or datastore problems the agent works around.
+    pub problems: Vec<String>,
+    pub userspace_tunnel: Option<TunnelCounters>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelCounters {
+    pub tx: u64,
+    pub rx: u64,
+    pub dropped: u64,
+}
+
+/// One BGP session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRow {
+    pub address: IpAddr,
+    /// mesh, global, node, route reflector
+    pub peer_type: String,
+    pub asn: u32,
+    pub state: String,
+    pub since: String,
+    pub last_error: Option<String>,
+    pub prefixes_received: usize,
+    pub prefixes_accepted: usize,
+    pub prefixes_sent: usize,
+    pub max_prefix_exceeded: bool,
+}
+
+/// One programmed route and why it exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub destination: String,
+    /// `via 10.0.0.2 dev tunl0 onlink`, `dev reefabc scope link`, `blackhole`, …
+    pub target: String,
+    /// local pod, own block, direct, ipip, userspace ipip
+    pub reason: String,
+}
+
+impl Snapshot {
+    pub fn starting(cfg: &NodeConfig) -> Snapshot {
+        Snapshot {
+            node: cfg.node_name.clone(),
+            address: cfg.address.to_string(),
+            since: rfc3339(SystemTime::now()),
+            ..Default::default()
+        }
+    }
+
+    pub fn established(&self) -> usize {
+        self.peers
+            .iter()
+            .filter(|p| p.state == "Established")
+            .count()
+    }
+}
+
+pub fn peer_type_name(t: reef_bgp::PeerType) -> &'static str {
+    match t {
+        reef_bgp::PeerType::Mesh => "mesh",
+        reef_bgp::PeerType::Global => "global",
+        reef_bgp::PeerType::Node => "node",
+        reef_bgp::PeerType::RouteReflector => "route reflector",
+    }
+}
+
+impl PeerRow {
+    pub fn from_status(p: &PeerStatus) -> PeerRow {
+        PeerRow {
+            address: p.address,
+            peer_type: peer_type_name(p.peer_type).to_string(),
+            asn: p.asn,
+            state: state_name(p.state).to_string(),
+            since: rfc3339(p.since),
+            last_error: p.last_error.clone(),
+            prefixes_received: p.prefixes_received,
+            prefixes_accepted: p.prefixes_accepted,
+            prefixes_sent: p.prefixes_sent,
+            max_prefix_exceeded: p.max_prefix_exceeded,
+        }
+    }
+}
+
+impl RouteRow {
+    pub fn from_planned(p: &reef_tunnel::PlannedRoute) -> RouteRow {
+        use felix_lite::RouteTarget;
+        let target = match &p.route.target {
+            RouteTarget::Blackhole => "blackhole".to_string(),
+            RouteTarget::Unreachable => "unreachable".to_string(),
+            RouteTarget::Unicast(hops) => hops
+                .iter()
+                .map(|h| {
+                    let mut s = String::new();
+                    if let Some(g) = h.gateway {
+                        s.push_str(&format!("via {g} "));
+                    }
+                    s.push_str(&format!("dev {}", h.interface));
+                    if h.onlink {
+                        s.push_str(" onlink");
+                    }
+                    if h.gateway.is_none() {
+                        s.push_str(" scope link");
+                    }
+                    s
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        RouteRow {
+            destination: p.route.destination.to_string(),
+            target,
+            reason: reason_name(p.reason).to_string(),
+        }
+    }
+}
+
+pub fn reason_name(r: reef_tunnel::RouteReason) -> &'static str {
+    use reef_tunnel::RouteReason::*;
+    match r {
+        LocalPod => "local pod",
+        OwnBlock => "own block",
+        Direct => "direct",
+        Ipip => "ipip",
+        UserspaceIpip => "userspace ipip",
+    }
+}
+
+/// The speaker's view of a peer, as the ReefNode status records it.
+pub fn crd_peer_status(p: &PeerStatus) -> reef_config::crds::PeerStatus {
+    reef_config::crds::PeerStatus {
+        address: p.address,
+        peer_type: p.peer_type,
+        state: match p.state {
+            SessionState::Idle => BgpSessionState::Idle,
+            SessionState::Connect => BgpSessionState::Connect,
+            SessionState::Active => BgpSessionState::Active,
+            SessionState::OpenSent => BgpSessionState::OpenSent,
+            SessionState::OpenConfirm => BgpSessionState::OpenConfirm,
+            SessionState::Established => BgpSessionState::Established,
+        },
+        since: Some(rfc3339(p.since)),
+        last_error: p.last_error.clone(),
+        prefixes_received: p.prefixes_received as u32,
+        prefixes_accepted: p.prefixes_accepted as u32,
+        prefixes_sent: p.prefixes_sent as u32,
+    }
+}
+
+/// `2026-11-22T12:34:56Z` (UTC, whole seconds).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        // 2000-02-29 (leap day) 12:00:00 UTC
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_825_600)),
+            "2000-02-29T12:00:00Z"
+        );
+        // 2026-11-22 11:56:57 UTC
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_348_617)),
+            "2026-11-22T11:56:57Z"
+        );
+    }
+}

@@ -1,0 +1,635 @@
+//! `reef lab up | status | down | demo`: the whole fabric on one machine.
+//!
+//! ```text
+//!   reef-lab-n0 10.100.1.10 ─┐                          ┌─ reef-lab-n2 10.100.2.10
+//!                            br0 ─[ reef-lab-router ]─ br1
+//!   reef-lab-n1 10.100.1.11 ─┘  BIRD on 10.100.0.1      └─ reef-lab-n3 10.100.2.11
+//!        │ pods made by reef-cni (reef-lab-p0-0, …)
+//! ```
+//!
+//! Every node is a network namespace running a real `reef node run` on one embedded
+//! datastore; a BIRD lab router (when BIRD is installed) peers with every node over eBGP;
+//! pods are created by calling `reef-cni` exactly as a container runtime does. Cross-subnet
+//! traffic uses kernel ipip where the kernel has it, reef's userspace ipip where it does not.
+//! State (datastore, node configs, logs, pids) lives in `/run/reef-lab`.
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use reef_config::crds::{BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec, DEFAULT_NAME};
+use reef_config::IpipMode;
+use reef_integration::bird::{BirdConfig, BirdPeer};
+use reef_integration::Topology;
+use reef_ipam::{StoreExt, Typed};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::snapshot::Snapshot;
+use crate::output::{Output, Table};
+use crate::Exit;
+
+const PREFIX: &str = "reef-lab-";
+const STATE: &str = "/run/reef-lab";
+const POOL: &str = "10.244.0.0/16";
+const CLUSTER_AS: u32 = 64512;
+const ROUTER_AS: u32 = 64513;
+const ROUTER_ID: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+
+#[derive(Debug, Subcommand)]
+pub enum LabCmd {
+    /// Build the lab and leave it running.
+    Up {
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        subnets: usize,
+        /// Pods per node, made through reef-cni.
+        #[arg(long, default_value_t = 2)]
+        pods: usize,
+    },
+    /// Peers, routes and pods of the running lab.
+    Status,
+    /// Stop everything the lab started and remove it.
+    Down,
+    /// 4 nodes on 2 subnets with 2 pods each: peers, routes and a ping matrix, then down.
+    Demo,
+}
+
+/// What `lab up` leaves for `status` and `down`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LabState {
+    namespaces: Vec<String>,
+    pids: Vec<u32>,
+    nodes: Vec<LabNode>,
+    pods: Vec<LabPod>,
+    router: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LabNode {
+    name: String,
+    ns: String,
+    address: Ipv4Addr,
+    subnet: usize,
+    config: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LabPod {
+    name: String,
+    ns: String,
+    node: String,
+    address: IpAddr,
+    container_id: String,
+}
+
+pub fn run(cmd: LabCmd, out: Output) -> Result<Exit> {
+    if not_root() {
+        bail!("the lab builds network namespaces: run it as root (sudo)");
+    }
+    match cmd {
+        LabCmd::Up {
+            nodes,
+            subnets,
+            pods,
+        } => {
+            up(nodes, subnets, pods)?;
+            status(out)
+        }
+        LabCmd::Status => status(out),
+        LabCmd::Down => {
+            down()?;
+            println!("lab removed");
+            Ok(Exit::Ok)
+        }
+        LabCmd::Demo => demo(),
+    }
+}
+
+fn not_root() -> bool {
+    // Reading our own uid needs no libc: /proc/self/status has it.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u != "0"))
+        })
+        .unwrap_or(true)
+}
+
+fn state_path() -> PathBuf {
+    Path::new(STATE).join("lab.json")
+}
+
+fn save(st: &LabState) -> Result<()> {
+    std::fs::write(state_path(), serde_json::to_vec_pretty(st)?).context("writing the lab state")
+}
+
+fn load() -> Result<LabState> {
+    let text = std::fs::read(state_path())
+        .map_err(|_| anyhow!("no lab is running (`reef lab up` starts one)"))?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name(name);
+    if p.exists() {
+        Ok(p)
+    } else {
+        bail!(
+            "{name} not found next to {} (build the workspace: cargo build --bins)",
+            exe.display()
+        )
+    }
+}
+
+fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
+    if state_path().exists() || Path::new(&format!("/run/netns/{PREFIX}router")).exists() {
+        bail!("a lab is already up: `reef lab down` first");
+    }
+    let reef = std::env::current_exe()?;
+    let cni = sibling("reef-cni")?;
+    std::fs::create_dir_all(STATE)?;
+    let t0 = Instant::now();
+    let topo = Topology::builder()
+        .nodes(nodes)
+        .subnets(subnets)
+        .named(PREFIX)
+        .build()?;
+    let mut st = LabState {
+        namespaces: topo.namespace_names(),
+        ..Default::default()
+    };
+    // From here on, a failure tears down what was built.
+    let guard = Teardown;
+    save(&st)?;
+
+    // The datastore: one pool, the cluster's BGP configuration, and the lab router as a
+    // global eBGP peer when BIRD is there.
+    let store_path = Path::new(STATE).join("store.db");
+    let store = reef_ipam::EmbeddedStore::open(&store_path)?;
+    let ipam = reef_ipam::Ipam::new(store);
+    let mut pool = IpPoolSpec::new(POOL.parse()?);
+    pool.ipip_mode = IpipMode::CrossSubnet;
+    ipam.put_pool("default-ipv4", pool)?;
+    let bgp = BgpConfigurationSpec {
+        as_number: CLUSTER_AS,
+        hold_time_seconds: 9,
+        ..Default::default()
+    };
+    ipam.store().create_typed(&Typed::new(DEFAULT_NAME, bgp))?;
+    let have_bird = which("bird");
+    if have_bird {
+        let peer: BgpPeerSpec = serde_json::from_value(serde_json::json!({
+            "peerIP": ROUTER_ID.to_string(), "asNumber": ROUTER_AS
+        }))?;
+        ipam.store().create_typed(&Typed::new("lab-router", peer))?;
+    }
+
+    for n in &topo.nodes {
+        let name = format!("n{}", n.index);
+        let dir = Path::new(STATE).join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("node.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "nodeName: {name}\ndatastore:\n  embedded: {{ path: {} }}\naddress: {}/{}\ninterface: eth0\n\
+                 agentSocket: {}\nmtuFile: {}\nlogLevel: info\n",
+                store_path.display(),
+                n.addr,
+                n.prefix_len,
+                dir.join("agent.sock").display(),
+                dir.join("mtu").display()
+            ),
+        )?;
+        st.nodes.push(LabNode {
+            name,
+            ns: n.ns.name().to_string(),
+            address: n.addr,
+            subnet: n.subnet,
+            config,
+        });
+    }
+    let topo_names = topo.persist();
+    debug_assert_eq!(topo_names.len(), st.namespaces.len());
+
+    if have_bird {
+        let router = format!("{PREFIX}router");
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                &router,
+                "addr",
+                "add",
+                &format!("{ROUTER_ID}/32"),
+                "dev",
+                "lo",
+            ],
+        )?;
+        let mut cfg = BirdConfig::new(ROUTER_ID);
+        for n in &st.nodes {
+            let mut p = BirdPeer::new(&n.name, ROUTER_AS, IpAddr::V4(n.address), CLUSTER_AS);
+            p.multihop = true;
+            p.ipv4 = Some(("all".into(), "none".into()));
+            p.extra = format!("  source address {ROUTER_ID};\n");
+            cfg.peers.push(p);
+        }
+        let dir = Path::new(STATE).join("router");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("bird.conf"), cfg.render())?;
+        let pid = spawn_detached(
+            &router,
+            Path::new("bird"),
+            &[
+                "-f",
+                "-c",
+                &path(&dir.join("bird.conf")),
+                "-s",
+                &path(&dir.join("bird.ctl")),
+                "-P",
+                &path(&dir.join("bird.pid")),
+            ],
+            &dir.join("bird.log"),
+        )?;
+        st.pids.push(pid);
+        st.router = true;
+    }
+
+    for n in &st.nodes {
+        let pid = spawn_detached(
+            &n.ns,
+            &reef,
+            &["--config", &path(&n.config), "node", "run"],
+            &n.config.with_file_name("agent.log"),
+        )?;
+        st.pids.push(pid);
+    }
+    save(&st)?;
+
+    // Wait until every node has its mesh up (and the router session when there is one).
+    let want = st.nodes.len() - 1 + usize::from(st.router);
+    for n in &st.nodes {
+        wait(
+            &format!("{}'s BGP sessions", n.name),
+            Duration::from_secs(60),
+            || {
+                let s = snapshot_of(n).ok()?;
+                (s.established() >= want).then_some(())
+            },
+        )?;
+    }
+    for (i, n) in st.nodes.clone().iter().enumerate() {
+        for j in 0..pods {
+            let pod = add_pod(&cni, n, i, j)?;
+            st.pods.push(pod);
+            save(&st)?;
+        }
+    }
+    save(&st)?;
+    std::mem::forget(guard);
+    println!(
+        "lab up in {:.1}s: {} nodes on {} subnets, {} pods{}; state in {STATE}",
+        t0.elapsed().as_secs_f64(),
+        st.nodes.len(),
+        subnets,
+        st.pods.len(),
+        if st.router {
+            ", BIRD lab router on 10.100.0.1"
+        } else {
+            " (BIRD not installed: no lab router)"
+        }
+    );
+    Ok(())
+}
+
+/// Runs `reef-cni ADD` in the node's namespace, the way a container runtime does.
+fn add_pod(cni: &Path, n: &LabNode, i: usize, j: usize) -> Result<LabPod> {
+    let ns = format!("{PREFIX}p{i}-{j}");
+    run_ok("ip", &["netns", "add", &ns])?;
+    let container_id = format!("lab{i}x{j}");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "reef", "type": "reef-cni",
+        "nodeConfig": path(&n.config),
+    });
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &n.ns])
+        .arg(cni)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &container_id)
+        .env("CNI_NETNS", format!("/run/netns/{ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/")))
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE=lab;K8S_POD_NAME=pod-{i}-{j}"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .map(|mut s| s.write_all(conf.to_string().as_bytes()))
+        .transpose()?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "reef-cni ADD for pod {i}-{j} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let res: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let address = res["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow!("reef-cni returned no address: {res}"))?;
+    Ok(LabPod {
+        name: format!("pod-{i}-{j}"),
+        ns,
+        node: n.name.clone(),
+        address,
+        container_id,
+    })
+}
+
+fn snapshot_of(n: &LabNode) -> Result<Snapshot> {
+    crate::control::query(&n.config.with_file_name("agent.sock"))
+}
+
+fn status(out: Output) -> Result<Exit> {
+    let st = load()?;
+    let snaps: Vec<(LabNode, Result<Snapshot>)> = st
+        .nodes
+        .iter()
+        .map(|n| (n.clone(), snapshot_of(n)))
+        .collect();
+    if out.json {
+        let v: Vec<serde_json::Value> = snaps
+            .iter()
+            .map(|(n, s)| match s {
+                Ok(s) => serde_json::to_value(s).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "node": n.name, "error": e.to_string() }),
+            })
+            .collect();
+        out.print_json(&serde_json::json!({ "nodes": v, "pods": st.pods.iter().map(|p| serde_json::json!({"name": p.name, "node": p.node, "address": p.address})).collect::<Vec<_>>() }))?;
+        return Ok(Exit::Ok);
+    }
+    let mut t = Table::new(&["NODE", "ADDRESS", "PEERS UP", "TUNNEL", "BLOCKS", "ROUTES"]);
+    let mut ok = true;
+    for (n, s) in &snaps {
+        match s {
+            Ok(s) => t.row(vec![
+                n.name.clone(),
+                n.address.to_string(),
+                format!("{}/{}", s.established(), s.peers.len()),
+                s.tunnel_mode.clone(),
+                s.blocks.join(" "),
+                format!("{}/{}", s.routes_programmed, s.routes_desired),
+            ]),
+            Err(e) => {
+                ok = false;
+                t.row(vec![
+                    n.name.clone(),
+                    n.address.to_string(),
+                    format!("agent down: {e}"),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ])
+            }
+        }
+    }
+    print!("{}", t.render());
+    let mut p = Table::new(&["POD", "NODE", "ADDRESS"]);
+    for pod in &st.pods {
+        p.row(vec![
+            pod.name.clone(),
+            pod.node.clone(),
+            pod.address.to_string(),
+        ]);
+    }
+    println!();
+    print!("{}", p.render());
+    Ok(if ok { Exit::Ok } else { Exit::Problems })
+}
+
+/// Stops every process the lab started and removes its namespaces and state, also for a lab
+/// whose state file is gone (namespaces are found by their prefix).
+fn down() -> Result<()> {
+    let st = load().unwrap_or_default();
+    if let Ok(cni) = sibling("reef-cni") {
+        for pod in &st.pods {
+            if let Some(n) = st.nodes.iter().find(|n| n.name == pod.node) {
+                let _ = Command::new("ip")
+                    .args(["netns", "exec", &n.ns])
+                    .arg(&cni)
+                    .env("CNI_COMMAND", "DEL")
+                    .env("CNI_CONTAINERID", &pod.container_id)
+                    .env("CNI_NETNS", format!("/run/netns/{}", pod.ns))
+                    .env("CNI_IFNAME", "eth0")
+                    .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/")))
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .and_then(|mut c| {
+                        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "reef", "type": "reef-cni", "nodeConfig": path(&n.config)});
+                        if let Some(mut i) = c.stdin.take() {
+                            let _ = i.write_all(conf.to_string().as_bytes());
+                        }
+                        c.wait()
+                    });
+            }
+        }
+    }
+    for pid in &st.pids {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let listed = Command::new("ip").args(["netns", "list"]).output()?;
+    let names: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(PREFIX))
+        .map(String::from)
+        .collect();
+    for ns in &names {
+        // Anything still inside (an agent that ignored SIGTERM) is killed with it.
+        if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    let _ = std::fs::remove_dir_all(STATE);
+    Ok(())
+}
+
+/// Tears the lab down when dropped (forgotten once `up` succeeds).
+struct Teardown;
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let _ = down();
+    }
+}
+
+fn demo() -> Result<Exit> {
+    let _guard = Teardown;
+    up(4, 2, 2)?;
+    let st = load()?;
+    println!("\n== BGP peers of {} (reef status)", st.nodes[0].name);
+    let s0 = snapshot_of(&st.nodes[0])?;
+    print!("{}", crate::status_cmd::render_status(&s0));
+    // Routes converge within a BGP round after the pods appear; wait for the remote blocks.
+    let blocks: usize = st.nodes.len();
+    for n in &st.nodes {
+        wait(
+            &format!("routes on {}", n.name),
+            Duration::from_secs(30),
+            || {
+                let s = snapshot_of(n).ok()?;
+                let remote = s
+                    .routes
+                    .iter()
+                    .filter(|r| matches!(r.reason.as_str(), "direct" | "ipip" | "userspace ipip"))
+                    .count();
+                let pods = s.routes.iter().filter(|r| r.reason == "local pod").count();
+                let want_pods = st.pods.iter().filter(|p| p.node == n.name).count();
+                (remote >= blocks - 1
+                    && pods == want_pods
+                    && s.routes_programmed >= s.routes_desired)
+                    .then_some(())
+            },
+        )?;
+    }
+    println!("\n== routes of {} (reef routes)", st.nodes[0].name);
+    let mut t = Table::new(&["DESTINATION", "ROUTE", "WHY"]);
+    for r in snapshot_of(&st.nodes[0])?.routes {
+        t.row(vec![r.destination, r.target, r.reason]);
+    }
+    print!("{}", t.render());
+    if st.router {
+        println!("\n== the BIRD lab router's routes (birdcl show route)");
+        let out = Command::new("birdcl")
+            .args(["-s", &format!("{STATE}/router/bird.ctl"), "show", "route"])
+            .output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    println!("\n== ping matrix (ms, one echo each; '-' = no reply)");
+    let mut header = vec!["FROM \\ TO".to_string()];
+    header.extend(st.pods.iter().map(|p| p.address.to_string()));
+    let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut m = Table::new(&hdr);
+    let mut failures = 0;
+    for a in &st.pods {
+        let mut row = vec![format!("{} ({})", a.address, a.node)];
+        for b in &st.pods {
+            if a.address == b.address {
+                row.push("·".into());
+                continue;
+            }
+            match ping(&a.ns, b.address) {
+                Some(ms) => row.push(format!("{ms:.2}")),
+                None => {
+                    failures += 1;
+                    row.push("-".into());
+                }
+            }
+        }
+        m.row(row);
+    }
+    print!("{}", m.render());
+    let pairs = st.pods.len() * (st.pods.len() - 1);
+    println!(
+        "\n{} of {pairs} pod pairs reachable; tearing the lab down",
+        pairs - failures
+    );
+    Ok(if failures == 0 {
+        Exit::Ok
+    } else {
+        Exit::Problems
+    })
+}
+
+fn ping(ns: &str, dst: IpAddr) -> Option<f64> {
+    // One retry: the first packet of a fresh pair may wait for ARP / neighbour resolution.
+    for _ in 0..2 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-c1", "-W2", &dst.to_string()])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(t) = text
+            .split("time=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        {
+            return t.parse().ok();
+        }
+    }
+    None
+}
+
+fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if t0.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what} (agent logs in {STATE}/<node>/agent.log)");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts `program args…` inside `ns` in its own session (it survives this command), output to
+/// `log`; returns its pid (`ip netns exec` execs the program, so the pid is the program's).
+fn spawn_detached(ns: &str, program: &Path, args: &[&str], log: &Path) -> Result<u32> {
+    let f = std::fs::File::create(log)?;
+    let child = Command::new("setsid")
+        .args(["ip", "netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()
+        .with_context(|| format!("starting {} in {ns}", program.display()))?;
+    Ok(child.id())
+}
+
+fn run_ok(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).exists()))
+        .unwrap_or(false)
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
