@@ -10,6 +10,10 @@
 //! - `{"event":"status","peers":[…]}` every `--status-interval` milliseconds, if given;
 //! - `{"event":"stopped"}` on the way out.
 //!
+//! SIGHUP reloads the configuration: prefixes to originate and peers are brought in line
+//! with the file without restarting (`{"event":"reloaded"}`, or `{"event":"reload_failed"}`
+//! with the error); the speaker-wide settings need a restart.
+//!
 //! SIGTERM and SIGINT stop it the graceful restart way: the sessions close without a
 //! NOTIFICATION, so peers keep its routes until it comes back (start it again with
 //! `--restarting`) and sends End-of-RIB. Logs go to stderr (`RUST_LOG`).
@@ -22,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use reef_bgp::config::SpeakerConfig;
-use reef_bgp::speaker::{state_name, Shutdown, Speaker, SpeakerEvent};
+use reef_bgp::speaker::{state_name, Shutdown, Speaker, SpeakerEvent, SpeakerHandle};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -99,13 +103,49 @@ fn print(out: &mut impl Write, v: serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: Args, cfg: SpeakerConfig) -> anyhow::Result<()> {
+/// Brings originated prefixes and peers in line with a new configuration.
+async fn reload(
+    handle: &SpeakerHandle,
+    old: &SpeakerConfig,
+    new: &SpeakerConfig,
+) -> anyhow::Result<()> {
+    let gone: Vec<_> = old
+        .originate
+        .iter()
+        .filter(|p| !new.originate.contains(p))
+        .copied()
+        .collect();
+    let added: Vec<_> = new
+        .originate
+        .iter()
+        .filter(|p| !old.originate.contains(p))
+        .copied()
+        .collect();
+    handle.withdraw(gone).await?;
+    handle.originate(added).await?;
+    for p in &old.peers {
+        if !new.peers.iter().any(|q| q.address == p.address) {
+            handle.remove_peer(p.address).await?;
+        }
+    }
+    for p in &new.peers {
+        match old.peers.iter().find(|q| q.address == p.address) {
+            None => handle.add_peer(p.clone()).await?,
+            Some(q) if q != p => handle.update_peer(p.clone()).await?,
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: Args, mut cfg: SpeakerConfig) -> anyhow::Result<()> {
     let listen = format!(
         "{}",
         std::net::SocketAddr::new(cfg.listen_address, cfg.listen_port)
     );
-    let (handle, mut events) = Speaker::start(cfg).await?;
+    let (handle, mut events) = Speaker::start(cfg.clone()).await?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -118,6 +158,20 @@ async fn run(args: Args, cfg: SpeakerConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => {
+                let r = match load(&args) {
+                    Ok(new) => reload(&handle, &cfg, &new).await.map(|()| new),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(new) => {
+                        cfg = new;
+                        print(&mut out, json!({"event": "reloaded"}))?;
+                    }
+                    Err(e) => print(&mut out, json!({"event": "reload_failed", "error": format!("{e:#}")}))?,
+                }
+                out.flush()?;
+            }
             _ = tick.tick(), if args.status_interval.is_some() => {
                 let peers = handle.status().await?;
                 let loc_rib = handle.loc_rib_len().await?;
