@@ -72,6 +72,24 @@ impl FakeNetlink {
         self.state().announce(RouteEvent::Overrun);
     }
 
+    /// Tells every watcher that an interface changed.
+    pub fn link_changed(&self) {
+        self.state().announce(RouteEvent::LinkChanged);
+    }
+
+    /// Removes an interface and, like the kernel, every route through it, without any route
+    /// event (only a link event).
+    pub fn remove_link(&self, name: &str) {
+        let mut s = self.state();
+        if let Some(index) = s.links.remove(name) {
+            s.routes.retain(|_, (_, r)| match &r.target {
+                crate::KernelTarget::Unicast(hops) => hops.iter().all(|h| h.ifindex != index),
+                _ => true,
+            });
+            s.announce(RouteEvent::LinkChanged);
+        }
+    }
+
     /// A route written by someone else (any protocol), as `ip route add/replace` would.
     pub fn external_put(&self, protocol: u8, route: KernelRoute) {
         let mut s = self.state();

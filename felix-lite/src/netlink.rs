@@ -18,6 +18,9 @@ pub enum RouteEvent {
     Deleted { protocol: u8, route: KernelRoute },
     /// The monitor socket overflowed (`ENOBUFS`): events were lost, resync everything.
     Overrun,
+    /// An interface appeared, changed or vanished. The kernel drops an IPv4 route with its
+    /// device without any route event, and a recreated device has a new index: resync.
+    LinkChanged,
 }
 
 /// Route and link operations, always within one network namespace.
@@ -48,7 +51,7 @@ pub trait Netlink: Send + Sync {
     /// Interface name → index for every interface in the namespace.
     fn links(&self) -> impl Future<Output = Result<HashMap<String, u32>, Error>> + Send;
 
-    /// Starts watching IPv4 and IPv6 route changes.
+    /// Starts watching IPv4 and IPv6 route changes and interface changes.
     fn subscribe(
         &self,
     ) -> impl Future<Output = Result<UnboundedReceiver<RouteEvent>, Error>> + Send;

@@ -23,6 +23,9 @@ use crate::kernel::{resolve, KernelRoute, RouteKey};
 use crate::netlink::{Netlink, RouteEvent};
 use crate::{Error, Route, RouteProtocol};
 
+/// Delay between an interface change and the resync it triggers.
+const LINK_DEBOUNCE: Duration = Duration::from_millis(50);
+
 /// How the reconciler behaves; defaults in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcilerConfig {
@@ -291,6 +294,7 @@ impl<N: Netlink> Reconciler<N> {
                 tracing::info!("route monitor overflowed; full resync");
                 self.resync().await
             }
+            RouteEvent::LinkChanged => self.resync().await,
             RouteEvent::New { protocol, route } if protocol == ours => {
                 let key = route.key();
                 self.kernel.insert(key, route.clone());
@@ -349,6 +353,11 @@ impl<N: Netlink> Reconciler<N> {
                     self.pass(false).await;
                 }
                 ev = events.recv() => match ev {
+                    Some(RouteEvent::LinkChanged) => {
+                        // Interfaces come and go in bursts (a pod's veth pair): one resync
+                        // shortly after, not one per event.
+                        next_resync = next_resync.min(Instant::now() + LINK_DEBOUNCE);
+                    }
                     Some(ev) => {
                         if let Err(e) = self.handle_event(ev).await {
                             tracing::warn!(error = %e, "handling a route event failed");

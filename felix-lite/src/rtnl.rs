@@ -290,6 +290,7 @@ impl Netlink for RtNetlink {
             let mut c = rtnetlink::new_multicast_connection(&[
                 MulticastGroup::Ipv4Route,
                 MulticastGroup::Ipv6Route,
+                MulticastGroup::Link,
             ])?;
             netlink_sys::AsyncSocket::socket_mut(c.0.socket_mut()).set_rx_buf_sz(MONITOR_RCVBUF)?;
             Ok::<_, std::io::Error>(c)
@@ -315,6 +316,13 @@ impl Netlink for RtNetlink {
                         payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(m)),
                         ..
                     } => parse(&m).map(|(protocol, route)| RouteEvent::Deleted { protocol, route }),
+                    NetlinkMessage {
+                        payload:
+                            NetlinkPayload::InnerMessage(
+                                RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_),
+                            ),
+                        ..
+                    } => Some(RouteEvent::LinkChanged),
                     _ => None,
                 };
                 if let Some(ev) = ev {

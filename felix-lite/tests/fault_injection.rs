@@ -246,3 +246,40 @@ async fn a_reef_route_changed_by_hand_is_set_back() {
     assert_eq!(rep.replaced, 1);
     assert!(ours(&f).contains(&kernel(&desired()[0])));
 }
+
+#[tokio::test]
+async fn a_vanished_interface_is_noticed_and_its_route_restored() {
+    let f = fake();
+    let cfg = ReconcilerConfig {
+        resync_interval: Duration::from_secs(3600),
+        ..ReconcilerConfig::default()
+    };
+    let pod = Route {
+        destination: "10.244.1.5/32".parse().unwrap(),
+        target: RouteTarget::Unicast(vec![NextHop {
+            gateway: None,
+            interface: "cali1".into(),
+            onlink: false,
+        }]),
+    };
+    let (tx, rx) = watch::channel(vec![pod.clone()]);
+    let (stx, srx) = watch::channel(Default::default());
+    let task = tokio::spawn(Reconciler::new(f.clone(), cfg).run(rx, Some(stx)));
+    eventually("installed", || ours(&f).len() == 1).await;
+    f.remove_link("cali1");
+    assert!(ours(&f).is_empty());
+    eventually("reported", || {
+        srx.borrow().errors.iter().any(|e| e.contains("cali1"))
+    })
+    .await;
+    f.add_link("cali1", 42);
+    f.link_changed();
+    eventually("restored on the new index", || {
+        ours(&f).iter().any(
+            |r| matches!(&r.target, felix_lite::KernelTarget::Unicast(h) if h[0].ifindex == 42),
+        )
+    })
+    .await;
+    drop(tx);
+    task.await.unwrap().unwrap();
+}
