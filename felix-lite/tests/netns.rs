@@ -77,6 +77,13 @@ fn desired() -> Vec<Route> {
             RouteTarget::Unicast(vec![hop(Some("fd00:20:1::11"), "eth0", false)]),
         ),
         route("fd00:244:0:1::/64", RouteTarget::Blackhole),
+        route(
+            "fd00:244:0:3::/64",
+            RouteTarget::Unicast(vec![
+                hop(Some("fd00:20:1::12"), "eth0", false),
+                hop(Some("fd00:20:1::11"), "eth0", false),
+            ]),
+        ),
     ]
 }
 
@@ -102,7 +109,7 @@ async fn every_route_shape_round_trips() {
         rep.failed.is_empty() && rep.unresolved.is_empty(),
         "{rep:?}"
     );
-    assert_eq!(rep.added, 8);
+    assert_eq!(rep.added, 9);
     let shown = reef_routes(&ns);
     for want in [
         "10.244.1.5 dev cali1 scope link",
@@ -113,6 +120,7 @@ async fn every_route_shape_round_trips() {
         "unreachable 10.244.5.0/26",
         "fd00:244:0:2::/64 via fd00:20:1::11 dev eth0 metric 1024",
         "blackhole fd00:244:0:1::/64 dev lo metric 1024",
+        "fd00:244:0:3::/64 metric 1024 pref medium\n\tnexthop via fd00:20:1::11 dev eth0 weight 1 \n\tnexthop via fd00:20:1::12 dev eth0 weight 1",
     ] {
         assert!(shown.contains(want), "missing `{want}` in:\n{shown}");
     }
@@ -152,7 +160,7 @@ async fn foreign_routes_survive_a_full_reconcile() {
     // And with nothing desired at all: every reef route goes, nothing else.
     r.set_desired(vec![]);
     let rep = r.resync().await.unwrap();
-    assert_eq!(rep.deleted, 8);
+    assert_eq!(rep.deleted, 9);
 
     let after = ns.ip(["route", "show"]).unwrap();
     for line in before.lines().filter(|l| !l.contains("proto 201")) {
@@ -206,7 +214,7 @@ async fn an_external_delete_is_repaired() {
     };
     let (tx, rx) = watch::channel(desired());
     let task = tokio::spawn(Reconciler::new(connect(&ns).await, cfg).run(rx, None));
-    eventually("installed", || reef_routes(&ns).lines().count() >= 8).await;
+    eventually("installed", || reef_routes(&ns).lines().count() >= 9).await;
 
     ns.ip(["route", "del", "10.244.2.0/26"]).unwrap();
     ns.ip(["route", "del", "10.244.3.0/26"]).unwrap();
@@ -250,7 +258,7 @@ async fn a_restart_causes_no_route_churn() {
         let mut first = Reconciler::new(connect(&ns).await, ReconcilerConfig::default());
         first.set_desired(desired());
         let rep = first.resync().await.unwrap();
-        assert_eq!(rep.added, 8, "{rep:?}");
+        assert_eq!(rep.added, 9, "{rep:?}");
     }
     let before = reef_routes(&ns);
     let log = std::env::temp_dir().join(format!("reeft-monitor-{}.log", std::process::id()));
@@ -264,7 +272,7 @@ async fn a_restart_causes_no_route_churn() {
     second.set_desired(desired());
     let rep = second.resync().await.unwrap();
     assert_eq!(rep.changes(), 0, "{rep:?}");
-    assert_eq!(second.status().programmed, 8);
+    assert_eq!(second.status().programmed, 9);
 
     // And the same route set with one route changed: replaced in place, no delete.
     let mut changed = desired();
