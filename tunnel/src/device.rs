@@ -54,11 +54,49 @@ pub async fn link_mtu(handle: &Handle, name: &str) -> Result<u32, TunnelError> {
         .ok_or_else(|| TunnelError::NoSuchInterface(name.to_string()))
 }
 
-/// Whether the kernel has IP-in-IP: `tunl0` exists, or asking for an ipip device makes the
-/// module load (which creates `tunl0` in every namespace). Otherwise the userspace fallback.
+/// Whether the kernel has IP-in-IP, without creating anything: `tunl0` exists (the module is
+/// loaded), or the module is built in or installed and will load when `tunl0` is first needed.
+/// Otherwise the userspace fallback.
 pub async fn detect(handle: &Handle) -> Result<TunnelMode, TunnelError> {
     if link_index(handle, KERNEL_TUNNEL_DEVICE).await?.is_some() {
         return Ok(TunnelMode::kernel());
+    }
+    if ipip_module_available(Path::new("/")) {
+        return Ok(TunnelMode::kernel());
+    }
+    tracing::info!("kernel has no IP-in-IP; using the userspace fallback");
+    Ok(TunnelMode::userspace())
+}
+
+/// Whether `ipip` is loaded, built in, or installed as a module under `root`'s /lib/modules
+/// for the running kernel.
+pub fn ipip_module_available(root: &Path) -> bool {
+    if root.join("sys/module/ipip").exists() {
+        return true;
+    }
+    let Ok(release) = std::fs::read_to_string(root.join("proc/sys/kernel/osrelease")) else {
+        return false;
+    };
+    let dir = root.join("lib/modules").join(release.trim());
+    ["modules.builtin", "modules.dep"].iter().any(|f| {
+        std::fs::read_to_string(dir.join(f))
+            .map(|s| {
+                s.lines().any(|l| {
+                    let name = l.split(':').next().unwrap_or("");
+                    name.rsplit('/')
+                        .next()
+                        .is_some_and(|b| b.starts_with("ipip.ko"))
+                })
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Makes sure `tunl0` exists: asking for an ipip device loads the module, which creates
+/// `tunl0` in every namespace (the request itself then fails with "exists", which is fine).
+pub async fn ensure_kernel_device(handle: &Handle) -> Result<(), TunnelError> {
+    if link_index(handle, KERNEL_TUNNEL_DEVICE).await?.is_some() {
+        return Ok(());
     }
     let added = handle
         .link()
@@ -66,13 +104,15 @@ pub async fn detect(handle: &Handle) -> Result<TunnelMode, TunnelError> {
         .execute()
         .await;
     if link_index(handle, KERNEL_TUNNEL_DEVICE).await?.is_some() {
-        return Ok(TunnelMode::kernel());
+        return Ok(());
     }
-    tracing::info!(
-        reason = %added.err().map(|e| e.to_string()).unwrap_or_default(),
-        "kernel has no IP-in-IP; using the userspace fallback"
-    );
-    Ok(TunnelMode::userspace())
+    Err(TunnelError::Io {
+        what: "create tunl0".into(),
+        reason: added
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "tunl0 did not appear".into()),
+    })
 }
 
 /// Sets MTU, adds `address`/32 (if any, idempotently) and brings `name` up.
@@ -296,6 +336,7 @@ impl Tunnel {
         match self.mode.clone() {
             TunnelMode::Kernel { device } => {
                 if plan.tunnel_needed && !self.kernel_in_use {
+                    ensure_kernel_device(&self.handle).await?;
                     bring_up(&self.handle, &device, self.mtu, self.cfg.tunnel_address).await?;
                     self.kernel_in_use = true;
                 } else if !plan.tunnel_needed && self.kernel_in_use {
@@ -325,5 +366,68 @@ impl Tunnel {
             TunnelMode::Unavailable => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake root with the files the detection reads.
+    fn root(files: &[(&str, &str)]) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "reeft-root-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        for (path, content) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn ipip_detection_from_module_files() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[], false),
+            (&[("proc/sys/kernel/osrelease", "6.1.0-56-amd64\n")], false),
+            (&[("sys/module/ipip/refcnt", "0")], true),
+            (
+                &[
+                    ("proc/sys/kernel/osrelease", "6.1.0-56-amd64\n"),
+                    (
+                        "lib/modules/6.1.0-56-amd64/modules.dep",
+                        "kernel/net/ipv4/ipip.ko: kernel/net/ipv4/tunnel4.ko kernel/net/ipv4/ip_tunnel.ko\n",
+                    ),
+                ],
+                true,
+            ),
+            (
+                &[
+                    ("proc/sys/kernel/osrelease", "6.1.0-56-amd64\n"),
+                    ("lib/modules/6.1.0-56-amd64/modules.builtin", "kernel/net/ipv4/ipip.ko\n"),
+                ],
+                true,
+            ),
+            (
+                &[
+                    ("proc/sys/kernel/osrelease", "6.1.0-56-amd64\n"),
+                    (
+                        "lib/modules/6.1.0-56-amd64/modules.dep",
+                        "kernel/net/ipv4/gre.ko:\nkernel/net/ipv6/sit.ko: kernel/net/ipv4/ipip.ko\n",
+                    ),
+                ],
+                false, // ipip.ko only as someone's dependency is not a module line of its own
+            ),
+        ];
+        for (files, want) in cases {
+            let r = root(files);
+            assert_eq!(ipip_module_available(&r), *want, "{files:?}");
+            let _ = std::fs::remove_dir_all(&r);
+        }
     }
 }
