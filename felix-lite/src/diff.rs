@@ -1,7 +1,8 @@
 //! Desired vs kernel: the operations that make the kernel's reef routes equal to the desired
 //! ones. Pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use crate::kernel::{KernelRoute, RouteKey};
 
@@ -45,6 +46,33 @@ pub fn diff(
         }
     }
     ops
+}
+
+/// Holds back the deletion of reef routes seen unwanted for less than `grace`: the CNI plugin
+/// writes a new pod's route (with reef's protocol) before the agent hears of the pod, and that
+/// route must not be deleted in the meantime. `unwanted_since` remembers when each key was
+/// first seen unwanted (the caller forgets keys that became wanted or vanished). Returns the
+/// operations to run now and when the earliest held-back delete falls due.
+pub fn hold_back_deletes(
+    ops: Vec<Op>,
+    unwanted_since: &mut HashMap<RouteKey, Instant>,
+    now: Instant,
+    grace: Duration,
+) -> (Vec<Op>, Option<Instant>) {
+    let mut due: Option<Instant> = None;
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        if let Op::Delete(r) = &op {
+            let since = *unwanted_since.entry(r.key()).or_insert(now);
+            if now.saturating_duration_since(since) < grace {
+                let at = since + grace;
+                due = Some(due.map_or(at, |d| d.min(at)));
+                continue;
+            }
+        }
+        out.push(op);
+    }
+    (out, due)
 }
 
 #[cfg(test)]
@@ -125,5 +153,26 @@ mod tests {
             diff(&map(&[bh.clone()]), &map(&[uni])),
             vec![Op::Replace(bh)]
         );
+    }
+
+    #[test]
+    fn deletes_wait_for_the_grace_period() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        let stale = r("10.0.9.5/32", None, 9);
+        let add = r("10.0.1.0/26", Some("10.1.0.2"), 2);
+        let mut seen = HashMap::new();
+        let ops = vec![Op::Add(add.clone()), Op::Delete(stale.clone())];
+        let (now_ops, due) = hold_back_deletes(ops.clone(), &mut seen, t0, grace);
+        assert_eq!(now_ops, vec![Op::Add(add.clone())], "adds never wait");
+        assert_eq!(due, Some(t0 + grace));
+        let (now_ops, _) = hold_back_deletes(ops.clone(), &mut seen, t0 + grace / 2, grace);
+        assert_eq!(now_ops.len(), 1, "still within the grace period");
+        let (now_ops, due) = hold_back_deletes(ops.clone(), &mut seen, t0 + grace, grace);
+        assert_eq!(now_ops, ops);
+        assert_eq!(due, None);
+        // No grace: immediate.
+        let (now_ops, _) = hold_back_deletes(ops.clone(), &mut HashMap::new(), t0, Duration::ZERO);
+        assert_eq!(now_ops, ops);
     }
 }

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::diff::{diff, Op};
+use crate::diff::{diff, hold_back_deletes, Op};
 use crate::kernel::{resolve, KernelRoute, RouteKey};
 use crate::netlink::{Netlink, RouteEvent};
 use crate::{Error, Route, RouteProtocol};
@@ -39,6 +39,10 @@ pub struct ReconcilerConfig {
     pub retry_delay: Duration,
     /// Netlink requests in flight at once while applying a large difference.
     pub max_in_flight: usize,
+    /// How long a reef route nobody wants is left alone before it is deleted: the CNI plugin
+    /// writes a new pod's route before the agent knows the pod (Calico's
+    /// RouteTableCleanupGracePeriod plays the same role).
+    pub stale_grace: Duration,
 }
 
 impl Default for ReconcilerConfig {
@@ -49,6 +53,7 @@ impl Default for ReconcilerConfig {
             resync_interval: Duration::from_secs(30),
             retry_delay: Duration::from_millis(500),
             max_in_flight: 64,
+            stale_grace: Duration::from_secs(10),
         }
     }
 }
@@ -94,6 +99,10 @@ pub struct Reconciler<N> {
     links: HashMap<String, u32>,
     /// The desired routes changed since they were last resolved.
     desired_dirty: bool,
+    /// Unwanted reef routes and when they were first seen so (see `stale_grace`).
+    unwanted_since: HashMap<RouteKey, std::time::Instant>,
+    /// When the earliest held-back delete falls due.
+    grace_due: Option<std::time::Instant>,
     resync_due: bool,
     resyncs: u64,
     last_errors: Vec<String>,
@@ -110,6 +119,8 @@ impl<N: Netlink> Reconciler<N> {
             kernel: BTreeMap::new(),
             links: HashMap::new(),
             desired_dirty: true,
+            unwanted_since: HashMap::new(),
+            grace_due: None,
             resync_due: true,
             resyncs: 0,
             last_errors: Vec::new(),
@@ -142,6 +153,11 @@ impl<N: Netlink> Reconciler<N> {
     /// reef's routes in the kernel as the reconciler last saw them.
     pub fn programmed(&self) -> impl Iterator<Item = &KernelRoute> {
         self.kernel.values()
+    }
+
+    /// When a held-back delete of an unwanted reef route falls due (see `stale_grace`).
+    pub fn stale_due(&self) -> Option<std::time::Instant> {
+        self.grace_due
     }
 
     /// Whether a failure or lost events asked for a full resync.
@@ -206,6 +222,16 @@ impl<N: Netlink> Reconciler<N> {
 
     async fn apply_diff(&mut self) -> ApplyReport {
         let ops = diff(&self.desired_k, &self.kernel);
+        let (desired, kernel) = (&self.desired_k, &self.kernel);
+        self.unwanted_since
+            .retain(|k, _| kernel.contains_key(k) && !desired.contains_key(k));
+        let (ops, due) = hold_back_deletes(
+            ops,
+            &mut self.unwanted_since,
+            std::time::Instant::now(),
+            self.cfg.stale_grace,
+        );
+        self.grace_due = due;
         let mut report = self.execute(ops).await;
         report.unresolved = std::mem::take(&mut self.unresolved);
         self.last_errors = report
@@ -303,7 +329,16 @@ impl<N: Netlink> Reconciler<N> {
                     Some(want) => Op::Replace(want.clone()),
                     None => Op::Delete(route),
                 };
-                Ok(self.execute(vec![op]).await)
+                let (ops, due) = hold_back_deletes(
+                    vec![op],
+                    &mut self.unwanted_since,
+                    std::time::Instant::now(),
+                    self.cfg.stale_grace,
+                );
+                if let Some(d) = due {
+                    self.grace_due = Some(self.grace_due.map_or(d, |g| g.min(d)));
+                }
+                Ok(self.execute(ops).await)
             }
             RouteEvent::Deleted { protocol, route } if protocol == ours => {
                 let key = route.key();
@@ -343,6 +378,9 @@ impl<N: Netlink> Reconciler<N> {
         loop {
             if self.resync_due {
                 next_resync = next_resync.min(Instant::now() + backoff);
+            }
+            if let Some(d) = self.grace_due {
+                next_resync = next_resync.min(Instant::from_std(d));
             }
             tokio::select! {
                 changed = desired.changed() => {

@@ -9,6 +9,15 @@ use felix_lite::kernel::{resolve, KernelRoute};
 use felix_lite::{NextHop, Reconciler, ReconcilerConfig, Route, RouteTarget};
 use tokio::sync::watch;
 
+/// Deletes at once: these tests are about what gets deleted, not when (the grace period for
+/// routes the CNI plugin writes first has its own test).
+fn no_grace() -> ReconcilerConfig {
+    ReconcilerConfig {
+        stale_grace: Duration::ZERO,
+        ..ReconcilerConfig::default()
+    }
+}
+
 const OURS: u8 = 201;
 const STATIC: u8 = 4;
 
@@ -61,7 +70,7 @@ fn desired() -> Vec<Route> {
 #[tokio::test]
 async fn installs_then_a_second_pass_changes_nothing() {
     let f = fake();
-    let mut r = Reconciler::new(f.clone(), ReconcilerConfig::default());
+    let mut r = Reconciler::new(f.clone(), no_grace());
     r.set_desired(desired());
     let rep = r.apply().await.unwrap();
     assert_eq!((rep.added, rep.replaced, rep.deleted), (3, 0, 0));
@@ -80,7 +89,7 @@ async fn installs_then_a_second_pass_changes_nothing() {
 async fn a_failed_add_is_retried_once() {
     let f = fake();
     f.fail_next_adds(1);
-    let mut r = Reconciler::new(f.clone(), ReconcilerConfig::default());
+    let mut r = Reconciler::new(f.clone(), no_grace());
     r.set_desired(desired());
     let rep = r.apply().await.unwrap();
     assert!(rep.failed.is_empty(), "{:?}", rep.failed);
@@ -92,7 +101,7 @@ async fn a_failed_add_is_retried_once() {
 #[tokio::test]
 async fn failing_twice_schedules_a_resync_that_repairs() {
     let f = fake();
-    let mut r = Reconciler::new(f.clone(), ReconcilerConfig::default());
+    let mut r = Reconciler::new(f.clone(), no_grace());
     r.set_desired(vec![via("10.244.2.0/26", "10.20.1.11", "eth0")]);
     r.resync().await.unwrap();
     r.set_desired(desired());
@@ -129,7 +138,7 @@ async fn start_up_adopts_deletes_stale_and_never_touches_foreign() {
 
     let mut want = d.clone();
     want.push(via("10.244.4.0/26", "10.20.1.13", "eth0"));
-    let mut r = Reconciler::new(f.clone(), ReconcilerConfig::default());
+    let mut r = Reconciler::new(f.clone(), no_grace());
     r.set_desired(want);
     let rep = r.resync().await.unwrap();
     // Correct routes adopted as they are, the outdated one replaced in place (no delete +
@@ -151,7 +160,7 @@ async fn start_up_adopts_deletes_stale_and_never_touches_foreign() {
 #[tokio::test]
 async fn unknown_interface_waits_until_it_exists() {
     let f = fake();
-    let mut r = Reconciler::new(f.clone(), ReconcilerConfig::default());
+    let mut r = Reconciler::new(f.clone(), no_grace());
     let pod = Route {
         destination: "10.244.1.9/32".parse().unwrap(),
         target: RouteTarget::Unicast(vec![NextHop {
@@ -191,7 +200,7 @@ async fn run_loop_repairs_external_deletes_and_resyncs_on_overrun() {
     let f = fake();
     let cfg = ReconcilerConfig {
         resync_interval: Duration::from_secs(3600), // only events and overruns act here
-        ..ReconcilerConfig::default()
+        ..no_grace()
     };
     let (tx, rx) = watch::channel(desired());
     let (stx, srx) = watch::channel(Default::default());
@@ -232,7 +241,7 @@ async fn run_loop_repairs_external_deletes_and_resyncs_on_overrun() {
 #[tokio::test]
 async fn a_reef_route_changed_by_hand_is_set_back() {
     let f = fake();
-    let mut r = Reconciler::new(f.clone(), ReconcilerConfig::default());
+    let mut r = Reconciler::new(f.clone(), no_grace());
     r.set_desired(desired());
     r.apply().await.unwrap();
     let mut events = {
@@ -252,7 +261,7 @@ async fn a_vanished_interface_is_noticed_and_its_route_restored() {
     let f = fake();
     let cfg = ReconcilerConfig {
         resync_interval: Duration::from_secs(3600),
-        ..ReconcilerConfig::default()
+        ..no_grace()
     };
     let pod = Route {
         destination: "10.244.1.5/32".parse().unwrap(),
@@ -280,6 +289,54 @@ async fn a_vanished_interface_is_noticed_and_its_route_restored() {
         )
     })
     .await;
+    drop(tx);
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_route_the_cni_plugin_wrote_first_is_left_alone_for_the_grace_period() {
+    let f = fake();
+    let cfg = ReconcilerConfig {
+        stale_grace: Duration::from_millis(400),
+        resync_interval: Duration::from_secs(3600),
+        ..ReconcilerConfig::default()
+    };
+    let (tx, rx) = watch::channel(desired());
+    let task = tokio::spawn(Reconciler::new(f.clone(), cfg).run(rx, None));
+    eventually("installed", || ours(&f).len() == 3).await;
+    let counts = f.counts();
+
+    // The CNI plugin writes two pods' routes with reef's protocol before the agent knows.
+    let pod = |a: &str| Route {
+        destination: a.parse().unwrap(),
+        target: RouteTarget::Unicast(vec![NextHop {
+            gateway: None,
+            interface: "cali1".into(),
+            onlink: false,
+        }]),
+    };
+    let (known, unknown) = (pod("10.244.1.7/32"), pod("10.244.1.8/32"));
+    f.external_put(OURS, kernel(&known));
+    f.external_put(OURS, kernel(&unknown));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(ours(&f).len(), 5, "nothing deleted within the grace period");
+    // The agent learns of one of them: adopted as it is.
+    let mut d = desired();
+    d.push(known.clone());
+    tx.send_replace(d);
+    // The other one was never wanted: deleted once the grace period is over.
+    eventually("unknown pod route deleted", || {
+        !ours(&f).contains(&kernel(&unknown))
+    })
+    .await;
+    assert!(ours(&f).contains(&kernel(&known)));
+    let after = f.counts();
+    assert_eq!(
+        after.adds, counts.adds,
+        "the known pod's route was adopted, not re-added"
+    );
+    assert_eq!(after.replaces, counts.replaces);
+    assert_eq!(after.deletes, counts.deletes + 1);
     drop(tx);
     task.await.unwrap().unwrap();
 }

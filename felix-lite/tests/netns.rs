@@ -9,6 +9,15 @@ use felix_lite::{NextHop, Reconciler, ReconcilerConfig, Route, RouteTarget, RtNe
 use reef_integration::Netns;
 use tokio::sync::watch;
 
+/// Deletes at once: these tests are about what gets deleted, not when (the grace period for
+/// routes the CNI plugin writes first has its own test).
+fn no_grace() -> ReconcilerConfig {
+    ReconcilerConfig {
+        stale_grace: Duration::ZERO,
+        ..ReconcilerConfig::default()
+    }
+}
+
 /// A namespace standing for a node: `eth0` (one end of a veth pair kept inside) with
 /// 10.20.1.10/24 and fd00:20:1::10/64, and a pod-side veth `cali1`.
 fn node() -> Netns {
@@ -102,7 +111,7 @@ async fn connect(ns: &Netns) -> RtNetlink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_shape_round_trips() {
     let ns = node();
-    let mut r = Reconciler::new(connect(&ns).await, ReconcilerConfig::default());
+    let mut r = Reconciler::new(connect(&ns).await, no_grace());
     r.set_desired(desired());
     let rep = r.resync().await.unwrap();
     assert!(
@@ -154,7 +163,7 @@ async fn foreign_routes_survive_a_full_reconcile() {
     .unwrap();
     let before = ns.ip(["route", "show"]).unwrap();
 
-    let mut r = Reconciler::new(connect(&ns).await, ReconcilerConfig::default());
+    let mut r = Reconciler::new(connect(&ns).await, no_grace());
     r.set_desired(desired());
     r.resync().await.unwrap();
     // And with nothing desired at all: every reef route goes, nothing else.
@@ -183,7 +192,7 @@ async fn a_foreign_route_at_a_reef_key_is_not_overwritten() {
         "static",
     ])
     .unwrap();
-    let mut r = Reconciler::new(connect(&ns).await, ReconcilerConfig::default());
+    let mut r = Reconciler::new(connect(&ns).await, no_grace());
     r.set_desired(desired());
     let rep = r.resync().await.unwrap();
     assert_eq!(rep.failed.len(), 1, "{rep:?}");
@@ -210,7 +219,7 @@ async fn an_external_delete_is_repaired() {
     let ns = node();
     let cfg = ReconcilerConfig {
         resync_interval: Duration::from_secs(3600), // the repair must come from the event
-        ..ReconcilerConfig::default()
+        ..no_grace()
     };
     let (tx, rx) = watch::channel(desired());
     let task = tokio::spawn(Reconciler::new(connect(&ns).await, cfg).run(rx, None));
@@ -255,7 +264,7 @@ async fn an_external_delete_is_repaired() {
 async fn a_restart_causes_no_route_churn() {
     let ns = node();
     {
-        let mut first = Reconciler::new(connect(&ns).await, ReconcilerConfig::default());
+        let mut first = Reconciler::new(connect(&ns).await, no_grace());
         first.set_desired(desired());
         let rep = first.resync().await.unwrap();
         assert_eq!(rep.added, 9, "{rep:?}");
@@ -268,7 +277,7 @@ async fn a_restart_causes_no_route_churn() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The "restarted agent": a new reconciler over the same kernel state.
-    let mut second = Reconciler::new(connect(&ns).await, ReconcilerConfig::default());
+    let mut second = Reconciler::new(connect(&ns).await, no_grace());
     second.set_desired(desired());
     let rep = second.resync().await.unwrap();
     assert_eq!(rep.changes(), 0, "{rep:?}");
@@ -301,7 +310,7 @@ async fn a_pod_route_returns_with_its_recreated_interface() {
     let cfg = ReconcilerConfig {
         // The link events must do it, not the periodic resync.
         resync_interval: Duration::from_secs(3600),
-        ..ReconcilerConfig::default()
+        ..no_grace()
     };
     let (tx, rx) = watch::channel(desired());
     let (stx, srx) = watch::channel(Default::default());
