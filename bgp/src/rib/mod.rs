@@ -343,22 +343,46 @@ enum Dest {
 
 #[derive(Debug)]
 struct ManyPaths {
-    paths: Vec<Path>,
+    paths: Storage,
     multipath: usize,
+}
+
+/// Two routes (the usual case beyond one: a second peer, a backup) in the same allocation as
+/// their header; more in a vector.
+#[derive(Debug)]
+enum Storage {
+    Two([Path; 2]),
+    More(Vec<Path>),
+}
+
+impl Storage {
+    fn as_slice(&self) -> &[Path] {
+        match self {
+            Storage::Two(a) => a,
+            Storage::More(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Path] {
+        match self {
+            Storage::Two(a) => a,
+            Storage::More(v) => v,
+        }
+    }
 }
 
 impl Dest {
     fn paths(&self) -> &[Path] {
         match self {
             Dest::One(p) => std::slice::from_ref(p),
-            Dest::Many(m) => &m.paths,
+            Dest::Many(m) => m.paths.as_slice(),
         }
     }
 
     fn paths_mut(&mut self) -> &mut [Path] {
         match self {
             Dest::One(p) => std::slice::from_mut(p),
-            Dest::Many(m) => &mut m.paths,
+            Dest::Many(m) => m.paths.as_mut_slice(),
         }
     }
 
@@ -367,7 +391,7 @@ impl Dest {
         match self {
             Dest::One(p) if p.accepted() => std::slice::from_ref(p),
             Dest::One(_) => &[],
-            Dest::Many(m) => &m.paths[..m.multipath],
+            Dest::Many(m) => &m.paths.as_slice()[..m.multipath],
         }
     }
 
@@ -385,11 +409,19 @@ impl Dest {
                 let first = p.clone();
                 let multipath = usize::from(first.accepted());
                 *self = Dest::Many(Box::new(ManyPaths {
-                    paths: vec![first, path],
+                    paths: Storage::Two([first, path]),
                     multipath,
                 }));
             }
-            Dest::Many(m) => m.paths.push(path),
+            Dest::Many(m) => match &mut m.paths {
+                Storage::More(v) => v.push(path),
+                Storage::Two(two) => {
+                    let mut v = Vec::with_capacity(3);
+                    v.extend(two.iter().cloned());
+                    v.push(path);
+                    m.paths = Storage::More(v);
+                }
+            },
         }
     }
 
@@ -399,15 +431,26 @@ impl Dest {
             Dest::One(p) if p.source == source => (Some(p.clone()), true),
             Dest::One(_) => (None, false),
             Dest::Many(m) => {
-                let Some(i) = m.paths.iter().position(|p| p.source == source) else {
+                let Some(i) = m.paths.as_slice().iter().position(|p| p.source == source) else {
                     return (None, false);
                 };
-                let removed = m.paths.remove(i);
-                if m.paths.len() == 1 {
-                    let last = m.paths.pop().expect("one path left");
-                    *self = Dest::One(last);
+                // The caller reruns the decision; until then the ECMP set is empty.
+                m.multipath = 0;
+                match &mut m.paths {
+                    Storage::Two(two) => {
+                        let removed = two[i].clone();
+                        let kept = two[1 - i].clone();
+                        *self = Dest::One(kept);
+                        (Some(removed), false)
+                    }
+                    Storage::More(v) => {
+                        let removed = v.remove(i);
+                        if let [a, b] = v.as_slice() {
+                            m.paths = Storage::Two([a.clone(), b.clone()]);
+                        }
+                        (Some(removed), false)
+                    }
                 }
-                (Some(removed), false)
             }
         }
     }
@@ -417,7 +460,8 @@ impl Dest {
         let Dest::Many(m) = self else { return };
         scratch.cands.clear();
         scratch.index.clear();
-        for (i, p) in m.paths.iter().enumerate() {
+        let paths = m.paths.as_mut_slice();
+        for (i, p) in paths.iter().enumerate() {
             if p.accepted() {
                 scratch.cands.push(candidate(p, cfg, peers));
                 scratch.index.push(i);
@@ -430,7 +474,7 @@ impl Dest {
             &mut scratch.order,
         );
         // Move the chosen paths to the front in order, tracking where swaps moved things.
-        let n = m.paths.len();
+        let n = paths.len();
         scratch.at.clear();
         scratch.at.extend(0..n); // at[pos] = original index now at pos
         scratch.pos.clear();
@@ -439,7 +483,7 @@ impl Dest {
             let orig = scratch.index[c];
             let src = scratch.pos[orig];
             if src != dst {
-                m.paths.swap(src, dst);
+                paths.swap(src, dst);
                 let displaced = scratch.at[dst];
                 scratch.at.swap(src, dst);
                 scratch.pos[orig] = dst;
@@ -1942,8 +1986,10 @@ mod tests {
 
     #[test]
     fn one_route_destination_is_two_words() {
-        // The inline single route is what keeps a million prefixes cheap.
+        // The inline single route is what keeps a million prefixes cheap; two routes take one
+        // 40-byte allocation.
         assert_eq!(std::mem::size_of::<Path>(), 16);
         assert_eq!(std::mem::size_of::<Dest>(), 16);
+        assert_eq!(std::mem::size_of::<ManyPaths>(), 40);
     }
 }
