@@ -18,6 +18,8 @@ use ipnetwork::IpNetwork;
 pub mod block;
 pub mod embedded;
 pub mod ipam;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod store;
 
 pub use crate::ipam::{

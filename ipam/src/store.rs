@@ -55,6 +55,22 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// The resource's plural name (its API path segment).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::IpPool => "ippools",
+            Kind::IpamBlock => "ipamblocks",
+            Kind::BlockAffinity => "blockaffinities",
+            Kind::IpamHandle => "ipamhandles",
+            Kind::IpamConfig => "ipamconfigs",
+            Kind::BgpConfiguration => "bgpconfigurations",
+            Kind::BgpPeer => "bgppeers",
+            Kind::ReefNode => "reefnodes",
+        }
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -273,17 +289,26 @@ mod ptr {
 
 forward_store!(Box, Arc);
 
-/// Opens the store the node config names.
+/// Opens the store the node config names. The Kubernetes datastore needs reef-ipam's
+/// `kubernetes` feature.
 pub fn open(datastore: &reef_config::Datastore) -> Result<Box<dyn Store>, Error> {
     match datastore {
         reef_config::Datastore::Embedded { path } => {
             Ok(Box::new(crate::embedded::EmbeddedStore::open(path)?))
         }
-        reef_config::Datastore::Kubernetes { .. } => Err(Error::Backend {
-            context: "datastore.kubernetes".into(),
-            source:
-                "the Kubernetes datastore is not built into this reef yet; use datastore.embedded"
-                    .into(),
-        }),
+        reef_config::Datastore::Kubernetes { kubeconfig } => open_kubernetes(kubeconfig.as_deref()),
     }
+}
+
+#[cfg(feature = "kubernetes")]
+fn open_kubernetes(kubeconfig: Option<&std::path::Path>) -> Result<Box<dyn Store>, Error> {
+    Ok(Box::new(crate::kubernetes::KubeStore::connect(kubeconfig)?))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn open_kubernetes(_: Option<&std::path::Path>) -> Result<Box<dyn Store>, Error> {
+    Err(Error::Backend {
+        context: "datastore.kubernetes".into(),
+        source: "this reef was built without reef-ipam's kubernetes feature; use datastore.embedded or rebuild with it".into(),
+    })
 }

@@ -1,0 +1,380 @@
+//! The Kubernetes datastore: reef's custom resources through the API server (kube-rs).
+//!
+//! Every write is a compare-and-swap on `metadata.resourceVersion`: a 409 from `replace` or
+//! `delete` is [`Error::Conflict`], which [`crate::Ipam`] answers by re-reading and retrying a
+//! bounded number of times; a 409 from `create` is [`Error::AlreadyExists`]; a 404 is
+//! [`Error::NotFound`]; a 410 on watch is [`Error::Expired`]. Everything else surfaces as
+//! [`Error::Backend`] naming the operation and object.
+//!
+//! The [`Store`] API is blocking (the CNI plugin is a short-lived process). The store runs
+//! its requests on a small tokio runtime of its own, so it can be called from any thread,
+//! including a blocking thread of the caller's own runtime.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions, WatchParams,
+};
+use kube::core::{ApiResource, GroupVersionKind, TypeMeta};
+
+use crate::store::{Kind, Labels, Object, Revision, Store, WatchEvent, Watcher};
+use crate::Error;
+
+/// The Kubernetes store.
+pub struct KubeStore {
+    client: kube::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(context: String) -> impl FnOnce(kube::Error) -> Error {
+    move |e| Error::Backend {
+        context,
+        source: Box::new(e),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("reef-kube-store")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Backend {
+            context: "kubernetes: start runtime".into(),
+            source: Box::new(e),
+        })
+}
+
+impl KubeStore {
+    /// Connects with a kubeconfig file, or (None) the usual inference: `KUBECONFIG`,
+    /// `~/.kube/config`, then the in-cluster service account.
+    pub fn connect(kubeconfig: Option<&Path>) -> Result<Self, Error> {
+        let rt = runtime()?;
+        let path = kubeconfig.map(Path::to_path_buf);
+        let config = rt.block_on(async move {
+            match &path {
+                Some(p) => {
+                    let kc =
+                        kube::config::Kubeconfig::read_from(p).map_err(|e| Error::Backend {
+                            context: format!("kubernetes: read kubeconfig {}", p.display()),
+                            source: Box::new(e),
+                        })?;
+                    kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                        .await
+                        .map_err(|e| Error::Backend {
+                            context: format!("kubernetes: kubeconfig {}", p.display()),
+                            source: Box::new(e),
+                        })
+                }
+                None => kube::Config::infer().await.map_err(|e| Error::Backend {
+                    context: "kubernetes: find a kubeconfig or in-cluster service account".into(),
+                    source: Box::new(e),
+                }),
+            }
+        })?;
+        Self::with_config(config, rt)
+    }
+
+    /// Connects to the API server at `url` without credentials (tests and local proxies).
+    pub fn connect_url(url: &str) -> Result<Self, Error> {
+        let uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Error::Backend {
+                context: format!("kubernetes: API server URL {url:?}"),
+                source: Box::new(e),
+            })?;
+        Self::with_config(kube::Config::new(uri), runtime()?)
+    }
+
+    fn with_config(config: kube::Config, rt: tokio::runtime::Runtime) -> Result<Self, Error> {
+        // The client spawns its connection tasks: build it inside the runtime.
+        let client = {
+            let _guard = rt.enter();
+            kube::Client::try_from(config).map_err(backend("kubernetes: build client".into()))?
+        };
+        Ok(KubeStore { client, rt })
+    }
+
+    fn api(&self, kind: Kind) -> (Api<DynamicObject>, ApiResource) {
+        let gvk = GroupVersionKind::gvk(reef_config::GROUP, reef_config::VERSION, kind.as_str());
+        let ar = ApiResource::from_gvk_with_plural(&gvk, kind.plural());
+        (Api::all_with(self.client.clone(), &ar), ar)
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it (works from any thread).
+    fn run<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().map_err(|_| Error::Backend {
+            context: "kubernetes: request task ended without an answer".into(),
+            source: "runtime shut down".into(),
+        })
+    }
+}
+
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+fn to_object(d: DynamicObject) -> Object {
+    let spec = d
+        .data
+        .get("spec")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let status = d.data.get("status").cloned().filter(|s| !s.is_null());
+    Object {
+        name: d.metadata.name.unwrap_or_default(),
+        revision: Revision(d.metadata.resource_version.unwrap_or_default()),
+        labels: d.metadata.labels.unwrap_or_default(),
+        spec,
+        status,
+    }
+}
+
+fn to_dynamic(kind: Kind, o: &Object, with_revision: bool) -> DynamicObject {
+    let mut data = serde_json::json!({ "spec": o.spec });
+    if let Some(s) = &o.status {
+        data["status"] = s.clone();
+    }
+    DynamicObject {
+        types: Some(TypeMeta {
+            api_version: format!("{}/{}", reef_config::GROUP, reef_config::VERSION),
+            kind: kind.as_str().to_string(),
+        }),
+        metadata: ObjectMeta {
+            name: Some(o.name.clone()),
+            labels: (!o.labels.is_empty()).then(|| o.labels.clone()),
+            resource_version: (with_revision && !o.revision.0.is_empty())
+                .then(|| o.revision.0.clone()),
+            ..Default::default()
+        },
+        data,
+    }
+}
+
+fn selector(labels: &Labels) -> Option<String> {
+    (!labels.is_empty()).then(|| {
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+impl Store for KubeStore {
+    fn list(&self, kind: Kind, sel: &Labels) -> Result<(Vec<Object>, Revision), Error> {
+        let (api, _) = self.api(kind);
+        let mut lp = ListParams::default();
+        if let Some(s) = selector(sel) {
+            lp = lp.labels(&s);
+        }
+        let list = self
+            .run(async move { api.list(&lp).await })?
+            .map_err(backend(format!("kubernetes: list {kind}")))?;
+        let rev = Revision(list.metadata.resource_version.clone().unwrap_or_default());
+        let mut items: Vec<Object> = list.items.into_iter().map(to_object).collect();
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((items, rev))
+    }
+
+    fn get(&self, kind: Kind, name: &str) -> Result<Option<Object>, Error> {
+        let (api, _) = self.api(kind);
+        let n = name.to_string();
+        let got = self
+            .run(async move { api.get_opt(&n).await })?
+            .map_err(backend(format!("kubernetes: get {kind} {name}")))?;
+        Ok(got.map(to_object))
+    }
+
+    fn create(&self, kind: Kind, object: &Object) -> Result<Object, Error> {
+        let (api, _) = self.api(kind);
+        let d = to_dynamic(kind, object, false);
+        match self.run(async move { api.create(&PostParams::default(), &d).await })? {
+            Ok(d) => Ok(to_object(d)),
+            Err(e) if status_code(&e) == Some(409) => Err(Error::AlreadyExists {
+                kind,
+                name: object.name.clone(),
+            }),
+            Err(e) => Err(backend(format!(
+                "kubernetes: create {kind} {}",
+                object.name
+            ))(e)),
+        }
+    }
+
+    fn update(&self, kind: Kind, object: &Object) -> Result<Object, Error> {
+        let (api, _) = self.api(kind);
+        // Status changes go through the status subresource only; send the stored one back
+        // unchanged by omitting it (the API server ignores status on a main-resource PUT of a
+        // resource with a status subresource).
+        let d = to_dynamic(
+            kind,
+            &Object {
+                status: None,
+                ..object.clone()
+            },
+            true,
+        );
+        let n = object.name.clone();
+        match self.run(async move { api.replace(&n, &PostParams::default(), &d).await })? {
+            Ok(d) => Ok(to_object(d)),
+            Err(e) => Err(write_error(kind, &object.name, "update", e)),
+        }
+    }
+
+    fn update_status(&self, kind: Kind, object: &Object) -> Result<Object, Error> {
+        let (api, _) = self.api(kind);
+        let d = to_dynamic(kind, object, true);
+        let n = object.name.clone();
+        match self.run(async move { api.replace_status(&n, &PostParams::default(), &d).await })? {
+            Ok(d) => Ok(to_object(d)),
+            Err(e) => Err(write_error(kind, &object.name, "update status of", e)),
+        }
+    }
+
+    fn delete(&self, kind: Kind, name: &str, revision: Option<&Revision>) -> Result<(), Error> {
+        let (api, _) = self.api(kind);
+        let dp = DeleteParams {
+            preconditions: revision.map(|r| Preconditions {
+                resource_version: Some(r.0.clone()),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        let n = name.to_string();
+        match self.run(async move { api.delete(&n, &dp).await })? {
+            Ok(_) => Ok(()),
+            Err(e) => Err(write_error(kind, name, "delete", e)),
+        }
+    }
+
+    fn watch(&self, kind: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
+        let (api, _) = self.api(kind);
+        let (tx, rx) = mpsc::channel();
+        let mut from = since.0.clone();
+        let task = self.rt.spawn(async move {
+            // A watch request ends after its timeout; start the next from the last revision.
+            loop {
+                let stream = match api.watch(&WatchParams::default().timeout(290), &from).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let err = if status_code(&e) == Some(410) {
+                            Error::Expired {
+                                kind,
+                                revision: Revision(from.clone()),
+                            }
+                        } else {
+                            backend(format!("kubernetes: watch {kind}"))(e)
+                        };
+                        let _ = tx.send(Err(err));
+                        return;
+                    }
+                };
+                let mut stream = std::pin::pin!(stream);
+                while let Some(ev) = stream.next().await {
+                    let out = match ev {
+                        Ok(kube::core::WatchEvent::Added(d))
+                        | Ok(kube::core::WatchEvent::Modified(d)) => {
+                            let o = to_object(d);
+                            from = o.revision.0.clone();
+                            Ok(WatchEvent::Put(o))
+                        }
+                        Ok(kube::core::WatchEvent::Deleted(d)) => {
+                            let o = to_object(d);
+                            from = o.revision.0.clone();
+                            Ok(WatchEvent::Deleted {
+                                name: o.name,
+                                revision: o.revision,
+                            })
+                        }
+                        Ok(kube::core::WatchEvent::Bookmark(b)) => {
+                            from = b.metadata.resource_version;
+                            continue;
+                        }
+                        Ok(kube::core::WatchEvent::Error(s)) if s.code == 410 => {
+                            let _ = tx.send(Err(Error::Expired {
+                                kind,
+                                revision: Revision(from.clone()),
+                            }));
+                            return;
+                        }
+                        Ok(kube::core::WatchEvent::Error(s)) => Err(Error::Backend {
+                            context: format!("kubernetes: watch {kind}"),
+                            source: Box::new(*s),
+                        }),
+                        Err(e) => Err(backend(format!("kubernetes: watch {kind}"))(e)),
+                    };
+                    let failed = out.is_err();
+                    if tx.send(out).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::new(KubeWatcher { rx, task }))
+    }
+}
+
+fn write_error(kind: Kind, name: &str, what: &str, e: kube::Error) -> Error {
+    match status_code(&e) {
+        Some(409) => Error::Conflict {
+            kind,
+            name: name.to_string(),
+        },
+        Some(404) => Error::NotFound {
+            kind,
+            name: name.to_string(),
+        },
+        _ => backend(format!("kubernetes: {what} {kind} {name}"))(e),
+    }
+}
+
+struct KubeWatcher {
+    rx: mpsc::Receiver<Result<WatchEvent, Error>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for KubeWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeWatcher").finish_non_exhaustive()
+    }
+}
+
+impl Drop for KubeWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Watcher for KubeWatcher {
+    fn next(&mut self, timeout: Duration) -> Result<Option<WatchEvent>, Error> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(ev) => ev.map(Some),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Backend {
+                context: "kubernetes: watch ended".into(),
+                source: "the watch task stopped".into(),
+            }),
+        }
+    }
+}

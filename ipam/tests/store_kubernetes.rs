@@ -1,0 +1,124 @@
+//! The Kubernetes store against a STAND-IN for the API server (tests/common/apiserver.rs; no
+//! real API server runs on this machine): the same conformance suite as every backend, and
+//! IPAM with conflicts injected. Against a real cluster when REEF_TEST_KUBECONFIG names a
+//! kubeconfig (with reef's CRDs installed); skipped otherwise.
+#![cfg(feature = "kubernetes")]
+
+#[path = "common/apiserver.rs"]
+mod apiserver;
+mod common;
+
+use std::sync::Mutex;
+
+use apiserver::StandIn;
+use common::conformance;
+use reef_config::{IpPoolSpec, IpamBlockSpec};
+use reef_ipam::ipam::block_name;
+use reef_ipam::kubernetes::KubeStore;
+use reef_ipam::store::{Kind, Labels, Object, Revision, Store, StoreExt};
+use reef_ipam::{AutoAssignArgs, Error, HandleId, Ipam};
+use serde_json::json;
+
+#[test]
+fn conformance_suite_against_the_stand_in() {
+    let servers = Mutex::new(Vec::new());
+    conformance::run_all(|| {
+        let server = StandIn::start();
+        let store = KubeStore::connect_url(&server.url()).unwrap();
+        servers.lock().unwrap().push(server);
+        store
+    });
+}
+
+fn args(handle: &str, node: &str) -> AutoAssignArgs {
+    AutoAssignArgs {
+        handle: HandleId(handle.into()),
+        num_v4: 1,
+        node: node.into(),
+        ..Default::default()
+    }
+}
+
+/// 409s are answered by re-reading and retrying, a bounded number of times.
+#[test]
+fn ipam_retries_injected_conflicts() {
+    let server = StandIn::start();
+    let ipam = Ipam::new(KubeStore::connect_url(&server.url()).unwrap());
+    ipam.put_pool("v4", IpPoolSpec::new("10.50.0.0/16".parse().unwrap()))
+        .unwrap();
+    let first = ipam.auto_assign(&args("pod-1", "n1")).unwrap();
+    let block = first.v4[0].block;
+    server.inject_conflicts("ipamblocks", &block_name(&block), 5);
+    let second = ipam.auto_assign(&args("pod-2", "n1")).unwrap();
+    assert_eq!(second.v4[0].block, block);
+    assert_ne!(second.v4[0].address, first.v4[0].address);
+    assert_eq!(server.conflicts_sent(), 5);
+    let r = ipam.check(None).unwrap();
+    assert!(r.is_clean(), "{:?}", r.problems);
+    // A writer that always loses gives up with an error saying so, leaving the store sound.
+    server.inject_conflicts("ipamblocks", &block_name(&block), 10_000);
+    match ipam.auto_assign(&args("pod-3", "n1")) {
+        Err(Error::TooManyConflicts { what, attempts }) => {
+            assert!(what.contains(&block.to_string()), "{what}");
+            assert!(attempts > 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    server.inject_conflicts("ipamblocks", &block_name(&block), 0);
+    assert!(ipam.check(None).unwrap().is_clean());
+    assert_eq!(
+        ipam.release_by_handle(&HandleId("pod-1".into())).unwrap(),
+        [first.v4[0].address]
+    );
+    let b: IpamBlockSpec = ipam
+        .store()
+        .get_typed(&block_name(&block))
+        .unwrap()
+        .unwrap()
+        .spec;
+    assert_eq!(b.allocations.len(), 1);
+}
+
+#[test]
+fn unreachable_api_server_is_an_error_with_context() {
+    let server = StandIn::start();
+    let url = server.url();
+    drop(server);
+    let store = KubeStore::connect_url(&url).unwrap();
+    let e = store.get(Kind::IpPool, "x").unwrap_err();
+    assert!(e.to_string().contains("kubernetes: get IPPool x"), "{e}");
+}
+
+/// Against a real cluster, with reef's CRDs applied; skipped unless REEF_TEST_KUBECONFIG is set.
+#[test]
+fn real_cluster_when_configured() {
+    let Some(path) = std::env::var_os("REEF_TEST_KUBECONFIG") else {
+        eprintln!("skipped: REEF_TEST_KUBECONFIG is not set");
+        return;
+    };
+    let store = KubeStore::connect(Some(std::path::Path::new(&path))).unwrap();
+    let name = format!("reeft-conformance-{}", std::process::id());
+    let o = Object {
+        name: name.clone(),
+        revision: Revision(String::new()),
+        labels: Labels::new(),
+        spec: json!({"handleId": name, "blocks": {}}),
+        status: None,
+    };
+    let created = store.create(Kind::IpamHandle, &o).unwrap();
+    let mut upd = created.clone();
+    upd.spec = json!({"handleId": name, "blocks": {"10.0.0.0/26": 1}});
+    let upd = store.update(Kind::IpamHandle, &upd).unwrap();
+    assert!(matches!(
+        store.update(Kind::IpamHandle, &created),
+        Err(Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.delete(Kind::IpamHandle, &name, Some(&created.revision)),
+        Err(Error::Conflict { .. })
+    ));
+    store
+        .delete(Kind::IpamHandle, &name, Some(&upd.revision))
+        .unwrap();
+    assert!(store.get(Kind::IpamHandle, &name).unwrap().is_none());
+}
