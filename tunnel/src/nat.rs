@@ -1,5 +1,6 @@
 //! natOutgoing: pod traffic leaving the cluster's pools is masqueraded behind the node
-//! address. reef owns exactly one nftables table, `ip reef-nat`; it never touches another.
+//! address. reef owns exactly its `reef-nat` tables (families `ip` and `ip6`); it never
+//! touches another.
 //!
 //! Masquerade only when the source is in a pool with natOutgoing and the destination is in
 //! no pool at all: pod-to-pod traffic keeps its source (destination in a pool), and
@@ -13,49 +14,52 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use ipnetwork::IpNetwork;
-
 use crate::plan::Pool;
 use crate::TunnelError;
 
 /// The table reef owns.
 pub const TABLE: &str = "reef-nat";
 
-/// The nft script for these pools, or the script that removes the table when no IPv4 pool
-/// asks for natOutgoing. (IPv6 pools are not masqueraded.)
+/// The nft script for these pools: per address family, reef's table is removed and, when a
+/// pool of that family asks for natOutgoing, created anew (`table ip reef-nat`,
+/// `table ip6 reef-nat`).
 pub fn render(pools: &[Pool]) -> String {
-    let all: Vec<String> = v4(pools.iter()).collect();
-    let nat: Vec<String> = v4(pools.iter().filter(|p| p.nat_outgoing)).collect();
-    // "add table" first makes the delete valid when the table does not exist yet.
-    let mut s = format!("add table ip {TABLE}\ndelete table ip {TABLE}\n");
-    if nat.is_empty() {
-        return s;
+    let mut s = String::new();
+    for (family, v6, addr_type, match_kw) in [
+        ("ip", false, "ipv4_addr", "ip"),
+        ("ip6", true, "ipv6_addr", "ip6"),
+    ] {
+        let all = cidrs(pools.iter(), v6);
+        let nat = cidrs(pools.iter().filter(|p| p.nat_outgoing), v6);
+        // "add table" first makes the delete valid when the table does not exist yet.
+        s += &format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n");
+        if nat.is_empty() {
+            continue;
+        }
+        s += &format!(
+            "table {family} {TABLE} {{\n\
+             \tset pools {{\n\t\ttype {addr_type}\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\
+             \tset nat_pools {{\n\t\ttype {addr_type}\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\t{match_kw} saddr @nat_pools {match_kw} daddr != @pools counter masquerade\n\
+             \t}}\n\
+             }}\n",
+            all.join(", "),
+            nat.join(", ")
+        );
     }
-    s += &format!(
-        "table ip {TABLE} {{\n\
-         \tset pools {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\
-         \tset nat_pools {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr @nat_pools ip daddr != @pools counter masquerade\n\
-         \t}}\n\
-         }}\n",
-        all.join(", "),
-        nat.join(", ")
-    );
     s
 }
 
-fn v4<'a>(pools: impl Iterator<Item = &'a Pool>) -> impl Iterator<Item = String> {
+fn cidrs<'a>(pools: impl Iterator<Item = &'a Pool>, v6: bool) -> Vec<String> {
     let mut v: Vec<String> = pools
-        .filter_map(|p| match p.cidr {
-            IpNetwork::V4(n) => Some(format!("{}/{}", n.network(), n.prefix())),
-            IpNetwork::V6(_) => None,
-        })
+        .filter(|p| p.cidr.is_ipv6() == v6)
+        .map(|p| format!("{}/{}", p.cidr.network(), p.cidr.prefix()))
         .collect();
     v.sort();
     v.dedup();
-    v.into_iter()
+    v
 }
 
 /// Applies [`render`]`(pools)` in the namespace at `netns` (the caller's when `None`).
@@ -133,7 +137,11 @@ mod tests {
 
     #[test]
     fn no_nat_pool_means_no_table() {
-        let s = render(&[pool("10.244.0.0/16", false), pool("fd00::/48", true)]);
-        assert_eq!(s, "add table ip reef-nat\ndelete table ip reef-nat\n");
+        let s = render(&[pool("10.244.0.0/16", false), pool("fd00::/48", false)]);
+        assert_eq!(
+            s,
+            "add table ip reef-nat\ndelete table ip reef-nat\n\
+             add table ip6 reef-nat\ndelete table ip6 reef-nat\n"
+        );
     }
 }

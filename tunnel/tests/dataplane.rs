@@ -277,3 +277,28 @@ fn mtu_file_is_written_atomically() {
         1400
     );
 }
+
+#[test]
+fn nat_tables_for_both_families_come_and_go() {
+    let ns = reef_integration::Netns::new("nat").unwrap();
+    let path = PathBuf::from(ns.path());
+    let mut p = pools(true);
+    p.push(reef_tunnel::Pool {
+        cidr: "fd00:244::/48".parse().unwrap(),
+        ipip_mode: reef_tunnel::IpipMode::Never,
+        nat_outgoing: true,
+    });
+    nat::apply(Some(&path), &p).unwrap();
+    let t = ns.run("nft", ["list", "tables"]).unwrap();
+    assert!(
+        t.contains("table ip reef-nat") && t.contains("table ip6 reef-nat"),
+        "{t}"
+    );
+    // The IPv6 pool stops asking for it: only that family's table goes.
+    p[1].nat_outgoing = false;
+    nat::apply(Some(&path), &p).unwrap();
+    let t = ns.run("nft", ["list", "tables"]).unwrap();
+    assert!(t.contains("table ip reef-nat") && !t.contains("ip6"), "{t}");
+    nat::remove(Some(&path)).unwrap();
+    assert!(ns.run("nft", ["list", "tables"]).unwrap().trim().is_empty());
+}
