@@ -27,7 +27,7 @@ else
 fi
 
 echo "== leftovers"
-left=$(ip netns list | grep -o '^reeft-[^ ]*' || true)
+left=$(ip netns list | grep -oE '^(reeft-|reef-lab-)[^ ]*' || true)
 procs=$(pgrep -a -f 'reeft-(bird|frr|vm)-' || true; pgrep -a -f '^qemu-system-x86_64' || true)
 if [ -n "$left" ] || [ -n "$procs" ]; then
   echo "FAIL: the tests left things behind:"; echo "$left"; echo "$procs"

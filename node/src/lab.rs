@@ -178,9 +178,11 @@ fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
     let mut pool = IpPoolSpec::new(POOL.parse()?);
     pool.ipip_mode = IpipMode::CrossSubnet;
     ipam.put_pool("default-ipv4", pool)?;
+    // Short timers so a dead node's routes go within seconds; an agent restart takes ~1 s.
     let bgp = BgpConfigurationSpec {
         as_number: CLUSTER_AS,
         hold_time_seconds: 9,
+        graceful_restart_seconds: 9,
         ..Default::default()
     };
     ipam.store().create_typed(&Typed::new(DEFAULT_NAME, bgp))?;

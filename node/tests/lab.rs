@@ -1,0 +1,216 @@
+//! End to end on the local lab: real `reef node run` agents in namespaces, a BIRD lab router,
+//! pods made by reef-cni. Needs root. The lab uses fixed names (`reef-lab-*`), so this file
+//! holds one test that walks through every check in order.
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const REEF: &str = env!("CARGO_BIN_EXE_reef");
+
+fn reef(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(REEF).args(args).output().expect("run reef");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Takes the lab down when the test ends, also on failure.
+struct LabGuard;
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = reef(&["lab", "down"]);
+    }
+}
+
+fn status_json(node: &str) -> serde_json::Value {
+    let cfg = format!("/run/reef-lab/{node}/node.yaml");
+    let (code, out, err) = reef(&["--config", &cfg, "-o", "json", "status"]);
+    assert!(
+        code == 0 || code == 1,
+        "reef status on {node}: {code} {err}"
+    );
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json of {node}: {e}: {out}"))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ping(ns: &str, dst: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c1", "-W2", dst])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn lab_fabric_end_to_end() {
+    let _ = reef(&["lab", "down"]); // a lab left by a killed earlier run
+    let _guard = LabGuard;
+    let (code, out, err) = reef(&["lab", "up", "--nodes", "4", "--subnets", "2", "--pods", "2"]);
+    assert_eq!(code, 0, "lab up: {out}\n{err}");
+
+    // Every node has the 3 other nodes and the lab router Established.
+    let (code, out, _) = reef(&["-o", "json", "lab", "status"]);
+    assert_eq!(code, 0, "{out}");
+    let lab: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pods: Vec<(String, String)> = lab["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["node"].as_str().unwrap().to_string(),
+                p["address"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(pods.len(), 8);
+    let mut blocks = Vec::new();
+    for n in ["n0", "n1", "n2", "n3"] {
+        let s = status_json(n);
+        let peers = s["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 4, "{n}: {s}");
+        assert!(
+            peers.iter().all(|p| p["state"] == "Established"),
+            "{n}: {s}"
+        );
+        let types: Vec<&str> = peers
+            .iter()
+            .map(|p| p["peer_type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types.iter().filter(|t| **t == "mesh").count(), 3);
+        assert_eq!(types.iter().filter(|t| **t == "global").count(), 1);
+        blocks.extend(
+            s["blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_str().unwrap().to_string()),
+        );
+    }
+    assert_eq!(blocks.len(), 4);
+
+    // BIRD has every node's block.
+    let bird = Command::new("birdcl")
+        .args(["-s", "/run/reef-lab/router/bird.ctl", "show", "route"])
+        .output()
+        .unwrap();
+    let bird = String::from_utf8_lossy(&bird.stdout);
+    for b in &blocks {
+        assert!(bird.contains(b.as_str()), "BIRD lacks {b}:\n{bird}");
+    }
+
+    // Every pod reaches every other pod (same node, same subnet, across subnets).
+    for (i, (_, src)) in pods.iter().enumerate() {
+        let ns = format!("reef-lab-p{}-{}", i / 2, i % 2);
+        for (_, dst) in pods.iter().filter(|(_, d)| d != src) {
+            let ok = (0..3).any(|_| ping(&ns, dst));
+            assert!(ok, "{ns} cannot reach {dst}");
+        }
+    }
+
+    // The routes say why: cross-subnet blocks over (userspace or kernel) ipip, same-subnet
+    // direct, own block blackholed, local pods via their veth.
+    let s0 = status_json("n0");
+    let reasons: Vec<&str> = s0["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "local pod").count(),
+        2,
+        "{s0}"
+    );
+    assert_eq!(reasons.iter().filter(|r| **r == "own block").count(), 1);
+    assert_eq!(reasons.iter().filter(|r| **r == "direct").count(), 1);
+    assert_eq!(reasons.iter().filter(|r| r.ends_with("ipip")).count(), 2);
+
+    // IPAM is consistent: 8 pods + 4 tunnel addresses, no problem.
+    let (code, out, err) = reef(&[
+        "--config",
+        "/run/reef-lab/n0/node.yaml",
+        "-o",
+        "json",
+        "ipam",
+        "check",
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    let check: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(check["allocations"], 12, "{check}");
+
+    // An agent killed with SIGKILL: its block disappears from the other nodes' kernels within
+    // the hold time plus the graceful-restart time the lab configures (9 s + 9 s).
+    let n3_block = status_json("n3")["blocks"][0].as_str().unwrap().to_string();
+    let pids = Command::new("ip")
+        .args(["netns", "pids", "reef-lab-n3"])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&pids.stdout).to_string();
+    let agent: Vec<&str> = pids
+        .split_whitespace()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .map(|c| c.contains("node") && c.contains("run"))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(agent.len(), 1, "agent pid of n3 among {pids}");
+    Command::new("kill")
+        .args(["-9", agent[0]])
+        .status()
+        .unwrap();
+    let killed = Instant::now();
+    wait_until(
+        "n3's block withdrawn on n0",
+        Duration::from_secs(30),
+        || {
+            let r = Command::new("ip")
+                .args(["-n", "reef-lab-n0", "route", "show", &n3_block])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&r.stdout).trim().is_empty()
+        },
+    );
+    println!(
+        "n3's block withdrawn on n0 {:.1}s after SIGKILL",
+        killed.elapsed().as_secs_f64()
+    );
+    let s0 = status_json("n0");
+    let n3: IpAddr = "10.100.2.11".parse().unwrap();
+    let p = s0["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["address"] == n3.to_string())
+        .unwrap()
+        .clone();
+    assert_ne!(p["state"], "Established", "{p}");
+
+    // The CLI says clearly when no agent runs.
+    let (code, _, err) = reef(&["--config", "/run/reef-lab/n3/node.yaml", "status"]);
+    assert_eq!(code, 3);
+    assert!(err.contains("agent is not running"), "{err}");
+
+    let (code, _, err) = reef(&["lab", "down"]);
+    assert_eq!(code, 0, "{err}");
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("reef-lab-"),
+        "namespaces left behind"
+    );
+}
