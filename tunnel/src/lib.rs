@@ -14,6 +14,24 @@
 //! - [`nat`]: natOutgoing in reef's own nftables table `ip reef-nat`.
 //! - [`device::write_mtu_file`]: the MTU file the CNI plugin reads.
 //!
+//! How an agent wires it (one node, in its own namespace or the host's):
+//!
+//! ```no_run
+//! # async fn agent(input: reef_tunnel::PlanInput) -> Result<(), Box<dyn std::error::Error>> {
+//! use felix_lite::{Reconciler, ReconcilerConfig, RtNetlink};
+//! use reef_tunnel::{plan, PlanInput, Tunnel, TunnelConfig};
+//!
+//! let mut tunnel = Tunnel::new(TunnelConfig::new("eth0", "10.100.1.10".parse()?)).await?;
+//! let nl = RtNetlink::connect(None).await?;
+//! let (routes_tx, routes_rx) = tokio::sync::watch::channel(Vec::new());
+//! tokio::spawn(Reconciler::new(nl, ReconcilerConfig::default()).run(routes_rx, None));
+//! // On every change of blocks, pods, pools or best paths:
+//! let p = plan(&PlanInput { tunnel: tunnel.mode().clone(), ..input });
+//! tunnel.sync(&p, []).await?; // the device first, then the routes through it
+//! routes_tx.send_replace(p.desired_routes());
+//! # Ok(()) }
+//! ```
+//!
 //! It must not touch interfaces other than the tunnel it manages, nor routes: route
 //! programming is felix-lite's. Its only unsafe code is `sys.rs` (TUN ioctl, raw socket).
 
