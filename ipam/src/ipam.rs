@@ -1077,6 +1077,17 @@ impl<S: Store> Ipam<S> {
             .address)
     }
 
+    /// Every handle that holds addresses (for CNI GC: release those whose attachment is
+    /// gone).
+    pub fn handles(&self) -> Result<Vec<HandleId>, Error> {
+        Ok(self
+            .store
+            .list_typed::<IpamHandleSpec>(&Labels::new())?
+            .into_iter()
+            .map(|t| HandleId(t.spec.handle_id))
+            .collect())
+    }
+
     /// Blocks affine to `node` (confirmed), for the agent's BGP export and blackhole routes.
     pub fn blocks_for_node(&self, node: &str) -> Result<Vec<IpNetwork>, Error> {
         let mut v: Vec<IpNetwork> = self

@@ -114,7 +114,8 @@ pub enum WatchEvent {
     },
 }
 
-/// A stream of changes to one kind.
+/// A stream of changes to one kind. Level-based, as Kubernetes watches are: a watcher that
+/// falls behind may see only an object's latest state, not every intermediate one.
 pub trait Watcher: Send + fmt::Debug {
     /// The next change, waiting up to `timeout`; `None` when nothing changed in that time.
     /// [`Error::Expired`] means changes were missed: list again and watch from there.
