@@ -1,10 +1,11 @@
-//! Interop of the codec and the FSM with a real BIRD 2: a small blocking driver (this file)
-//! runs reef's pure FSM over a TCP connection from BIRD inside a namespace the test creates,
-//! reaches Established, decodes what BIRD announces, announces and withdraws packed UPDATEs
-//! that BIRD must accept (checked with birdcl), keeps the session alive past BIRD's hold time
-//! with the FSM's keepalives, and stops with a Cease BIRD must report.
+//! Interop of the codec and the FSM with real BIRD 2 and FRR 8.4: a small blocking driver
+//! (this file) runs reef's pure FSM over a TCP connection the daemon opens inside a namespace
+//! the test creates, reaches Established, decodes what the daemon announces, announces and
+//! withdraws packed UPDATEs the daemon must accept (checked with its CLI), keeps the session
+//! alive past the daemon's 9 s hold time with the FSM's keepalives, and stops with a Cease the
+//! daemon must report.
 //!
-//! Needs root (namespaces) and BIRD 2 (`bird`, `birdcl`), as in the lab (LAB.md).
+//! Needs root (namespaces), BIRD 2 and FRR, as in the lab (LAB.md).
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -16,11 +17,12 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use reef_bgp::attrs::{AsSegment, NextHop, Origin, PathAttributes};
 use reef_bgp::fsm::{Action, Event, Fsm, FsmConfig, Negotiated, Timer};
 use reef_bgp::packet::{
-    frame, pack_updates, pack_withdrawals, DecodeCxt, Families, Family, Message, MessageType,
-    Notification, Update, Verdict,
+    frame, pack_updates, pack_withdrawals, AfiSafi, DecodeCxt, Families, Family, GrFamily,
+    GracefulRestart, Message, MessageType, Notification, Update, Verdict,
 };
 use reef_bgp::{Asn, SessionState};
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
+use reef_integration::frr::Frr;
 use reef_integration::Netns;
 
 const BIRD_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -192,11 +194,6 @@ fn v6_prefixes(n: u32) -> Vec<IpNetwork> {
         .collect()
 }
 
-/// How many of BIRD's routes came from the reef session.
-fn bird_count(bird: &Bird) -> usize {
-    bird.routes_from("reef").map(|r| r.len()).unwrap_or(0)
-}
-
 /// Pumps the session until `cond` holds (checked every 300 ms) or `timeout`.
 fn pump_until(
     d: &mut Driver,
@@ -215,43 +212,39 @@ fn pump_until(
     }
 }
 
-#[test]
-fn reef_fsm_and_codec_against_bird() {
-    let ns = Netns::new("pktbird").expect("namespace");
+/// A namespace with the daemon's and reef's addresses on its loopback, and reef's listener.
+fn lab(tag: &str) -> (Netns, std::net::TcpListener) {
+    let ns = Netns::new(tag).expect("namespace");
     ns.ip(["addr", "add", "192.0.2.1/32", "dev", "lo"]).unwrap();
     ns.ip(["addr", "add", "192.0.2.2/32", "dev", "lo"]).unwrap();
     let listener = ns
         .tcp_listen(SocketAddr::new(IpAddr::V4(REEF_ADDR), REEF_PORT))
         .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    (ns, listener)
+}
 
-    let mut config = BirdConfig::new(Ipv4Addr::new(10, 0, 0, 1));
-    config.static_routes = vec![
-        "10.10.0.0/16".into(),
-        "10.20.0.0/24".into(),
-        "2001:db8:10::/48".into(),
-    ];
-    let mut peer = BirdPeer::new("reef", 65001, IpAddr::V4(REEF_ADDR), 65002);
-    peer.port = Some(REEF_PORT);
-    peer.multihop = true;
-    peer.ipv4 = Some(("all".into(), "where source = RTS_STATIC".into()));
-    peer.ipv6 = Some((
-        "all".into(),
-        "where source = RTS_STATIC; next hop address 2001:db8::1".into(),
-    ));
-    peer.extra = "  source address 192.0.2.1;\n".into();
-    config.peers.push(peer);
-    let bird = Bird::start(&ns, &config).expect("BIRD starts");
-
+/// Waits for the daemon to connect, and runs the FSM (passive, hold 9) to Established.
+fn establish(listener: &std::net::TcpListener, log: &dyn Fn() -> String) -> Driver {
     let mut fsm_config = FsmConfig::new(Asn(65002), Asn(65001), Ipv4Addr::new(10, 0, 0, 2));
     fsm_config.passive = true;
     fsm_config.hold_time = 9;
+    // FRR sends End-of-RIB only to peers that advertise graceful restart.
+    fsm_config.graceful_restart = Some(GracefulRestart {
+        restart_time: 120,
+        families: [AfiSafi::IPV4_UNICAST, AfiSafi::IPV6_UNICAST]
+            .into_iter()
+            .map(|afi_safi| GrFamily {
+                afi_safi,
+                forwarding_preserved: false,
+            })
+            .collect(),
+        ..Default::default()
+    });
     let mut d = Driver::new(Fsm::new(fsm_config));
     d.event(Event::ManualStart);
     assert_eq!(d.fsm.state(), SessionState::Active);
-
-    // BIRD connects to us.
-    listener.set_nonblocking(true).unwrap();
-    let accept_by = Instant::now() + Duration::from_secs(15);
+    let accept_by = Instant::now() + Duration::from_secs(20);
     let stream = loop {
         match listener.accept() {
             Ok((s, from)) => {
@@ -261,7 +254,7 @@ fn reef_fsm_and_codec_against_bird() {
             Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < accept_by => {
                 std::thread::sleep(Duration::from_millis(50))
             }
-            Err(e) => panic!("BIRD did not connect: {e}; log: {}", bird.log()),
+            Err(e) => panic!("the daemon did not connect: {e}; log: {}", log()),
         }
     };
     stream.set_nonblocking(false).unwrap();
@@ -273,19 +266,21 @@ fn reef_fsm_and_codec_against_bird() {
     pump_until(&mut d, Duration::from_secs(10), "Established", |d| {
         d.fsm.state() == SessionState::Established
     });
-    bird.wait_established("reef", Duration::from_secs(5))
-        .unwrap();
     let n = d.negotiated.clone().unwrap();
     assert_eq!((n.hold_time, n.keepalive), (9, 3));
     assert!(n.four_octet_as);
     assert_eq!(n.families, Families::BOTH);
     assert_eq!(n.peer_as, Asn(65001));
+    d
+}
 
-    // What BIRD announces decodes cleanly, End-of-RIB included.
+/// The daemon announces 10.10.0.0/16, 10.20.0.0/24 and 2001:db8:10::/48 from AS 65001 with
+/// next hops 192.0.2.1 and `v6_next_hop`; all decode cleanly, End-of-RIB included.
+fn check_received(d: &mut Driver, v6_next_hop: IpAddr) {
     pump_until(
-        &mut d,
+        d,
         Duration::from_secs(10),
-        "BIRD's routes and End-of-RIB",
+        "the daemon's routes and End-of-RIB",
         |d| {
             let eor = |f| {
                 d.updates
@@ -308,20 +303,25 @@ fn reef_fsm_and_codec_against_bird() {
             assert_eq!(a.next_hop.unwrap().address, IpAddr::V4(BIRD_ADDR));
         }
         if let Some(a) = u.attributes_for(Family::Ipv6Unicast) {
-            assert_eq!(
-                a.next_hop.unwrap().address,
-                "2001:db8::1".parse::<IpAddr>().unwrap()
-            );
+            assert_eq!(a.next_hop.unwrap().address, v6_next_hop);
         }
     }
+}
 
-    // Announce packed UPDATEs: 1200 IPv4 /24s (several messages) and 300 IPv6 /64s.
-    let cxt = n.encode_cxt();
+/// Announces 1200 IPv4 /24s and 300 IPv6 /64s in packed UPDATEs, waits for the daemon to
+/// count them (`count`), withdraws 500 + 100 and waits again; then lets the session run
+/// past the hold time on keepalives.
+fn announce_withdraw_keepalive(
+    d: &mut Driver,
+    next_hop: (Ipv4Addr, Ipv6Addr),
+    count: &dyn Fn() -> usize,
+) {
+    let cxt = d.negotiated.as_ref().unwrap().encode_cxt();
     let attrs = PathAttributes {
         origin: Origin::Igp,
         as_path: vec![AsSegment::Sequence(vec![Asn(65002)])],
         next_hop: Some(NextHop {
-            address: IpAddr::V4(REEF_ADDR),
+            address: IpAddr::V4(next_hop.0),
             link_local: None,
         }),
         med: Some(7),
@@ -330,7 +330,7 @@ fn reef_fsm_and_codec_against_bird() {
     };
     let attrs6 = PathAttributes {
         next_hop: Some(NextHop {
-            address: "2001:db8::2".parse().unwrap(),
+            address: IpAddr::V6(next_hop.1),
             link_local: None,
         }),
         ..attrs.clone()
@@ -347,12 +347,63 @@ fn reef_fsm_and_codec_against_bird() {
     }
     d.send(&out);
     pump_until(
-        &mut d,
+        d,
         Duration::from_secs(15),
-        "BIRD to import 1500 routes",
-        |_| bird_count(&bird) == 1500,
+        "the daemon to accept 1500 routes",
+        |_| count() == 1500,
     );
-    let detail = bird.cli("show route 100.64.4.0/24 all").unwrap();
+
+    let gone: Vec<IpNetwork> = v4[..500].iter().chain(&v6[..100]).copied().collect();
+    let mut out = BytesMut::new();
+    pack_withdrawals(&gone, &cxt, &mut out).unwrap();
+    d.send(&out);
+    pump_until(
+        d,
+        Duration::from_secs(15),
+        "the daemon to drop 600 routes",
+        |_| count() == 900,
+    );
+
+    // Past the daemon's 9 s hold time the session lives on the FSM's keepalives.
+    let sent = d.keepalives_sent;
+    d.pump(Duration::from_secs(10));
+    assert_eq!(d.fsm.state(), SessionState::Established);
+    assert!(
+        d.keepalives_sent >= sent + 3,
+        "keepalives sent: {}",
+        d.keepalives_sent - sent
+    );
+}
+
+#[test]
+fn reef_fsm_and_codec_against_bird() {
+    let (ns, listener) = lab("fsmbird");
+    let mut config = BirdConfig::new(Ipv4Addr::new(10, 0, 0, 1));
+    config.static_routes = vec![
+        "10.10.0.0/16".into(),
+        "10.20.0.0/24".into(),
+        "2001:db8:10::/48".into(),
+    ];
+    let mut peer = BirdPeer::new("reef", 65001, IpAddr::V4(REEF_ADDR), 65002);
+    peer.port = Some(REEF_PORT);
+    peer.multihop = true;
+    peer.ipv4 = Some(("all".into(), "where source = RTS_STATIC".into()));
+    peer.ipv6 = Some((
+        "all".into(),
+        "where source = RTS_STATIC; next hop address 2001:db8::1".into(),
+    ));
+    peer.extra = "  source address 192.0.2.1;\n".into();
+    config.peers.push(peer);
+    let bird = Bird::start(&ns, &config).expect("BIRD starts");
+
+    let mut d = establish(&listener, &|| bird.log());
+    bird.wait_established("reef", Duration::from_secs(5))
+        .unwrap();
+    check_received(&mut d, "2001:db8::1".parse().unwrap());
+    let count = || bird.routes_from("reef").map(|r| r.len()).unwrap_or(0);
+    announce_withdraw_keepalive(&mut d, (REEF_ADDR, "2001:db8::2".parse().unwrap()), &count);
+    // v4_prefixes()[1000], still announced after the withdrawals.
+    let detail = bird.cli("show route 100.67.232.0/24 all").unwrap();
     for want in [
         "BGP.as_path: 65002",
         "BGP.med: 7",
@@ -361,33 +412,11 @@ fn reef_fsm_and_codec_against_bird() {
     ] {
         assert!(detail.contains(want), "{want} not in {detail}");
     }
-
-    // Withdraw a mix of both families.
-    let gone: Vec<IpNetwork> = v4[..500].iter().chain(&v6[..100]).copied().collect();
-    let mut out = BytesMut::new();
-    pack_withdrawals(&gone, &cxt, &mut out).unwrap();
-    d.send(&out);
-    pump_until(
-        &mut d,
-        Duration::from_secs(15),
-        "BIRD to drop 600 routes",
-        |_| bird_count(&bird) == 900,
-    );
-
-    // Past BIRD's 9 s hold time the session lives on the FSM's keepalives.
-    let sent = d.keepalives_sent;
-    d.pump(Duration::from_secs(10));
-    assert_eq!(d.fsm.state(), SessionState::Established);
     assert!(bird
         .bgp_state("reef")
         .unwrap()
         .unwrap()
         .starts_with("Established"));
-    assert!(
-        d.keepalives_sent >= sent + 3,
-        "keepalives sent: {}",
-        d.keepalives_sent - sent
-    );
 
     // ManualStop: a Cease (administrative shutdown) that BIRD reports.
     d.event(Event::ManualStop);
@@ -403,4 +432,76 @@ fn reef_fsm_and_codec_against_bird() {
         last = bird.bgp_state("reef").unwrap().unwrap_or_default();
     }
     bird.stop();
+}
+
+#[test]
+fn reef_fsm_and_codec_against_frr() {
+    let (ns, listener) = lab("fsmfrr");
+    let conf = format!(
+        "router bgp 65001
+ bgp router-id 10.0.0.1
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ neighbor {REEF_ADDR} remote-as 65002
+ neighbor {REEF_ADDR} port {REEF_PORT}
+ neighbor {REEF_ADDR} update-source {BIRD_ADDR}
+ neighbor {REEF_ADDR} ebgp-multihop 2
+ neighbor {REEF_ADDR} timers 3 9
+ neighbor {REEF_ADDR} timers connect 1
+ address-family ipv4 unicast
+  network 10.10.0.0/16
+  network 10.20.0.0/24
+  neighbor {REEF_ADDR} activate
+ exit-address-family
+ address-family ipv6 unicast
+  network 2001:db8:10::/48
+  neighbor {REEF_ADDR} activate
+ exit-address-family
+exit
+"
+    );
+    let frr = Frr::start(&ns, &conf).expect("FRR starts");
+    let mut d = establish(&listener, &|| frr.log("bgpd"));
+    frr.wait_established(IpAddr::V4(REEF_ADDR), Duration::from_secs(5))
+        .unwrap();
+    // Over an IPv4 session FRR gives IPv6 routes the IPv4-mapped next hop.
+    check_received(&mut d, "::ffff:192.0.2.1".parse().unwrap());
+    // FRR calls a next hop on one of its own addresses martian: use addresses it does not have.
+    let count = || {
+        frr.peers()
+            .map(|p| p.iter().map(|p| p.prefixes_received as usize).sum())
+            .unwrap_or(0)
+    };
+    announce_withdraw_keepalive(
+        &mut d,
+        (
+            Ipv4Addr::new(192, 0, 2, 99),
+            "2001:db8::99".parse().unwrap(),
+        ),
+        &count,
+    );
+    let detail = frr
+        .vtysh("show bgp ipv4 unicast 100.67.232.0/24 json")
+        .unwrap();
+    for want in [
+        "\"metric\":7",
+        "65002:1",
+        "\"string\":\"65002\"",
+        "\"ip\":\"192.0.2.99\"",
+    ] {
+        assert!(detail.contains(want), "{want} not in {detail}");
+    }
+
+    d.event(Event::ManualStop);
+    assert_eq!(d.fsm.state(), SessionState::Idle);
+    let mut last = String::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !last.contains("Administrative Shutdown") {
+        assert!(Instant::now() < end, "FRR did not report the Cease: {last}");
+        std::thread::sleep(Duration::from_millis(200));
+        last = frr
+            .vtysh(&format!("show bgp neighbors {REEF_ADDR} json"))
+            .unwrap_or_default();
+    }
+    frr.stop();
 }
