@@ -593,3 +593,83 @@ fn truncated_messages_never_panic() {
         );
     }
 }
+
+#[test]
+fn as_path_segments_longer_than_255_are_split() {
+    let mut attrs = base_attrs();
+    attrs.as_path = vec![AsSegment::Sequence((1..=300).map(Asn).collect())];
+    let u = Update {
+        attrs: Some(attrs),
+        nlri: vec![net4("10.1.0.0/16")],
+        ..Default::default()
+    };
+    let bytes = encode(&Message::Update(Box::new(u)), ibgp4());
+    let (m, v) = Message::decode(&bytes, &ibgp4()).unwrap();
+    assert_eq!(v, Verdict::Ok);
+    let Message::Update(got) = m else { panic!() };
+    let a = got.attrs.unwrap();
+    assert_eq!(
+        a.as_path,
+        vec![
+            AsSegment::Sequence((1..=255).map(Asn).collect()),
+            AsSegment::Sequence((256..=300).map(Asn).collect())
+        ]
+    );
+    assert_eq!(a.as_path_len(), 300);
+}
+
+#[test]
+fn encode_errors_leave_the_buffer_as_it_was() {
+    use reef_bgp::packet::{pack_updates, EncodeError};
+    let mut buf = BytesMut::from(&b"queued"[..]);
+    // 1100 communities do not fit in one message.
+    let mut attrs = base_attrs();
+    attrs.communities = (0..1100).collect();
+    let u = Update {
+        attrs: Some(attrs.clone()),
+        nlri: vec![net4("10.1.0.0/16")],
+        ..Default::default()
+    };
+    let e = Message::Update(Box::new(u))
+        .encode(&EncodeCxt::from(ibgp4()), &mut buf)
+        .unwrap_err();
+    assert!(matches!(e, EncodeError::TooLong { .. }), "{e}");
+    let e = pack_updates(
+        &attrs,
+        &[net("10.1.0.0/16")],
+        &EncodeCxt::from(ibgp4()),
+        &mut buf,
+    )
+    .unwrap_err();
+    assert!(matches!(e, EncodeError::TooLong { .. }), "{e}");
+    // An IPv6 next hop for IPv4 routes, IPv6 routes on a session without IPv6.
+    let mut v6nh = base_attrs();
+    v6nh.next_hop = Some(NextHop {
+        address: "2001:db8::1".parse().unwrap(),
+        link_local: None,
+    });
+    let u = Update {
+        attrs: Some(v6nh.clone()),
+        nlri: vec![net4("10.1.0.0/16")],
+        ..Default::default()
+    };
+    let e = Message::Update(Box::new(u))
+        .encode(&EncodeCxt::from(ibgp4()), &mut buf)
+        .unwrap_err();
+    assert!(matches!(e, EncodeError::NextHop { .. }), "{e}");
+    let v4_only = EncodeCxt {
+        families: Families::IPV4,
+        ..EncodeCxt::from(ibgp4())
+    };
+    let e = pack_updates(&v6nh, &[net("2001:db8::/32")], &v4_only, &mut buf).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            EncodeError::FamilyNotNegotiated {
+                family: Family::Ipv6Unicast
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(&buf[..], b"queued");
+}

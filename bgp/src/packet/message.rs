@@ -151,6 +151,17 @@ pub struct Open {
 }
 
 /// One capability (RFC 5492). Known ones are decoded; others are kept as they came.
+///
+/// ```text
+/// +------------------------------+
+/// | Capability Code (1 octet)    |
+/// +------------------------------+
+/// | Capability Length (1 octet)  |
+/// +------------------------------+
+/// | Capability Value (variable)  |
+/// ~                              ~
+/// +------------------------------+
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Capability {
     /// Code 1, RFC 4760: the sender handles this family.
