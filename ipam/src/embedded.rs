@@ -52,13 +52,14 @@ CREATE TABLE IF NOT EXISTS objects (
     status TEXT,
     PRIMARY KEY (kind, name)
 ) WITHOUT ROWID;
+-- No AUTOINCREMENT and no index on kind: each would cost a page write per commit. Row ids
+-- still only grow: pruning never deletes the newest row.
 CREATE TABLE IF NOT EXISTS changes (
-    revision INTEGER PRIMARY KEY AUTOINCREMENT,
+    revision INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
     deleted INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS changes_kind ON changes (kind, revision);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('pruned_through', 0);
 ";
