@@ -80,3 +80,71 @@ fn manifests_are_cluster_scoped_with_validation() {
     let v: serde_yaml::Value = serde_yaml::from_str(node).unwrap();
     assert!(v["spec"]["versions"][0]["subresources"]["status"].is_mapping());
 }
+
+/// Kubernetes accepts only structural schemas: every node says its type (no bare anyOf,
+/// no untyped properties), and arrays say their item type.
+#[test]
+fn schemas_are_structural() {
+    fn walk(
+        name: &str,
+        path: &str,
+        v: &serde_yaml::Value,
+        bad: &mut Vec<String>,
+        seen: &mut usize,
+    ) {
+        let Some(m) = v.as_mapping() else { return };
+        *seen += 1;
+        let has = |k: &str| m.contains_key(serde_yaml::Value::from(k));
+        if !has("type")
+            && !has("x-kubernetes-int-or-string")
+            && !has("x-kubernetes-preserve-unknown-fields")
+        {
+            bad.push(format!("{name}: {path} has no type"));
+        }
+        for k in ["anyOf", "oneOf", "allOf", "$ref"] {
+            if has(k) {
+                bad.push(format!("{name}: {path} uses {k}"));
+            }
+        }
+        if v["type"].as_str() == Some("array") && !has("items") {
+            bad.push(format!("{name}: {path} is an array without items"));
+        }
+        if let Some(props) = v["properties"].as_mapping() {
+            for (k, p) in props {
+                walk(
+                    name,
+                    &format!("{path}.{}", k.as_str().unwrap_or("?")),
+                    p,
+                    bad,
+                    seen,
+                );
+            }
+        }
+        if has("items") {
+            walk(name, &format!("{path}[]"), &v["items"], bad, seen);
+        }
+        if v["additionalProperties"].is_mapping() {
+            walk(
+                name,
+                &format!("{path}{{}}"),
+                &v["additionalProperties"],
+                bad,
+                seen,
+            );
+        }
+    }
+    let (mut bad, mut seen) = (Vec::new(), 0);
+    for (name, yaml) in reef_config::crdgen::manifests() {
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        walk(
+            &name,
+            "",
+            &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+            &mut bad,
+            &mut seen,
+        );
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+    // The walk reached the nested fields (allocations[].attributes.podName and the like).
+    assert!(seen >= 90, "visited only {seen} schema nodes");
+}
