@@ -268,6 +268,13 @@ pub fn rerun_inside(name: &str, extra_binaries: &[PathBuf]) -> Result<(), Error>
     ));
     run.binaries.push(exe);
     run.binaries.extend(extra_binaries.iter().cloned());
+    // Software emulation on a busy 2-core machine: a multi-node test may need minutes.
+    run.timeout = Duration::from_secs(
+        std::env::var("REEF_VM_TIMEOUT")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(300),
+    );
     let out = boot(&kernel, &run)?;
     println!(
         "---- guest serial console ({:.1}s) ----\n{}",

@@ -286,7 +286,8 @@ fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
                 let s = snapshot_of(n).ok()?;
                 (s.established() >= want).then_some(())
             },
-        )?;
+        )
+        .map_err(|e| anyhow!("{e}\n{}", log_tails(&st)))?;
     }
     for (i, n) in st.nodes.clone().iter().enumerate() {
         for j in 0..pods {
@@ -363,6 +364,21 @@ fn add_pod(cni: &Path, n: &LabNode, i: usize, j: usize) -> Result<LabPod> {
         address,
         container_id,
     })
+}
+
+/// The last lines of every agent's log, for an error message (the lab is torn down after it).
+fn log_tails(st: &LabState) -> String {
+    let mut out = String::new();
+    for n in &st.nodes {
+        let log = std::fs::read_to_string(n.config.with_file_name("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        out.push_str(&format!("--- {} agent log (last lines):\n", n.name));
+        for l in &lines[lines.len().saturating_sub(15)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn snapshot_of(n: &LabNode) -> Result<Snapshot> {
@@ -602,8 +618,11 @@ fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> R
 /// `log`; returns its pid (`ip netns exec` execs the program, so the pid is the program's).
 fn spawn_detached(ns: &str, program: &Path, args: &[&str], log: &Path) -> Result<u32> {
     let f = std::fs::File::create(log)?;
+    // An absolute path: busybox's setsid would run its own `ip` applet (no netns support).
+    let ip = find_program("ip").ok_or_else(|| anyhow!("iproute2's ip is not installed"))?;
     let child = Command::new("setsid")
-        .args(["ip", "netns", "exec", ns])
+        .arg(ip)
+        .args(["netns", "exec", ns])
         .arg(program)
         .args(args)
         .stdin(Stdio::null())
@@ -626,10 +645,15 @@ fn run_ok(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.exists())
+}
+
 fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).exists()))
-        .unwrap_or(false)
+    find_program(program).is_some()
 }
 
 fn path(p: &Path) -> String {

@@ -1,0 +1,89 @@
+//! The lab on a real kernel with ipip (the Debian kernel under qemu): agents pick kernel
+//! IP-in-IP (`tunl0`) and pods on two subnets reach each other through it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use reef_integration::vm;
+
+fn reef() -> PathBuf {
+    if vm::inside() {
+        PathBuf::from(vm::GUEST_BIN).join("reef")
+    } else {
+        PathBuf::from(env!("CARGO_BIN_EXE_reef"))
+    }
+}
+
+#[test]
+fn vm_lab_pods_ping_across_subnets_over_kernel_ipip() {
+    if !vm::inside() {
+        let cni = reef().with_file_name("reef-cni");
+        return vm::rerun_inside(
+            "vm_lab_pods_ping_across_subnets_over_kernel_ipip",
+            &[reef(), cni],
+        )
+        .unwrap();
+    }
+    let up = Command::new(reef())
+        .args(["lab", "up", "--nodes", "2", "--subnets", "2", "--pods", "1"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    println!("{text}");
+    let ok = up.status.success();
+    if !ok {
+        for f in ["n0/agent.log", "n1/agent.log", "router/bird.log"] {
+            let log = std::fs::read_to_string(format!("/run/reef-lab/{f}")).unwrap_or_default();
+            println!("---- {f}\n{log}");
+        }
+    }
+    let result = std::panic::catch_unwind(|| {
+        assert!(ok, "lab up failed");
+        let st = Command::new(reef())
+            .args([
+                "--config",
+                "/run/reef-lab/n0/node.yaml",
+                "-o",
+                "json",
+                "status",
+            ])
+            .output()
+            .unwrap();
+        let s: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        assert_eq!(s["tunnel_mode"], "kernel ipip (tunl0)", "{s}");
+        // The pod of node 1 (other subnet) is reached through tunl0.
+        let lab = Command::new(reef())
+            .args(["-o", "json", "lab", "status"])
+            .output()
+            .unwrap();
+        let lab: serde_json::Value = serde_json::from_slice(&lab.stdout).unwrap();
+        let dst = lab["pods"][1]["address"].as_str().unwrap().to_string();
+        let mut reached = false;
+        for _ in 0..20 {
+            let p = Command::new("ip")
+                .args(["netns", "exec", "reef-lab-p0-0", "ping", "-c1", "-W1", &dst])
+                .output()
+                .unwrap();
+            if p.status.success() {
+                reached = true;
+                break;
+            }
+        }
+        let routes = Command::new("ip")
+            .args(["-n", "reef-lab-n0", "route"])
+            .output()
+            .unwrap();
+        let routes = String::from_utf8_lossy(&routes.stdout).to_string();
+        println!("{routes}");
+        assert!(reached, "pod on n0 cannot reach {dst} over tunl0");
+        assert!(routes.contains("dev tunl0 proto 82 onlink"), "{routes}");
+    });
+    let _ = Command::new(reef()).args(["lab", "down"]).output();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
