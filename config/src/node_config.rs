@@ -36,9 +36,10 @@ pub mod defaults {
     pub const PARENT_MTU: u32 = 1500;
     /// Bytes an IP-in-IP header takes.
     pub const IPIP_OVERHEAD: u32 = 20;
-    /// Route protocol number on every route reef writes (rtnetlink `rtm_protocol`); not used
-    /// by the kernel, BIRD (12), FRR (186-192), Calico (80) nor other common daemons.
-    pub const ROUTE_PROTOCOL: u8 = 0x52;
+    /// Route protocol number on every route reef writes (rtnetlink `rtm_protocol`); unassigned
+    /// in iproute2's rt_protos and not used by the kernel, BIRD (12), FRR (11, 186-192), Calico
+    /// (80) nor other common daemons. The same as felix-lite's own default.
+    pub const ROUTE_PROTOCOL: u8 = 201;
     /// Name of the IP-in-IP device.
     pub const TUNNEL_DEVICE: &str = "tunl0";
     /// Log filter (tracing-subscriber EnvFilter syntax).

@@ -80,7 +80,7 @@ fn vm_lab_pods_ping_across_subnets_over_kernel_ipip() {
         let routes = String::from_utf8_lossy(&routes.stdout).to_string();
         println!("{routes}");
         assert!(reached, "pod on n0 cannot reach {dst} over tunl0");
-        assert!(routes.contains("dev tunl0 proto 82 onlink"), "{routes}");
+        assert!(routes.contains("dev tunl0 proto 201 onlink"), "{routes}");
     });
     let _ = Command::new(reef()).args(["lab", "down"]).output();
     if let Err(e) = result {

@@ -190,3 +190,16 @@ pub fn v4(addr: IpAddr) -> Option<Ipv4Addr> {
         IpAddr::V6(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The CNI plugin writes pod routes with the node config's protocol and felix-lite owns
+    /// routes with its own default: they must be one number.
+    #[test]
+    fn one_route_protocol_default() {
+        assert_eq!(
+            reef_config::node_config::defaults::ROUTE_PROTOCOL,
+            felix_lite::RouteProtocol::default().0
+        );
+    }
+}
