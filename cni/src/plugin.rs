@@ -385,3 +385,42 @@ fn ipam_result(conf: &IpamPluginConf, allocated: &[Allocated]) -> CniResult {
         dns: conf.net.dns.clone(),
     }
 }
+
+/// What a plugin binary runs: [`reef_cni`] or [`reef_ipam`].
+pub type Plugin = fn(&Env, &[u8], OpenIpam<'_>, &mut Log) -> Result<Option<Value>, Error>;
+
+/// The whole of a plugin binary's `main`: reads `CNI_*` and stdin, runs `plugin` against reef's
+/// IPAM, writes the result (or the error JSON) on stdout and logs on stderr; exit status 0 on
+/// success, 1 on error.
+pub fn main(name: &str, plugin: Plugin) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let env = Env::parse(|k| std::env::var(k).ok());
+    let context = format!(
+        "{name} {} {}",
+        std::env::var("CNI_COMMAND").unwrap_or_default(),
+        std::env::var("CNI_CONTAINERID").unwrap_or_default()
+    );
+    let mut log = Log::stderr(context);
+    let outcome = read
+        .map_err(|source| Error::Io {
+            what: "stdin".into(),
+            source,
+        })
+        .and(env)
+        .and_then(|env| plugin(&env, &stdin, &crate::backend::open, &mut log));
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Ok(Some(v)) => {
+            let _ = writeln!(out, "{v}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(None) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            log.error(format_args!("{e}"));
+            let _ = writeln!(out, "{}", e.to_json(sniff_version(&stdin)));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
