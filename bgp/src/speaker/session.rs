@@ -198,7 +198,8 @@ impl Conn {
             writer_task,
             outgoing,
             local,
-            buf: BytesMut::with_capacity(64 * 1024),
+            // Grows when a peer sends a lot; most sessions stay small.
+            buf: BytesMut::with_capacity(4096),
         }
     }
 
@@ -868,7 +869,11 @@ const PACK_RUN: usize = 512;
 
 /// Packs an Adj-RIB-Out delta into UPDATEs and queues them in chunks of whole messages.
 fn send_update(writer: &Writer, u: &PeerUpdate, cxt: &EncodeCxt) {
-    let mut buf = BytesMut::with_capacity(BULK_CHUNK);
+    // Sized for this delta: the queued chunks keep their allocation until written, so a
+    // 64 KiB buffer per small UPDATE would add up across hundreds of sessions.
+    let prefixes = u.withdraw.len() + u.announce.iter().map(|a| a.prefixes.len()).sum::<usize>();
+    let estimate = 64 + 17 * prefixes + 128 * u.announce.len();
+    let mut buf = BytesMut::with_capacity(estimate.min(BULK_CHUNK));
     let flush = |buf: &mut BytesMut, force: bool| {
         // A run of PACK_RUN prefixes is at most a few KiB, so a chunk stays near BULK_CHUNK.
         if buf.len() >= BULK_CHUNK - 8192 || (force && !buf.is_empty()) {

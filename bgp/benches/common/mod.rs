@@ -1,0 +1,253 @@
+//! What the speaker benchmarks share: running `reef-bgp` and BIRD as separate processes on
+//! loopback (127.0.0.0/8 only; BIRD gets no kernel protocol, so nothing outside the two
+//! processes is touched), reading their peak RSS, and a minimal BGP peer built on the
+//! packet encoder.
+#![allow(dead_code)] // each bench uses a different part
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use reef_bgp::packet::{frame, AfiSafi, Capability, EncodeCxt, Families, Message, Open, PeerKind};
+use reef_bgp::Asn;
+use serde_json::Value;
+
+/// A daemon started by the bench; killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time (user + system) the process used so far: on a shared, noisy machine a
+    /// steadier figure than wall time.
+    pub fn cpu(&self) -> Duration {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3 (state), so field n is f[n - 3].
+        let field = |n: usize| {
+            f.get(n - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let ticks = field(14) + field(15);
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// Peak resident set size (VmHWM) in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+pub fn free_port(addr: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((addr, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts `reef-bgp --config <yaml> --no-routes --status-interval 50`.
+pub fn reef(config: &str) -> Daemon {
+    let dir = tempfile::Builder::new()
+        .prefix("reef-bench-")
+        .tempdir()
+        .unwrap();
+    let conf = dir.path().join("speaker.yaml");
+    std::fs::write(&conf, config).unwrap();
+    let out = std::fs::File::create(dir.path().join("out.jsonl")).unwrap();
+    let err = std::fs::File::create(dir.path().join("err.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_reef-bgp"))
+        .arg("--config")
+        .arg(&conf)
+        .args(["--no-routes", "--status-interval", "50"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("reef-bgp starts");
+    let d = Daemon { child, dir };
+    wait("reef-bgp ready", 10, || {
+        reef_lines(&d)
+            .iter()
+            .any(|v| v["event"] == "ready")
+            .then_some(())
+    });
+    d
+}
+
+pub fn reef_lines(d: &Daemon) -> Vec<Value> {
+    std::fs::read_to_string(d.dir.path().join("out.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The newest status line of reef-bgp.
+pub fn reef_status(d: &Daemon) -> Option<Value> {
+    let text = std::fs::read_to_string(d.dir.path().join("out.jsonl")).ok()?;
+    text.lines()
+        .rev()
+        .filter(|l| l.contains("\"status\""))
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// Starts BIRD with `config` (control socket in a temp dir).
+pub fn bird(config: &str) -> Daemon {
+    let dir = tempfile::Builder::new()
+        .prefix("reef-bench-bird-")
+        .tempdir()
+        .unwrap();
+    let conf = dir.path().join("bird.conf");
+    std::fs::write(&conf, config).unwrap();
+    let log = std::fs::File::create(dir.path().join("bird.log")).unwrap();
+    let child = Command::new("bird")
+        .arg("-f")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-s")
+        .arg(dir.path().join("bird.ctl"))
+        .arg("-P")
+        .arg(dir.path().join("bird.pid"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("bird starts (apt-get install bird2)");
+    let d = Daemon { child, dir };
+    wait("BIRD control socket", 10, || birdcl(&d, "show status").ok());
+    d
+}
+
+pub fn birdcl(d: &Daemon, cmd: &str) -> Result<String, String> {
+    let out = Command::new("birdcl")
+        .arg("-s")
+        .arg(d.dir.path().join("bird.ctl"))
+        .args(cmd.split_whitespace())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Routes in BIRD's `master4` table (`show route count`).
+pub fn bird_route_count(d: &Daemon) -> u64 {
+    let out = birdcl(d, "show route count").unwrap_or_default();
+    // "1000000 of 1000000 routes for 1000000 networks in table master4"
+    out.lines()
+        .find(|l| l.contains("routes for"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn wait<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn cxt(peer: PeerKind) -> EncodeCxt {
+    EncodeCxt {
+        four_octet_as: true,
+        peer,
+        families: Families::IPV4,
+    }
+}
+
+/// Connects from `from` to `to`, exchanges OPEN and KEEPALIVE; returns the stream ready
+/// for UPDATEs and the bytes already read past the peer's KEEPALIVE.
+pub fn bgp_connect(
+    from: Ipv4Addr,
+    to: SocketAddr,
+    asn: u32,
+    hold: u16,
+) -> std::io::Result<(TcpStream, Vec<u8>)> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(IpAddr::V4(from), 0).into())?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(10))?;
+    let mut s: TcpStream = sock.into();
+    s.set_nodelay(true)?;
+    let open = Open::new(
+        Asn(asn),
+        hold,
+        from,
+        vec![
+            Capability::Multiprotocol(AfiSafi::IPV4_UNICAST),
+            Capability::FourOctetAs(Asn(asn)),
+        ],
+    );
+    let mut b = BytesMut::new();
+    Message::Open(open)
+        .encode(&cxt(PeerKind::External), &mut b)
+        .expect("OPEN encodes");
+    Message::Keepalive
+        .encode(&cxt(PeerKind::External), &mut b)
+        .expect("KEEPALIVE encodes");
+    s.write_all(&b)?;
+    // Wait for the peer's KEEPALIVE (after its OPEN): the session is Established then.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    loop {
+        while let Some(len) = frame(&buf).map_err(|e| std::io::Error::other(e.to_string()))? {
+            let t = buf[18];
+            buf.drain(..len);
+            if t == 4 {
+                s.set_read_timeout(None)?;
+                return Ok((s, buf));
+            }
+            if t == 3 {
+                return Err(std::io::Error::other(
+                    "NOTIFICATION during the OPEN exchange",
+                ));
+            }
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed during the OPEN exchange"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads and drops whatever the peer sends, on a thread (keeps its writes from blocking).
+pub fn drain(s: &TcpStream) {
+    let mut r = s.try_clone().expect("clone socket");
+    std::thread::spawn(move || {
+        let mut chunk = vec![0u8; 65536];
+        while matches!(r.read(&mut chunk), Ok(n) if n > 0) {}
+    });
+}
