@@ -4,6 +4,7 @@
 //!    and 16 nodes;
 //! 2. pod created on node 0 (reef-cni ADD called as a runtime does) → the pod answers a ping
 //!    from node 3 (another subnet), p50 / p99 over 50 pods.
+//!
 //! Not a timed test: it prints figures.
 
 use std::io::Write;
