@@ -143,6 +143,7 @@ pub(crate) fn spawn(
         pending: None,
         adopting: None,
         open_sent: false,
+        closing: None,
         timers: Timers::default(),
         negotiated: None,
         verdict: Verdict::Ok,
@@ -271,6 +272,8 @@ struct Session {
     adopting: Option<TcpStream>,
     /// Our OPEN already went out on the adopted connection: skip the FSM's `SendOpen`.
     open_sent: bool,
+    /// The writer of the last dropped connection, still flushing.
+    closing: Option<JoinHandle<std::io::Result<()>>>,
     timers: Timers,
     /// The parameters of the Established session (kept after the FSM clears its own copy on
     /// the way down, to decide on graceful restart).
@@ -410,7 +413,10 @@ impl Session {
             }
         }
         if let Some(c) = self.conn.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
+            self.closing = Some(c.close());
+        }
+        if let Some(w) = self.closing.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
         }
     }
 
@@ -689,7 +695,9 @@ impl Session {
             Action::DropConnection => {
                 self.connecting = None;
                 if let Some(c) = self.conn.take() {
-                    drop(c.close());
+                    // Kept so a NOTIFICATION queued just before still goes out when the task
+                    // ends right after (ManualStop / AutomaticStop on shutdown or removal).
+                    self.closing = Some(c.close());
                 }
             }
             Action::SendOpen(open) => {
