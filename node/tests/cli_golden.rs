@@ -1,0 +1,101 @@
+//! Golden outputs of `reef ipam show --blocks` and `reef ipam check` on a datastore with known
+//! contents. Regenerate with `REEF_UPDATE_GOLDEN=1 cargo test -p reef --test cli_golden`.
+
+use std::path::Path;
+use std::process::Command;
+
+use reef_config::crds::{AllocationAttributes, IpPoolSpec};
+use reef_ipam::{AutoAssignArgs, EmbeddedStore, HandleId, Ipam};
+
+const REEF: &str = env!("CARGO_BIN_EXE_reef");
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("REEF_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        actual, want,
+        "{name} differs from the golden file (REEF_UPDATE_GOLDEN=1 to accept)"
+    );
+}
+
+fn reef(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(REEF)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn ipam_show_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    let ipam = Ipam::new(EmbeddedStore::open(&db).unwrap());
+    ipam.put_pool(
+        "default-ipv4",
+        IpPoolSpec::new("10.244.0.0/24".parse().unwrap()),
+    )
+    .unwrap();
+    for (node, pods) in [("node-a", 3), ("node-b", 1)] {
+        for i in 0..pods {
+            let args = AutoAssignArgs {
+                handle: HandleId(format!("reef.{node}-pod{i}")),
+                num_v4: 1,
+                node: node.into(),
+                attributes: AllocationAttributes {
+                    pod_namespace: Some("default".into()),
+                    pod_name: Some(format!("pod{i}")),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            ipam.auto_assign(&args).unwrap();
+        }
+    }
+    let config = dir.path().join("node.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "nodeName: node-a\ndatastore:\n  embedded: {{ path: {} }}\naddress: 10.0.0.1/24\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+
+    let (code, show) = reef(&config, &["ipam", "show", "--blocks"]);
+    assert_eq!(code, 0);
+    golden("ipam-show-blocks.txt", &show);
+    let (code, check) = reef(&config, &["ipam", "check"]);
+    assert_eq!(code, 0, "{check}");
+    golden("ipam-check-clean.txt", &check);
+
+    // Break it: a handle record pointing at nothing → check reports it and exits 1.
+    ipam.release_addresses(&["10.244.0.64".parse().unwrap()])
+        .unwrap();
+    let store = ipam.store();
+    use reef_ipam::StoreExt;
+    let h = reef_config::crds::IpamHandleSpec {
+        handle_id: "reef.ghost".into(),
+        blocks: [("10.244.0.0-26".to_string(), 1)].into_iter().collect(),
+    };
+    store
+        .create_typed(&reef_ipam::Typed::new(
+            reef_ipam::ipam::handle_name(&HandleId("reef.ghost".into())),
+            h,
+        ))
+        .unwrap();
+    let (code, check) = reef(&config, &["ipam", "check"]);
+    assert_eq!(code, 1, "{check}");
+    golden("ipam-check-problems.txt", &check);
+}
