@@ -85,3 +85,73 @@ pub fn routes(cfg: &NodeConfig, out: Output) -> Result<Exit> {
     print!("{}", t.render());
     Ok(Exit::Ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::render_status;
+    use crate::agent::snapshot::{PeerRow, RouteRow, Snapshot};
+
+    fn peer(addr: &str, kind: &str, state: &str, err: Option<&str>) -> PeerRow {
+        PeerRow {
+            address: addr.parse().unwrap(),
+            peer_type: kind.into(),
+            asn: 64512,
+            state: state.into(),
+            since: "2026-11-22T12:00:00Z".into(),
+            last_error: err.map(String::from),
+            prefixes_received: 1,
+            prefixes_accepted: 1,
+            prefixes_sent: 1,
+            max_prefix_exceeded: false,
+        }
+    }
+
+    /// `reef status` as a person sees it; regenerate with REEF_UPDATE_GOLDEN=1.
+    #[test]
+    fn status_table_golden() {
+        let s = Snapshot {
+            node: "n0".into(),
+            address: "10.100.1.10/24".into(),
+            ready: true,
+            tunnel_mode: "kernel ipip (tunl0)".into(),
+            mtu: 1480,
+            blocks: vec!["10.244.59.0/26".into()],
+            peers: vec![
+                peer("10.100.0.1", "global", "Established", None),
+                peer("10.100.1.11", "mesh", "Established", None),
+                peer(
+                    "10.100.2.10",
+                    "mesh",
+                    "Active",
+                    Some("connect: Connection refused"),
+                ),
+            ],
+            routes: vec![
+                RouteRow {
+                    destination: "10.244.59.0/26".into(),
+                    target: "blackhole".into(),
+                    reason: "own block".into(),
+                },
+                RouteRow {
+                    destination: "10.244.59.1/32".into(),
+                    target: "dev reef0123456789a scope link".into(),
+                    reason: "local pod".into(),
+                },
+                RouteRow {
+                    destination: "10.244.167.192/26".into(),
+                    target: "via 10.100.1.11 dev eth0".into(),
+                    reason: "direct".into(),
+                },
+            ],
+            routes_desired: 3,
+            routes_programmed: 3,
+            ..Default::default()
+        };
+        let got = render_status(&s);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/status.txt");
+        if std::env::var_os("REEF_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &got).unwrap();
+        }
+        assert_eq!(got, std::fs::read_to_string(&path).unwrap());
+    }
+}
