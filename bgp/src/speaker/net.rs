@@ -23,6 +23,17 @@ pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
         // "::" takes IPv4 peers too (as v4-mapped addresses).
         SockRef::from(&sock).set_only_v6(false)?;
     }
+    // The SYN-ACK leaves with the listener's TTL: 255, so a peer using GTSM (which drops
+    // anything below 255 from one hop away) accepts it. Accepted connections then get each
+    // peer's own TTL (set_ttl).
+    {
+        let s = SockRef::from(&sock);
+        if addr.is_ipv6() {
+            s.set_unicast_hops_v6(255)?;
+        }
+        // On an IPv6 socket this is the TTL of v4-mapped connections.
+        let _ = s.set_ttl_v4(255);
+    }
     sock.bind(addr)?;
     sock.listen(1024)
 }

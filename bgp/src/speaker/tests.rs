@@ -413,3 +413,20 @@ async fn removing_a_peer_withdraws_its_routes() {
         Err(SpeakerError::UnknownPeer(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gtsm_accepts_ttl_255_and_drops_lower() {
+    // Both sides GTSM: they send with TTL 255 and require 255 (one hop): a session.
+    let (a, b) = pair(65001, 65002, |to_b, to_a| {
+        to_b.ttl_security = Some(1);
+        to_a.ttl_security = Some(1);
+    })
+    .await;
+    established(&a, b.addr).await;
+    // Only C requires GTSM; D is a plain directly connected eBGP peer sending with TTL 1,
+    // so C's kernel drops D's segments (IP_MINTTL 255) and no session comes up.
+    let (c, d) = pair(65001, 65002, |to_d, _| to_d.ttl_security = Some(1)).await;
+    sleep(Duration::from_secs(5)).await;
+    assert_ne!(status_of(&c, d.addr).await.state, SessionState::Established);
+    assert_ne!(status_of(&d, c.addr).await.state, SessionState::Established);
+}
