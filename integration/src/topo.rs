@@ -151,64 +151,78 @@ impl TopologyBuilder {
             let host = 10 + per_subnet[subnet];
             per_subnet[subnet] += 1;
             let ns = self.netns(&format!("n{i}"))?;
-            let addr = Ipv4Addr::new(10, 100, subnet as u8 + 1, host);
-            let addr6 = self.ipv6.then(|| node_addr6(subnet, host));
-            let peer = format!("n{i}");
-            // Both ends are created directly in their namespaces; nothing touches the root ns.
-            crate::cmd::run(
-                "ip",
-                [
-                    "link",
-                    "add",
-                    "eth0",
-                    "netns",
-                    ns.name(),
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &peer,
-                    "netns",
-                    topo.router.name(),
-                ],
-            )?;
-            topo.router
-                .ip(["link", "set", &peer, "master", &format!("br{subnet}"), "up"])?;
-            ns.ip(["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-            if let Some(a6) = addr6 {
-                ns.ip(["addr", "add", &format!("{a6}/64"), "dev", "eth0", "nodad"])?;
-            }
-            ns.ip(["link", "set", "eth0", "up"])?;
-            ns.ip([
-                "route",
-                "add",
-                "default",
-                "via",
-                &router_addr(subnet).to_string(),
-            ])?;
-            if self.ipv6 {
-                ns.ip([
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &router_addr6(subnet).to_string(),
-                ])?;
-            }
-            ns.sysctl("net.ipv4.ip_forward", "1")?;
-            topo.nodes.push(Node {
-                ns,
-                index: i,
-                subnet,
-                addr,
-                addr6,
-                prefix_len: 24,
-                gateway: router_addr(subnet),
-            });
+            let node = attach_node(&topo.router, ns, i, subnet, host, self.ipv6)?;
+            topo.nodes.push(node);
         }
         Ok(topo)
     }
+}
+
+/// Wires namespace `ns` as node `index` on `subnet` behind `router` (built by
+/// [`TopologyBuilder::build`]): `eth0` with `10.100.<subnet+1>.<host>/24` (and the IPv6
+/// twin), a default route via the router, forwarding on. Also for a node that joins later.
+pub fn attach_node(
+    router: &Netns,
+    ns: Netns,
+    index: usize,
+    subnet: usize,
+    host: u8,
+    ipv6: bool,
+) -> Result<Node, Error> {
+    let addr = Ipv4Addr::new(10, 100, subnet as u8 + 1, host);
+    let addr6 = ipv6.then(|| node_addr6(subnet, host));
+    let peer = format!("n{index}");
+    // Both ends are created directly in their namespaces; nothing touches the root ns.
+    crate::cmd::run(
+        "ip",
+        [
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            router.name(),
+        ],
+    )?;
+    router.ip(["link", "set", &peer, "master", &format!("br{subnet}"), "up"])?;
+    ns.ip(["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+    if let Some(a6) = addr6 {
+        ns.ip(["addr", "add", &format!("{a6}/64"), "dev", "eth0", "nodad"])?;
+    }
+    ns.ip(["link", "set", "eth0", "up"])?;
+    ns.ip([
+        "route",
+        "add",
+        "default",
+        "via",
+        &router_addr(subnet).to_string(),
+    ])?;
+    if ipv6 {
+        ns.ip([
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &router_addr6(subnet).to_string(),
+        ])?;
+    }
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    Ok(Node {
+        ns,
+        index,
+        subnet,
+        addr,
+        addr6,
+        prefix_len: 24,
+        gateway: router_addr(subnet),
+    })
 }
 
 fn router_addr(subnet: usize) -> Ipv4Addr {

@@ -51,6 +51,12 @@ pub enum LabCmd {
         #[arg(long, default_value_t = 2)]
         pods: usize,
     },
+    /// A new node joins the running lab (no other node's configuration changes).
+    Join {
+        /// The subnet (0-based) the node is attached to.
+        #[arg(long, default_value_t = 0)]
+        subnet: usize,
+    },
     /// Peers, routes and pods of the running lab.
     Status,
     /// Stop everything the lab started and remove it.
@@ -98,6 +104,10 @@ pub fn run(cmd: LabCmd, out: Output) -> Result<Exit> {
             pods,
         } => {
             up(nodes, subnets, pods)?;
+            status(out)
+        }
+        LabCmd::Join { subnet } => {
+            join(subnet)?;
             status(out)
         }
         LabCmd::Status => status(out),
@@ -195,29 +205,7 @@ fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
     }
 
     for n in &topo.nodes {
-        let name = format!("n{}", n.index);
-        let dir = Path::new(STATE).join(&name);
-        std::fs::create_dir_all(&dir)?;
-        let config = dir.join("node.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "nodeName: {name}\ndatastore:\n  embedded: {{ path: {} }}\naddress: {}/{}\ninterface: eth0\n\
-                 agentSocket: {}\nmtuFile: {}\nlogLevel: info\n",
-                store_path.display(),
-                n.addr,
-                n.prefix_len,
-                dir.join("agent.sock").display(),
-                dir.join("mtu").display()
-            ),
-        )?;
-        st.nodes.push(LabNode {
-            name,
-            ns: n.ns.name().to_string(),
-            address: n.addr,
-            subnet: n.subnet,
-            config,
-        });
+        st.nodes.push(lab_node(n)?);
     }
     let topo_names = topo.persist();
     debug_assert_eq!(topo_names.len(), st.namespaces.len());
@@ -236,14 +224,7 @@ fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
                 "lo",
             ],
         )?;
-        let mut cfg = BirdConfig::new(ROUTER_ID);
-        for n in &st.nodes {
-            let mut p = BirdPeer::new(&n.name, ROUTER_AS, IpAddr::V4(n.address), CLUSTER_AS);
-            p.multihop = true;
-            p.ipv4 = Some(("all".into(), "none".into()));
-            p.extra = format!("  source address {ROUTER_ID};\n");
-            cfg.peers.push(p);
-        }
+        let cfg = router_config(&st.nodes);
         let dir = Path::new(STATE).join("router");
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("bird.conf"), cfg.render())?;
@@ -266,13 +247,7 @@ fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
     }
 
     for n in &st.nodes {
-        let pid = spawn_detached(
-            &n.ns,
-            &reef,
-            &["--config", &path(&n.config), "node", "run"],
-            &n.config.with_file_name("agent.log"),
-        )?;
-        st.pids.push(pid);
+        st.pids.push(start_agent(&reef, n)?);
     }
     save(&st)?;
 
@@ -310,6 +285,93 @@ fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
             " (BIRD not installed: no lab router)"
         }
     );
+    Ok(())
+}
+
+/// Writes the node config of lab node `n` and describes it.
+fn lab_node(n: &reef_integration::topo::Node) -> Result<LabNode> {
+    let name = format!("n{}", n.index);
+    let dir = Path::new(STATE).join(&name);
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("node.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "nodeName: {name}\ndatastore:\n  embedded: {{ path: {} }}\naddress: {}/{}\ninterface: eth0\n\
+             agentSocket: {}\nmtuFile: {}\nlogLevel: info\n",
+            Path::new(STATE).join("store.db").display(),
+            n.addr,
+            n.prefix_len,
+            dir.join("agent.sock").display(),
+            dir.join("mtu").display()
+        ),
+    )?;
+    Ok(LabNode {
+        name,
+        ns: n.ns.name().to_string(),
+        address: n.addr,
+        subnet: n.subnet,
+        config,
+    })
+}
+
+/// The lab router's BIRD: one eBGP session per node; it learns the blocks and sends nothing.
+fn router_config(nodes: &[LabNode]) -> BirdConfig {
+    let mut cfg = BirdConfig::new(ROUTER_ID);
+    for n in nodes {
+        let mut p = BirdPeer::new(&n.name, ROUTER_AS, IpAddr::V4(n.address), CLUSTER_AS);
+        p.multihop = true;
+        p.ipv4 = Some(("all".into(), "none".into()));
+        p.extra = format!("  source address {ROUTER_ID};\n");
+        cfg.peers.push(p);
+    }
+    cfg
+}
+
+fn start_agent(reef: &Path, n: &LabNode) -> Result<u32> {
+    spawn_detached(
+        &n.ns,
+        reef,
+        &["--config", &path(&n.config), "node", "run"],
+        &n.config.with_file_name("agent.log"),
+    )
+}
+
+/// A node joins the running lab: no other node's configuration changes; the mesh grows from
+/// the new ReefNode the agent registers.
+fn join(subnet: usize) -> Result<()> {
+    let mut st = load()?;
+    let index = st.nodes.len();
+    let host = 10 + st.nodes.iter().filter(|n| n.subnet == subnet).count() as u8;
+    let router = reef_integration::Netns::adopt(&format!("{PREFIX}router"));
+    let ns = reef_integration::Netns::create(&format!("{PREFIX}n{index}"));
+    let node = ns.and_then(|ns| {
+        reef_integration::topo::attach_node(&router, ns, index, subnet, host, false)
+    });
+    router.persist();
+    let node = node.with_context(|| format!("attaching node {index} to subnet {subnet}"))?;
+    let n = lab_node(&node)?;
+    st.namespaces.push(node.ns.persist());
+    st.nodes.push(n.clone());
+    st.pids.push(start_agent(&std::env::current_exe()?, &n)?);
+    save(&st)?;
+    if st.router {
+        // The lab router is the one peer whose config names nodes: tell BIRD about the new one.
+        let dir = Path::new(STATE).join("router");
+        std::fs::write(dir.join("bird.conf"), router_config(&st.nodes).render())?;
+        run_ok("birdcl", &["-s", &path(&dir.join("bird.ctl")), "configure"])?;
+    }
+    let want = st.nodes.len() - 1 + usize::from(st.router);
+    wait(
+        &format!("{}'s BGP sessions", n.name),
+        Duration::from_secs(60),
+        || {
+            let s = snapshot_of(&n).ok()?;
+            (s.established() >= want).then_some(())
+        },
+    )
+    .map_err(|e| anyhow!("{e}\n{}", log_tails(&st)))?;
+    println!("{} joined at {} on subnet {subnet}", n.name, n.address);
     Ok(())
 }
 

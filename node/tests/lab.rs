@@ -123,7 +123,19 @@ fn lab_fabric_end_to_end() {
     }
 
     // The routes say why: cross-subnet blocks over (userspace or kernel) ipip, same-subnet
-    // direct, own block blackholed, local pods via their veth.
+    // direct, own block blackholed, local pods via their veth (the agent learns pods from the
+    // datastore within a second; reef-cni installed their routes already).
+    let local_pods = |s: &serde_json::Value| {
+        s["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["reason"] == "local pod")
+            .count()
+    };
+    wait_until("n0 plans its 2 local pods", Duration::from_secs(5), || {
+        local_pods(&status_json("n0")) == 2
+    });
     let s0 = status_json("n0");
     let reasons: Vec<&str> = s0["routes"]
         .as_array()
@@ -140,7 +152,30 @@ fn lab_fabric_end_to_end() {
     assert_eq!(reasons.iter().filter(|r| **r == "direct").count(), 1);
     assert_eq!(reasons.iter().filter(|r| r.ends_with("ipip")).count(), 2);
 
-    // IPAM is consistent: 8 pods + 4 tunnel addresses, no problem.
+    // A fifth node joins: the mesh grows on every node without touching their config.
+    let (code, out, err) = reef(&["lab", "join", "--subnet", "1"]);
+    assert_eq!(code, 0, "lab join: {out}\n{err}");
+    let n4_block = status_json("n4")["blocks"][0].as_str().unwrap().to_string();
+    for n in ["n0", "n1", "n2", "n3", "n4"] {
+        wait_until(
+            &format!("{n} peers with all 4 others and the router"),
+            Duration::from_secs(30),
+            || {
+                let s = status_json(n);
+                let peers = s["peers"].as_array().unwrap();
+                peers.len() == 5 && peers.iter().all(|p| p["state"] == "Established")
+            },
+        );
+    }
+    wait_until("n4's block routed on n0", Duration::from_secs(10), || {
+        status_json("n0")["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["destination"] == n4_block.as_str())
+    });
+
+    // IPAM is consistent: 8 pods + 5 tunnel addresses, no problem.
     let (code, out, err) = reef(&[
         "--config",
         "/run/reef-lab/n0/node.yaml",
@@ -151,7 +186,7 @@ fn lab_fabric_end_to_end() {
     ]);
     assert_eq!(code, 0, "{out} {err}");
     let check: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(check["allocations"], 12, "{check}");
+    assert_eq!(check["allocations"], 13, "{check}");
 
     // An agent killed with SIGKILL: its block disappears from the other nodes' kernels within
     // the hold time plus the graceful-restart time the lab configures (9 s + 9 s).
