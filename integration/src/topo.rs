@@ -172,24 +172,7 @@ pub fn attach_node(
     let addr = Ipv4Addr::new(10, 100, subnet as u8 + 1, host);
     let addr6 = ipv6.then(|| node_addr6(subnet, host));
     let peer = format!("n{index}");
-    // Both ends are created directly in their namespaces; nothing touches the root ns.
-    crate::cmd::run(
-        "ip",
-        [
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            router.name(),
-        ],
-    )?;
+    veth_pair(&ns, &peer, router.name())?;
     router.ip(["link", "set", &peer, "master", &format!("br{subnet}"), "up"])?;
     ns.ip(["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
     if let Some(a6) = addr6 {
@@ -225,6 +208,29 @@ pub fn attach_node(
     })
 }
 
+/// A veth pair with `eth0` in `ns` and `peer` in namespace `peer_ns`: both ends are created
+/// directly in their namespaces, so nothing touches the root namespace.
+fn veth_pair(ns: &Netns, peer: &str, peer_ns: &str) -> Result<(), Error> {
+    crate::cmd::run(
+        "ip",
+        [
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            peer_ns,
+        ],
+    )
+    .map(|_| ())
+}
+
 fn router_addr(subnet: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 100, subnet as u8 + 1, 1)
 }
@@ -255,23 +261,7 @@ impl Topology {
             None => Netns::new(&tag)?,
         };
         let host_veth = format!("rp{}", self.pods.len());
-        crate::cmd::run(
-            "ip",
-            [
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                ns.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &host_veth,
-                "netns",
-                n.ns.name(),
-            ],
-        )?;
+        veth_pair(&ns, &host_veth, n.ns.name())?;
         ns.ip(["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
         ns.ip(["link", "set", "eth0", "up"])?;
         ns.ip([
