@@ -10,6 +10,7 @@ mod ipam_cmd;
 mod lab;
 mod output;
 mod status_cmd;
+mod sys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +98,9 @@ fn main() -> ExitCode {
     let out = Output {
         json: cli.output == Format::Json,
     };
+    if !matches!(cli.command, Command::Node(_)) {
+        sys::default_sigpipe();
+    }
     let config = || NodeConfig::load(&cli.config).map_err(anyhow::Error::from);
     let result = match cli.command {
         Command::Node(NodeCmd::Run) => config().and_then(run_agent),
