@@ -137,6 +137,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
 
     let mut st = AgentState {
         cfg: cfg.clone(),
+        parent: parent.clone(),
         secrets,
         view,
         own: own.clone(),
@@ -216,6 +217,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
 /// The agent loop's state.
 struct AgentState {
     cfg: NodeConfig,
+    /// The interface carrying the node address, found once at start-up.
+    parent: String,
     secrets: PathBuf,
     view: View,
     own: BTreeSet<IpNetwork>,
@@ -314,7 +317,7 @@ impl AgentState {
             node_addresses: std::iter::once(self.cfg.address)
                 .chain(self.cfg.address_v6)
                 .collect(),
-            parent_interface: tunnel_parent(&self.cfg),
+            parent_interface: self.parent.clone(),
             own_blocks: self.own.iter().copied().collect(),
             local_pods: view::local_pods(&self.cfg, &self.view, |l| {
                 std::path::Path::new("/sys/class/net").join(l).exists()
@@ -328,7 +331,7 @@ impl AgentState {
                     next_hops: nh.clone(),
                 })
                 .collect(),
-            tunnel: tunnel_mode_of(tunnel),
+            tunnel: tunnel.mode().clone(),
         };
         let plan = reef_tunnel::plan(&input);
         if self.last_plan.as_ref() == Some(&plan) {
@@ -384,12 +387,6 @@ impl AgentState {
     }
 }
 
-fn tunnel_parent(cfg: &NodeConfig) -> String {
-    cfg.interface
-        .clone()
-        .unwrap_or_else(|| interface_of(cfg.address.ip()).unwrap_or_else(|_| "eth0".into()))
-}
-
 /// How `reef status` names the tunnel mode.
 fn describe_tunnel(m: &reef_tunnel::TunnelMode) -> String {
     match m {
@@ -399,10 +396,6 @@ fn describe_tunnel(m: &reef_tunnel::TunnelMode) -> String {
             "unavailable (no ipip in the kernel, no TUN)".into()
         }
     }
-}
-
-fn tunnel_mode_of(t: &reef_tunnel::Tunnel) -> reef_tunnel::TunnelMode {
-    t.mode().clone()
 }
 
 /// The interface that carries `addr`, from `ip -o addr`.
