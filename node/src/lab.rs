@@ -375,11 +375,16 @@ fn join(subnet: usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs `reef-cni ADD` in the node's namespace, the way a container runtime does.
-fn add_pod(cni: &Path, n: &LabNode, i: usize, j: usize) -> Result<LabPod> {
-    let ns = format!("{PREFIX}p{i}-{j}");
-    run_ok("ip", &["netns", "add", &ns])?;
-    let container_id = format!("lab{i}x{j}");
+/// Calls `reef-cni` for `command` in the node's namespace, the way a container runtime does:
+/// `CNI_*` variables, the network config on stdin.
+fn cni_call(
+    cni: &Path,
+    n: &LabNode,
+    command: &str,
+    container_id: &str,
+    pod_ns: &str,
+    cni_args: &str,
+) -> Result<std::process::Output> {
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "reef", "type": "reef-cni",
         "nodeConfig": path(&n.config),
@@ -387,25 +392,35 @@ fn add_pod(cni: &Path, n: &LabNode, i: usize, j: usize) -> Result<LabPod> {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &n.ns])
         .arg(cni)
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", &container_id)
-        .env("CNI_NETNS", format!("/run/netns/{ns}"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/")))
-        .env(
-            "CNI_ARGS",
-            format!("K8S_POD_NAMESPACE=lab;K8S_POD_NAME=pod-{i}-{j}"),
-        )
+        .env("CNI_ARGS", cni_args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    child
-        .stdin
-        .take()
-        .map(|mut s| s.write_all(conf.to_string().as_bytes()))
-        .transpose()?;
-    let out = child.wait_with_output()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(conf.to_string().as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// Runs `reef-cni ADD` in the node's namespace, the way a container runtime does.
+fn add_pod(cni: &Path, n: &LabNode, i: usize, j: usize) -> Result<LabPod> {
+    let ns = format!("{PREFIX}p{i}-{j}");
+    run_ok("ip", &["netns", "add", &ns])?;
+    let container_id = format!("lab{i}x{j}");
+    let out = cni_call(
+        cni,
+        n,
+        "ADD",
+        &container_id,
+        &ns,
+        &format!("K8S_POD_NAMESPACE=lab;K8S_POD_NAME=pod-{i}-{j}"),
+    )?;
     if !out.status.success() {
         bail!(
             "reef-cni ADD for pod {i}-{j} failed: {}{}",
@@ -511,25 +526,7 @@ fn down() -> Result<()> {
     if let Ok(cni) = sibling("reef-cni") {
         for pod in &st.pods {
             if let Some(n) = st.nodes.iter().find(|n| n.name == pod.node) {
-                let _ = Command::new("ip")
-                    .args(["netns", "exec", &n.ns])
-                    .arg(&cni)
-                    .env("CNI_COMMAND", "DEL")
-                    .env("CNI_CONTAINERID", &pod.container_id)
-                    .env("CNI_NETNS", format!("/run/netns/{}", pod.ns))
-                    .env("CNI_IFNAME", "eth0")
-                    .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/")))
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .and_then(|mut c| {
-                        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "reef", "type": "reef-cni", "nodeConfig": path(&n.config)});
-                        if let Some(mut i) = c.stdin.take() {
-                            let _ = i.write_all(conf.to_string().as_bytes());
-                        }
-                        c.wait()
-                    });
+                let _ = cni_call(&cni, n, "DEL", &pod.container_id, &pod.ns, "");
             }
         }
     }
