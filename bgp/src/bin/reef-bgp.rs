@@ -183,9 +183,11 @@ async fn run(args: Args, mut cfg: SpeakerConfig) -> anyhow::Result<()> {
                 // Write everything already queued, then flush once.
                 loop {
                     match ev {
-                        SpeakerEvent::BestPath(b) => {
+                        SpeakerEvent::BestPaths(bs) => {
                             if !args.no_routes {
-                                print(&mut out, json!({"event": "route", "prefix": b.prefix.to_string(), "next_hops": b.next_hops}))?;
+                                for b in bs {
+                                    print(&mut out, json!({"event": "route", "prefix": b.prefix.to_string(), "next_hops": b.next_hops}))?;
+                                }
                             }
                         }
                         SpeakerEvent::PeerState { address, peer_type, state, reason } => {

@@ -362,8 +362,8 @@ impl Core {
     /// Sends what a RIB operation produced: best-path changes to the events stream,
     /// Adj-RIB-Out deltas to the sessions, and a max-prefix stop.
     fn dispatch(&mut self, out: RibOutput) {
-        for b in out.best_changes {
-            let _ = self.events.send(SpeakerEvent::BestPath(b));
+        if !out.best_changes.is_empty() {
+            let _ = self.events.send(SpeakerEvent::BestPaths(out.best_changes));
         }
         for u in out.updates {
             if let Some(e) = self.by_id.get(&u.peer).and_then(|a| self.peers.get(a)) {

@@ -50,8 +50,9 @@ use crate::{BestPathChange, PeerType, SessionState};
 /// What the speaker reports as it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpeakerEvent {
-    /// The best path(s) of a prefix changed: program these next hops (none = remove).
-    BestPath(BestPathChange),
+    /// The best paths of these prefixes changed: program these next hops (none = remove).
+    /// One event per RIB operation (an UPDATE can change thousands of prefixes), in order.
+    BestPaths(Vec<BestPathChange>),
     /// A session changed state.
     PeerState {
         address: IpAddr,

@@ -236,12 +236,16 @@ struct AgentState {
 impl AgentState {
     fn on_event(&mut self, ev: SpeakerEvent) -> bool {
         match ev {
-            SpeakerEvent::BestPath(c) => {
-                if c.next_hops.is_empty() {
-                    self.remote.remove(&c.prefix).is_some()
-                } else {
-                    self.remote.insert(c.prefix, c.next_hops.clone()) != Some(c.next_hops)
+            SpeakerEvent::BestPaths(cs) => {
+                let mut changed = false;
+                for c in cs {
+                    changed |= if c.next_hops.is_empty() {
+                        self.remote.remove(&c.prefix).is_some()
+                    } else {
+                        self.remote.insert(c.prefix, c.next_hops.clone()) != Some(c.next_hops)
+                    };
                 }
+                changed
             }
             SpeakerEvent::PeerState {
                 address,
