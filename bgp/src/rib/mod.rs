@@ -30,6 +30,7 @@
 mod decision;
 mod intern;
 mod prefix;
+mod table;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +48,7 @@ use decision::Candidate;
 use intern::{Hasher, Interner};
 pub use prefix::Family;
 use prefix::{Prefix4, Prefix6, PrefixKey};
+use table::Sharded;
 
 /// A peer known to the RIB. Ids are never reused within one [`Rib`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -559,7 +561,7 @@ struct Peer {
 /// One address family's tables.
 #[derive(Debug)]
 struct FamilyRib<K: PrefixKey> {
-    routes: Table<K, Dest>,
+    routes: Sharded<K, Dest>,
     /// Prefixes with an accepted route (the Loc-RIB's size).
     loc_len: usize,
     /// Per peer slot: attributes as received, for routes import changed (flag MODIFIED).
@@ -573,7 +575,7 @@ struct FamilyRib<K: PrefixKey> {
 impl<K: PrefixKey> Default for FamilyRib<K> {
     fn default() -> Self {
         Self {
-            routes: Table::default(),
+            routes: Sharded::default(),
             loc_len: 0,
             received: Vec::new(),
             adj_out: Vec::new(),
@@ -995,13 +997,13 @@ impl Rib {
     /// (a full resync after the agent restarts, or the fold of all `best_changes`).
     pub fn best_next_hops(&self) -> BTreeMap<IpNetwork, Vec<IpAddr>> {
         let mut m = BTreeMap::new();
-        for (k, d) in &self.v4.routes {
+        for (k, d) in self.v4.routes.iter() {
             let nh = next_hops(d.multipath(), &self.peers);
             if !nh.is_empty() {
                 m.insert(k.to_net(), nh);
             }
         }
-        for (k, d) in &self.v6.routes {
+        for (k, d) in self.v6.routes.iter() {
             let nh = next_hops(d.multipath(), &self.peers);
             if !nh.is_empty() {
                 m.insert(k.to_net(), nh);

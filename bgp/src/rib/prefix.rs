@@ -35,6 +35,8 @@ pub(crate) trait PrefixKey: Copy + Eq + Hash + Ord + Debug {
     fn to_net(self) -> IpNetwork;
     /// 0.0.0.0/0 or ::/0.
     fn is_default(self) -> bool;
+    /// Which shard of a [`super::table::Sharded`] table holds the prefix.
+    fn shard(self) -> u8;
 }
 
 /// An IPv4 prefix, host bits cleared.
@@ -67,6 +69,12 @@ impl PrefixKey for Prefix4 {
 
     fn is_default(self) -> bool {
         self.len == 0
+    }
+
+    fn shard(self) -> u8 {
+        // The first octet: prefixes spread over all of unicast space, and neighbours (which
+        // the locality hash keeps in neighbouring buckets) stay in one shard.
+        (self.addr >> 24) as u8
     }
 
     fn to_net(self) -> IpNetwork {
@@ -184,6 +192,11 @@ impl PrefixKey for Prefix6 {
 
     fn is_default(self) -> bool {
         self.len == 0
+    }
+
+    fn shard(self) -> u8 {
+        // Allocations differ in the bits after 2000::/3 and the registry's /12–/32 levels.
+        ((self.hi >> 32) ^ (self.hi >> 40) ^ (self.hi >> 48)) as u8
     }
 
     fn to_net(self) -> IpNetwork {
