@@ -3,11 +3,13 @@
 
 use std::net::IpAddr;
 
-use reef_config::{AllocationAttributes, Datastore, IpamHandleSpec, NodeConfig};
-use reef_ipam::{AutoAssignArgs, HandleId, IpamError, Labels, Store, StoreExt};
+use ipnetwork::IpNetwork;
+use reef_config::{AllocationAttributes, Datastore, IpPoolSpec, IpamHandleSpec, NodeConfig};
+use reef_ipam::{Assignment, AutoAssignArgs, HandleId, IpamError, Labels, Store, StoreExt};
 
 use crate::error::Error;
 use crate::ipam::{AllocRequest, Allocated, Ipam};
+use crate::pod::{self, AddressRequest, KnownPool};
 
 /// reef-ipam on one node's datastore.
 #[derive(Debug)]
@@ -63,28 +65,103 @@ fn map_err(e: reef_ipam::Error) -> Error {
     }
 }
 
+/// A requested address (`reef.dev/ipAddrs`) that cannot be had: taken, or in no pool.
+fn map_fixed_err(e: reef_ipam::Error) -> Error {
+    match e {
+        reef_ipam::Error::Ipam(inner) => match *inner {
+            IpamError::InUse { addr, handle } => Error::AddressInUse(format!(
+                "{addr} (annotation {}) is already allocated to {handle}",
+                pod::IP_ADDRS
+            )),
+            IpamError::NotInPool { addr } => Error::InvalidAnnotation {
+                annotation: pod::IP_ADDRS,
+                reason: format!("{addr} is in no IP pool"),
+            },
+            other => map_err(reef_ipam::Error::Ipam(Box::new(other))),
+        },
+        other => map_err(other),
+    }
+}
+
+impl ReefIpam {
+    /// The pools an automatic assignment may use ([`pod::resolve_pools`]); empty: any.
+    fn pools_for(&self, req: &AddressRequest) -> Result<Vec<IpNetwork>, Error> {
+        let AddressRequest::Auto {
+            ipv4_pools,
+            ipv6_pools,
+        } = req
+        else {
+            return Ok(Vec::new());
+        };
+        if ipv4_pools.is_empty() && ipv6_pools.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known: Vec<KnownPool> = self
+            .ipam
+            .store()
+            .list_typed::<IpPoolSpec>(&Labels::new())
+            .map_err(map_err)?
+            .into_iter()
+            .map(|t| KnownPool {
+                name: t.name,
+                cidr: t.spec.cidr,
+                disabled: t.spec.disabled,
+            })
+            .collect();
+        pod::resolve_pools(ipv4_pools, ipv6_pools, &known)
+    }
+
+    /// Gives the handle exactly `addrs`; on any failure, gives back what it took.
+    fn assign_fixed(
+        &self,
+        handle: &HandleId,
+        addrs: &[IpAddr],
+        attributes: &AllocationAttributes,
+    ) -> Result<Vec<Assignment>, Error> {
+        let mut got = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            match self.ipam.assign_ip(*a, handle, attributes, &self.node) {
+                Ok(x) => got.push(x),
+                Err(e) => {
+                    let e = map_fixed_err(e);
+                    if !got.is_empty() {
+                        self.ipam.release_by_handle(handle).map_err(|r| {
+                            Error::Ipam(format!("{e}; and giving back {got:?} failed: {r}"))
+                        })?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(got)
+    }
+}
+
 impl Ipam for ReefIpam {
     fn allocate(&mut self, req: &AllocRequest<'_>) -> Result<Vec<Allocated>, Error> {
         let handle = HandleId(req.handle.to_string());
         let held = self.ipam.addresses_of(&handle).map_err(map_err)?;
-        let assigned = if held.is_empty() {
+        let attributes = AllocationAttributes {
+            pod_namespace: req.pod_namespace.map(str::to_string),
+            pod_name: req.pod_name.map(str::to_string),
+            ..AllocationAttributes::default()
+        };
+        let assigned = if !held.is_empty() {
+            held
+        } else if let AddressRequest::Fixed(addrs) = req.addresses {
+            self.assign_fixed(&handle, addrs, &attributes)?
+        } else {
             let args = AutoAssignArgs {
                 handle,
                 num_v4: usize::from(req.ipv4),
                 num_v6: usize::from(req.ipv6),
                 node: self.node.clone(),
                 node_labels: self.labels.clone(),
-                attributes: AllocationAttributes {
-                    pod_namespace: req.pod_namespace.map(str::to_string),
-                    pod_name: req.pod_name.map(str::to_string),
-                    ..AllocationAttributes::default()
-                },
-                pools: Vec::new(),
+                attributes,
+                pools: self.pools_for(req.addresses)?,
             };
             let a = self.ipam.auto_assign(&args).map_err(map_err)?;
             a.v4.into_iter().chain(a.v6).collect()
-        } else {
-            held
         };
         Ok(assigned
             .into_iter()

@@ -204,6 +204,51 @@ pub struct Families {
     pub ipv6: bool,
 }
 
+/// Kubernetes API access for reading the pod's annotations (`"kubernetes": {...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KubernetesConf {
+    /// A kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config`, then the in-cluster service
+    /// account.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct KubernetesRaw {
+    kubeconfig: Option<PathBuf>,
+}
+
+const KUBERNETES_KEYS: &[&str] = &["kubeconfig"];
+
+/// Parses a `kubernetes` object found under `field` (e.g. `kubernetes`, `ipam.kubernetes`).
+fn kubernetes(field: &str, v: Option<Value>) -> Result<Option<KubernetesConf>, Error> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(Error::config(
+                field,
+                format!("must be an object like {{\"kubeconfig\": \"/etc/cni/net.d/reef-kubeconfig\"}}, got {other}"),
+            ))
+        }
+    };
+    let prefix = format!("{field}.");
+    check_keys(&obj, &prefix, &[KUBERNETES_KEYS])?;
+    let raw: KubernetesRaw = typed(&prefix, Value::Object(obj))?;
+    if raw
+        .kubeconfig
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(Error::config(
+            format!("{prefix}kubeconfig"),
+            "is empty; give a path or leave it out (in-cluster)",
+        ));
+    }
+    Ok(Some(KubernetesConf {
+        kubeconfig: raw.kubeconfig,
+    }))
+}
+
 /// reef-cni's config: the common part plus its own keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReefConf {
@@ -218,6 +263,8 @@ pub struct ReefConf {
     pub node_config: PathBuf,
     pub log: LogConf,
     pub families: Families,
+    /// Where to read the pod from; else the node config's Kubernetes datastore, if any.
+    pub kubernetes: Option<KubernetesConf>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +277,9 @@ struct ReefRaw {
     log_file: Option<PathBuf>,
     log_level: Option<LogLevel>,
     ipam: Option<Map<String, Value>>,
+    /// Checked by [`kubernetes`].
+    #[serde(rename = "kubernetes")]
+    _kubernetes: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +299,7 @@ const REEF_KEYS: &[&str] = &[
     "logFile",
     "logLevel",
     "ipam",
+    "kubernetes",
 ];
 const CNI_IPAM_KEYS: &[&str] = &["type", "assignIpv4", "assignIpv6"];
 
@@ -257,6 +308,7 @@ impl ReefConf {
     pub fn parse(bytes: &[u8]) -> Result<ReefConf, Error> {
         let (net, obj) = parse_common(bytes)?;
         check_keys(&obj, "", &[COMMON_KEYS, REEF_KEYS])?;
+        let kubernetes = kubernetes("kubernetes", obj.get("kubernetes").cloned())?;
         let raw: ReefRaw = typed("", Value::Object(obj))?;
         if let Some(mtu) = raw.mtu {
             validate_mtu("mtu", mtu)?;
@@ -300,6 +352,7 @@ impl ReefConf {
                 level: raw.log_level.unwrap_or_default(),
             },
             families,
+            kubernetes,
         })
     }
 }
@@ -338,6 +391,8 @@ pub struct IpamPluginConf {
     /// Gateways returned with the addresses of each family (e.g. 169.254.1.1 behind ptp).
     pub gateways: Vec<IpAddr>,
     pub log: LogConf,
+    /// Where to read the pod from (`ipam.kubernetes`); else the node config's datastore.
+    pub kubernetes: Option<KubernetesConf>,
 }
 
 #[derive(Deserialize)]
@@ -354,6 +409,9 @@ struct IpamPluginRaw {
     gateways: Vec<IpAddr>,
     log_file: Option<PathBuf>,
     log_level: Option<LogLevel>,
+    /// Checked by [`kubernetes`].
+    #[serde(rename = "kubernetes")]
+    _kubernetes: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +430,7 @@ const IPAM_PLUGIN_KEYS: &[&str] = &[
     "gateways",
     "logFile",
     "logLevel",
+    "kubernetes",
 ];
 
 impl IpamPluginConf {
@@ -388,6 +447,7 @@ impl IpamPluginConf {
             }
         };
         check_keys(&ipam, "ipam.", &[IPAM_PLUGIN_KEYS])?;
+        let kubernetes = kubernetes("ipam.kubernetes", ipam.get("kubernetes").cloned())?;
         let raw: IpamPluginRaw = typed("ipam.", Value::Object(ipam))?;
         let families = families(raw.assign_ipv4, raw.assign_ipv6, "ipam.")?;
         for (i, gw) in raw.gateways.iter().enumerate() {
@@ -420,6 +480,7 @@ impl IpamPluginConf {
                 file: raw.log_file,
                 level: raw.log_level.unwrap_or_default(),
             },
+            kubernetes,
         })
     }
 }
@@ -451,6 +512,7 @@ mod tests {
             }
         );
         assert_eq!(c.log.level, LogLevel::Warn);
+        assert_eq!(c.kubernetes, None);
     }
 
     #[test]
@@ -459,6 +521,7 @@ mod tests {
             r#"{"cniVersion":"1.1.0","name":"n","type":"reef-cni","mtu":1400,"mtuFile":"/tmp/m",
                 "routeProtocol":77,"nodeConfig":"/tmp/node.yaml","logFile":"/tmp/l","logLevel":"debug",
                 "ipam":{"type":"reef-ipam","assignIpv6":true},"capabilities":{"portMappings":true},
+                "kubernetes":{"kubeconfig":"/etc/cni/net.d/reef-kubeconfig"},
                 "runtimeConfig":{"portMappings":[]},"args":{},"dns":{"nameservers":["10.96.0.10"]},
                 "prevResult":{"cniVersion":"1.1.0","ips":[{"address":"10.0.0.1/32"}]},
                 "cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#,
@@ -476,6 +539,18 @@ mod tests {
         assert_eq!(c.net.prev_result.unwrap().ips.len(), 1);
         assert_eq!(c.net.valid_attachments.unwrap()[0].container_id, "c1");
         assert!(c.net.dns.is_some());
+        assert_eq!(
+            c.kubernetes,
+            Some(KubernetesConf {
+                kubeconfig: Some("/etc/cni/net.d/reef-kubeconfig".into())
+            })
+        );
+        let inferred =
+            reef(r#"{"cniVersion":"1.0.0","name":"n","type":"reef-cni","kubernetes":{}}"#);
+        assert_eq!(
+            inferred.unwrap().kubernetes,
+            Some(KubernetesConf::default())
+        );
     }
 
     #[test]
@@ -569,6 +644,26 @@ mod tests {
                 "prevResult.ips[0].address",
             ),
             (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"reef-cni","kubernetes":"/etc/kubeconfig"}"#,
+                ErrorCode::InvalidConfig,
+                "kubernetes: must be an object",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"reef-cni","kubernetes":{"kubeconfig":7}}"#,
+                ErrorCode::InvalidConfig,
+                "kubernetes.kubeconfig",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"reef-cni","kubernetes":{"kubeconfig":""}}"#,
+                ErrorCode::InvalidConfig,
+                "kubernetes.kubeconfig",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"reef-cni","kubernetes":{"server":"x"}}"#,
+                ErrorCode::UnsupportedField,
+                "kubernetes.server",
+            ),
+            (
                 r#"{"cniVersion":"1.1.0","name":"n","type":"reef-cni","cni.dev/valid-attachments":[{"containerID":"c"}]}"#,
                 ErrorCode::InvalidConfig,
                 "cni.dev/valid-attachments",
@@ -595,6 +690,13 @@ mod tests {
         assert_eq!(c.node_config, PathBuf::from("/tmp/n.yaml"));
         assert_eq!(c.routes[0].dst.to_string(), "0.0.0.0/0");
         assert_eq!(c.gateways.len(), 1);
+        assert_eq!(c.kubernetes, None);
+        let c = IpamPluginConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"br","type":"bridge",
+                "ipam":{"type":"reef-ipam","kubernetes":{"kubeconfig":"/k"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.kubernetes.unwrap().kubeconfig, Some("/k".into()));
         for (input, code, field) in [
             (
                 r#"{"cniVersion":"1.0.0","name":"br","type":"bridge"}"#,
@@ -615,6 +717,11 @@ mod tests {
                 r#"{"cniVersion":"1.0.0","name":"br","type":"bridge","ipam":{"type":"reef-ipam","gateways":["1.1.1.1","2.2.2.2"]}}"#,
                 ErrorCode::InvalidConfig,
                 "ipam.gateways[1]",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"br","type":"bridge","ipam":{"type":"reef-ipam","kubernetes":{"token":"t"}}}"#,
+                ErrorCode::UnsupportedField,
+                "ipam.kubernetes.token",
             ),
         ] {
             let err = IpamPluginConf::parse(input.as_bytes()).unwrap_err();

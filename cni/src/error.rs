@@ -35,6 +35,14 @@ pub enum ErrorCode {
     Sysctl = 106,
     /// reef: a route to the pod's address already exists on the host (owned by someone else).
     RouteExists = 107,
+    /// reef: a pod annotation (`reef.dev/ipv4pools`, `reef.dev/ipv6pools`, `reef.dev/ipAddrs`)
+    /// is malformed, names an unknown or disabled pool, or an address in no pool.
+    InvalidAnnotation = 108,
+    /// reef: an address the pod asks for (`reef.dev/ipAddrs`) is held by another attachment.
+    AddressInUse = 109,
+    /// reef: the pod could not be read from the Kubernetes API for a reason that will not pass
+    /// by itself (no such pod, access refused); transient failures are 11.
+    PodUnavailable = 110,
 }
 
 impl ErrorCode {
@@ -96,6 +104,15 @@ pub enum Error {
     },
     #[error("a route to {dst} already exists on the host")]
     RouteExists { dst: String },
+    #[error("pod annotation {annotation}: {reason}")]
+    InvalidAnnotation {
+        annotation: &'static str,
+        reason: String,
+    },
+    #[error("requested address {0}")]
+    AddressInUse(String),
+    #[error("pod {pod}: {reason}")]
+    PodUnavailable { pod: String, reason: String },
 }
 
 impl Error {
@@ -119,6 +136,9 @@ impl Error {
             Error::Ipam(_) => ErrorCode::Ipam,
             Error::Sysctl { .. } => ErrorCode::Sysctl,
             Error::RouteExists { .. } => ErrorCode::RouteExists,
+            Error::InvalidAnnotation { .. } => ErrorCode::InvalidAnnotation,
+            Error::AddressInUse(_) => ErrorCode::AddressInUse,
+            Error::PodUnavailable { .. } => ErrorCode::PodUnavailable,
         }
     }
 

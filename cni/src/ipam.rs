@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::error::Error;
+use crate::pod::AddressRequest;
 
 /// Who an allocation is for; recorded with it in the datastore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct AllocRequest<'a> {
     /// From `CNI_ARGS` (K8S_POD_NAMESPACE / K8S_POD_NAME) when the runtime passes them.
     pub pod_namespace: Option<&'a str>,
     pub pod_name: Option<&'a str>,
+    /// Pools or fixed addresses the pod's annotations ask for (default: any pool).
+    pub addresses: &'a AddressRequest,
 }
 
 /// One address handed out, with the block it came from.
@@ -30,10 +33,13 @@ pub struct Allocated {
 
 /// reef's IPAM as a plugin uses it. Implementations map their failures onto the plugin's
 /// errors: no free address → [`Error::PoolExhausted`]; datastore unreachable or busy →
-/// [`Error::TryAgainLater`]; anything else → [`Error::Ipam`].
+/// [`Error::TryAgainLater`]; a requested pool or address that is unknown or in no pool →
+/// [`Error::InvalidAnnotation`]; a requested address someone else holds →
+/// [`Error::AddressInUse`]; anything else → [`Error::Ipam`].
 pub trait Ipam {
-    /// Allocates one address per requested family under `req.handle`. If the handle already
-    /// holds addresses (a retried ADD), those are returned instead of new ones.
+    /// Allocates one address per requested family under `req.handle` (or exactly the
+    /// addresses of [`AddressRequest::Fixed`]), all or nothing. If the handle already holds
+    /// addresses (a retried ADD), those are returned instead of new ones.
     fn allocate(&mut self, req: &AllocRequest<'_>) -> Result<Vec<Allocated>, Error>;
     /// Releases everything held by `handle`; an unknown handle is success.
     fn release(&mut self, handle: &str) -> Result<(), Error>;

@@ -9,6 +9,8 @@
 //!
 //! ```text
 //! CNI_* env + stdin ─▶ spec / config (pure parse) ─▶ plugin (ADD/DEL/CHECK/GC/STATUS)
+//!                                                     ├─▶ k8s: pod annotations ─▶ pod (pure parse)
+//!                                                     │   (ADD, only with Kubernetes access)
 //!                                                     ├─▶ ipam::Ipam (allocate / release)
 //!                                                     └─▶ dataplane ─▶ netlink (host + pod netns)
 //! result JSON ◀─ stdout only; logs ─▶ stderr or the configured file
@@ -19,9 +21,11 @@ pub mod config;
 pub mod dataplane;
 pub mod error;
 pub mod ipam;
+pub mod k8s;
 pub mod log;
 pub mod netlink;
 pub mod plugin;
+pub mod pod;
 #[cfg(test)]
 mod proptests;
 pub mod spec;

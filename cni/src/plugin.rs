@@ -5,15 +5,18 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use ipnetwork::IpNetwork;
-use reef_config::NodeConfig;
+use reef_config::{Datastore, NodeConfig};
 use serde_json::Value;
 
-use crate::config::{defaults, Attachment, IpamPluginConf, NetConf, ReefConf};
+use crate::config::{
+    defaults, Attachment, Families, IpamPluginConf, KubernetesConf, NetConf, ReefConf,
+};
 use crate::dataplane::{self, Expected, PodNetns, Wiring, GATEWAY_V4, GATEWAY_V6};
 use crate::error::Error;
 use crate::ipam::{AllocRequest, Allocated, Ipam};
 use crate::log::Log;
 use crate::netlink::Netlink;
+use crate::pod::AddressRequest;
 use crate::spec::{self, CniResult, Command, Env, Interface, IpConfig, Route, SpecVersion};
 
 /// Opens the IPAM backend for a node (the binaries pass reef-ipam's; tests may pass others).
@@ -73,16 +76,69 @@ fn netns_path(env: &Env) -> Result<&Path, Error> {
         .ok_or_else(|| Error::env("CNI_NETNS", "not set"))
 }
 
-fn request<'a>(env: &'a Env, handle: &'a str, ipv4: bool, ipv6: bool) -> AllocRequest<'a> {
+fn pod_arg<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
+    env.args
+        .get(key)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+fn request<'a>(
+    env: &'a Env,
+    handle: &'a str,
+    families: &Families,
+    addresses: &'a AddressRequest,
+) -> AllocRequest<'a> {
     AllocRequest {
         handle,
-        ipv4,
-        ipv6,
+        ipv4: families.ipv4,
+        ipv6: families.ipv6,
         container_id: env.container_id(),
         ifname: env.ifname(),
-        pod_namespace: env.args.get("K8S_POD_NAMESPACE").map(String::as_str),
-        pod_name: env.args.get("K8S_POD_NAME").map(String::as_str),
+        pod_namespace: pod_arg(env, "K8S_POD_NAMESPACE"),
+        pod_name: pod_arg(env, "K8S_POD_NAME"),
+        addresses,
     }
+}
+
+/// What the pod's annotations ask for. Kubernetes access comes from the plugin config
+/// (`field` names where, e.g. `kubernetes`), else from the node config's Kubernetes datastore;
+/// without either, or when `CNI_ARGS` names no pod, no client is built and any pool will do.
+fn address_request(
+    env: &Env,
+    kubernetes: Option<&KubernetesConf>,
+    field: &str,
+    node: &NodeConfig,
+    families: &Families,
+    log: &mut Log,
+) -> Result<AddressRequest, Error> {
+    let (Some(namespace), Some(name)) = (
+        pod_arg(env, "K8S_POD_NAMESPACE"),
+        pod_arg(env, "K8S_POD_NAME"),
+    ) else {
+        return Ok(AddressRequest::default());
+    };
+    let config_field;
+    let access = match (kubernetes, &node.datastore) {
+        (Some(k), _) => {
+            config_field = format!("{field}.kubeconfig");
+            crate::k8s::Access {
+                kubeconfig: k.kubeconfig.as_deref(),
+                field: &config_field,
+            }
+        }
+        (None, Datastore::Kubernetes { kubeconfig }) => crate::k8s::Access {
+            kubeconfig: kubeconfig.as_deref(),
+            field: "nodeConfig datastore.kubernetes.kubeconfig",
+        },
+        (None, Datastore::Embedded { .. }) => return Ok(AddressRequest::default()),
+    };
+    let annotations = crate::k8s::pod_annotations(access, namespace, name)?;
+    let req = crate::pod::parse(&annotations, families)?;
+    if req != AddressRequest::default() {
+        log.info(format_args!("pod {namespace}/{name} asks for {req:?}"));
+    }
+    Ok(req)
 }
 
 /// reef-cni: runs one command. `Ok(Some(json))` goes to stdout.
@@ -135,14 +191,17 @@ fn cni_add(env: &Env, conf: &ReefConf, open: OpenIpam<'_>, log: &mut Log) -> Res
     let node = load_node(&conf.node_config)?;
     let mtu = resolve_mtu(conf, &node)?;
     let route_protocol = conf.route_protocol.unwrap_or(node.route_protocol);
+    let wanted = address_request(
+        env,
+        conf.kubernetes.as_ref(),
+        "kubernetes",
+        &node,
+        &conf.families,
+        log,
+    )?;
     let mut ipam = open(&node)?;
     let handle = dataplane::handle(&conf.net.name, env.container_id());
-    let allocated = ipam.allocate(&request(
-        env,
-        &handle,
-        conf.families.ipv4,
-        conf.families.ipv6,
-    ))?;
+    let allocated = ipam.allocate(&request(env, &handle, &conf.families, &wanted))?;
     let addrs: Vec<IpAddr> = allocated.iter().map(|a| a.address).collect();
     log.info(format_args!("allocated {addrs:?} to {handle}"));
     let wiring = Wiring {
@@ -194,13 +253,14 @@ fn cni_add(env: &Env, conf: &ReefConf, open: OpenIpam<'_>, log: &mut Log) -> Res
             interface: Some(1),
         });
     }
-    if conf.families.ipv4 {
+    // Per family the pod has an address of (`reef.dev/ipAddrs` may leave one out).
+    if addrs.iter().any(IpAddr::is_ipv4) {
         result.routes.push(Route {
             dst: "0.0.0.0/0".parse().expect("constant"),
             gw: Some(IpAddr::V4(GATEWAY_V4)),
         });
     }
-    if conf.families.ipv6 {
+    if addrs.iter().any(IpAddr::is_ipv6) {
         result.routes.push(Route {
             dst: "::/0".parse().expect("constant"),
             gw: Some(IpAddr::V6(GATEWAY_V6)),
@@ -330,13 +390,17 @@ pub fn reef_ipam(
     match env.command {
         Command::Add => {
             let node = load_node(&conf.node_config)?;
-            let handle = dataplane::handle(&conf.net.name, env.container_id());
-            let allocated = open(&node)?.allocate(&request(
+            let wanted = address_request(
                 env,
-                &handle,
-                conf.families.ipv4,
-                conf.families.ipv6,
-            ))?;
+                conf.kubernetes.as_ref(),
+                "ipam.kubernetes",
+                &node,
+                &conf.families,
+                log,
+            )?;
+            let handle = dataplane::handle(&conf.net.name, env.container_id());
+            let allocated =
+                open(&node)?.allocate(&request(env, &handle, &conf.families, &wanted))?;
             log.info(format_args!("allocated {allocated:?} to {handle}"));
             Ok(Some(
                 ipam_result(&conf, &allocated).to_json(conf.net.cni_version),
