@@ -7,11 +7,14 @@
 //!   their state read back in a structured way.
 //! - [`vm`]: a real IP-in-IP kernel under qemu; a test reruns itself inside it.
 //! - [`wait`]: wait for a condition with a deadline.
+//! - [`apiserver`]: an in-process STAND-IN for the Kubernetes API server (reef's custom
+//!   resources and Pods), since no real one runs here.
 //!
 //! This crate owns test scaffolding only. It must not create anything in the machine's root
 //! network namespace, and everything it creates is removed when its guard drops. Namespace
 //! names start with [`netns::PREFIX`], so a leak is easy to spot (`ip netns list`).
 
+pub mod apiserver;
 pub mod bird;
 pub mod cmd;
 pub mod frr;

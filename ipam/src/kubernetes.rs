@@ -105,6 +105,28 @@ impl KubeStore {
         Ok(KubeStore { client, rt })
     }
 
+    /// The annotations of the Pod `namespace/name` (core/v1), `None` when no such Pod exists.
+    /// The CNI plugin reads per-pod IPAM requests (pools, a specific address) from them.
+    pub fn pod_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, Error> {
+        let ar = ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            plural: "pods".into(),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
+        let n = name.to_string();
+        let got = self
+            .run(async move { api.get_opt(&n).await })?
+            .map_err(backend(format!("kubernetes: get Pod {namespace}/{name}")))?;
+        Ok(got.map(|p| p.metadata.annotations.unwrap_or_default()))
+    }
+
     fn api(&self, kind: Kind) -> (Api<DynamicObject>, ApiResource) {
         let gvk = GroupVersionKind::gvk(reef_config::GROUP, reef_config::VERSION, kind.as_str());
         let ar = ApiResource::from_gvk_with_plural(&gvk, kind.plural());

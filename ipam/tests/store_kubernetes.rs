@@ -1,18 +1,16 @@
-//! The Kubernetes store against a STAND-IN for the API server (tests/common/apiserver.rs; no
-//! real API server runs on this machine): the same conformance suite as every backend, and
+//! The Kubernetes store against a STAND-IN for the API server (`reef_integration::apiserver`;
+//! no real API server runs on this machine): the same conformance suite as every backend, and
 //! IPAM with conflicts injected. Against a real cluster when REEF_TEST_KUBECONFIG names a
 //! kubeconfig (with reef's CRDs installed); skipped otherwise.
 #![cfg(feature = "kubernetes")]
 
-#[path = "common/apiserver.rs"]
-mod apiserver;
 mod common;
 
 use std::sync::Mutex;
 
-use apiserver::StandIn;
 use common::conformance;
 use reef_config::{IpPoolSpec, IpamBlockSpec};
+use reef_integration::apiserver::StandIn;
 use reef_ipam::ipam::block_name;
 use reef_ipam::kubernetes::KubeStore;
 use reef_ipam::store::{Kind, Labels, Object, Revision, Store, StoreExt};
@@ -23,7 +21,7 @@ use serde_json::json;
 fn conformance_suite_against_the_stand_in() {
     let servers = Mutex::new(Vec::new());
     conformance::run_all(|| {
-        let server = StandIn::start();
+        let server = StandIn::start().unwrap();
         let store = KubeStore::connect_url(&server.url()).unwrap();
         servers.lock().unwrap().push(server);
         store
@@ -42,7 +40,7 @@ fn args(handle: &str, node: &str) -> AutoAssignArgs {
 /// 409s are answered by re-reading and retrying, a bounded number of times.
 #[test]
 fn ipam_retries_injected_conflicts() {
-    let server = StandIn::start();
+    let server = StandIn::start().unwrap();
     let ipam = Ipam::new(KubeStore::connect_url(&server.url()).unwrap());
     ipam.put_pool("v4", IpPoolSpec::new("10.50.0.0/16".parse().unwrap()))
         .unwrap();
@@ -79,9 +77,53 @@ fn ipam_retries_injected_conflicts() {
     assert_eq!(b.allocations.len(), 1);
 }
 
+/// What the CNI plugin reads: a Pod's annotations, and `None` (not an error) for a Pod the
+/// API server does not know.
+#[test]
+fn pod_annotations_from_the_stand_in() {
+    let server = StandIn::start().unwrap();
+    let store = KubeStore::connect_url(&server.url()).unwrap();
+    assert_eq!(store.pod_annotations("default", "web-1").unwrap(), None);
+    server.put_pod(
+        "default",
+        "web-1",
+        &[("reef.dev/ipv4pools", "[\"v4\"]"), ("other", "x")],
+    );
+    let a = store.pod_annotations("default", "web-1").unwrap().unwrap();
+    assert_eq!(a["reef.dev/ipv4pools"], "[\"v4\"]");
+    assert_eq!(a.len(), 2);
+    assert_eq!(store.pod_annotations("kube-system", "web-1").unwrap(), None);
+}
+
+/// A kubeconfig naming the stand-in is enough to connect (what `datastore: {kubernetes:
+/// {kubeconfig: ...}}` and KUBECONFIG lead to).
+#[test]
+fn connect_with_a_kubeconfig_file() {
+    let server = StandIn::start().unwrap();
+    let dir = common::TempDir::new("kubeconfig");
+    let path = server.write_kubeconfig(dir.path()).unwrap();
+    let store = KubeStore::connect(Some(&path)).unwrap();
+    store
+        .create(
+            Kind::IpPool,
+            &Object {
+                name: "p".into(),
+                revision: Revision(String::new()),
+                labels: Labels::new(),
+                spec: json!({"cidr": "10.0.0.0/16"}),
+                status: None,
+            },
+        )
+        .unwrap();
+    assert!(store.get(Kind::IpPool, "p").unwrap().is_some());
+    assert!(server.requests() >= 2);
+    let e = KubeStore::connect(Some(&dir.path().join("missing"))).unwrap_err();
+    assert!(e.to_string().contains("read kubeconfig"), "{e}");
+}
+
 #[test]
 fn unreachable_api_server_is_an_error_with_context() {
-    let server = StandIn::start();
+    let server = StandIn::start().unwrap();
     let url = server.url();
     drop(server);
     let store = KubeStore::connect_url(&url).unwrap();
