@@ -1,10 +1,11 @@
 //! The socket options the BGP driver needs that `socket2` does not offer: TCP MD5 signatures
 //! (RFC 2385, `TCP_MD5SIG`) and the generalized TTL security mechanism (RFC 5082,
-//! `IP_MINTTL` / `IPV6_MINHOPCOUNT`).
+//! `IP_MINTTL` / `IPV6_MINHOPCOUNT`); and glibc's `mallopt` for the standalone binary.
 //!
 //! This is the crate's one unsafe module: `setsockopt` takes a raw pointer and length, and
 //! the MD5 option's argument is a C struct. Every call passes a pointer to a live, correctly
-//! sized value on the stack and checks the return code.
+//! sized value on the stack and checks the return code. `mallopt` is an FFI call with plain
+//! integer arguments.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -98,4 +99,20 @@ fn setsockopt<T>(
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Pins glibc's mmap threshold at `bytes` (`M_MMAP_THRESHOLD`). glibc otherwise raises the
+/// threshold each time a large mmapped block is freed, so the RIB's growing tables end up in
+/// the heap between live blocks, where what they free is neither reused nor returned. Must run
+/// before other threads start (a process-wide setting). Returns whether glibc took it; other C
+/// libraries have no such option.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn pin_mmap_threshold(bytes: i32) -> bool {
+    // SAFETY: mallopt takes two integers and only changes allocator parameters.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn pin_mmap_threshold(_bytes: i32) -> bool {
+    false
 }

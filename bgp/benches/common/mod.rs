@@ -68,7 +68,8 @@ pub fn free_port(addr: Ipv4Addr) -> u16 {
         .expect("a free port")
 }
 
-/// Starts `reef-bgp --config <yaml> --no-routes --status-interval 50`.
+/// Starts `reef-bgp --config <yaml> --no-routes --status-interval 20`: a status line every
+/// 20 ms, the period `wait` polls BIRD with, so both are seen with the same resolution.
 pub fn reef(config: &str) -> Daemon {
     let dir = tempfile::Builder::new()
         .prefix("reef-bench-")
@@ -81,7 +82,7 @@ pub fn reef(config: &str) -> Daemon {
     let child = Command::new(env!("CARGO_BIN_EXE_reef-bgp"))
         .arg("--config")
         .arg(&conf)
-        .args(["--no-routes", "--status-interval", "50"])
+        .args(["--no-routes", "--status-interval", "20"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(out)

@@ -52,6 +52,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before the runtime's threads exist.
+    reef_bgp::tune_allocator();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
