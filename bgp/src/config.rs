@@ -10,6 +10,7 @@
 //! hold_time: 90               # default; 0 or >= 3
 //! connect_retry: 5            # seconds between connection attempts (default 5)
 //! graceful_restart: { enabled: true, restart_time: 120, restarting: false }
+//!                             # selection_deferral: seconds; default restart_time
 //! originate: [10.244.1.0/26, fd00:244::/122]
 //! next_hop_v6: fd00:100:1::2  # IPv6 next hop on IPv4 sessions (and next_hop_v4 the reverse)
 //! peers:
@@ -112,6 +113,20 @@ pub struct GracefulRestartConfig {
     /// peer carries the Restart State bit and forwarding-state-preserved for every family.
     #[serde(default)]
     pub restarting: bool,
+    /// When restarting: the longest wait for the peers' End-of-RIB before best paths are
+    /// chosen, advertised and handed to route programming (RFC 4724 §4.1 Selection_Deferral
+    /// timer), in seconds. Default: `restart_time`, as long as peers keep our routes.
+    #[serde(default)]
+    pub selection_deferral: Option<u16>,
+}
+
+impl GracefulRestartConfig {
+    /// The selection deferral timer.
+    pub fn selection_deferral(&self) -> Duration {
+        Duration::from_secs(u64::from(
+            self.selection_deferral.unwrap_or(self.restart_time),
+        ))
+    }
 }
 
 impl Default for GracefulRestartConfig {
@@ -120,6 +135,7 @@ impl Default for GracefulRestartConfig {
             enabled: true,
             restart_time: defaults::restart_time(),
             restarting: false,
+            selection_deferral: None,
         }
     }
 }

@@ -28,7 +28,8 @@ pub use reef_config::PeerType;
 /// Process-wide allocator setting for a process holding large tables (the `reef-bgp` binary;
 /// the agent may call it too): glibc's mmap threshold pinned at 1 MiB. With glibc's sliding
 /// threshold the 1 M prefix ingest peaked anywhere from 60 to 88 MiB RSS from run to run;
-/// pinned, at 59–60 MiB. Call it first thing in `main`, before any thread starts. Returns
+/// pinned, mostly at 58–64 MiB (a run that queues many best-path events for a slow consumer
+/// still goes higher). Call it first thing in `main`, before any thread starts. Returns
 /// whether the C library took it (glibc only).
 pub fn tune_allocator() -> bool {
     sys::pin_mmap_threshold(1 << 20)

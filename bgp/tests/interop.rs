@@ -459,6 +459,74 @@ fn graceful_restart_of_reef_bird_keeps_routes_until_end_of_rib() {
 }
 
 #[test]
+fn restarting_reef_defers_selection_until_end_of_rib_or_the_deferral_timer() {
+    // reef (n0) peers with BIRD (n1, graceful restart helper) and n2, where nothing runs.
+    // After its restart reef learns BIRD's routes and BIRD's End-of-RIB at once, but n2
+    // never comes up: RFC 4724 §4.1 has reef wait for the selection deferral timer (10 s)
+    // before it chooses and advertises. Meanwhile BIRD keeps reef's old routes (stale: no
+    // End-of-RIB from reef yet) and reef hands no best path to route programming.
+    let topo = Topology::builder().nodes(3).subnets(2).build().unwrap();
+    let (n0, n1, n2) = (&topo.nodes[0], &topo.nodes[1], &topo.nodes[2]);
+    let mut bc = BirdConfig::new(n1.addr);
+    bc.static_routes = vec!["10.244.2.0/26".into()];
+    let mut p = bird_peer("reef", AS, IpAddr::V4(n0.addr), AS);
+    p.extra = "  graceful restart on;\n".into();
+    bc.peers.push(p);
+    let bird = Bird::start(&n1.ns, &bc).unwrap();
+    let gr = "graceful_restart: { enabled: true, restart_time: 60, selection_deferral: 10 }\n";
+    let peers = [peer_yaml(n1.addr, AS, ""), peer_yaml(n2.addr, AS, "")];
+    let cfg = reef_config(
+        AS,
+        n0.addr,
+        gr,
+        &peers,
+        &["10.244.1.0/26", "10.244.1.64/26"],
+    );
+    let reef = Reef::start(Some(&n0.ns), &cfg, &[]);
+    wait_bird_route(&bird, "10.244.1.64/26", &n0.addr.to_string(), 20);
+    reef.wait_route("10.244.2.0/26", &n1.addr.to_string(), 15);
+    let dir = reef.stop();
+    // Back with the R bit, now without 10.244.1.64/26.
+    let cfg2 = reef_config(AS, n0.addr, gr, &peers, &["10.244.1.0/26"]);
+    let started = Instant::now();
+    let reef = Reef::start_in(Some(&n0.ns), &cfg2, &["--restarting"], dir);
+    bird.wait_established("reef", Duration::from_secs(20))
+        .unwrap();
+    let up = started.elapsed();
+    assert!(up < Duration::from_secs(6), "session took {up:?}");
+    while started.elapsed() < Duration::from_secs(8) {
+        assert_eq!(
+            bird_routes(&bird, "10.244.1.64/26"),
+            vec![n0.addr.to_string()],
+            "BIRD dropped reef's stale route: reef sent End-of-RIB before the deferral ended"
+        );
+        assert_eq!(
+            reef.route("10.244.2.0/26"),
+            None,
+            "reef chose a best path during the deferral"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The timer ends it: best paths out, reef's table and End-of-RIB to BIRD.
+    reef.wait_route("10.244.2.0/26", &n1.addr.to_string(), 10);
+    // BIRD's End-of-RIB (held back during the deferral) is reported after the best paths.
+    let ev = reef.events();
+    let pos = |f: &dyn Fn(&Value) -> bool| ev.iter().position(f);
+    let route = pos(&|e| e["event"] == "route" && e["prefix"] == "10.244.2.0/26");
+    let eor = pos(&|e| e["event"] == "end-of-rib" && e["address"] == n1.addr.to_string());
+    assert!(
+        matches!((route, eor), (Some(r), Some(e)) if r < e),
+        "route then end-of-rib: {ev:?}"
+    );
+    wait_bird_no_route(&bird, "10.244.1.64/26", 10);
+    assert!(started.elapsed() >= Duration::from_secs(9));
+    assert_eq!(
+        bird_routes(&bird, "10.244.1.0/26"),
+        vec![n0.addr.to_string()]
+    );
+}
+
+#[test]
 fn reef_reflects_routes_between_bird_clients() {
     let topo = Topology::builder().nodes(3).subnets(2).build().unwrap();
     let n0 = &topo.nodes[0];

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::deferral::Deferral;
 use super::net;
 use super::session::{self, Established, SessionCmd, SessionEvent, SessionEventKind, Settings};
 use super::{Command, PeerStatus, Shutdown, SpeakerError, SpeakerEvent};
@@ -21,7 +22,7 @@ use crate::packet::error::codes;
 use crate::packet::{Family, Notification};
 use crate::policy::Direction;
 use crate::rib::{self, Announcement, PeerId, PeerSession, PeerUpdate, Rib, RibConfig, RibOutput};
-use crate::{Asn, SessionState};
+use crate::{Asn, BestPathChange, SessionState};
 
 /// How long a restarted peer's stale routes may wait for its End-of-RIB once the session is
 /// back (RFC 4724 leaves this "stale path" time to the implementation).
@@ -53,6 +54,8 @@ enum Internal {
         key: u64,
         epoch: u64,
     },
+    /// The selection deferral timer of a restart ran out.
+    DeferralTimer,
 }
 
 struct Core {
@@ -66,6 +69,8 @@ struct Core {
     sess_tx: mpsc::Sender<SessionEvent>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     next_key: u64,
+    /// Set while route selection is deferred after our own restart (RFC 4724 §4.1).
+    deferral: Option<Deferral>,
 }
 
 /// Binds the listener, starts the core task and the configured peers.
@@ -118,6 +123,20 @@ pub(crate) async fn spawn(
     });
     let peers = cfg.peers.clone();
     let originate = cfg.originate.clone();
+    let gr = cfg.graceful_restart;
+    let deferral = (gr.enabled && gr.restarting).then(|| {
+        let tx = internal_tx.clone();
+        let after = gr.selection_deferral();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Internal::DeferralTimer);
+        });
+        info!(
+            seconds = after.as_secs(),
+            "restarting: route selection deferred until every peer sent End-of-RIB"
+        );
+        Deferral::new(peers.iter().map(|p| p.address))
+    });
     let mut core = Core {
         cfg,
         settings,
@@ -129,12 +148,14 @@ pub(crate) async fn spawn(
         sess_tx,
         internal_tx,
         next_key: 0,
+        deferral,
     };
     for p in peers {
         core.add_peer(p)?;
     }
     let out = core.rib.originate(&originate);
     core.dispatch(out);
+    core.check_deferral();
     tokio::spawn(async move {
         core.run(cmd_rx, sess_rx, internal_rx).await;
         if let Some(t) = accept_task {
@@ -260,6 +281,9 @@ impl Core {
             self.sess_tx.clone(),
         );
         info!(peer = %p.address, asn = p.asn, "peer added");
+        if let Some(d) = &mut self.deferral {
+            d.peer_added(p.address);
+        }
         self.by_id.insert(id, p.address);
         self.peers.insert(
             p.address,
@@ -333,6 +357,10 @@ impl Core {
         let out = self.rib.remove_peer(entry.id)?;
         self.dispatch(out);
         info!(peer = %a, "peer removed");
+        if let Some(d) = &mut self.deferral {
+            d.peer_removed(a);
+        }
+        self.check_deferral();
         Ok(())
     }
 
@@ -363,7 +391,13 @@ impl Core {
 
     /// Sends what a RIB operation produced: best-path changes to the events stream,
     /// Adj-RIB-Out deltas to the sessions, and a max-prefix stop.
-    fn dispatch(&mut self, out: RibOutput) {
+    fn dispatch(&mut self, mut out: RibOutput) {
+        if self.deferral.is_some() {
+            // Selection deferred: the Adj-RIBs-Out record what would go out, and all of it
+            // is sent when deferral ends, with the best paths (`finish_deferral`).
+            out.best_changes.clear();
+            out.updates.clear();
+        }
         if !out.best_changes.is_empty() {
             let _ = self.events.send(SpeakerEvent::BestPaths(out.best_changes));
         }
@@ -445,15 +479,34 @@ impl Core {
             SessionEventKind::EndOfRib(f) => {
                 debug!(peer = %ev.address, ?f, "End-of-RIB");
                 let out = self.rib.end_of_rib(id, rib_family(f));
-                out.map(|o| self.dispatch(o)).map_err(SpeakerError::from)
+                let r = out.map(|o| self.dispatch(o)).map_err(SpeakerError::from);
+                match &mut self.deferral {
+                    Some(d) => {
+                        d.end_of_rib(ev.address, f);
+                        self.check_deferral();
+                    }
+                    None => {
+                        let _ = self.events.send(SpeakerEvent::EndOfRib {
+                            address: ev.address,
+                            family: f,
+                        });
+                    }
+                }
+                r
             }
             SessionEventKind::RouteRefresh(f) => {
-                // Send the Adj-RIB-Out of that family again.
-                self.resend(id, f);
+                // Send the Adj-RIB-Out of that family again (all of it goes out anyway when
+                // a selection deferral ends).
+                if self.deferral.is_none() {
+                    self.resend(id, f);
+                }
                 Ok(())
             }
             SessionEventKind::Down { graceful, reason } => {
                 info!(peer = %ev.address, %reason, graceful = graceful.is_some(), "session down");
+                if let Some(d) = &mut self.deferral {
+                    d.peer_down(ev.address);
+                }
                 if !self.rib.is_established(id).unwrap_or(false) {
                     return;
                 }
@@ -504,6 +557,12 @@ impl Core {
         };
         let out = self.rib.peer_up(id, session)?;
         self.dispatch(out);
+        if let Some(d) = &mut self.deferral {
+            // Our table and End-of-RIB go out when deferral ends.
+            d.peer_up(address, est.families, est.peer_gr.as_ref());
+            self.check_deferral();
+            return Ok(());
+        }
         if let Some(e) = self.peers.get(&address) {
             // The initial table is queued ahead of this: End-of-RIB follows it (RFC 4724).
             let _ = e.cmd.send(SessionCmd::EndOfRib);
@@ -531,12 +590,59 @@ impl Core {
             });
             groups[i].prefixes.push(prefix);
         }
+        if groups.is_empty() {
+            return;
+        }
         if let Some(e) = self.by_id.get(&id).and_then(|a| self.peers.get(a)) {
             let _ = e.cmd.send(SessionCmd::Advertise(PeerUpdate {
                 peer: id,
                 withdraw: Vec::new(),
                 announce: groups,
             }));
+        }
+    }
+
+    /// Ends a selection deferral whose peers have all sent End-of-RIB.
+    fn check_deferral(&mut self) {
+        if self.deferral.as_ref().is_some_and(Deferral::done) {
+            self.finish_deferral("every peer sent End-of-RIB");
+        }
+    }
+
+    /// RFC 4724 §4.1: selection runs (the RIB has run it all along; now its result goes
+    /// out): every best path to route programming, every Adj-RIB-Out in full followed by
+    /// End-of-RIB, then the End-of-RIB events held back.
+    fn finish_deferral(&mut self, why: &str) {
+        let Some(d) = self.deferral.take() else {
+            return;
+        };
+        info!(waited_for = ?d.waiting_for(), "graceful restart: route selection deferral ends: {why}");
+        let best: Vec<BestPathChange> = self
+            .rib
+            .best_next_hops()
+            .into_iter()
+            .map(|(prefix, next_hops)| BestPathChange { prefix, next_hops })
+            .collect();
+        if !best.is_empty() {
+            let _ = self.events.send(SpeakerEvent::BestPaths(best));
+        }
+        let mut up: Vec<(IpAddr, PeerId)> = self
+            .peers
+            .iter()
+            .filter(|(_, e)| self.rib.is_established(e.id).unwrap_or(false))
+            .map(|(a, e)| (*a, e.id))
+            .collect();
+        up.sort();
+        for (address, id) in up {
+            for f in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+                self.resend(id, f);
+            }
+            if let Some(e) = self.peers.get(&address) {
+                let _ = e.cmd.send(SessionCmd::EndOfRib);
+            }
+        }
+        for (address, family) in d.held_end_of_rib {
+            let _ = self.events.send(SpeakerEvent::EndOfRib { address, family });
         }
     }
 
@@ -567,6 +673,9 @@ impl Core {
                     }
                     None => debug!(%remote, "connection from an unconfigured address closed"),
                 }
+            }
+            Internal::DeferralTimer => {
+                self.finish_deferral("the selection deferral timer expired");
             }
             Internal::StaleTimer {
                 address,

@@ -29,6 +29,7 @@
 //! wait on the core (bounded), so there is no cycle to deadlock on.
 
 mod core;
+mod deferral;
 mod net;
 mod session;
 mod writer;
@@ -53,6 +54,13 @@ pub enum SpeakerEvent {
     /// The best paths of these prefixes changed: program these next hops (none = remove).
     /// One event per RIB operation (an UPDATE can change thousands of prefixes), in order.
     BestPaths(Vec<BestPathChange>),
+    /// The peer finished sending its routes of `family` (End-of-RIB, RFC 4724): every best
+    /// path they produced came before this event. A restarted agent waits for these before
+    /// it removes what it kept from its previous run.
+    EndOfRib {
+        address: IpAddr,
+        family: crate::packet::Family,
+    },
     /// A session changed state.
     PeerState {
         address: IpAddr,

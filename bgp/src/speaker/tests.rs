@@ -430,3 +430,90 @@ async fn gtsm_accepts_ttl_255_and_drops_lower() {
     assert_ne!(status_of(&c, d.addr).await.state, SessionState::Established);
     assert_ne!(status_of(&d, c.addr).await.state, SessionState::Established);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_speaker_defers_selection_until_the_deferral_timer() {
+    // A restarts with two peers: B answers, C (nothing listens there) never comes up, so
+    // A's selection waits for the deferral timer (3 s) although B sent End-of-RIB.
+    let [x, y] = block();
+    let (a, b, c) = (
+        Ipv4Addr::new(127, x, y, 1),
+        Ipv4Addr::new(127, x, y, 2),
+        Ipv4Addr::new(127, x, y, 3),
+    );
+    let (pa, pb, pc) = (free_port(a), free_port(b), free_port(c));
+    let mut cb = speaker_cfg(64512, b, pb);
+    cb.originate = vec![net("10.2.0.0/24")];
+    let mut to_a = PeerConfig::new(IpAddr::V4(a), 64512);
+    to_a.port = pa;
+    to_a.source_address = Some(IpAddr::V4(b));
+    cb.peers.push(to_a);
+    let nb = start(cb).await;
+    let mut ca = speaker_cfg(64512, a, pa);
+    ca.graceful_restart.restarting = true;
+    ca.graceful_restart.selection_deferral = Some(3);
+    ca.originate = vec![net("10.1.0.0/24")];
+    for (addr, port) in [(b, pb), (c, pc)] {
+        let mut p = PeerConfig::new(IpAddr::V4(addr), 64512);
+        p.port = port;
+        p.source_address = Some(IpAddr::V4(a));
+        ca.peers.push(p);
+    }
+    let started = Instant::now();
+    let mut na = start(ca).await;
+    // A has B's route in its Adj-RIB-In, but neither tells route programming nor B.
+    wait("A received B's route", 10, || async {
+        let s = status_of(&na, b).await;
+        if s.prefixes_received == 1 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(2), "setup took {elapsed:?}");
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_of(&nb, a).await.prefixes_received, 0);
+    let mut seen = Vec::new();
+    while let Ok(e) = na._events.try_recv() {
+        seen.push(e);
+    }
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e,
+            SpeakerEvent::BestPaths(_) | SpeakerEvent::EndOfRib { .. }
+        )),
+        "events during deferral: {seen:?}"
+    );
+    // The timer ends it: best paths out, then A's table and End-of-RIB reach B.
+    has_route(&nb, "10.1.0.0/24", IpAddr::V4(a)).await;
+    assert!(started.elapsed() >= Duration::from_millis(2900));
+    let mut best_at = None;
+    let mut eor_at = None;
+    let end = Instant::now() + Duration::from_secs(5);
+    while (best_at.is_none() || eor_at.is_none()) && Instant::now() < end {
+        match tokio::time::timeout(Duration::from_millis(200), na._events.recv()).await {
+            Ok(Some(SpeakerEvent::BestPaths(v)))
+                if v.iter().any(|c| {
+                    c.prefix == net("10.2.0.0/24") && c.next_hops == vec![IpAddr::V4(b)]
+                }) =>
+            {
+                best_at.get_or_insert(Instant::now());
+            }
+            Ok(Some(SpeakerEvent::EndOfRib { address, .. })) if address == IpAddr::V4(b) => {
+                eor_at.get_or_insert(Instant::now());
+            }
+            _ => {}
+        }
+    }
+    let (best_at, eor_at) = (
+        best_at.expect("best paths"),
+        eor_at.expect("B's End-of-RIB"),
+    );
+    assert!(
+        best_at <= eor_at,
+        "best paths come before the held End-of-RIB"
+    );
+    drop(nb);
+}
