@@ -360,6 +360,183 @@ fn ebgp_with_frr_advertise_and_withdraw() {
     .unwrap();
 }
 
+/// FRR's bgpd.conf for an eBGP speaker (AS 65002 + `index`) peering with reef (AS 65001) at
+/// `reef_addr`; `afi` is `ipv4` or `ipv6`, `extra` goes into the neighbour section.
+fn frr_ebgp_conf(
+    router_id: Ipv4Addr,
+    reef_addr: IpAddr,
+    afi: &str,
+    network: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "frr defaults traditional\n\
+         router bgp 65002\n bgp router-id {router_id}\n no bgp ebgp-requires-policy\n\
+         no bgp network import-check\n no bgp default ipv4-unicast\n timers bgp 3 9\n\
+         neighbor {reef_addr} remote-as 65001\n neighbor {reef_addr} ebgp-multihop 255\n\
+         neighbor {reef_addr} timers connect 2\n{extra}\
+         address-family {afi} unicast\n  neighbor {reef_addr} activate\n  network {network}\n exit-address-family\n"
+    )
+}
+
+/// `routes` of FRR for `afi` with prefix `prefix`: the next hops of its paths.
+fn frr_next_hops(frr: &Frr, afi: &str, prefix: &str) -> Option<Vec<String>> {
+    let routes = frr.routes(afi).ok()?;
+    let hops: Vec<String> = routes
+        .into_iter()
+        .filter(|r| r.prefix == prefix)
+        .flat_map(|r| r.next_hops)
+        .collect();
+    (!hops.is_empty()).then_some(hops)
+}
+
+#[test]
+fn ebgp_with_frr_over_ipv6_advertise_and_withdraw_both_ways() {
+    let topo = Topology::builder()
+        .nodes(2)
+        .subnets(2)
+        .ipv6(true)
+        .build()
+        .unwrap();
+    let (n0, n1) = (&topo.nodes[0], &topo.nodes[1]);
+    let (a6, b6) = (n0.addr6.unwrap(), n1.addr6.unwrap());
+    let frr = Frr::start(
+        &n1.ns,
+        &frr_ebgp_conf(n1.addr, IpAddr::V6(a6), "ipv6", "fd00:244:2::/122", ""),
+    )
+    .unwrap();
+    let cfg = |originate: &[&str]| {
+        reef_config(65001, n0.addr, "", &[peer_yaml(b6, 65002, "")], originate)
+    };
+    let reef = Reef::start(Some(&n0.ns), &cfg(&["fd00:244:1::/122"]), &[]);
+    frr.wait_established(IpAddr::V6(a6), Duration::from_secs(20))
+        .unwrap();
+    // FRR → reef, FRR's global address as next hop.
+    reef.wait_route("fd00:244:2::/122", &b6.to_string(), 15);
+    // reef → FRR, reef's session address as next hop.
+    let hops = wait_for("fd00:244:1::/122 in FRR", Duration::from_secs(10), |last| {
+        let h = frr_next_hops(&frr, "ipv6", "fd00:244:1::/122");
+        *last = format!("{h:?}");
+        h
+    })
+    .unwrap();
+    assert!(hops.contains(&a6.to_string()), "{hops:?}");
+    // Withdraw both ways.
+    frr.vtysh(
+        "configure terminal\nrouter bgp 65002\naddress-family ipv6 unicast\nno network fd00:244:2::/122",
+    )
+    .unwrap();
+    reef.wait_no_route("fd00:244:2::/122", 10);
+    reef.reload(&cfg(&[]));
+    wait_for(
+        "fd00:244:1::/122 gone from FRR",
+        Duration::from_secs(10),
+        |last| {
+            let h = frr_next_hops(&frr, "ipv6", "fd00:244:1::/122");
+            *last = format!("{h:?}");
+            h.is_none().then_some(())
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn md5_with_frr_right_password_peers_and_wrong_one_does_not() {
+    let topo = Topology::builder().nodes(3).subnets(2).build().unwrap();
+    let (n0, n1, n2) = (&topo.nodes[0], &topo.nodes[1], &topo.nodes[2]);
+    let mut frrs = Vec::new();
+    for (n, pw) in [(n1, "reef-md5-ok"), (n2, "not-the-password")] {
+        let net = format!("10.244.{}.0/26", n.index + 1);
+        let extra = format!(" neighbor {} password {pw}\n", n0.addr);
+        frrs.push(
+            Frr::start(
+                &n.ns,
+                &frr_ebgp_conf(n.addr, IpAddr::V4(n0.addr), "ipv4", &net, &extra),
+            )
+            .unwrap(),
+        );
+    }
+    let pw = "    password: reef-md5-ok\n";
+    let cfg = reef_config(
+        65001,
+        n0.addr,
+        "",
+        &[peer_yaml(n1.addr, 65002, pw), peer_yaml(n2.addr, 65002, pw)],
+        &["10.244.1.0/26"],
+    );
+    let reef = Reef::start(Some(&n0.ns), &cfg, &[]);
+    frrs[0]
+        .wait_established(IpAddr::V4(n0.addr), Duration::from_secs(20))
+        .unwrap();
+    reef.wait_route("10.244.2.0/26", &n1.addr.to_string(), 15);
+    // The wrong key never gets a session: the kernels drop the badly signed segments.
+    std::thread::sleep(Duration::from_secs(6));
+    let peers = frrs[1].peers().unwrap();
+    assert!(
+        !peers.iter().any(|p| p.state == "Established"),
+        "wrong password got a session: {peers:?}"
+    );
+    assert!(reef.route("10.244.3.0/26").is_none());
+    assert!(!reef.events().iter().any(|e| e["event"] == "peer"
+        && e["address"] == n2.addr.to_string()
+        && e["state"] == "Established"));
+    assert!(frr_next_hops(&frrs[1], "ipv4", "10.244.1.0/26").is_none());
+}
+
+#[test]
+fn gtsm_with_bird_right_hop_count_peers_and_too_far_does_not() {
+    // n0 (reef) and n1 share a subnet: BIRD on n1 is one hop away. n2 is behind the router:
+    // two hops, its packets arrive with TTL 254. Both BIRDs use `ttl security on`.
+    let topo = Topology::builder().nodes(3).subnets(2).build().unwrap();
+    let (n0, n1, n2) = (&topo.nodes[0], &topo.nodes[1], &topo.nodes[2]);
+    assert_eq!((n0.subnet, n1.subnet), (0, 0));
+    assert_eq!(n2.subnet, 1);
+    let mut birds = Vec::new();
+    for (n, asn) in [(n1, 65002), (n2, 65003)] {
+        let mut bc = BirdConfig::new(n.addr);
+        bc.static_routes = vec![format!("10.244.{}.0/26", n.index + 1)];
+        let mut p = BirdPeer::new("reef", asn, IpAddr::V4(n0.addr), 65001);
+        // Direct for the neighbour on the subnet; the other one is two hops away.
+        p.multihop = n.subnet != n0.subnet;
+        p.extra = "  ttl security on;\n".into();
+        bc.peers.push(p);
+        birds.push(Bird::start(&n.ns, &bc).unwrap());
+    }
+    let cfg = |far_hops: u8| {
+        reef_config(
+            65001,
+            n0.addr,
+            "",
+            &[
+                peer_yaml(n1.addr, 65002, "    ttl_security: 1\n"),
+                peer_yaml(n2.addr, 65003, &format!("    ttl_security: {far_hops}\n")),
+            ],
+            &[],
+        )
+    };
+    // Both configured as one hop away: n1 is, n2 is not.
+    let reef = Reef::start(Some(&n0.ns), &cfg(1), &[]);
+    reef.wait_peer(&n1.addr.to_string(), "Established", 20);
+    reef.wait_route("10.244.2.0/26", &n1.addr.to_string(), 15);
+    std::thread::sleep(Duration::from_secs(6));
+    let far_up = |r: &Reef| {
+        r.events().iter().any(|e| {
+            e["event"] == "peer"
+                && e["address"] == n2.addr.to_string()
+                && e["state"] == "Established"
+        })
+    };
+    assert!(
+        !far_up(&reef),
+        "a peer two hops away passed GTSM for one hop"
+    );
+    assert!(reef.route("10.244.3.0/26").is_none());
+    // With the right hop count (2) the session comes up.
+    reef.reload(&cfg(2));
+    reef.wait_peer(&n2.addr.to_string(), "Established", 20);
+    reef.wait_route("10.244.3.0/26", &n2.addr.to_string(), 15);
+}
+
 #[test]
 fn md5_right_password_peers_and_wrong_one_does_not() {
     let topo = Topology::builder().nodes(3).subnets(2).build().unwrap();
