@@ -34,7 +34,9 @@ pub mod rtnl;
 pub use diff::{diff, Op};
 pub use kernel::{KernelNextHop, KernelRoute, KernelTarget, RouteKey};
 pub use netlink::{Netlink, RouteEvent};
-pub use reconciler::{ApplyReport, Reconciler, ReconcilerConfig, ReconcilerStatus};
+pub use reconciler::{
+    ApplyReport, PassDurations, Reconciler, ReconcilerConfig, ReconcilerStatus, PASS_BUCKETS,
+};
 pub use rtnl::RtNetlink;
 
 /// Everything that goes wrong while programming routes, with the route or namespace concerned.

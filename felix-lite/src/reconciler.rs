@@ -84,6 +84,35 @@ pub struct ReconcilerStatus {
     pub resyncs: u64,
     /// Errors of the last pass (failed operations and unresolved routes), as text.
     pub errors: Vec<String>,
+    /// How long passes took.
+    pub durations: PassDurations,
+    /// Passes that failed an operation or could not run (a resync follows).
+    pub failed_passes: u64,
+}
+
+/// Upper bounds (seconds) of the [`PassDurations`] buckets.
+pub const PASS_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// Reconcile pass durations as a Prometheus histogram: `buckets[i]` counts the passes that
+/// took at most `PASS_BUCKETS[i]` (cumulative, as Prometheus wants).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassDurations {
+    pub buckets: [u64; PASS_BUCKETS.len()],
+    pub count: u64,
+    pub sum_micros: u64,
+}
+
+impl PassDurations {
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (b, le) in self.buckets.iter_mut().zip(PASS_BUCKETS) {
+            if secs <= le {
+                *b += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_micros += u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    }
 }
 
 /// Keeps the kernel's reef routes equal to the desired routes.
@@ -106,6 +135,8 @@ pub struct Reconciler<N> {
     resync_due: bool,
     resyncs: u64,
     last_errors: Vec<String>,
+    durations: PassDurations,
+    failed_passes: u64,
 }
 
 impl<N: Netlink> Reconciler<N> {
@@ -123,6 +154,8 @@ impl<N: Netlink> Reconciler<N> {
             grace_due: None,
             resync_due: true,
             resyncs: 0,
+            durations: PassDurations::default(),
+            failed_passes: 0,
             last_errors: Vec::new(),
         }
     }
@@ -147,6 +180,8 @@ impl<N: Netlink> Reconciler<N> {
             programmed: self.kernel.len(),
             resyncs: self.resyncs,
             errors: self.last_errors.clone(),
+            durations: self.durations.clone(),
+            failed_passes: self.failed_passes,
         }
     }
 
@@ -425,11 +460,16 @@ impl<N: Netlink> Reconciler<N> {
     }
 
     async fn pass(&mut self, full: bool) {
+        let t0 = std::time::Instant::now();
         let res = if full {
             self.resync().await
         } else {
             self.apply().await
         };
+        self.durations.observe(t0.elapsed());
+        if res.as_ref().map_or(true, |r| !r.failed.is_empty()) {
+            self.failed_passes += 1;
+        }
         match res {
             Ok(r) if r.changes() > 0 || !r.failed.is_empty() => tracing::debug!(
                 added = r.added,

@@ -57,6 +57,12 @@ pub enum LabCmd {
         #[arg(long, default_value_t = 0)]
         subnet: usize,
     },
+    /// Restart one node's agent cleanly (SIGTERM, then start it again): graceful restart keeps
+    /// its routes on the peers and in the kernels, so traffic keeps flowing.
+    Restart {
+        /// The node, e.g. n1.
+        node: String,
+    },
     /// Peers, routes and pods of the running lab.
     Status,
     /// Stop everything the lab started and remove it.
@@ -108,6 +114,10 @@ pub fn run(cmd: LabCmd, out: Output) -> Result<Exit> {
         }
         LabCmd::Join { subnet } => {
             join(subnet)?;
+            status(out)
+        }
+        LabCmd::Restart { node } => {
+            restart(&node)?;
             status(out)
         }
         LabCmd::Status => status(out),
@@ -373,6 +383,77 @@ fn join(subnet: usize) -> Result<()> {
     .map_err(|e| anyhow!("{e}\n{}", log_tails(&st)))?;
     println!("{} joined at {} on subnet {subnet}", n.name, n.address);
     Ok(())
+}
+
+/// Stops `node`'s agent with SIGTERM (the graceful shutdown a node upgrade does), starts it
+/// again and waits for its sessions; prints how long the agent was away.
+fn restart(node: &str) -> Result<()> {
+    let mut st = load()?;
+    let n = st
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .cloned()
+        .ok_or_else(|| anyhow!("no lab node {node}; `reef lab status` lists them"))?;
+    let old: Vec<u32> = st
+        .pids
+        .iter()
+        .copied()
+        .filter(|p| agent_of(*p).as_deref() == Some(n.config.as_path()))
+        .collect();
+    let t0 = std::time::Instant::now();
+    for pid in &old {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    // Polled tightly: the node forwards nothing through the userspace tunnel until the new
+    // agent runs.
+    while old.iter().any(|p| alive(*p)) {
+        if t0.elapsed() > Duration::from_secs(15) {
+            bail!("{node}'s agent did not exit within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stopped = t0.elapsed();
+    st.pids.retain(|p| !old.contains(p) && alive(*p));
+    st.pids.push(start_agent(&std::env::current_exe()?, &n)?);
+    save(&st)?;
+    let want = st.nodes.len() - 1 + usize::from(st.router);
+    wait(
+        &format!("{node}'s BGP sessions"),
+        Duration::from_secs(60),
+        || {
+            let s = snapshot_of(&n).ok()?;
+            (s.established() >= want).then_some(())
+        },
+    )
+    .map_err(|e| anyhow!("{e}\n{}", log_tails(&st)))?;
+    println!(
+        "{node} restarted: agent stopped in {:.2}s, all {want} sessions back after {:.2}s",
+        stopped.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Whether `pid` still runs (an exited agent may linger as a zombie until init reaps it).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// The node config a lab agent process runs with (`reef --config <file> node run`).
+fn agent_of(pid: u32) -> Option<PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let i = args.iter().position(|a| *a == b"--config")?;
+    let is_agent = args.windows(2).any(|w| w[0] == b"node" && w[1] == b"run");
+    let config = args.get(i + 1)?;
+    is_agent.then(|| PathBuf::from(String::from_utf8_lossy(config).into_owned()))
 }
 
 /// Calls `reef-cni` for `command` in the node's namespace, the way a container runtime does:
@@ -676,7 +757,11 @@ fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> R
 /// Starts `program args…` inside `ns` in its own session (it survives this command), output to
 /// `log`; returns its pid (`ip netns exec` execs the program, so the pid is the program's).
 fn spawn_detached(ns: &str, program: &Path, args: &[&str], log: &Path) -> Result<u32> {
-    let f = std::fs::File::create(log)?;
+    // Appended to: a restarted agent keeps the log of its earlier run.
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     // An absolute path: busybox's setsid would run its own `ip` applet (no netns support).
     let ip = find_program("ip").ok_or_else(|| anyhow!("iproute2's ip is not installed"))?;
     let child = Command::new("setsid")

@@ -81,6 +81,45 @@ fn vm_lab_pods_ping_across_subnets_over_kernel_ipip() {
         println!("{routes}");
         assert!(reached, "pod on n0 cannot reach {dst} over tunl0");
         assert!(routes.contains("dev tunl0 proto 201 onlink"), "{routes}");
+
+        // A clean restart of n1's agent with kernel ipip loses no ping across the subnets:
+        // the kernel forwards on its own while no agent runs, peers keep n1's block (graceful
+        // restart) and the new agent starts from the saved best paths.
+        let ping = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                "reef-lab-p0-0",
+                "ping",
+                "-i",
+                "0.1",
+                "-q",
+                &dst,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let restart = Command::new(reef())
+            .args(["lab", "restart", "n1"])
+            .output()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let _ = Command::new("kill")
+            .args(["-INT", &ping.id().to_string()])
+            .status();
+        let out = ping.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        println!("{}{text}", String::from_utf8_lossy(&restart.stdout));
+        assert!(
+            restart.status.success(),
+            "lab restart: {}",
+            String::from_utf8_lossy(&restart.stderr)
+        );
+        assert!(
+            text.contains(" 0% packet loss"),
+            "pings lost during n1's restart:\n{text}"
+        );
     });
     let _ = Command::new(reef()).args(["lab", "down"]).output();
     if let Err(e) = result {

@@ -239,6 +239,10 @@ pub struct TunnelConfig {
     /// Force the userspace fallback even where the kernel has ipip (tests, interop).
     pub force_userspace: bool,
     pub userspace_device: String,
+    /// Keep the userspace TUN device (and so its routes) when this process exits, for the
+    /// next agent to attach to: an agent restart then loses only the packets that arrive
+    /// while no agent runs, instead of the device and every route through it.
+    pub keep_userspace_device: bool,
 }
 
 impl TunnelConfig {
@@ -251,6 +255,7 @@ impl TunnelConfig {
             mtu: None,
             force_userspace: false,
             userspace_device: USERSPACE_TUNNEL_DEVICE.to_string(),
+            keep_userspace_device: false,
         }
     }
 }
@@ -264,6 +269,8 @@ pub struct Tunnel {
     mtu: u32,
     userspace: Option<UserspaceTunnel>,
     kernel_in_use: bool,
+    /// Whether a persistent userspace device left by an earlier agent was looked for.
+    leftover_checked: bool,
 }
 
 impl Tunnel {
@@ -302,6 +309,7 @@ impl Tunnel {
             mtu,
             userspace: None,
             kernel_in_use: false,
+            leftover_checked: false,
         })
     }
 
@@ -351,6 +359,7 @@ impl Tunnel {
                             self.cfg.netns.as_deref(),
                             &device,
                             self.cfg.node_address,
+                            self.cfg.keep_userspace_device,
                         )?;
                         bring_up(&self.handle, &device, self.mtu, self.cfg.tunnel_address).await?;
                         self.userspace = Some(u);
@@ -359,9 +368,20 @@ impl Tunnel {
                         u.set_table(EncapTable::from_plan(&plan.encap, cluster_nodes));
                     }
                 } else if let Some(u) = self.userspace.take() {
-                    // Dropping closes the TUN fd: the device and its routes go with it.
-                    drop(u);
+                    // The device and its routes go with it.
+                    u.remove()?;
+                } else if !self.leftover_checked {
+                    // An earlier agent kept its device for us, but nothing needs it now.
+                    if let Some(index) = link_index(&self.handle, &device).await? {
+                        self.handle
+                            .link()
+                            .del(index)
+                            .execute()
+                            .await
+                            .map_err(|e| nl(format!("delete leftover {device}"), e))?;
+                    }
                 }
+                self.leftover_checked = true;
             }
             TunnelMode::Unavailable => {}
         }

@@ -1,5 +1,5 @@
 //! The system calls of the userspace IP-in-IP fallback: a TUN device and a raw
-//! `IPPROTO_IPIP` socket. This is the crate's only unsafe code: `ioctl(TUNSETIFF)` and the
+//! `IPPROTO_IPIP` socket. This is the crate's only unsafe code: `ioctl(TUNSETIFF / TUNSETPERSIST)` and the
 //! socket calls take raw pointers. Every pointer passed points into a live, correctly sized
 //! buffer or struct owned by the caller for the duration of the call.
 #![allow(unsafe_code)]
@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54CA;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54CB;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IPPROTO_IPIP: libc::c_int = 4;
@@ -47,6 +48,25 @@ pub fn open_tun(name: &str) -> io::Result<File> {
         return Err(io::Error::last_os_error());
     }
     Ok(file)
+}
+
+/// Makes the TUN device outlive (`true`) or die with (`false`) its last open fd. A persistent
+/// device keeps its addresses and routes while no process has it open; packets routed to it
+/// meanwhile are dropped.
+pub fn set_tun_persist(tun: &File, persist: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value (no pointer); the fd is open and
+    // attached to a TUN device by `open_tun`.
+    let rc = unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            TUNSETPERSIST as _,
+            libc::c_ulong::from(persist),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr_in {

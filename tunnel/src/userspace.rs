@@ -166,7 +166,8 @@ pub struct TunnelStats {
 }
 
 /// The running encapsulator: a TUN device and a raw IPIP socket served by two OS threads.
-/// Dropping it stops the threads and removes the TUN device (it is not persistent).
+/// Dropping it stops the threads; the TUN device goes with them unless it was started
+/// persistent (then it stays, with its routes, for the next agent: see [`Self::remove`]).
 #[derive(Debug)]
 pub struct UserspaceTunnel {
     device: String,
@@ -174,6 +175,8 @@ pub struct UserspaceTunnel {
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// A handle on the device for [`Self::remove`] (the threads own the others).
+    control: File,
 }
 
 /// How long the threads block before checking whether to stop.
@@ -182,13 +185,22 @@ const POLL_MS: i32 = 100;
 const SOCKET_BUFFER: i32 = 4 << 20;
 
 impl UserspaceTunnel {
-    /// Creates TUN device `device` and the raw socket (bound to `local`, the outer source) in
-    /// the namespace at `netns` (the caller's own when `None`), and starts the threads. The
-    /// device still has to be configured (MTU, address, up): see [`crate::device`].
-    pub fn start(netns: Option<&Path>, device: &str, local: Ipv4Addr) -> Result<Self, TunnelError> {
+    /// Creates TUN device `device` (or attaches to it when a persistent one is left from an
+    /// earlier run) and the raw socket (bound to `local`, the outer source) in the namespace
+    /// at `netns` (the caller's own when `None`), and starts the threads. The device still has
+    /// to be configured (MTU, address, up): see [`crate::device`]. `persist`: the device
+    /// outlives this process, so an agent restart keeps its routes (the kernel only drops the
+    /// packets that arrive while no agent serves it).
+    pub fn start(
+        netns: Option<&Path>,
+        device: &str,
+        local: Ipv4Addr,
+        persist: bool,
+    ) -> Result<Self, TunnelError> {
         let name = device.to_string();
         let (tun, raw) = felix_lite::netns::maybe_in(netns, move || {
             let tun = sys::open_tun(&name)?;
+            sys::set_tun_persist(&tun, persist)?;
             let raw = sys::raw_ipip_socket(local)?;
             sys::set_nonblocking(&tun)?;
             sys::set_nonblocking(&raw)?;
@@ -204,10 +216,14 @@ impl UserspaceTunnel {
             reason: e.to_string(),
         })?;
         let raw = Arc::new(raw);
-        let tun_rx = tun.try_clone().map_err(|e| TunnelError::Io {
-            what: format!("dup TUN fd of {device}"),
-            reason: e.to_string(),
-        })?;
+        let dup = |f: &File| {
+            f.try_clone().map_err(|e| TunnelError::Io {
+                what: format!("dup TUN fd of {device}"),
+                reason: e.to_string(),
+            })
+        };
+        let tun_rx = dup(&tun)?;
+        let control = dup(&tun)?;
         let table = Arc::new(RwLock::new(Arc::new(EncapTable::default())));
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -232,7 +248,18 @@ impl UserspaceTunnel {
             counters,
             stop,
             threads,
+            control,
         })
+    }
+
+    /// Stops the threads and deletes the device, persistent or not (the plan no longer needs
+    /// a tunnel).
+    pub fn remove(self) -> Result<(), TunnelError> {
+        sys::set_tun_persist(&self.control, false).map_err(|e| TunnelError::Io {
+            what: format!("make {} non-persistent", self.device),
+            reason: e.to_string(),
+        })
+        // Dropping `self` closes the last fds: the kernel deletes the device.
     }
 
     pub fn device(&self) -> &str {

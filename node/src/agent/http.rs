@@ -95,5 +95,58 @@ pub fn metrics(s: &Snapshot) -> String {
     let _ = writeln!(m, "# HELP reef_routes_programmed Routes in the kernel.\n# TYPE reef_routes_programmed gauge\nreef_routes_programmed {}", s.routes_programmed);
     let _ = writeln!(m, "# HELP reef_reconcile_resyncs_total Full resyncs of the route table.\n# TYPE reef_reconcile_resyncs_total counter\nreef_reconcile_resyncs_total {}", s.reconcile_resyncs);
     let _ = writeln!(m, "# HELP reef_reconcile_errors Errors of the last reconcile pass.\n# TYPE reef_reconcile_errors gauge\nreef_reconcile_errors {}", s.reconcile_errors.len());
+    let _ = writeln!(m, "# HELP reef_reconcile_failed_passes_total Reconcile passes that failed an operation.\n# TYPE reef_reconcile_failed_passes_total counter\nreef_reconcile_failed_passes_total {}", s.reconcile_failed_passes);
+    let _ = writeln!(m, "# HELP reef_reconcile_duration_seconds How long reconcile passes took.\n# TYPE reef_reconcile_duration_seconds histogram");
+    for (le, n) in felix_lite::PASS_BUCKETS.iter().zip(&s.reconcile_buckets) {
+        let _ = writeln!(
+            m,
+            "reef_reconcile_duration_seconds_bucket{{le=\"{le}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        m,
+        "reef_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+        s.reconcile_passes
+    );
+    let _ = writeln!(
+        m,
+        "reef_reconcile_duration_seconds_sum {}",
+        s.reconcile_seconds_sum
+    );
+    let _ = writeln!(
+        m,
+        "reef_reconcile_duration_seconds_count {}",
+        s.reconcile_passes
+    );
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_durations_are_a_prometheus_histogram() {
+        let mut d = felix_lite::PassDurations::default();
+        d.observe(std::time::Duration::from_micros(300));
+        d.observe(std::time::Duration::from_millis(20));
+        let s = Snapshot {
+            reconcile_buckets: d.buckets.to_vec(),
+            reconcile_passes: d.count,
+            reconcile_seconds_sum: d.sum_micros as f64 / 1e6,
+            ..Default::default()
+        };
+        let m = metrics(&s);
+        for line in [
+            "# TYPE reef_reconcile_duration_seconds histogram",
+            "reef_reconcile_duration_seconds_bucket{le=\"0.001\"} 1",
+            "reef_reconcile_duration_seconds_bucket{le=\"0.01\"} 1",
+            "reef_reconcile_duration_seconds_bucket{le=\"0.05\"} 2",
+            "reef_reconcile_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "reef_reconcile_duration_seconds_sum 0.0203",
+            "reef_reconcile_duration_seconds_count 2",
+        ] {
+            assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+        }
+    }
 }

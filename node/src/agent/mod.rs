@@ -19,6 +19,7 @@
 //!
 //! The loop is the single owner of the agent's state; everything else gets snapshots.
 
+mod forwarding;
 mod http;
 pub mod snapshot;
 pub mod view;
@@ -49,6 +50,9 @@ use self::view::View;
 const SECRETS_DIR: &str = "/etc/reef/secrets";
 /// How often the datastore is read again.
 const POLL: Duration = Duration::from_secs(1);
+/// The longest a restarted agent keeps routes BGP has not confirmed (RFC 4724's selection
+/// deferral); the graceful-restart time when that is shorter.
+const MAX_DEFERRAL: Duration = Duration::from_secs(60);
 /// How often the node resource's status is written.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
@@ -83,6 +87,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     );
     tcfg.tunnel_address = view::v4(tunnel_addr);
     tcfg.mtu = cfg.mtu.map(|m| m + reef_tunnel::device::IPIP_OVERHEAD);
+    // A restarted agent finds the userspace device and its routes where it left them.
+    tcfg.keep_userspace_device = true;
     let mut tunnel = reef_tunnel::Tunnel::new(tcfg)
         .await
         .context("setting up the tunnel")?;
@@ -122,6 +128,13 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         .and_then(|n| n.spec.route_reflector_cluster_id);
     let own: BTreeSet<IpNetwork> = view::own_blocks(&cfg, &view);
     scfg.originate = own.iter().copied().collect();
+    // A clean restart: the previous agent left its BGP best paths and kept its kernel routes.
+    // Start from them (stale) so nothing changes in the kernel or the tunnel, tell the peers
+    // we restarted with forwarding state kept, and sweep what they do not send again.
+    let state_file = forwarding_state_path(&cfg);
+    let restart_window = Duration::from_secs(u64::from(scfg.graceful_restart.restart_time));
+    let kept = forwarding::load(&state_file, restart_window);
+    scfg.graceful_restart.restarting = kept.is_some();
     let (speaker, mut events) = Speaker::start(scfg)
         .await
         .context("starting the BGP speaker")?;
@@ -135,14 +148,25 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         .await
         .context("opening the metrics address")?;
 
+    let deferral = kept.as_ref().map(|k| {
+        tracing::info!(
+            routes = k.len(),
+            "restart: keeping the previous agent's routes until every peer sent End-of-RIB"
+        );
+        forwarding::Deferral::new(
+            k.keys().copied().collect(),
+            Instant::now() + restart_window.min(MAX_DEFERRAL),
+        )
+    });
     let mut st = AgentState {
+        deferral,
         cfg: cfg.clone(),
         parent: parent.clone(),
         secrets,
         view,
         own: own.clone(),
         peers: BTreeMap::new(),
-        remote: BTreeMap::new(),
+        remote: kept.unwrap_or_default(),
         tunnel_mode: describe_tunnel(tunnel.mode()),
         started: SystemTime::now(),
         last_plan: None,
@@ -150,6 +174,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         mtu,
     };
     st.sync_peers(&speaker).await;
+    if let Some(d) = &mut st.deferral {
+        d.expect_from(st.peers.keys().copied());
+    }
     st.replan(&mut tunnel, &desired_tx).await;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -169,6 +196,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                 while let Ok(ev) = events.try_recv() {
                     dirty |= st.on_event(ev);
                 }
+            }
+            _ = sleep_until_opt(st.deferral.as_ref().map(|d| d.deadline)) => {
+                dirty |= st.end_deferral("deferral time is up");
             }
             _ = poll.tick() => {
                 let ipam2 = ipam.clone();
@@ -206,6 +236,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
 
     tracing::info!("shutting down: graceful restart, kernel routes kept");
     let _ = speaker.shutdown(Shutdown::Graceful).await;
+    if let Err(e) = forwarding::save(&state_file, &st.remote) {
+        tracing::warn!(error = %e, file = %state_file.display(), "saving the forwarding state");
+    }
     drop(desired_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), reconcile_task).await;
     control.abort();
@@ -216,6 +249,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
 
 /// The agent loop's state.
 struct AgentState {
+    /// After a clean restart: the kept routes not yet confirmed by BGP.
+    deferral: Option<forwarding::Deferral>,
     cfg: NodeConfig,
     /// The interface carrying the node address, found once at start-up.
     parent: String,
@@ -239,6 +274,9 @@ impl AgentState {
             SpeakerEvent::BestPaths(cs) => {
                 let mut changed = false;
                 for c in cs {
+                    if let Some(d) = &mut self.deferral {
+                        d.confirmed(&c.prefix);
+                    }
                     changed |= if c.next_hops.is_empty() {
                         self.remote.remove(&c.prefix).is_some()
                     } else {
@@ -246,6 +284,15 @@ impl AgentState {
                     };
                 }
                 changed
+            }
+            SpeakerEvent::EndOfRib { address, family } => {
+                let done = match &mut self.deferral {
+                    Some(d) if family == reef_bgp::packet::Family::Ipv4Unicast => {
+                        d.end_of_rib(address)
+                    }
+                    _ => false,
+                };
+                done && self.end_deferral("every peer sent End-of-RIB")
             }
             SpeakerEvent::PeerState {
                 address,
@@ -257,6 +304,21 @@ impl AgentState {
                 false
             }
         }
+    }
+
+    /// Ends the restart deferral: kept routes BGP did not send again go. Returns whether the
+    /// plan's inputs changed.
+    fn end_deferral(&mut self, why: &str) -> bool {
+        let Some(d) = self.deferral.take() else {
+            return false;
+        };
+        let stale = d.into_stale();
+        tracing::info!(why, swept = stale.len(), "restart complete");
+        let mut changed = false;
+        for p in stale {
+            changed |= self.remote.remove(&p).is_some();
+        }
+        changed
     }
 
     /// Takes a new datastore reading; returns whether the plan's inputs changed.
@@ -381,6 +443,10 @@ impl AgentState {
             routes_programmed: rs.programmed,
             reconcile_resyncs: rs.resyncs,
             reconcile_errors: rs.errors.clone(),
+            reconcile_buckets: rs.durations.buckets.to_vec(),
+            reconcile_passes: rs.durations.count,
+            reconcile_seconds_sum: rs.durations.sum_micros as f64 / 1e6,
+            reconcile_failed_passes: rs.failed_passes,
             problems: self.problems.clone(),
             userspace_tunnel: tstats.map(|s| snapshot::TunnelCounters {
                 tx: s.tx,
@@ -389,6 +455,23 @@ impl AgentState {
             }),
         }
     }
+}
+
+/// Waits until `t`, or forever.
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where the agent leaves its best paths for the next agent on a clean shutdown: beside its
+/// control socket (a runtime directory, gone after a reboot like the kernel routes).
+fn forwarding_state_path(cfg: &NodeConfig) -> PathBuf {
+    cfg.agent_socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/reef"))
+        .join("forwarding-state.json")
 }
 
 /// How `reef status` names the tunnel mode.

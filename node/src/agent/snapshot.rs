@@ -26,6 +26,15 @@ pub struct Snapshot {
     pub routes_programmed: usize,
     pub reconcile_resyncs: u64,
     pub reconcile_errors: Vec<String>,
+    /// Reconcile pass durations: cumulative counts per `felix_lite::PASS_BUCKETS` bound.
+    #[serde(default)]
+    pub reconcile_buckets: Vec<u64>,
+    #[serde(default)]
+    pub reconcile_passes: u64,
+    #[serde(default)]
+    pub reconcile_seconds_sum: f64,
+    #[serde(default)]
+    pub reconcile_failed_passes: u64,
     /// Configuration or datastore problems the agent works around.
     pub problems: Vec<String>,
     pub userspace_tunnel: Option<TunnelCounters>,
