@@ -213,6 +213,14 @@ impl Core {
                 });
                 let _ = r.send(res);
             }
+            Command::SetClusterPools(pools, r) => {
+                let res = self
+                    .rib
+                    .set_cluster_pools(pools)
+                    .map(|out| self.dispatch(out))
+                    .map_err(SpeakerError::from);
+                let _ = r.send(res);
+            }
             Command::Withdraw(prefixes, r) => {
                 let out = self.rib.withdraw_originated(&prefixes);
                 self.dispatch(out);

@@ -160,6 +160,7 @@ pub(crate) enum Command {
     RemovePeer(IpAddr, oneshot::Sender<Result<(), SpeakerError>>),
     Originate(Vec<IpNetwork>, oneshot::Sender<Result<(), SpeakerError>>),
     Withdraw(Vec<IpNetwork>, oneshot::Sender<Result<(), SpeakerError>>),
+    SetClusterPools(Vec<IpNetwork>, oneshot::Sender<Result<(), SpeakerError>>),
     Status(oneshot::Sender<Vec<PeerStatus>>),
     BestPaths(oneshot::Sender<BTreeMap<IpNetwork, Vec<IpAddr>>>),
     LocRibLen(oneshot::Sender<usize>),
@@ -227,6 +228,12 @@ impl SpeakerHandle {
     /// Stops originating `prefixes`.
     pub async fn withdraw(&self, prefixes: Vec<IpNetwork>) -> Result<(), SpeakerError> {
         self.ask(|r| Command::Withdraw(prefixes, r)).await?
+    }
+
+    /// Replaces the cluster's pools (what mesh peers may send us): routes already received
+    /// are judged again, so a new pool's blocks are accepted and a removed pool's dropped.
+    pub async fn set_cluster_pools(&self, pools: Vec<IpNetwork>) -> Result<(), SpeakerError> {
+        self.ask(|r| Command::SetClusterPools(pools, r)).await?
     }
 
     /// A snapshot of every peer, sorted by address.

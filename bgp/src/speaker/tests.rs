@@ -517,3 +517,55 @@ async fn restarting_speaker_defers_selection_until_the_deferral_timer() {
     );
     drop(nb);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_pools_changed_at_runtime_rejudge_what_mesh_peers_sent() {
+    let (a, b) = pair(64512, 64512, |to_b, to_a| {
+        to_b.peer_type = PeerType::Mesh;
+        to_a.peer_type = PeerType::Mesh;
+    })
+    .await;
+    b.handle
+        .set_cluster_pools(vec![net("10.244.0.0/16")])
+        .await
+        .unwrap();
+    established(&b, a.addr).await;
+    a.handle
+        .originate(vec![net("10.244.1.0/26"), net("10.245.1.0/26")])
+        .await
+        .unwrap();
+    let via = IpAddr::V4(a.addr);
+    has_route(&b, "10.244.1.0/26", via).await;
+    // Outside every pool: received, not accepted.
+    wait("10.245.1.0/26 received at B", 5, || async {
+        let s = status_of(&b, a.addr).await;
+        if (s.prefixes_received, s.prefixes_accepted) == (2, 1) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    assert!(!routes(&b).await.contains_key(&net("10.245.1.0/26")));
+    // A new pool: what was held back is accepted without a new UPDATE or a session reset.
+    b.handle
+        .set_cluster_pools(vec![net("10.244.0.0/16"), net("10.245.0.0/16")])
+        .await
+        .unwrap();
+    has_route(&b, "10.245.1.0/26", via).await;
+    // A pool removed: its blocks go.
+    b.handle
+        .set_cluster_pools(vec![net("10.245.0.0/16")])
+        .await
+        .unwrap();
+    no_route(&b, "10.244.1.0/26", 5).await;
+    has_route(&b, "10.245.1.0/26", via).await;
+    // A bad pool is refused, naming it; the pools stay as they were.
+    let e = b
+        .handle
+        .set_cluster_pools(vec![net("10.246.0.1/16")])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cluster_pools[0]"), "{e}");
+    has_route(&b, "10.245.1.0/26", via).await;
+}

@@ -135,6 +135,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let restart_window = Duration::from_secs(u64::from(scfg.graceful_restart.restart_time));
     let kept = forwarding::load(&state_file, restart_window);
     scfg.graceful_restart.restarting = kept.is_some();
+    let scfg_pools = scfg.cluster_pools.clone();
     let (speaker, mut events) = Speaker::start(scfg)
         .await
         .context("starting the BGP speaker")?;
@@ -159,6 +160,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         )
     });
     let mut st = AgentState {
+        cluster_pools: scfg_pools,
         deferral,
         cfg: cfg.clone(),
         parent: parent.clone(),
@@ -249,6 +251,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
 
 /// The agent loop's state.
 struct AgentState {
+    /// The pools the speaker judges mesh routes by (followed from the IPPools).
+    cluster_pools: Vec<IpNetwork>,
     /// After a clean restart: the kept routes not yet confirmed by BGP.
     deferral: Option<forwarding::Deferral>,
     cfg: NodeConfig,
@@ -338,6 +342,16 @@ impl AgentState {
             }
         }
         self.own = own;
+        let pools: Vec<IpNetwork> = self.view.pools.iter().map(|p| p.spec.cidr).collect();
+        if pools != self.cluster_pools {
+            match speaker.set_cluster_pools(pools.clone()).await {
+                Ok(()) => {
+                    tracing::info!(?pools, "cluster pools changed");
+                    self.cluster_pools = pools;
+                }
+                Err(e) => tracing::warn!(error = %e, "updating the cluster pools"),
+            }
+        }
         self.sync_peers(speaker).await;
         // Pods come and go between readings; the plan compares itself to the last one.
         true
