@@ -3,6 +3,11 @@
 //! config on stdin, from a thread inside a throwaway "host" namespace. 200 pods each, ADDs
 //! interleaved (reef, reference, reef, …), then DELs interleaved.
 //!
+//! A third series, "reef-cni + pod": reef-cni with Kubernetes access, reading each pod's
+//! `reef.dev/ipv4pools` annotation from the API server before allocating — the cost of the
+//! annotation path. The API server is the in-process STAND-IN of `reef_integration` (no real
+//! one runs here), listening inside the host namespace; a real one adds its own latency.
+//!
 //! Run as root: `cargo bench -p reef-cni --bench addel` (REEF_BENCH_PODS overrides 200).
 
 use std::fs::File;
@@ -12,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reef_config::IpPoolSpec;
+use reef_integration::apiserver::StandIn;
 use reef_ipam::EmbeddedStore;
 use serde_json::json;
 
@@ -55,10 +61,18 @@ impl Drop for TempDir {
 }
 
 /// Spawns `bin` with the CNI variables and `stdin`, waits, and returns the elapsed time.
-fn time_call(bin: &Path, command: &str, id: &str, netns: &str, stdin: &[u8]) -> Duration {
+fn time_call(
+    bin: &Path,
+    command: &str,
+    id: &str,
+    netns: &str,
+    args: &str,
+    stdin: &[u8],
+) -> Duration {
     let t0 = Instant::now();
     let mut child = Command::new(bin)
         .env_clear()
+        .env("CNI_ARGS", args)
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", netns)
@@ -143,10 +157,24 @@ fn main() {
         IpPoolSpec::new("10.244.0.0/16".parse().expect("cidr")),
     )
     .expect("pool");
+    let mut pool_k = IpPoolSpec::new("10.246.0.0/16".parse().expect("cidr"));
+    pool_k.block_size = Some(26);
+    ipam.put_pool("annotated", pool_k).expect("pool");
     drop(ipam);
 
     let reef_conf = serde_json::to_vec(&json!({
         "cniVersion": "1.0.0", "name": "reefbench", "type": "reef-cni", "nodeConfig": node_config,
+    }))
+    .expect("json");
+    let host_ns = File::open(host.path()).expect("open host netns");
+    // The stand-in must listen (and be stopped) inside the host namespace.
+    let api = reef_cni::sys::in_netns(&host_ns, StandIn::start)
+        .expect("enter the host namespace")
+        .expect("API-server stand-in");
+    let kubeconfig = api.write_kubeconfig(&dir.0).expect("kubeconfig");
+    let pod_conf = serde_json::to_vec(&json!({
+        "cniVersion": "1.0.0", "name": "podbench", "type": "reef-cni", "nodeConfig": node_config,
+        "kubernetes": { "kubeconfig": kubeconfig },
     }))
     .expect("json");
     let ref_conf = serde_json::to_vec(&json!({
@@ -162,67 +190,107 @@ fn main() {
         "install containernetworking-plugins for the reference plugins"
     );
 
-    println!("creating {} pod namespaces ...", 2 * pods);
+    println!("creating {} pod namespaces ...", 3 * pods);
     let reef_pods: Vec<Netns> = (0..pods)
         .map(|i| Netns::new(format!("{tag}-r{i}")))
         .collect();
     let ref_pods: Vec<Netns> = (0..pods)
         .map(|i| Netns::new(format!("{tag}-p{i}")))
         .collect();
+    let k8s_pods: Vec<Netns> = (0..pods)
+        .map(|i| Netns::new(format!("{tag}-k{i}")))
+        .collect();
+    for i in 0..pods {
+        api.put_pod(
+            "bench",
+            &format!("k{i}"),
+            &[("reef.dev/ipv4pools", r#"["annotated"]"#)],
+        );
+    }
+    let pod_args = |id: &str| format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME={id}");
 
-    let host_ns = File::open(host.path()).expect("open host netns");
     let (mut reef_add, mut ref_add, mut reef_del, mut ref_del) = (vec![], vec![], vec![], vec![]);
+    let (mut k8s_add, mut k8s_del) = (vec![], vec![]);
     reef_cni::sys::in_netns(&host_ns, || {
         // One warm-up pair each, not counted (page cache, first store write).
         let warm_r = Netns::new(format!("{tag}-wr"));
         let warm_p = Netns::new(format!("{tag}-wp"));
-        time_call(reef_bin, "ADD", "warm-r", &warm_r.path(), &reef_conf);
-        time_call(ref_bin, "ADD", "warm-p", &warm_p.path(), &ref_conf);
-        time_call(reef_bin, "DEL", "warm-r", &warm_r.path(), &reef_conf);
-        time_call(ref_bin, "DEL", "warm-p", &warm_p.path(), &ref_conf);
+        time_call(reef_bin, "ADD", "warm-r", &warm_r.path(), "", &reef_conf);
+        time_call(ref_bin, "ADD", "warm-p", &warm_p.path(), "", &ref_conf);
+        time_call(reef_bin, "DEL", "warm-r", &warm_r.path(), "", &reef_conf);
+        time_call(ref_bin, "DEL", "warm-p", &warm_p.path(), "", &ref_conf);
         for i in 0..pods {
+            let (r, p, k) = (format!("r{i}"), format!("p{i}"), format!("k{i}"));
             reef_add.push(time_call(
                 reef_bin,
                 "ADD",
-                &format!("r{i}"),
+                &r,
                 &reef_pods[i].path(),
+                "",
                 &reef_conf,
             ));
             ref_add.push(time_call(
                 ref_bin,
                 "ADD",
-                &format!("p{i}"),
+                &p,
                 &ref_pods[i].path(),
+                "",
                 &ref_conf,
+            ));
+            k8s_add.push(time_call(
+                reef_bin,
+                "ADD",
+                &k,
+                &k8s_pods[i].path(),
+                &pod_args(&k),
+                &pod_conf,
             ));
         }
         for i in 0..pods {
+            let (r, p, k) = (format!("r{i}"), format!("p{i}"), format!("k{i}"));
             reef_del.push(time_call(
                 reef_bin,
                 "DEL",
-                &format!("r{i}"),
+                &r,
                 &reef_pods[i].path(),
+                "",
                 &reef_conf,
             ));
             ref_del.push(time_call(
                 ref_bin,
                 "DEL",
-                &format!("p{i}"),
+                &p,
                 &ref_pods[i].path(),
+                "",
                 &ref_conf,
             ));
+            k8s_del.push(time_call(
+                reef_bin,
+                "DEL",
+                &k,
+                &k8s_pods[i].path(),
+                &pod_args(&k),
+                &pod_conf,
+            ));
         }
+        drop(api);
     })
     .expect("enter the host namespace");
 
     println!("ADD / DEL latency, {pods} pods each, timed as processes (spawn → exit):");
     let (ra, _) = report("reef-cni ADD", &mut reef_add);
     let (pa, _) = report("ptp+host-local ADD", &mut ref_add);
+    let (ka, _) = report("reef-cni + pod ADD", &mut k8s_add);
     let (rd, _) = report("reef-cni DEL", &mut reef_del);
     let (pd, _) = report("ptp+host-local DEL", &mut ref_del);
+    report("reef-cni + pod DEL", &mut k8s_del);
     println!(
         "p50 ratio reef/reference: ADD {:.2}, DEL {:.2} (target: ≤ 1.00)",
         ra / pa,
         rd / pd
+    );
+    println!(
+        "reading the pod's annotations (stand-in API server) adds {:.2} ms to the ADD p50",
+        ka - ra
     );
 }

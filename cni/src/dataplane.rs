@@ -248,16 +248,24 @@ fn wire(host: &mut Netlink, pod: &mut Netlink, w: &Wiring<'_>) -> Result<Wired, 
             .map_err(|e| Error::netlink(format!("add pod route {}", r.dst), e))?;
     }
     for a in w.addrs {
-        host.add_route(&host_route(*a, hostlink.index, w.route_protocol))
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::EEXIST) {
-                    Error::RouteExists {
-                        dst: IpNetwork::from(*a).to_string(),
-                    }
-                } else {
-                    Error::netlink(format!("add host route to {a} via {h}"), e)
-                }
-            })?;
+        let want = host_route(*a, hostlink.index, w.route_protocol);
+        match host.add_route(&want) {
+            Ok(()) => {}
+            // The node agent saw the allocation and the veth and wrote this very route
+            // first (same veth, reef's protocol): that is the route we want.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && host
+                        .routes(a.is_ipv6())
+                        .map(|rs| rs.contains(&want))
+                        .unwrap_or(false) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(Error::RouteExists {
+                    dst: IpNetwork::from(*a).to_string(),
+                })
+            }
+            Err(e) => return Err(Error::netlink(format!("add host route to {a} via {h}"), e)),
+        }
     }
     Ok(Wired {
         host: hostlink,
