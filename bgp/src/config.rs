@@ -104,6 +104,8 @@ pub struct SpeakerConfig {
 #[serde(deny_unknown_fields)]
 pub struct GracefulRestartConfig {
     /// Advertise the capability: peers keep our routes while we restart, and we keep theirs.
+    /// With its N bit (RFC 8538): also across a NOTIFICATION, except a Hard Reset, which reef
+    /// sends when the routes must go (peer removed, hard shutdown, max-prefix).
     #[serde(default = "defaults::yes")]
     pub enabled: bool,
     /// Seconds peers should keep our routes after our sessions drop (at most 4095).

@@ -441,6 +441,82 @@ fn ebgp_with_frr_over_ipv6_advertise_and_withdraw_both_ways() {
 }
 
 #[test]
+fn frr_keeps_routes_after_a_notification_with_the_n_bit_and_drops_them_on_hard_reset() {
+    // RFC 8538 with FRR (graceful restart on): reef changes the session's password, which
+    // sends Cease / Other Configuration Change and keeps the session down (the keys differ).
+    // With the N bit that is a graceful restart: FRR keeps reef's route (stale), reef keeps
+    // FRR's. Removing the peer sends a Hard Reset: FRR drops the route at once.
+    let topo = Topology::builder().nodes(2).subnets(2).build().unwrap();
+    let (n0, n1) = (&topo.nodes[0], &topo.nodes[1]);
+    let gr = " bgp graceful-restart\n bgp graceful-restart restart-time 60\n";
+    let frr = Frr::start(
+        &n1.ns,
+        &frr_ebgp_conf(n1.addr, IpAddr::V4(n0.addr), "ipv4", "10.244.2.0/26", gr),
+    )
+    .unwrap();
+    let cfg = |peer_extra: &str, with_peer: bool| {
+        let peers = if with_peer {
+            vec![peer_yaml(n1.addr, 65002, peer_extra)]
+        } else {
+            vec![]
+        };
+        reef_config(
+            65001,
+            n0.addr,
+            "graceful_restart: { enabled: true, restart_time: 60 }\n",
+            &peers,
+            &["10.244.1.0/26"],
+        )
+    };
+    let reef = Reef::start(Some(&n0.ns), &cfg("", true), &[]);
+    frr.wait_established(IpAddr::V4(n0.addr), Duration::from_secs(20))
+        .unwrap();
+    reef.wait_route("10.244.2.0/26", &n1.addr.to_string(), 15);
+    let in_frr = || frr_next_hops(&frr, "ipv4", "10.244.1.0/26");
+    wait_for("10.244.1.0/26 in FRR", Duration::from_secs(10), |_| {
+        in_frr()
+    })
+    .unwrap();
+    let n_bit = frr
+        .vtysh(&format!("show bgp neighbors {} json", n0.addr))
+        .unwrap();
+    reef.reload(&cfg("    password: not-what-frr-has\n", true));
+    wait_for("the session down at FRR", Duration::from_secs(10), |last| {
+        let p = frr.peers().ok()?;
+        *last = format!("{p:?}");
+        p.iter().all(|p| p.state != "Established").then_some(())
+    })
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert_eq!(
+            in_frr(),
+            Some(vec![n0.addr.to_string()]),
+            "FRR dropped reef's route after a non-Hard-Reset NOTIFICATION; FRR's view: {n_bit}"
+        );
+        assert_eq!(reef.route("10.244.2.0/26"), Some(vec![n1.addr.to_string()]));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let table = frr.vtysh("show bgp ipv4 unicast 10.244.1.0/26").unwrap();
+    assert!(table.to_lowercase().contains("stale"), "{table}");
+    // Back with the right (no) password, then the peer removed: a Hard Reset.
+    reef.reload(&cfg("", true));
+    frr.wait_established(IpAddr::V4(n0.addr), Duration::from_secs(20))
+        .unwrap();
+    reef.reload(&cfg("", false));
+    wait_for(
+        "10.244.1.0/26 gone from FRR",
+        Duration::from_secs(3),
+        |last| {
+            let h = in_frr();
+            *last = format!("{h:?}");
+            h.is_none().then_some(())
+        },
+    )
+    .unwrap();
+}
+
+#[test]
 fn md5_with_frr_right_password_peers_and_wrong_one_does_not() {
     let topo = Topology::builder().nodes(3).subnets(2).build().unwrap();
     let (n0, n1, n2) = (&topo.nodes[0], &topo.nodes[1], &topo.nodes[2]);

@@ -164,7 +164,9 @@ fn fsm_config(p: &PeerConfig, s: &Settings) -> FsmConfig {
     c.route_refresh = true;
     c.graceful_restart = s.gr.enabled.then(|| GracefulRestart {
         restart_state: false,
-        notification: false,
+        // RFC 8538: a NOTIFICATION other than Hard Reset ends the session the graceful
+        // restart way too.
+        notification: true,
         restart_time: s.gr.restart_time,
         families: Family::ALL
             .iter()
@@ -665,6 +667,22 @@ impl Session {
         open
     }
 
+    /// Both sides advertised the graceful restart N bit (RFC 8538) on the running session.
+    fn notification_gr(&self) -> bool {
+        let ours = self
+            .fsm
+            .config()
+            .graceful_restart
+            .as_ref()
+            .is_some_and(|g| g.notification);
+        let theirs = self
+            .negotiated
+            .as_ref()
+            .and_then(|n| n.graceful_restart.as_ref())
+            .is_some_and(|g| g.notification);
+        ours && theirs
+    }
+
     /// Feeds one event to the FSM and carries out its actions.
     async fn feed(&mut self, ev: Event) {
         let actions = self.fsm.handle(ev);
@@ -708,7 +726,14 @@ impl Session {
             }
             Action::SendKeepalive => self.send_urgent(&Message::Keepalive),
             Action::SendNotification(n) => {
-                info!(peer = %self.cfg.address, "sending NOTIFICATION {n}");
+                // RFC 8538 §3: what must drop the peer's copy of our routes goes as a Hard
+                // Reset; the FSM's reason keeps the original (see `graceful_after`).
+                let n = if self.notification_gr() && wants_hard_reset(&n) {
+                    hard_reset(n)
+                } else {
+                    n
+                };
+                info!(peer = %self.cfg.address, "sending NOTIFICATION {}", describe_notification(&n));
                 self.send_urgent(&Message::Notification(n));
             }
             Action::StartTimer(Timer::Keepalive, secs) => {
@@ -752,15 +777,14 @@ impl Session {
                 self.emit(SessionEventKind::Up(est)).await;
             }
             Action::SessionDown(reason) => {
+                let n_bit = self.notification_gr();
                 let n = self.negotiated.take();
-                let graceful = match reason {
-                    DownReason::ConnectionFailed => n
-                        .as_ref()
-                        .and_then(|n| n.graceful_restart.as_ref())
-                        .map(|g| Duration::from_secs(u64::from(g.restart_time)))
-                        .filter(|d| !d.is_zero()),
-                    _ => None,
-                };
+                let restart = n
+                    .as_ref()
+                    .and_then(|n| n.graceful_restart.as_ref())
+                    .map(|g| Duration::from_secs(u64::from(g.restart_time)))
+                    .filter(|d| !d.is_zero());
+                let graceful = restart.filter(|_| graceful_after(&reason, n_bit));
                 let mut text = describe(&reason);
                 if graceful.is_some() {
                     text.push_str(" (graceful restart: routes kept as stale)");
@@ -846,11 +870,72 @@ fn collect_announcements(u: &Update, announce: &mut Vec<(PathAttributes, Vec<IpN
     }
 }
 
+/// Whether an Established session that ended this way keeps the peer's routes (stale) when
+/// graceful restart was negotiated: a transport failure always (RFC 4724); with the N bit
+/// (RFC 8538 §3) also a NOTIFICATION, except a Hard Reset — received as such, or one we sent
+/// (the reason holds what we wrapped).
+pub(crate) fn graceful_after(reason: &DownReason, n_bit: bool) -> bool {
+    match reason {
+        DownReason::ConnectionFailed => true,
+        DownReason::NotificationReceived(n) => n_bit && !is_hard_reset(n),
+        DownReason::NotificationSent(n) | DownReason::Stopped(n) => {
+            n_bit && !is_hard_reset(n) && !wants_hard_reset(n)
+        }
+        DownReason::CollisionResolution => false,
+    }
+}
+
+fn is_hard_reset(n: &Notification) -> bool {
+    n.code == codes::CEASE && n.subcode == codes::HARD_RESET
+}
+
+/// RFC 8538 §5: the Cease subcodes sent as Hard Reset. Administrative Reset is the
+/// operator's to choose; reef resets a peer that way only to start it afresh.
+fn wants_hard_reset(n: &Notification) -> bool {
+    n.code == codes::CEASE
+        && matches!(
+            n.subcode,
+            codes::MAX_PREFIXES_REACHED
+                | codes::ADMINISTRATIVE_SHUTDOWN
+                | codes::PEER_DECONFIGURED
+                | codes::ADMINISTRATIVE_RESET
+        )
+}
+
+/// Cease / Hard Reset carrying `n` (code, subcode, data) as its data (RFC 8538 §3).
+pub(crate) fn hard_reset(n: Notification) -> Notification {
+    let mut data = Vec::with_capacity(2 + n.data.len());
+    data.extend([n.code, n.subcode]);
+    data.extend(n.data);
+    Notification {
+        code: codes::CEASE,
+        subcode: codes::HARD_RESET,
+        data,
+    }
+}
+
+/// A NOTIFICATION for the log and status; a Hard Reset names what it wraps.
+fn describe_notification(n: &Notification) -> String {
+    match n.data.as_slice() {
+        [code, subcode, rest @ ..] if is_hard_reset(n) => {
+            let inner = Notification {
+                code: *code,
+                subcode: *subcode,
+                data: rest.to_vec(),
+            };
+            format!("{n}, hard reset of {inner}")
+        }
+        _ => n.to_string(),
+    }
+}
+
 fn describe(r: &DownReason) -> String {
     match r {
         DownReason::Stopped(n) => format!("stopped: sent {n}"),
         DownReason::NotificationSent(n) => format!("sent NOTIFICATION {n}"),
-        DownReason::NotificationReceived(n) => format!("received NOTIFICATION {n}"),
+        DownReason::NotificationReceived(n) => {
+            format!("received NOTIFICATION {}", describe_notification(n))
+        }
         DownReason::ConnectionFailed => "connection failed or closed".into(),
         DownReason::CollisionResolution => "connection collision resolution".into(),
     }
@@ -930,6 +1015,35 @@ mod tests {
     use crate::attrs::NextHop;
     use crate::packet::{DecodeCxt, PeerKind};
     use crate::rib::{self, Announcement, PeerId, Rib, RibConfig};
+
+    #[test]
+    fn rfc8538_hard_reset_wraps_the_notification_and_decides_what_is_graceful() {
+        let shut = Notification::cease_with_message(codes::ADMINISTRATIVE_SHUTDOWN, "bye");
+        let hard = hard_reset(shut.clone());
+        assert_eq!((hard.code, hard.subcode), (6, 9));
+        assert_eq!(hard.data[..2], [6, 2]);
+        assert_eq!(hard.data[2..], shut.data[..]);
+        assert!(describe_notification(&hard).contains("hard reset of"));
+        let other = Notification::new(codes::CEASE, codes::OTHER_CONFIGURATION_CHANGE);
+        let hold = Notification::new(codes::HOLD_TIMER_EXPIRED, 0);
+        use DownReason::*;
+        // Without the N bit only a transport failure is graceful (RFC 4724).
+        assert!(graceful_after(&ConnectionFailed, false));
+        assert!(!graceful_after(&NotificationReceived(other.clone()), false));
+        assert!(!graceful_after(&NotificationSent(hold.clone()), false));
+        // With it every NOTIFICATION but a Hard Reset, sent or received.
+        assert!(graceful_after(&NotificationReceived(other.clone()), true));
+        assert!(graceful_after(&NotificationSent(hold), true));
+        assert!(graceful_after(&Stopped(other), true));
+        assert!(!graceful_after(&NotificationReceived(hard), true));
+        assert!(!graceful_after(&Stopped(shut), true));
+        let deconf = Notification::new(codes::CEASE, codes::PEER_DECONFIGURED);
+        assert!(!graceful_after(&Stopped(deconf), true));
+        let max = Notification::new(codes::CEASE, codes::MAX_PREFIXES_REACHED);
+        assert!(!graceful_after(&NotificationSent(max.clone()), true));
+        // A peer that did not wrap its Cease: only a Hard Reset counts as one.
+        assert!(graceful_after(&NotificationReceived(max), true));
+    }
 
     fn peer_id() -> PeerId {
         let mut rib = Rib::new(RibConfig::new(Asn(64512), Ipv4Addr::new(10, 0, 0, 1))).unwrap();

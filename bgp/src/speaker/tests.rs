@@ -581,3 +581,44 @@ async fn cluster_pools_changed_at_runtime_rejudge_what_mesh_peers_sent() {
     assert!(e.to_string().contains("cluster_pools[0]"), "{e}");
     has_route(&b, "10.245.1.0/26", via).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_with_the_n_bit_keeps_routes_stale_on_both_sides() {
+    // RFC 8538: both speakers set the N bit. A changes B's password (a transport change:
+    // A sends Cease / Other Configuration Change, and the keys no longer match, so the
+    // session stays down). That NOTIFICATION is no Hard Reset: both keep the other's
+    // routes as stale, well past the hold time (3 s).
+    let (a, b) = pair(64512, 64512, |_, _| {}).await;
+    a.handle.originate(vec![net("10.1.0.0/24")]).await.unwrap();
+    b.handle.originate(vec![net("10.2.0.0/24")]).await.unwrap();
+    has_route(&b, "10.1.0.0/24", IpAddr::V4(a.addr)).await;
+    has_route(&a, "10.2.0.0/24", IpAddr::V4(b.addr)).await;
+    let mut to_b = peer(&b, 64512, a.addr);
+    to_b.password = Some("now-different".into());
+    a.handle.update_peer(to_b).await.unwrap();
+    wait("B sees the session end", 10, || async {
+        let s = status_of(&b, a.addr).await;
+        if s.state != SessionState::Established && s.prefixes_stale == 1 {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    let why = status_of(&b, a.addr).await.last_error.unwrap_or_default();
+    assert!(why.contains("(6/6)"), "{why}");
+    sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        routes(&b).await.get(&net("10.1.0.0/24")),
+        Some(&vec![IpAddr::V4(a.addr)])
+    );
+    assert_eq!(
+        routes(&a).await.get(&net("10.2.0.0/24")),
+        Some(&vec![IpAddr::V4(b.addr)])
+    );
+    assert_eq!(status_of(&a, b.addr).await.prefixes_stale, 1);
+    // A Hard Reset (A removes B: Cease / Peer De-configured, wrapped) ends it at once; here
+    // B's session is already down, so A's side is what changes: the peer and its routes go.
+    a.handle.remove_peer(IpAddr::V4(b.addr)).await.unwrap();
+    assert!(routes(&a).await.is_empty());
+}
