@@ -1,7 +1,7 @@
 //! `reef node run`: the node agent.
 //!
 //! ```text
-//!  datastore (every second, in a blocking thread)          SIGTERM / SIGINT
+//!  datastore (watched; read on a change, every 30 s)        SIGTERM / SIGINT
 //!    ReefNodes, BGPPeers, BGPConfiguration, pools, blocks        │
 //!          │ View                                               ▼
 //!          ▼                                         ┌──────────────────────┐
@@ -19,6 +19,7 @@
 //!
 //! The loop is the single owner of the agent's state; everything else gets snapshots.
 
+mod follow;
 mod forwarding;
 mod http;
 pub mod snapshot;
@@ -48,8 +49,13 @@ use self::view::View;
 
 /// Where BGP passwords are read from when the datastore is embedded (see `view::read_secret`).
 const SECRETS_DIR: &str = "/etc/reef/secrets";
-/// How often the datastore is read again.
+/// How often the plan is checked against the pods' veths (a pod's veth appears after its
+/// allocation) — no datastore read.
 const POLL: Duration = Duration::from_secs(1);
+/// How often the datastore is read whole even when no watch said anything changed.
+const FULL_READ: Duration = Duration::from_secs(30);
+/// Changes that come together (a pod's block and handle) are read once.
+const DEBOUNCE: Duration = Duration::from_millis(20);
 /// The longest a restarted agent keeps routes BGP has not confirmed (RFC 4724's selection
 /// deferral); the graceful-restart time when that is shorter.
 const MAX_DEFERRAL: Duration = Duration::from_secs(60);
@@ -181,8 +187,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     }
     st.replan(&mut tunnel, &desired_tx).await;
 
+    let (changes_tx, mut changes) = tokio::sync::mpsc::channel(1);
+    follow::start(ipam.clone(), changes_tx);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut poll = tokio::time::interval(POLL);
+    let mut last_read = Instant::now();
     let mut last_status = Instant::now() - STATUS_EVERY;
     let mut dirty = false;
     loop {
@@ -202,18 +211,20 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             _ = sleep_until_opt(st.deferral.as_ref().map(|d| d.deadline)) => {
                 dirty |= st.end_deferral("deferral time is up");
             }
+            Some(kind) = changes.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while changes.try_recv().is_ok() {}
+                tracing::debug!(?kind, "datastore changed");
+                dirty |= st.read(&ipam, &speaker).await;
+                last_read = Instant::now();
+            }
             _ = poll.tick() => {
-                let ipam2 = ipam.clone();
-                match blocking(move || read_view(&ipam2)).await {
-                    Ok(v) => {
-                        dirty |= st.on_view(v, &speaker).await;
-                        st.problems.retain(|p| !p.starts_with("datastore"));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the datastore");
-                        st.problems.retain(|p| !p.starts_with("datastore"));
-                        st.problems.push(format!("datastore: {e:#}"));
-                    }
+                // Pods' veths come and go without a datastore change: the plan compares
+                // itself with the last one, so this costs nothing when nothing changed.
+                dirty = true;
+                if last_read.elapsed() >= FULL_READ {
+                    st.read(&ipam, &speaker).await;
+                    last_read = Instant::now();
                 }
                 if last_status.elapsed() >= STATUS_EVERY {
                     last_status = Instant::now();
@@ -322,6 +333,24 @@ impl AgentState {
         for p in stale {
             changed |= self.remote.remove(&p).is_some();
         }
+        changed
+    }
+
+    /// Reads the datastore and takes the reading; returns whether the plan's inputs changed.
+    async fn read(&mut self, ipam: &SharedIpam, speaker: &SpeakerHandle) -> bool {
+        let ipam = ipam.clone();
+        let changed = match blocking(move || read_view(&ipam)).await {
+            Ok(v) => {
+                self.problems.retain(|p| !p.starts_with("datastore"));
+                self.on_view(v, speaker).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the datastore");
+                self.problems.retain(|p| !p.starts_with("datastore"));
+                self.problems.push(format!("datastore: {e:#}"));
+                false
+            }
+        };
         changed
     }
 
