@@ -7,7 +7,9 @@
 //!   mismatch, 409 AlreadyExists on create), the status subresource, and chunked watch
 //!   streams (`?watch=true&resourceVersion=N`);
 //! - core/v1 Pods, read-only for clients: `GET /api/v1/namespaces/{ns}/pods/{name}` (404 when
-//!   absent); tests put them with [`StandIn::put_pod`].
+//!   absent); tests put them with [`StandIn::put_pod`];
+//! - core/v1 Secrets the same way (`.../secrets/{name}`, values base64 as the real one sends
+//!   them); tests put them with [`StandIn::put_secret`].
 //!
 //! No schema validation, no auth, no pruning, no field selectors. It can inject conflicts: the
 //! next N replaces of an object find it changed by "someone else" and get a 409.
@@ -170,6 +172,38 @@ impl StandIn {
         inner
             .objects
             .insert(("pods".into(), format!("{namespace}/{name}")), pod);
+    }
+
+    /// Creates or replaces the Secret `namespace/name` with these keys and values (an Opaque
+    /// Secret; clients get the values base64-encoded in `data`, as from the real API server).
+    pub fn put_secret(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
+        use base64::Engine as _;
+        let mut inner = self.state.lock();
+        inner.rev += 1;
+        let rev = inner.rev;
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(v);
+                (k.to_string(), Value::String(b64))
+            })
+            .collect();
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": format!("uid-{rev}"),
+                "resourceVersion": rev.to_string(),
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+            },
+            "type": "Opaque",
+            "data": data,
+        });
+        inner
+            .objects
+            .insert(("secrets".into(), format!("{namespace}/{name}")), secret);
     }
 
     /// Removes the Pod `namespace/name` (a GET then answers 404); false when it was absent.
@@ -381,19 +415,19 @@ fn serve(mut s: TcpStream, st: &State) {
     serve_crd(s, st, req, &rest)
 }
 
-/// core/v1: only GET of one Pod.
+/// core/v1: only GET of one Pod or Secret.
 fn serve_core(mut s: TcpStream, st: &State, req: &Request, rest: &str) {
     let seg: Vec<&str> = rest.split('/').collect();
     match (req.method.as_str(), seg.as_slice()) {
-        ("GET", [ns, "pods", name]) if !ns.is_empty() && !name.is_empty() => {
+        ("GET", [ns, kind @ ("pods" | "secrets"), name]) if !ns.is_empty() && !name.is_empty() => {
             let got = st
                 .lock()
                 .objects
-                .get(&("pods".to_string(), format!("{ns}/{name}")))
+                .get(&(kind.to_string(), format!("{ns}/{name}")))
                 .cloned();
             match got {
-                Some(pod) => respond(&mut s, 200, &pod),
-                None => respond(&mut s, 404, &not_found("pods", name)),
+                Some(obj) => respond(&mut s, 200, &obj),
+                None => respond(&mut s, 404, &not_found(kind, name)),
             }
         }
         _ => respond(
@@ -403,7 +437,7 @@ fn serve_core(mut s: TcpStream, st: &State, req: &Request, rest: &str) {
                 405,
                 "MethodNotAllowed",
                 &format!(
-                    "{} {}: the stand-in serves only GET of one Pod",
+                    "{} {}: the stand-in serves only GET of one Pod or Secret",
                     req.method, req.path
                 ),
             ),
@@ -612,6 +646,30 @@ mod tests {
         let code = out[9..12].parse().unwrap();
         let (_, text) = out.split_once("\r\n\r\n").unwrap();
         (code, serde_json::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn secrets_are_served_base64_and_404_when_absent() {
+        let api = StandIn::start().unwrap();
+        let (code, _) = call(
+            &api,
+            "GET",
+            "/api/v1/namespaces/reef-system/secrets/bgp",
+            None,
+        );
+        assert_eq!(code, 404);
+        api.put_secret("reef-system", "bgp", &[("router", "s3cret")]);
+        let (code, secret) = call(
+            &api,
+            "GET",
+            "/api/v1/namespaces/reef-system/secrets/bgp",
+            None,
+        );
+        assert_eq!(code, 200);
+        assert_eq!(secret["kind"], "Secret");
+        assert_eq!(secret["data"]["router"], "czNjcmV0");
+        let (code, _) = call(&api, "GET", "/api/v1/namespaces/default/secrets/bgp", None);
+        assert_eq!(code, 404, "Secrets are namespaced");
     }
 
     #[test]
