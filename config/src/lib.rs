@@ -2,7 +2,8 @@
 //! agent and the CNI plugin read, and their validation.
 //!
 //! This crate owns the *shape* of reef's state and the rules a valid value obeys. It does no
-//! I/O beyond reading the node config file: it never talks to the API server or touches the
+//! I/O beyond reading the node config file (and, for a datastore the file leaves out, the
+//! environment variables and token file that choose one): it never talks to the API server or touches the
 //! network. Errors name the field that is wrong and say what to change.
 //!
 //! - [`crds`]: the `reef.dev/v1alpha1` resources (IPPool, IPAMBlock, BlockAffinity,
@@ -21,7 +22,7 @@ pub mod node_config;
 mod schema;
 
 pub use crds::*;
-pub use node_config::{Datastore, NodeConfig};
+pub use node_config::{Datastore, DatastoreEnv, NodeConfig};
 pub use schema::FieldError;
 
 /// When traffic to a pool's addresses is encapsulated in IP-in-IP.

@@ -9,7 +9,10 @@
 //! asNumber: 64512
 //! ```
 //!
-//! Every default lives in [`defaults`]; a field left out takes it.
+//! Every default lives in [`defaults`]; a field left out takes it. A `datastore` left out is
+//! chosen from the environment when the file is read ([`Datastore::detect`]): a kubeconfig
+//! named by `KUBECONFIG`, or the in-cluster service account, means Kubernetes; otherwise the
+//! embedded file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,9 @@ pub mod defaults {
     pub const LOG_LEVEL: &str = "info";
     /// CNI network name reef allocates under (part of every pod's handle).
     pub const CNI_NETWORK: &str = "reef";
+    /// The service account token the kubelet mounts into a pod; with `KUBERNETES_SERVICE_HOST`
+    /// it means reef runs in a cluster.
+    pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 }
 
 /// Where reef keeps its state. In YAML, a map with exactly one of the keys `kubernetes` and
@@ -108,6 +114,91 @@ fn default_embedded_path() -> PathBuf {
     PathBuf::from(defaults::EMBEDDED_PATH)
 }
 
+/// What the automatic datastore choice looks at, read once from the process
+/// ([`DatastoreEnv::from_process`]) or given by a test.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatastoreEnv {
+    /// The files `KUBECONFIG` names (`:`-separated, empty entries skipped), each with whether
+    /// it exists.
+    pub kubeconfig: Vec<(PathBuf, bool)>,
+    /// `KUBERNETES_SERVICE_HOST` is set (the kubelet sets it in every pod).
+    pub service_host: bool,
+    /// The service account token ([`defaults::SERVICE_ACCOUNT_TOKEN`]) exists.
+    pub service_account_token: bool,
+}
+
+impl DatastoreEnv {
+    /// Reads `KUBECONFIG`, `KUBERNETES_SERVICE_HOST` and whether the token file exists.
+    pub fn from_process() -> Self {
+        let kubeconfig = std::env::var_os("KUBECONFIG")
+            .map(|v| {
+                std::env::split_paths(&v)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(|p| {
+                        let exists = p.is_file();
+                        (p, exists)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        DatastoreEnv {
+            kubeconfig,
+            service_host: std::env::var_os("KUBERNETES_SERVICE_HOST")
+                .is_some_and(|h| !h.is_empty()),
+            service_account_token: Path::new(defaults::SERVICE_ACCOUNT_TOKEN).is_file(),
+        }
+    }
+}
+
+impl Datastore {
+    /// The datastore for a node config that names none: a kubeconfig from `KUBECONFIG` →
+    /// Kubernetes with it; else in a pod (`KUBERNETES_SERVICE_HOST` and the service account
+    /// token) → Kubernetes in-cluster; else the embedded file at its default path.
+    /// `~/.kube/config` alone does not count: a developer's kubeconfig for some other cluster
+    /// must not silently become reef's store. A half-present choice (a `KUBECONFIG` file that
+    /// does not exist, a pod without its token) is an error rather than a silent fallback to
+    /// another store.
+    pub fn detect(env: &DatastoreEnv) -> Result<Datastore, crate::FieldError> {
+        let problem = |problem: String, fix: &str| {
+            crate::FieldError {
+            field: "datastore".into(),
+            problem: format!("left out, so chosen from the environment, but {problem}"),
+            fix: format!(
+                "{fix}, or name the store in the node config (datastore: {{embedded: {{path: ...}}}} or {{kubernetes: {{kubeconfig: ...}}}})"
+            ),
+        }
+        };
+        if !env.kubeconfig.is_empty() {
+            if let Some((p, _)) = env.kubeconfig.iter().find(|(_, exists)| !exists) {
+                return Err(problem(
+                    format!("KUBECONFIG names {}, which does not exist", p.display()),
+                    "point KUBECONFIG at an existing kubeconfig, unset it to use the embedded store",
+                ));
+            }
+            return Ok(Datastore::Kubernetes {
+                // Several files are merged the way kubectl does (by the client's inference).
+                kubeconfig: match env.kubeconfig.as_slice() {
+                    [(one, _)] => Some(one.clone()),
+                    _ => None,
+                },
+            });
+        }
+        if env.service_host {
+            if !env.service_account_token {
+                return Err(problem(
+                    format!(
+                        "KUBERNETES_SERVICE_HOST is set and the service account token {} is missing",
+                        defaults::SERVICE_ACCOUNT_TOKEN
+                    ),
+                    "mount the token (automountServiceAccountToken: true)",
+                ));
+            }
+            return Ok(Datastore::Kubernetes { kubeconfig: None });
+        }
+        Ok(Datastore::default())
+    }
+}
+
 impl Default for Datastore {
     fn default() -> Self {
         Datastore::Embedded {
@@ -122,6 +213,7 @@ impl Default for Datastore {
 pub struct NodeConfig {
     /// This node's name (the Kubernetes node name).
     pub node_name: String,
+    /// Left out: chosen from the environment when the file is read ([`Datastore::detect`]).
     #[serde(default)]
     pub datastore: Datastore,
     /// The node's IPv4 address with its subnet's prefix length, e.g. 192.168.1.10/24.
@@ -156,6 +248,16 @@ pub struct NodeConfig {
     pub cni_network: String,
     #[serde(default = "d_log_level")]
     pub log_level: String,
+}
+
+/// Whether the (already parsed) YAML has a top-level `datastore` key: serde's default cannot
+/// tell "left out" from "given as the default".
+fn names_datastore(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Keys {
+        datastore: Option<serde::de::IgnoredAny>,
+    }
+    serde_yaml::from_str::<Keys>(text).is_ok_and(|k| k.datastore.is_some())
 }
 
 fn d_mtu_file() -> PathBuf {
@@ -204,11 +306,17 @@ impl NodeConfig {
         }
     }
 
-    /// Parses and validates YAML; `origin` (usually the file's path) is named in errors.
+    /// Parses and validates YAML; `origin` (usually the file's path) is named in errors. A
+    /// datastore left out is chosen from this process's environment.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, Error> {
-        let cfg: NodeConfig = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
-            text,
-        ))
+        Self::from_yaml_in(text, origin, &DatastoreEnv::from_process())
+    }
+
+    /// [`NodeConfig::from_yaml`] with the environment given (tests).
+    pub fn from_yaml_in(text: &str, origin: &str, env: &DatastoreEnv) -> Result<Self, Error> {
+        let mut cfg: NodeConfig = serde_path_to_error::deserialize(
+            serde_yaml::Deserializer::from_str(text),
+        )
         .map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -229,6 +337,12 @@ impl NodeConfig {
                 message,
             }
         })?;
+        if !names_datastore(text) {
+            cfg.datastore = Datastore::detect(env).map_err(|e| Error::Invalid {
+                what: format!("node config {origin}"),
+                problems: vec![e],
+            })?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }

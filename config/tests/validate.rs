@@ -120,8 +120,13 @@ fn node_status_counts() {
 
 #[test]
 fn node_config_minimal_gets_defaults() {
-    let c =
-        NodeConfig::from_yaml("nodeName: node-1\naddress: 192.168.1.10/24\n", "node.yaml").unwrap();
+    // With nothing in the environment that names a cluster (see the test below for the rest).
+    let c = NodeConfig::from_yaml_in(
+        "nodeName: node-1\naddress: 192.168.1.10/24\n",
+        "node.yaml",
+        &DatastoreEnv::default(),
+    )
+    .unwrap();
     assert_eq!(
         c,
         NodeConfig::new("node-1", "192.168.1.10/24".parse().unwrap())
@@ -215,6 +220,100 @@ fn node_config_errors_name_field_and_position() {
         e.to_string()
             .contains("mtu: 100 is out of range; use a value between 576 and 65515"),
         "{e}"
+    );
+}
+
+/// A datastore the file leaves out is chosen from the environment; one the file names is
+/// kept whatever the environment says.
+#[test]
+fn datastore_left_out_is_chosen_from_the_environment() {
+    let minimal = "nodeName: n\naddress: 10.0.0.1/8\n";
+    let load = |text: &str, env: &DatastoreEnv| NodeConfig::from_yaml_in(text, "node.yaml", env);
+    let kubeconfig = |paths: &[(&str, bool)]| DatastoreEnv {
+        kubeconfig: paths.iter().map(|(p, e)| (p.into(), *e)).collect(),
+        ..Default::default()
+    };
+    let in_pod = DatastoreEnv {
+        service_host: true,
+        service_account_token: true,
+        ..Default::default()
+    };
+
+    // Nothing → the embedded file.
+    let c = load(minimal, &DatastoreEnv::default()).unwrap();
+    assert_eq!(c.datastore, Datastore::default());
+    // KUBECONFIG with one file → Kubernetes with that file.
+    let env = kubeconfig(&[("/etc/kc", true)]);
+    assert_eq!(
+        load(minimal, &env).unwrap().datastore,
+        Datastore::Kubernetes {
+            kubeconfig: Some("/etc/kc".into())
+        }
+    );
+    // Several files → the client merges them (as kubectl does).
+    let env = kubeconfig(&[("/a", true), ("/b", true)]);
+    assert_eq!(
+        load(minimal, &env).unwrap().datastore,
+        Datastore::Kubernetes { kubeconfig: None }
+    );
+    // KUBECONFIG wins over the service account.
+    let env = DatastoreEnv {
+        kubeconfig: vec![("/etc/kc".into(), true)],
+        ..in_pod.clone()
+    };
+    assert_eq!(
+        load(minimal, &env).unwrap().datastore,
+        Datastore::Kubernetes {
+            kubeconfig: Some("/etc/kc".into())
+        }
+    );
+    // In a pod with its token → in-cluster.
+    assert_eq!(
+        load(minimal, &in_pod).unwrap().datastore,
+        Datastore::Kubernetes { kubeconfig: None }
+    );
+
+    // Half-present choices are errors naming the field and the fix, never a silent fallback.
+    let e = load(minimal, &kubeconfig(&[("/a", true), ("/gone", false)])).unwrap_err();
+    assert_eq!(fields(&e), ["datastore"]);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("KUBECONFIG names /gone, which does not exist"),
+        "{msg}"
+    );
+    assert!(msg.contains("name the store in the node config"), "{msg}");
+    let env = DatastoreEnv {
+        service_account_token: false,
+        ..in_pod.clone()
+    };
+    let e = load(minimal, &env).unwrap_err();
+    assert_eq!(fields(&e), ["datastore"]);
+    assert!(
+        e.to_string().contains(
+            "KUBERNETES_SERVICE_HOST is set and the service account token \
+             /var/run/secrets/kubernetes.io/serviceaccount/token is missing"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("automountServiceAccountToken"),
+        "{e}"
+    );
+
+    // An explicit choice is kept, whatever the environment.
+    let embedded = "nodeName: n\naddress: 10.0.0.1/8\ndatastore: {embedded: {path: /tmp/s.db}}\n";
+    assert_eq!(
+        load(embedded, &in_pod).unwrap().datastore,
+        Datastore::Embedded {
+            path: "/tmp/s.db".into()
+        }
+    );
+    let kube = "nodeName: n\naddress: 10.0.0.1/8\ndatastore:\n  kubernetes: {}\n";
+    assert_eq!(
+        load(kube, &kubeconfig(&[("/gone", false)]))
+            .unwrap()
+            .datastore,
+        Datastore::Kubernetes { kubeconfig: None }
     );
 }
 

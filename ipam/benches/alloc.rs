@@ -4,6 +4,7 @@
 //! claims, then steady state), for the CNI plugin's pattern (open the store, allocate, exit),
 //! and for 8 concurrent node processes: allocations per second, p50 / p99 latency, and
 //! store writes per allocation. Targets: >= 2,000/s for one node, p99 < 5 ms, <= 2 writes.
+//! Arguments `one-node`, `cni`, `eight` run only those parts (`-- one-node`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -298,8 +299,20 @@ fn main() {
         cni_pattern(&dir.0, true);
         return;
     }
-    one_node(&dir.0);
-    cni_pattern(&dir.0, true);
-    cni_pattern(&dir.0, false);
-    eight_processes(&dir.0);
+    // `cargo bench -p reef-ipam --bench alloc -- one-node` runs one part (one-node, cni, eight).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if run("one-node") {
+        one_node(&dir.0);
+    }
+    if run("cni") {
+        cni_pattern(&dir.0, true);
+        cni_pattern(&dir.0, false);
+    }
+    if run("eight") {
+        eight_processes(&dir.0);
+    }
 }

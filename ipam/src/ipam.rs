@@ -470,17 +470,25 @@ impl<S: Store> Ipam<S> {
         // 1. Blocks affine to the node that have a free address: one indexed list.
         let mut sel = node_labels(&args.node);
         sel.insert(FREE_LABEL.to_string(), "true".to_string());
-        let affine: Vec<IpNetwork> = self
+        let affine = self
             .store
             .list_typed::<IpamBlockSpec>(&sel)?
             .into_iter()
             .filter(|b| b.spec.affinity.as_deref() == Some(args.node.as_str()))
-            .map(|b| b.spec.cidr)
-            .filter(|c| c.is_ipv4() == v4 && in_pools(c))
-            .collect();
-        for cidr in &affine {
+            .filter(|b| b.spec.cidr.is_ipv4() == v4 && in_pools(&b.spec.cidr));
+        for block in affine {
             let need = want - got.len();
-            got.extend(self.take_from_block(cidr, need, &args.handle, attrs, Some(&args.node))?);
+            let cidr = block.spec.cidr;
+            // The listed block is the first attempt's read (no second read of the same row);
+            // a conflict re-reads it.
+            got.extend(self.take_from_block(
+                &cidr,
+                need,
+                &args.handle,
+                attrs,
+                Some(&args.node),
+                Some(block),
+            )?);
             if got.len() == want {
                 return Ok(got);
             }
@@ -511,7 +519,14 @@ impl<S: Store> Ipam<S> {
             };
             affine_count = affine_count.map(|c| c + 1);
             let need = want - got.len();
-            got.extend(self.take_from_block(&cidr, need, &args.handle, attrs, Some(&args.node))?);
+            got.extend(self.take_from_block(
+                &cidr,
+                need,
+                &args.handle,
+                attrs,
+                Some(&args.node),
+                None,
+            )?);
         }
 
         // 3. Borrow from other nodes' blocks, last resort.
@@ -523,7 +538,7 @@ impl<S: Store> Ipam<S> {
                     continue;
                 }
                 let need = want - got.len();
-                got.extend(self.take_from_block(&c, need, &args.handle, attrs, None)?);
+                got.extend(self.take_from_block(&c, need, &args.handle, attrs, None, Some(b))?);
                 if got.len() == want {
                     break;
                 }
@@ -549,6 +564,8 @@ impl<S: Store> Ipam<S> {
 
     /// Takes up to `n` addresses from block `cidr` (write 1: the block), then records them
     /// under the handle (write 2). With `owner`, only while the block is still that node's.
+    /// `read` is the block as the caller just listed it (saves reading it again); a conflict
+    /// re-reads it from the store.
     fn take_from_block(
         &self,
         cidr: &IpNetwork,
@@ -556,11 +573,17 @@ impl<S: Store> Ipam<S> {
         handle: &HandleId,
         attrs: &AllocationAttributes,
         owner: Option<&str>,
+        read: Option<Typed<IpamBlockSpec>>,
     ) -> Result<Vec<Assignment>, Error> {
         let name = block_name(cidr);
+        let mut read = read;
         let written = self.retry(&format!("allocate from block {cidr}"), || {
-            let Some(t) = self.store.get_typed::<IpamBlockSpec>(&name)? else {
-                return Ok(None);
+            let t = match read.take() {
+                Some(t) => t,
+                None => match self.store.get_typed::<IpamBlockSpec>(&name)? {
+                    Some(t) => t,
+                    None => return Ok(None),
+                },
             };
             if owner.is_some_and(|o| t.spec.affinity.as_deref() != Some(o)) {
                 return Ok(None);

@@ -27,7 +27,18 @@ use crate::Error;
 /// The Kubernetes store.
 pub struct KubeStore {
     client: kube::Client,
-    rt: tokio::runtime::Runtime,
+    /// Where requests run (`rt`'s handle).
+    handle: tokio::runtime::Handle,
+    /// Taken by `Drop`: dropping a runtime inside another runtime's context (the agent's) panics.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for KubeStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -102,7 +113,11 @@ impl KubeStore {
             let _guard = rt.enter();
             kube::Client::try_from(config).map_err(backend("kubernetes: build client".into()))?
         };
-        Ok(KubeStore { client, rt })
+        Ok(KubeStore {
+            client,
+            handle: rt.handle().clone(),
+            rt: Some(rt),
+        })
     }
 
     /// The annotations of the Pod `namespace/name` (core/v1), `None` when no such Pod exists.
@@ -139,7 +154,7 @@ impl KubeStore {
         fut: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, Error> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.rt.spawn(async move {
+        self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
         rx.recv().map_err(|_| Error::Backend {
@@ -294,7 +309,7 @@ impl Store for KubeStore {
         let (api, _) = self.api(kind);
         let (tx, rx) = mpsc::channel();
         let mut from = since.0.clone();
-        let task = self.rt.spawn(async move {
+        let task = self.handle.spawn(async move {
             // A watch request ends after its timeout; start the next from the last revision.
             loop {
                 let stream = match api.watch(&WatchParams::default().timeout(290), &from).await {

@@ -291,13 +291,30 @@ mod ptr {
 forward_store!(Box, Arc);
 
 /// Opens the store the node config names. The Kubernetes datastore needs reef-ipam's
-/// `kubernetes` feature.
+/// `kubernetes` feature (on by default). Opening a Kubernetes store reads its kubeconfig but
+/// does not talk to the API server yet; errors name the config field and the fix.
 pub fn open(datastore: &reef_config::Datastore) -> Result<Box<dyn Store>, Error> {
     match datastore {
         reef_config::Datastore::Embedded { path } => {
             Ok(Box::new(crate::embedded::EmbeddedStore::open(path)?))
         }
-        reef_config::Datastore::Kubernetes { kubeconfig } => open_kubernetes(kubeconfig.as_deref()),
+        reef_config::Datastore::Kubernetes { kubeconfig } => {
+            open_kubernetes(kubeconfig.as_deref()).map_err(|e| match e {
+                Error::Backend { context, source } => Error::Backend {
+                    context: match kubeconfig {
+                        Some(p) => format!(
+                            "datastore.kubernetes.kubeconfig ({}): {context} (fix: give a readable kubeconfig for the cluster)",
+                            p.display()
+                        ),
+                        None => format!(
+                            "datastore.kubernetes: {context} (fix: set KUBECONFIG or datastore.kubernetes.kubeconfig, or run in a pod with its service account)"
+                        ),
+                    },
+                    source,
+                },
+                other => other,
+            })
+        }
     }
 }
 
@@ -309,7 +326,7 @@ fn open_kubernetes(kubeconfig: Option<&std::path::Path>) -> Result<Box<dyn Store
 #[cfg(not(feature = "kubernetes"))]
 fn open_kubernetes(_: Option<&std::path::Path>) -> Result<Box<dyn Store>, Error> {
     Err(Error::Backend {
-        context: "datastore.kubernetes".into(),
-        source: "this reef was built without reef-ipam's kubernetes feature; use datastore.embedded or rebuild with it".into(),
+        context: "this reef was built without reef-ipam's kubernetes feature".into(),
+        source: "use datastore.embedded, or build with the feature (it is on by default)".into(),
     })
 }

@@ -121,6 +121,52 @@ fn connect_with_a_kubeconfig_file() {
     assert!(e.to_string().contains("read kubeconfig"), "{e}");
 }
 
+/// `store::open` on a node config's Kubernetes datastore: the kubeconfig works, a bad one is
+/// an error naming the config field and the fix.
+#[test]
+fn open_from_the_node_config() {
+    let server = StandIn::start().unwrap();
+    let dir = common::TempDir::new("open");
+    let path = server.write_kubeconfig(dir.path()).unwrap();
+    let store = reef_ipam::store::open(&reef_config::Datastore::Kubernetes {
+        kubeconfig: Some(path),
+    })
+    .unwrap();
+    assert!(store
+        .list(Kind::IpPool, &Labels::new())
+        .unwrap()
+        .0
+        .is_empty());
+    let missing = dir.path().join("nope");
+    let e = reef_ipam::store::open(&reef_config::Datastore::Kubernetes {
+        kubeconfig: Some(missing.clone()),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "datastore.kubernetes.kubeconfig ({}): ",
+            missing.display()
+        )),
+        "{e}"
+    );
+    assert!(e.contains("fix: give a readable kubeconfig"), "{e}");
+}
+
+/// The store may be dropped inside another tokio runtime (the agent's) without a panic.
+#[test]
+fn dropped_inside_a_runtime() {
+    let server = StandIn::start().unwrap();
+    let store = KubeStore::connect_url(&server.url()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        assert!(store.get(Kind::IpPool, "x").unwrap().is_none());
+        drop(store);
+    });
+}
+
 #[test]
 fn unreachable_api_server_is_an_error_with_context() {
     let server = StandIn::start().unwrap();
