@@ -24,8 +24,9 @@
 //! - the default route (0.0.0.0/0, ::/0) is neither accepted nor sent unless the peer says so
 //!   ([`PeerConfig::accept_default_route`], [`PeerConfig::send_default_route`]).
 //!
-//! Memory: attribute sets are interned (one `Arc` per distinct set), prefixes are 8-byte keys
-//! (IPv4) in per-family hash tables, and a prefix with one path costs no allocation.
+//! Memory: attribute sets are interned (one `Arc` per distinct set), a prefix with one path
+//! costs no allocation, and an IPv4 prefix with one path takes 16 bytes of table: its key
+//! lives in the shard and the path's padding (`table.rs`).
 
 mod decision;
 mod intern;
@@ -48,7 +49,7 @@ use decision::Candidate;
 use intern::{Hasher, Interner};
 pub use prefix::Family;
 use prefix::{Prefix4, Prefix6, PrefixKey};
-use table::Sharded;
+use table::{Entry as RouteEntry, Sharded};
 
 /// A peer known to the RIB. Ids are never reused within one [`Rib`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -319,9 +320,12 @@ const MODIFIED: u8 = 4;
 
 /// One route for a prefix. 16 bytes: the common single-route prefix needs no allocation.
 #[derive(Debug, Clone)]
-struct Path {
+pub(crate) struct Path {
     source: u32,
     flags: u8,
+    /// The low address bytes of an IPv4 prefix, in what would be padding: with the shard
+    /// they make the key, so an IPv4 table entry is just its [`Dest`] (see `table.rs`).
+    lo: [u8; 3],
     attrs: Arc<PathAttributes>,
 }
 
@@ -338,13 +342,13 @@ impl Path {
 /// The routes of one prefix: the ECMP set first (best at index 0), then the other accepted
 /// routes, then the rejected ones in any order.
 #[derive(Debug)]
-enum Dest {
+pub(crate) enum Dest {
     One(Path),
     Many(Box<ManyPaths>),
 }
 
 #[derive(Debug)]
-struct ManyPaths {
+pub(crate) struct ManyPaths {
     paths: Storage,
     multipath: usize,
 }
@@ -352,7 +356,7 @@ struct ManyPaths {
 /// Two routes (the usual case beyond one: a second peer, a backup) in the same allocation as
 /// their header; more in a vector.
 #[derive(Debug)]
-enum Storage {
+pub(crate) enum Storage {
     Two([Path; 2]),
     More(Vec<Path>),
 }
@@ -374,6 +378,14 @@ impl Storage {
 }
 
 impl Dest {
+    /// The key part the paths carry (they all carry the same).
+    fn low_bytes(&self) -> [u8; 3] {
+        match self {
+            Dest::One(p) => p.lo,
+            Dest::Many(m) => m.paths.as_slice()[0].lo,
+        }
+    }
+
     fn paths(&self) -> &[Path] {
         match self {
             Dest::One(p) => std::slice::from_ref(p),
@@ -561,7 +573,7 @@ struct Peer {
 /// One address family's tables.
 #[derive(Debug)]
 struct FamilyRib<K: PrefixKey> {
-    routes: Sharded<K, Dest>,
+    routes: Sharded<K>,
     /// Prefixes with an accepted route (the Loc-RIB's size).
     loc_len: usize,
     /// Per peer slot: attributes as received, for routes import changed (flag MODIFIED).
@@ -596,7 +608,7 @@ impl<K: PrefixKey> FamilyRib<K> {
         self.routes
             .iter()
             .filter(|(_, d)| d.find(slot).is_some_and(|p| !only_stale || p.has(STALE)))
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect()
     }
 
@@ -608,11 +620,11 @@ impl<K: PrefixKey> FamilyRib<K> {
             .filter_map(|(k, d)| {
                 let p = d.find(slot)?;
                 let a = if p.has(MODIFIED) {
-                    side.get(k).unwrap_or(&p.attrs)
+                    side.get(&k).unwrap_or(&p.attrs)
                 } else {
                     &p.attrs
                 };
-                Some((*k, Arc::clone(a)))
+                Some((k, Arc::clone(a)))
             })
             .collect()
     }
@@ -986,8 +998,8 @@ impl Rib {
             .v4
             .routes
             .iter()
-            .filter_map(|(k, d)| self.entry(*k, d))
-            .chain(self.v6.routes.iter().filter_map(|(k, d)| self.entry(*k, d)))
+            .filter_map(|(k, d)| self.entry(k, d))
+            .chain(self.v6.routes.iter().filter_map(|(k, d)| self.entry(k, d)))
             .collect();
         v.sort_by_key(|e| e.prefix);
         v
@@ -1143,7 +1155,7 @@ impl Rib {
         } = fam;
         let side = &mut received[i];
         match routes.entry(key) {
-            Entry::Vacant(e) => {
+            RouteEntry::Vacant(e) => {
                 admit_new(&mut sh, slot)?;
                 let (flags, stored) = import_path(&mut sh, slot, key, attrs, side);
                 if flags & REJECTED == 0 {
@@ -1152,6 +1164,7 @@ impl Rib {
                 let d = e.insert(Dest::One(Path {
                     source: slot,
                     flags,
+                    lo: key.low_bytes(),
                     attrs: stored,
                 }));
                 let mut out = Out {
@@ -1161,7 +1174,7 @@ impl Rib {
                 };
                 settle(&mut out, &mut sh, key, &Snapshot::Empty, d.multipath());
             }
-            Entry::Occupied(mut e) => {
+            RouteEntry::Occupied(mut e) => {
                 let d = e.get_mut();
                 let existing = d.find(slot).map(|p| {
                     let as_received = if p.has(MODIFIED) {
@@ -1187,6 +1200,7 @@ impl Rib {
                 let path = Path {
                     source: slot,
                     flags,
+                    lo: key.low_bytes(),
                     attrs: stored,
                 };
                 match d.find_mut(slot) {
@@ -1226,6 +1240,7 @@ impl Rib {
         let path = Path {
             source: LOCAL,
             flags: 0,
+            lo: key.low_bytes(),
             attrs: Arc::clone(attrs),
         };
         let mut out = Out {
@@ -1234,11 +1249,11 @@ impl Rib {
             loc_len,
         };
         match routes.entry(key) {
-            Entry::Vacant(e) => {
+            RouteEntry::Vacant(e) => {
                 let d = e.insert(Dest::One(path));
                 settle(&mut out, &mut sh, key, &Snapshot::Empty, d.multipath());
             }
-            Entry::Occupied(mut e) => {
+            RouteEntry::Occupied(mut e) => {
                 let d = e.get_mut();
                 if d.find(LOCAL).is_some() {
                     return;
@@ -1293,6 +1308,7 @@ impl Rib {
             *p = Path {
                 source: slot,
                 flags: flags | stale,
+                lo: key.low_bytes(),
                 attrs: stored,
             };
             let now_accepted = flags & REJECTED == 0;
@@ -1360,7 +1376,7 @@ impl Rib {
             }
             let before = Snapshot::of(d, sh.peers);
             d.reselect(sh.cfg, sh.peers, sh.scratch);
-            settle(&mut out, &mut sh, *key, &before, d.multipath());
+            settle(&mut out, &mut sh, key, &before, d.multipath());
         }
     }
 
@@ -1378,8 +1394,8 @@ impl Rib {
             let Some(best) = d.multipath().first() else {
                 continue;
             };
-            let desired = export(&mut sh, target, *key, best);
-            diff_out(&mut adj_out[t], &mut pending[t], *key, desired);
+            let desired = export(&mut sh, target, key, best);
+            diff_out(&mut adj_out[t], &mut pending[t], key, desired);
         }
         // What was sent for prefixes that left the Loc-RIB goes too.
         let gone: Vec<K> = adj_out[t]
@@ -1648,7 +1664,7 @@ fn remove_path<K: PrefixKey>(fam: &mut FamilyRib<K>, sh: &mut Shared<'_>, slot: 
         adj_out,
         pending,
     } = fam;
-    let Entry::Occupied(mut e) = routes.entry(key) else {
+    let RouteEntry::Occupied(mut e) = routes.entry(key) else {
         return;
     };
     let d = e.get_mut();

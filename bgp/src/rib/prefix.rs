@@ -35,8 +35,14 @@ pub(crate) trait PrefixKey: Copy + Eq + Hash + Ord + Debug {
     fn to_net(self) -> IpNetwork;
     /// 0.0.0.0/0 or ::/0.
     fn is_default(self) -> bool;
-    /// Which shard of a [`super::table::Sharded`] table holds the prefix.
-    fn shard(self) -> u8;
+    /// Number of shards of a [`super::table::Sharded`] table.
+    const SHARDS: usize;
+    /// What an entry of such a table holds.
+    type Slot: super::table::Slot<Self>;
+    /// Which shard holds the prefix.
+    fn shard(self) -> usize;
+    /// The part of the key a [`super::Path`] carries (the low address bytes of IPv4).
+    fn low_bytes(self) -> [u8; 3];
 }
 
 /// An IPv4 prefix, host bits cleared.
@@ -50,6 +56,17 @@ impl Hash for Prefix4 {
     // One write instead of two: this hash runs once per prefix per table operation.
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64((u64::from(self.addr) << 8) | u64::from(self.len));
+    }
+}
+
+impl Prefix4 {
+    /// The prefix of IPv4 shard `shard` whose address ends in `low`.
+    pub(crate) fn from_shard(shard: usize, low: [u8; 3]) -> Self {
+        let (first, len) = (shard / 33, shard % 33);
+        Self {
+            addr: u32::from_be_bytes([first as u8, low[0], low[1], low[2]]),
+            len: len as u8,
+        }
     }
 }
 
@@ -71,10 +88,19 @@ impl PrefixKey for Prefix4 {
         self.len == 0
     }
 
-    fn shard(self) -> u8 {
-        // The first octet: prefixes spread over all of unicast space, and neighbours (which
-        // the locality hash keeps in neighbouring buckets) stay in one shard.
-        (self.addr >> 24) as u8
+    const SHARDS: usize = 256 * 33;
+    type Slot = super::Dest;
+
+    fn shard(self) -> usize {
+        // First octet and length: prefixes spread over all of unicast space, neighbours
+        // (which the locality hash keeps in neighbouring buckets) stay in one shard, and the
+        // low three bytes are all the key left to store.
+        (self.addr >> 24) as usize * 33 + usize::from(self.len)
+    }
+
+    fn low_bytes(self) -> [u8; 3] {
+        let [_, a, b, c] = self.addr.to_be_bytes();
+        [a, b, c]
     }
 
     fn to_net(self) -> IpNetwork {
@@ -194,9 +220,16 @@ impl PrefixKey for Prefix6 {
         self.len == 0
     }
 
-    fn shard(self) -> u8 {
+    const SHARDS: usize = 256;
+    type Slot = (Prefix6, super::Dest);
+
+    fn shard(self) -> usize {
         // Allocations differ in the bits after 2000::/3 and the registry's /12–/32 levels.
-        ((self.hi >> 32) ^ (self.hi >> 40) ^ (self.hi >> 48)) as u8
+        usize::from(((self.hi >> 32) ^ (self.hi >> 40) ^ (self.hi >> 48)) as u8)
+    }
+
+    fn low_bytes(self) -> [u8; 3] {
+        [0; 3]
     }
 
     fn to_net(self) -> IpNetwork {
