@@ -21,9 +21,12 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::error::Error;
 
-/// A CNI ADD must not hang on a dead API server: the runtime times out the whole call.
+/// A CNI ADD must not hang on a dead API server: the runtime times out the whole call, and
+/// retries an ADD that answers 11.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Everything (kubeconfig, credentials, connect, answer) within this, whatever kube does.
+const TOTAL_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// How to reach the API server, and which config field said so (for error messages).
 #[derive(Debug, Clone, Copy)]
@@ -123,11 +126,15 @@ pub fn pod_annotations(
             what: "start the Kubernetes client's runtime".into(),
             source,
         })?;
-    rt.block_on(async {
+    let pod = format!("{namespace}/{name}");
+    let read = async {
         let mut config = config(access).await?;
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.read_timeout = Some(REQUEST_TIMEOUT);
         config.write_timeout = Some(REQUEST_TIMEOUT);
+        // kube retries 429/503/504 up to 15 times with back-off growing to minutes; the
+        // runtime's retry of the whole ADD (code 11) is the one that should happen.
+        config.default_retry = false;
         // Plain HTTP (a local proxy) never verifies a certificate, but without roots of its
         // own the client loads every system root (~280 files, most of this call's time).
         if config.cluster_url.scheme_str() == Some("http")
@@ -148,7 +155,17 @@ pub fn pod_annotations(
         let meta = pods
             .get_metadata(name)
             .await
-            .map_err(|e| get_error(format!("{namespace}/{name}"), &server, e))?;
+            .map_err(|e| get_error(pod.clone(), &server, e))?;
         Ok(meta.metadata.annotations.unwrap_or_default())
+    };
+    rt.block_on(async {
+        tokio::time::timeout(TOTAL_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::TryAgainLater(format!(
+                    "reading pod {pod} from the Kubernetes API took over {} s",
+                    TOTAL_TIMEOUT.as_secs()
+                )))
+            })
     })
 }

@@ -534,3 +534,134 @@ fn reef_ipam_behind_ptp_honours_the_annotations_too() {
         "addresses left allocated"
     );
 }
+
+/// A FAKE API server for answers the stand-in never gives (it is always healthy): every
+/// connection gets `response` after its request was read, or (`None`) no answer for 6 s. It
+/// listens inside `host`; stops when dropped.
+struct FakeApi {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeApi {
+    fn start(host: &Netns, response: Option<String>) -> FakeApi {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let ns = File::open(host.path()).unwrap();
+        let listener = reef_cni::sys::in_netns(&ns, || std::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                let Ok((mut c, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                c.set_nonblocking(false).unwrap();
+                c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                match &response {
+                    Some(r) => {
+                        let _ = c.write_all(r.as_bytes());
+                    }
+                    // Keep the connection open and silent until the test ends.
+                    None => held.push(c),
+                }
+            }
+        });
+        FakeApi {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// An HTTP answer with a Kubernetes `Status` body.
+    fn status(code: u16, reason: &str, message: &str) -> String {
+        let body =
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                          "message": message, "reason": reason, "code": code})
+            .to_string();
+        format!(
+            "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn overloaded_refusing_or_silent_api_servers_get_their_codes() {
+    let f = Fixture::new();
+    let pod = Netns::new("pod");
+    let cases = [
+        (
+            Some(FakeApi::status(503, "ServiceUnavailable", "etcd is down")),
+            11,
+            "503",
+        ),
+        (
+            Some(FakeApi::status(429, "TooManyRequests", "slow down")),
+            11,
+            "429",
+        ),
+        (
+            Some(FakeApi::status(403, "Forbidden", "pods is forbidden")),
+            110,
+            "refused access (403",
+        ),
+        // No answer: the 5 s request timeout ends the ADD (try again later), it does not hang.
+        (None, 11, "unreachable"),
+    ];
+    for (response, code, says) in cases {
+        let fake = FakeApi::start(&f.node.host, response);
+        let kubeconfig = f.node.dir.0.join(format!("fake-{}", fake.addr.port()));
+        std::fs::write(
+            &kubeconfig,
+            f.api
+                .kubeconfig()
+                .replace(&f.api.url(), &format!("http://{}", fake.addr)),
+        )
+        .unwrap();
+        let mut conf = f.conf();
+        conf["kubernetes"] = json!({ "kubeconfig": kubeconfig });
+        let t0 = std::time::Instant::now();
+        let out = Call::new(reef_cni(), "ADD", "p1", &pod.path(), &conf).run(&f.node.host);
+        // Not a speed check: kube's own retries of 429/503 (back-off to minutes) are off,
+        // and nothing waits much beyond the 5 s request timeout.
+        let took = t0.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(30),
+            "{says}: ADD took {took:?}"
+        );
+        assert_eq!(out.code(), code, "{says}: {}", out.stdout);
+        let msg = out.json()["msg"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains(says) && msg.contains("default/p1"),
+            "{says}: {msg}"
+        );
+        f.node.assert_clean(says);
+    }
+}
