@@ -37,8 +37,10 @@ impl ReefIpam {
         }
         let store = reef_ipam::store::open(&node.datastore).map_err(|e| match &node.datastore {
             // Opening a Kubernetes client does not talk to the API server: a failure here is
-            // configuration (or a build without it), not a transient condition.
-            Datastore::Kubernetes { .. } => Error::Ipam(e.to_string()),
+            // configuration (an unreadable kubeconfig), not a transient condition.
+            Datastore::Kubernetes { .. } => {
+                Error::config("nodeConfig datastore.kubernetes", e.to_string())
+            }
             Datastore::Embedded { .. } => map_err(e),
         })?;
         Ok(ReefIpam {

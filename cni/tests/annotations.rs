@@ -421,21 +421,26 @@ fn missing_pod_unreachable_api_and_bad_kubeconfig_get_their_codes() {
     }
 }
 
+/// Points the node config's datastore at the Kubernetes API through `kubeconfig`.
+fn kubernetes_node_config(node: &Node, kubeconfig: &std::path::Path) {
+    std::fs::write(
+        &node.node_config,
+        format!(
+            "nodeName: node-1\naddress: 192.168.250.1/24\nrouteProtocol: {PROTO}\nmtuFile: {}\n\
+             datastore:\n  kubernetes:\n    kubeconfig: {}\n",
+            node.dir.0.join("mtu").display(),
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
 fn kubernetes_datastore_serves_pools_blocks_and_the_pod() {
     let f = Fixture::new();
     // The node config's datastore is the stand-in; the network config has no `kubernetes`
     // key, so the pod is read with the node config's access too.
-    std::fs::write(
-        &f.node.node_config,
-        format!(
-            "nodeName: node-1\naddress: 192.168.250.1/24\nrouteProtocol: {PROTO}\nmtuFile: {}\n\
-             datastore:\n  kubernetes:\n    kubeconfig: {}\n",
-            f.node.dir.0.join("mtu").display(),
-            f.kubeconfig.display()
-        ),
-    )
-    .unwrap();
+    kubernetes_node_config(&f.node, &f.kubeconfig);
     f.api.kube_ipam(|ipam| {
         ipam.put_pool("k-default", pool("10.97.0.0/24", false))
             .unwrap();
@@ -664,4 +669,39 @@ fn overloaded_refusing_or_silent_api_servers_get_their_codes() {
         );
         f.node.assert_clean(says);
     }
+}
+
+#[test]
+fn kubernetes_datastore_missing_kubeconfig_or_unreachable_api() {
+    let f = Fixture::new();
+    let pod = Netns::new("pod");
+    let conf = f.node.reef_conf("1.0.0", "k8s");
+    // A runtime that names no pod: the pod is not read, the IPAM datastore is what fails.
+    let add = || {
+        Call::new(reef_cni(), "ADD", "s1", &pod.path(), &conf)
+            .set("CNI_ARGS", "IgnoreUnknown=1")
+            .run(&f.node.host)
+    };
+    kubernetes_node_config(&f.node, &f.node.dir.0.join("no-such-kubeconfig"));
+    let out = add();
+    assert_eq!(out.code(), 7, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("datastore.kubernetes"),
+        "{}",
+        out.stdout
+    );
+    f.node.assert_clean("missing kubeconfig");
+    let dead = f.node.dir.0.join("dead-kubeconfig");
+    std::fs::write(
+        &dead,
+        f.api
+            .kubeconfig()
+            .replace(&f.api.url(), "http://127.0.0.1:1"),
+    )
+    .unwrap();
+    kubernetes_node_config(&f.node, &dead);
+    let out = add();
+    assert_eq!(out.code(), 11, "{}", out.stdout);
+    assert!(!pod.try_ip(&["link", "show", "eth0"]), "eth0 left");
+    f.node.assert_clean("API unreachable");
 }
