@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 use proptest::prelude::*;
 
-use crate::config::{IpamPluginConf, ReefConf};
+use crate::config::{Families, IpamPluginConf, ReefConf};
+use crate::pod::{self, AddressRequest, PoolRef};
 use crate::spec::{CniResult, Env, Interface, IpConfig, Route, SpecVersion};
 
 fn addr() -> impl Strategy<Value = IpAddr> {
@@ -88,7 +89,7 @@ proptest! {
     #[test]
     fn arbitrary_json_values_in_known_fields_never_panic(
         version in prop_oneof![Just("0.4.0"), Just("1.0.0"), Just("1.1.0"), Just("9")],
-        field in prop_oneof![Just("mtu"), Just("ipam"), Just("prevResult"), Just("routeProtocol"), Just("cni.dev/valid-attachments"), Just("logLevel"), Just("dns")],
+        field in prop_oneof![Just("mtu"), Just("ipam"), Just("prevResult"), Just("routeProtocol"), Just("cni.dev/valid-attachments"), Just("logLevel"), Just("dns"), Just("kubernetes")],
         value in prop_oneof![
             Just(serde_json::json!(null)), any::<i64>().prop_map(serde_json::Value::from),
             ".{0,20}".prop_map(serde_json::Value::from),
@@ -109,5 +110,49 @@ proptest! {
         ".{0,24}", 0..6)) {
         let m: BTreeMap<String, String> = vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         let _ = Env::parse(|k| m.get(k).cloned());
+    }
+
+    #[test]
+    fn arbitrary_annotations_never_panic_and_what_parses_is_consistent(
+        values in proptest::collection::vec(prop_oneof![
+            ".{0,30}",
+            proptest::collection::vec(prop_oneof![
+                addr().prop_map(|a| a.to_string()),
+                net().prop_map(|n| n.to_string()),
+                "[a-z0-9/.:-]{0,12}",
+            ], 0..4).prop_map(|l| serde_json::to_string(&l).expect("serialise")),
+        ], 3),
+        present in proptest::collection::vec(any::<bool>(), 3),
+        v4 in any::<bool>(),
+        v6 in any::<bool>(),
+    ) {
+        let keys = [pod::IPV4_POOLS, pod::IPV6_POOLS, pod::IP_ADDRS];
+        let ann: BTreeMap<String, String> = keys
+            .iter()
+            .zip(values)
+            .zip(present)
+            .filter(|(_, p)| *p)
+            .map(|((k, v), _)| (k.to_string(), v))
+            .collect();
+        let families = Families { ipv4: v4, ipv6: v6 };
+        match pod::parse(&ann, &families) {
+            Ok(AddressRequest::Auto { ipv4_pools, ipv6_pools }) => {
+                prop_assert!(ipv4_pools.is_empty() || v4);
+                prop_assert!(ipv6_pools.is_empty() || v6);
+                for (refs, is_v4) in [(&ipv4_pools, true), (&ipv6_pools, false)] {
+                    for r in refs {
+                        if let PoolRef::Cidr(c) = r {
+                            prop_assert_eq!(c.is_ipv4(), is_v4);
+                        }
+                    }
+                }
+            }
+            Ok(AddressRequest::Fixed(addrs)) => {
+                prop_assert!(!addrs.is_empty());
+                prop_assert!(addrs.iter().filter(|a| a.is_ipv4()).count() <= usize::from(v4));
+                prop_assert!(addrs.iter().filter(|a| a.is_ipv6()).count() <= usize::from(v6));
+            }
+            Err(e) => prop_assert_eq!(e.code(), crate::ErrorCode::InvalidAnnotation),
+        }
     }
 }
