@@ -55,6 +55,9 @@ impl Store for Counting {
     fn watch(&self, k: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
         self.inner.watch(k, since)
     }
+    fn names(&self, k: Kind) -> Result<Vec<String>, Error> {
+        self.inner.names(k)
+    }
 }
 
 struct Dir(PathBuf);
@@ -131,6 +134,8 @@ fn one_node(dir: &Path) {
         inner: EmbeddedStore::open(&path).unwrap(),
         writes: Default::default(),
     };
+    // As the agent runs it: checkpoints on a thread of their own.
+    store.inner.start_checkpointer().unwrap();
     let ipam = Ipam::new(store.clone());
     let writes = || store.writes.load(Ordering::Relaxed);
 
@@ -210,7 +215,11 @@ fn one_node(dir: &Path) {
 fn cni_pattern(dir: &Path, agent: bool) {
     const N: usize = 1000;
     let path = fresh_store(dir, if agent { "cni-agent.db" } else { "cni.db" });
-    let _agent = agent.then(|| EmbeddedStore::open(&path).unwrap());
+    let _agent = agent.then(|| {
+        let s = EmbeddedStore::open(&path).unwrap();
+        s.start_checkpointer().unwrap();
+        s
+    });
     let what = if agent {
         "CNI: open + allocate per call, agent running"
     } else {

@@ -14,7 +14,7 @@ use reef_config::{
 };
 
 use crate::block::{self, Block, Violation};
-use crate::store::{Labels, Store, StoreExt, Typed, NODE_LABEL};
+use crate::store::{Kind, Labels, Store, StoreExt, Typed, NODE_LABEL};
 use crate::{Assignment, Error, HandleId};
 
 /// Attempts at one compare-and-swap write before giving up.
@@ -697,12 +697,9 @@ impl<S: Store> Ipam<S> {
                 }
             }
         }
-        let mut existing: HashSet<IpNetwork> = self
-            .store
-            .list_typed::<IpamBlockSpec>(&Labels::new())?
-            .into_iter()
-            .map(|b| b.spec.cidr)
-            .collect();
+        // Names only: decoding every block of a full pool made claims slow.
+        let mut existing: HashSet<String> =
+            self.store.names(Kind::IpamBlock)?.into_iter().collect();
         // Start each node at its own place in the pool so nodes rarely race for one block.
         let seed = handle_name(&HandleId(format!("#{node}")));
         let seed = u128::from_str_radix(&seed[seed.len() - 16..], 16).unwrap_or(0);
@@ -715,13 +712,14 @@ impl<S: Store> Ipam<S> {
                 let Some(cidr) = block::nth_block(&pool.cidr, bs, idx) else {
                     continue;
                 };
-                if existing.contains(&cidr) {
+                let name = block_name(&cidr);
+                if existing.contains(&name) {
                     continue;
                 }
                 if let Some(c) = self.try_claim(node, cidr)? {
                     return Ok(Some(c));
                 }
-                existing.insert(cidr);
+                existing.insert(name);
             }
         }
         Ok(None)

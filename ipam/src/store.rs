@@ -139,6 +139,18 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn delete(&self, kind: Kind, name: &str, revision: Option<&Revision>) -> Result<(), Error>;
     /// Changes to `kind` after `since` (a revision from [`Store::list`]).
     fn watch(&self, kind: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error>;
+
+    /// The names of every object of `kind`, in name order. A backend that can answer without
+    /// reading (and decoding) the objects overrides it: a block claim asks for every block's
+    /// name, and a full pool has thousands of large blocks.
+    fn names(&self, kind: Kind) -> Result<Vec<String>, Error> {
+        Ok(self
+            .list(kind, &Labels::new())?
+            .0
+            .into_iter()
+            .map(|o| o.name)
+            .collect())
+    }
 }
 
 /// A spec type stored under a kind.
@@ -278,6 +290,9 @@ macro_rules! forward_store {
             }
             fn watch(&self, kind: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
                 (**self).watch(kind, since)
+            }
+            fn names(&self, kind: Kind) -> Result<Vec<String>, Error> {
+                (**self).names(kind)
             }
         }
     )*};

@@ -76,6 +76,8 @@ fn next(state: &mut u64) -> u64 {
 
 fn run(a: Args) -> Result<(), String> {
     let store = EmbeddedStore::open(&a.store).map_err(|e| e.to_string())?;
+    // Each worker stands for a node's agent, which checkpoints off the allocation path.
+    store.start_checkpointer().map_err(|e| e.to_string())?;
     let ipam = Ipam::new(store);
     let mut rng = a.seed.max(1);
     let mut held: Vec<HandleId> = Vec::new();

@@ -249,8 +249,22 @@ pub fn concurrent_cas_loses_nothing(s: &(dyn Store + Sync), threads: usize, per_
 }
 
 /// Runs every check, each on a fresh store from `make`.
+/// `names` answers what `list` would, in name order, per kind, without the objects.
+pub fn names_match_list(s: &dyn Store) {
+    assert!(s.names(Kind::IpamBlock).unwrap().is_empty());
+    for n in ["b", "a", "c"] {
+        s.create(Kind::IpamBlock, &obj(n, json!({"big": [1, 2, 3]})))
+            .unwrap();
+    }
+    s.create(Kind::IpPool, &obj("z", json!({}))).unwrap();
+    s.delete(Kind::IpamBlock, "c", None).unwrap();
+    assert_eq!(s.names(Kind::IpamBlock).unwrap(), ["a", "b"]);
+    assert_eq!(s.names(Kind::IpPool).unwrap(), ["z"]);
+}
+
 pub fn run_all<S: Store + Sync>(make: impl Fn() -> S) {
     create_get_list(&make());
+    names_match_list(&make());
     compare_and_swap(&make());
     labels_select(&make());
     status_is_separate(&make());
