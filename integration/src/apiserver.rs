@@ -94,16 +94,28 @@ impl StandIn {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Other(format!("API-server stand-in: local address: {e}")))?;
+        // Polled rather than woken by a connection at drop: a stand-in started inside a test's
+        // network namespace cannot be reached from the thread that drops it.
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::Other(format!("API-server stand-in: nonblocking: {e}")))?;
         let state = Arc::new(State::default());
         let st = state.clone();
         let accept = std::thread::Builder::new()
             .name("apiserver-standin".into())
             .spawn(move || {
-                for conn in listener.incoming() {
-                    if st.stop.load(Ordering::Relaxed) {
-                        break;
+                while !st.stop.load(Ordering::Relaxed) {
+                    let conn = match listener.accept() {
+                        Ok((c, _)) => c,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(2));
+                            continue;
+                        }
+                        Err(_) => continue,
+                    };
+                    if conn.set_nonblocking(false).is_err() {
+                        continue;
                     }
-                    let Ok(conn) = conn else { continue };
                     let st = st.clone();
                     let _ = std::thread::Builder::new()
                         .name("apiserver-standin-conn".into())
@@ -239,8 +251,6 @@ impl Drop for StandIn {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::Relaxed);
         self.state.changed.notify_all();
-        // Wake the accept loop so it sees `stop`.
-        let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }

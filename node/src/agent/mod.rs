@@ -22,6 +22,7 @@
 mod follow;
 mod forwarding;
 mod http;
+mod secrets;
 pub mod snapshot;
 pub mod view;
 
@@ -47,7 +48,7 @@ use tokio::sync::watch;
 use self::snapshot::{PeerRow, RouteRow, Snapshot};
 use self::view::View;
 
-/// Where BGP passwords are read from when the datastore is embedded (see `view::read_secret`).
+/// Where BGP passwords are read from when the datastore is embedded (see `secrets`).
 const SECRETS_DIR: &str = "/etc/reef/secrets";
 /// How often the plan is checked against the pods' veths (a pod's veth appears after its
 /// allocation) — no datastore read.
@@ -66,10 +67,17 @@ type SharedIpam = Arc<Ipam<Box<dyn Store>>>;
 
 /// Runs the agent until SIGTERM / SIGINT.
 pub async fn run(cfg: NodeConfig) -> Result<()> {
-    let ipam: SharedIpam = Arc::new(Ipam::new(crate::datastore::open_store(&cfg)?));
-    let secrets = std::env::var_os("REEF_SECRETS_DIR")
+    // Off the async threads: the Kubernetes store runs its own runtime and blocks on it.
+    let ipam: SharedIpam = {
+        let cfg = cfg.clone();
+        blocking(move || Ok(Arc::new(Ipam::new(crate::datastore::open_store(&cfg)?)))).await?
+    };
+    let secrets_dir = std::env::var_os("REEF_SECRETS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(SECRETS_DIR));
+    let secrets = secrets::Secrets::open(&cfg, secrets_dir)
+        .await
+        .context("opening the Kubernetes API for BGP passwords")?;
 
     // 1. Register: the tunnel address (which claims this node's first block) and the node
     //    resource the other nodes build their mesh from.
@@ -257,6 +265,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     control.abort();
     http.abort();
     let _ = std::fs::remove_file(&cfg.agent_socket);
+    // The store may own a runtime, which must not be dropped on an async thread.
+    drop(st);
+    let _ = tokio::task::spawn_blocking(move || drop(ipam)).await;
     Ok(())
 }
 
@@ -269,7 +280,7 @@ struct AgentState {
     cfg: NodeConfig,
     /// The interface carrying the node address, found once at start-up.
     parent: String,
-    secrets: PathBuf,
+    secrets: secrets::Secrets,
     view: View,
     own: BTreeSet<IpNetwork>,
     /// Sessions configured on the speaker.
@@ -387,7 +398,8 @@ impl AgentState {
     }
 
     async fn sync_peers(&mut self, speaker: &SpeakerHandle) {
-        let (want, problems) = view::desired_peers(&self.cfg, &self.view, &self.secrets);
+        let passwords = self.secrets.read_all(&self.view).await;
+        let (want, problems) = view::desired_peers(&self.cfg, &self.view, &passwords);
         self.problems.retain(|p| !p.starts_with("BGPPeer"));
         self.problems.extend(problems);
         for addr in self.peers.keys().copied().collect::<Vec<_>>() {

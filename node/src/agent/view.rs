@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 
 use ipnetwork::IpNetwork;
 use reef_bgp::speaker::PeerConfig;
@@ -43,7 +42,7 @@ pub fn node_as(cfg: &NodeConfig, view: &View) -> u32 {
 pub fn desired_peers(
     cfg: &NodeConfig,
     view: &View,
-    secrets: &Path,
+    passwords: &super::secrets::Lookup,
 ) -> (BTreeMap<IpAddr, PeerConfig>, Vec<String>) {
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
@@ -86,7 +85,11 @@ pub fn desired_peers(
             }
         }
         let password = match &bp.spec.password {
-            Some(r) => match read_secret(secrets, &r.name, &r.key) {
+            Some(r) => match passwords
+                .get(&(r.name.clone(), r.key.clone()))
+                .cloned()
+                .unwrap_or_else(|| Err(format!("Secret {} was not read", r.name)))
+            {
                 Ok(pw) => Some(pw),
                 Err(e) => {
                     problems.push(format!("BGPPeer {}: password: {e}", bp.name));
@@ -116,20 +119,6 @@ pub fn desired_peers(
         }
     }
     (out, problems)
-}
-
-/// A BGP password, from `<secrets>/<secret name>/<key>` (the layout Kubernetes uses when it
-/// mounts a Secret as files). Trailing newlines are not part of the password.
-pub fn read_secret(dir: &Path, name: &str, key: &str) -> Result<String, String> {
-    let p = dir.join(name).join(key);
-    std::fs::read_to_string(&p)
-        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-        .map_err(|e| {
-            format!(
-                "cannot read {}: {e} (put the Secret's key there)",
-                p.display()
-            )
-        })
 }
 
 /// The pools as the route plan sees them (disabled pools still route their existing blocks).
