@@ -177,7 +177,10 @@ fn unreachable_api_server_is_an_error_with_context() {
     assert!(e.to_string().contains("kubernetes: get IPPool x"), "{e}");
 }
 
-/// Against a real cluster, with reef's CRDs applied; skipped unless REEF_TEST_KUBECONFIG is set.
+/// Against a real cluster, with reef's CRDs applied (`kubectl apply -f deploy/crds/`) and
+/// credentials that may read Pods and write reef.dev resources; skipped unless
+/// REEF_TEST_KUBECONFIG names its kubeconfig. It touches only one IPAMHandle of its own
+/// (`reeft-conformance-<pid>`), removed also when the test fails.
 #[test]
 fn real_cluster_when_configured() {
     let Some(path) = std::env::var_os("REEF_TEST_KUBECONFIG") else {
@@ -185,15 +188,45 @@ fn real_cluster_when_configured() {
         return;
     };
     let store = KubeStore::connect(Some(std::path::Path::new(&path))).unwrap();
+    cluster_checks(&store);
+}
+
+/// The real-cluster checks run against the stand-in too, so they are known to work before
+/// anyone points them at a cluster.
+#[test]
+fn real_cluster_checks_pass_on_the_stand_in() {
+    let server = StandIn::start().unwrap();
+    let dir = common::TempDir::new("realcheck");
+    let kubeconfig = server.write_kubeconfig(dir.path()).unwrap();
+    cluster_checks(&KubeStore::connect(Some(&kubeconfig)).unwrap());
+}
+
+fn cluster_checks(store: &KubeStore) {
     let name = format!("reeft-conformance-{}", std::process::id());
+
+    /// Deletes the test's object whatever happens.
+    struct Cleanup<'a>(&'a KubeStore, &'a str);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.delete(Kind::IpamHandle, self.1, None);
+        }
+    }
+    let _cleanup = Cleanup(store, &name);
+
+    let label = Labels::from([("reef.dev/test".to_string(), name.clone())]);
+    let (_, since) = store.list(Kind::IpamHandle, &label).unwrap();
+    let mut watch = store.watch(Kind::IpamHandle, &since).unwrap();
     let o = Object {
         name: name.clone(),
         revision: Revision(String::new()),
-        labels: Labels::new(),
+        labels: label.clone(),
         spec: json!({"handleId": name, "blocks": {}}),
         status: None,
     };
     let created = store.create(Kind::IpamHandle, &o).unwrap();
+    let (listed, _) = store.list(Kind::IpamHandle, &label).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name, name);
     let mut upd = created.clone();
     upd.spec = json!({"handleId": name, "blocks": {"10.0.0.0/26": 1}});
     let upd = store.update(Kind::IpamHandle, &upd).unwrap();
@@ -205,8 +238,27 @@ fn real_cluster_when_configured() {
         store.delete(Kind::IpamHandle, &name, Some(&created.revision)),
         Err(Error::Conflict { .. })
     ));
+    // The watch saw the creation (other handles' changes may interleave).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watch saw no creation"
+        );
+        match watch.next(std::time::Duration::from_secs(1)).unwrap() {
+            Some(reef_ipam::WatchEvent::Put(o)) if o.name == name => break,
+            _ => {}
+        }
+    }
     store
         .delete(Kind::IpamHandle, &name, Some(&upd.revision))
         .unwrap();
     assert!(store.get(Kind::IpamHandle, &name).unwrap().is_none());
+    // Pods: an absent one is `None`, not an error (the credentials may read Pods).
+    assert_eq!(
+        store
+            .pod_annotations("default", &format!("reeft-absent-{}", std::process::id()))
+            .unwrap(),
+        None
+    );
 }
