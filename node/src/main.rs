@@ -78,6 +78,9 @@ pub enum Exit {
 }
 
 fn run_agent(cfg: NodeConfig) -> anyhow::Result<Exit> {
+    // The agent holds the BGP tables: a fixed mmap threshold keeps its peak RSS steady
+    // (before any thread starts, as glibc wants).
+    reef_bgp::tune_allocator();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
         .map_err(|e| anyhow::anyhow!("logLevel: {e}"))?;
