@@ -120,28 +120,6 @@ impl KubeStore {
         })
     }
 
-    /// The annotations of the Pod `namespace/name` (core/v1), `None` when no such Pod exists.
-    /// The CNI plugin reads per-pod IPAM requests (pools, a specific address) from them.
-    pub fn pod_annotations(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<std::collections::BTreeMap<String, String>>, Error> {
-        let ar = ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "Pod".into(),
-            plural: "pods".into(),
-        };
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
-        let n = name.to_string();
-        let got = self
-            .run(async move { api.get_opt(&n).await })?
-            .map_err(backend(format!("kubernetes: get Pod {namespace}/{name}")))?;
-        Ok(got.map(|p| p.metadata.annotations.unwrap_or_default()))
-    }
-
     fn api(&self, kind: Kind) -> (Api<DynamicObject>, ApiResource) {
         let gvk = GroupVersionKind::gvk(reef_config::GROUP, reef_config::VERSION, kind.as_str());
         let ar = ApiResource::from_gvk_with_plural(&gvk, kind.plural());
@@ -219,6 +197,23 @@ fn selector(labels: &Labels) -> Option<String> {
 }
 
 impl Store for KubeStore {
+    /// GET /api/v1/namespaces/{namespace}/pods/{name}; a 404 is `None`.
+    fn pod_annotations(&self, namespace: &str, name: &str) -> Result<Option<Labels>, Error> {
+        let ar = ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            plural: "pods".into(),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
+        let n = name.to_string();
+        let got = self
+            .run(async move { api.get_opt(&n).await })?
+            .map_err(backend(format!("kubernetes: get Pod {namespace}/{name}")))?;
+        Ok(got.map(|p| p.metadata.annotations.unwrap_or_default()))
+    }
+
     fn list(&self, kind: Kind, sel: &Labels) -> Result<(Vec<Object>, Revision), Error> {
         let (api, _) = self.api(kind);
         let mut lp = ListParams::default();

@@ -151,6 +151,14 @@ pub trait Store: Send + Sync + fmt::Debug {
             .map(|o| o.name)
             .collect())
     }
+
+    /// The annotations of the Pod `namespace/name` (the CNI plugin reads per-pod IPAM requests
+    /// from them). `None` when there is no such Pod, and always for a store without Pods (the
+    /// embedded one): with no cluster there are no annotations to honour.
+    fn pod_annotations(&self, namespace: &str, name: &str) -> Result<Option<Labels>, Error> {
+        let _ = (namespace, name);
+        Ok(None)
+    }
 }
 
 /// A spec type stored under a kind.
@@ -293,6 +301,9 @@ macro_rules! forward_store {
             }
             fn names(&self, kind: Kind) -> Result<Vec<String>, Error> {
                 (**self).names(kind)
+            }
+            fn pod_annotations(&self, namespace: &str, name: &str) -> Result<Option<Labels>, Error> {
+                (**self).pod_annotations(namespace, name)
             }
         }
     )*};

@@ -171,3 +171,11 @@ fn background_checkpointer_moves_the_wal_into_the_database() {
     let again = EmbeddedStore::open(&with).unwrap();
     assert_eq!(again.names(Kind::IpamHandle).unwrap().len(), 50);
 }
+
+/// The embedded store knows no Pods: no annotations, and no error.
+#[test]
+fn no_pods_without_a_cluster() {
+    let dir = TempDir::new("pods");
+    let s = EmbeddedStore::open(dir.path().join("s.db")).unwrap();
+    assert_eq!(s.pod_annotations("default", "web-1").unwrap(), None);
+}

@@ -93,6 +93,15 @@ fn pod_annotations_from_the_stand_in() {
     assert_eq!(a["reef.dev/ipv4pools"], "[\"v4\"]");
     assert_eq!(a.len(), 2);
     assert_eq!(store.pod_annotations("kube-system", "web-1").unwrap(), None);
+    // The same through the store the node config opens (a `Box<dyn Store>`).
+    let dir = common::TempDir::new("pods");
+    let boxed = reef_ipam::store::open(&reef_config::Datastore::Kubernetes {
+        kubeconfig: Some(server.write_kubeconfig(dir.path()).unwrap()),
+    })
+    .unwrap();
+    assert_eq!(boxed.pod_annotations("default", "web-1").unwrap(), Some(a));
+    server.delete_pod("default", "web-1");
+    assert_eq!(boxed.pod_annotations("default", "web-1").unwrap(), None);
 }
 
 /// A kubeconfig naming the stand-in is enough to connect (what `datastore: {kubernetes:
