@@ -314,6 +314,13 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let run = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    // Wall-clock figures mean little without the machine's load beside them.
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    println!("load average at start: {}", load());
     if run("one-node") {
         one_node(&dir.0);
     }
@@ -324,4 +331,5 @@ fn main() {
     if run("eight") {
         eight_processes(&dir.0);
     }
+    println!("load average at end: {}", load());
 }
