@@ -24,6 +24,11 @@ use kube::core::{ApiResource, GroupVersionKind, TypeMeta};
 use crate::store::{Kind, Labels, Object, Revision, Store, WatchEvent, Watcher};
 use crate::Error;
 
+/// Connecting to the API server (a TCP + TLS handshake) takes far less.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One request (not a watch) from sending to the whole answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The Kubernetes store.
 pub struct KubeStore {
     client: kube::Client,
@@ -107,7 +112,13 @@ impl KubeStore {
         Self::with_config(kube::Config::new(uri), runtime()?)
     }
 
-    fn with_config(config: kube::Config, rt: tokio::runtime::Runtime) -> Result<Self, Error> {
+    fn with_config(mut config: kube::Config, rt: tokio::runtime::Runtime) -> Result<Self, Error> {
+        // A dead or overloaded API server must fail an operation, not hang it: kube's own
+        // retry of 429/503/504 backs off to minutes (a CNI ADD would outlive the runtime's
+        // timeout), so it is off — callers retry conflicts themselves, and the agent and the
+        // container runtime retry the rest — and every request is bounded (see `run`).
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.default_retry = false;
         // The client spawns its connection tasks: build it inside the runtime.
         let client = {
             let _guard = rt.enter();
@@ -133,12 +144,19 @@ impl KubeStore {
     ) -> Result<T, Error> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.handle.spawn(async move {
-            let _ = tx.send(fut.await);
+            let _ = tx.send(tokio::time::timeout(REQUEST_TIMEOUT, fut).await);
         });
-        rx.recv().map_err(|_| Error::Backend {
-            context: "kubernetes: request task ended without an answer".into(),
-            source: "runtime shut down".into(),
-        })
+        match rx.recv() {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(Error::Backend {
+                context: "kubernetes: request".into(),
+                source: format!("no answer from the API server within {REQUEST_TIMEOUT:?}").into(),
+            }),
+            Err(_) => Err(Error::Backend {
+                context: "kubernetes: request task ended without an answer".into(),
+                source: "runtime shut down".into(),
+            }),
+        }
     }
 }
 

@@ -186,6 +186,37 @@ fn unreachable_api_server_is_an_error_with_context() {
     assert!(e.to_string().contains("kubernetes: get IPPool x"), "{e}");
 }
 
+/// An API server that takes the connection and never answers (a FAKE, not the stand-in: the
+/// stand-in always answers): the operation fails within the request bound instead of hanging
+/// the caller (a CNI ADD, the agent's loop).
+#[test]
+fn silent_api_server_fails_the_request_instead_of_hanging() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        // Accept and hold the connections, reading nothing back.
+        let mut conns = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < end {
+            if let Ok((c, _)) = listener.accept() {
+                conns.push(c);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    let store = KubeStore::connect_url(&url).unwrap();
+    let t0 = std::time::Instant::now();
+    let e = store.get(Kind::IpPool, "x").unwrap_err();
+    let took = t0.elapsed();
+    assert!(
+        e.to_string().contains("no answer from the API server"),
+        "{e}"
+    );
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    drop(held);
+}
+
 /// Against a real cluster, with reef's CRDs applied (`kubectl apply -f deploy/crds/`) and
 /// credentials that may read Pods and write reef.dev resources; skipped unless
 /// REEF_TEST_KUBECONFIG names its kubeconfig. It touches only one IPAMHandle of its own
