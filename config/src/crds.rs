@@ -631,6 +631,11 @@ impl BgpPeerSpec {
 ))]
 #[kube(printcolumn(name = "Peers", type_ = "integer", json_path = ".status.totalPeers"))]
 #[kube(printcolumn(
+    name = "Routes",
+    type_ = "integer",
+    json_path = ".status.routesProgrammed"
+))]
+#[kube(printcolumn(
     name = "Age",
     type_ = "date",
     json_path = ".metadata.creationTimestamp"
@@ -730,6 +735,12 @@ pub struct ReefNodeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::cidr_list")]
     pub blocks: Vec<IpNetwork>,
+    /// Routes the node's plan wants in the kernel (pods, own blocks, other nodes' blocks).
+    #[serde(default)]
+    pub routes_desired: u32,
+    /// Of those, the ones in the kernel now (fewer: `reef status` on the node says why).
+    #[serde(default)]
+    pub routes_programmed: u32,
     /// RFC 3339 time of the last update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated: Option<String>,

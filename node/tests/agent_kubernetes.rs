@@ -186,11 +186,15 @@ fn agent_on_the_kubernetes_datastore_registers_and_peers_with_a_secret_password(
                     .and_then(|n| n.status))
             });
             *last = format!("{status:?}");
-            let peers = status?.get("peers")?.as_array()?.clone();
-            peers
-                .iter()
-                .any(|p| p["address"] == ROUTER_IP && p["state"] == "Established")
-                .then_some(())
+            let status = status?;
+            let peers = status.get("peers")?.as_array()?.clone();
+            // At least the node's own block (its blackhole route).
+            let routes = status.get("routesProgrammed")?.as_u64()?;
+            (routes >= 1
+                && peers
+                    .iter()
+                    .any(|p| p["address"] == ROUTER_IP && p["state"] == "Established"))
+            .then_some(())
         },
     )
     .unwrap();

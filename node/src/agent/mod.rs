@@ -240,7 +240,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                     let ipam2 = ipam.clone();
                     let name = st.cfg.node_name.clone();
                     let blocks: Vec<IpNetwork> = st.own.iter().copied().collect();
-                    if let Err(e) = blocking(move || write_status(&ipam2, &name, &peers, blocks)).await {
+                    let rs = rstatus_rx.borrow().clone();
+                    let routes = (rs.desired, rs.programmed);
+                    if let Err(e) = blocking(move || write_status(&ipam2, &name, &peers, blocks, routes)).await {
                         tracing::warn!(error = %e, "writing the node status");
                     }
                 }
@@ -625,6 +627,7 @@ fn write_status(
     node: &str,
     peers: &[reef_bgp::speaker::PeerStatus],
     blocks: Vec<IpNetwork>,
+    (desired, programmed): (usize, usize),
 ) -> Result<()> {
     let s = ipam.store();
     for _ in 0..3 {
@@ -633,6 +636,8 @@ fn write_status(
         };
         let mut status = ReefNodeStatus {
             blocks: blocks.clone(),
+            routes_desired: u32::try_from(desired).unwrap_or(u32::MAX),
+            routes_programmed: u32::try_from(programmed).unwrap_or(u32::MAX),
             ..Default::default()
         };
         status.set_peers(peers.iter().map(snapshot::crd_peer_status).collect());
