@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkIpIp, LinkUnspec};
 
@@ -145,20 +145,33 @@ pub async fn bring_up(
 }
 
 async fn has_address(handle: &Handle, index: u32, a: Ipv4Addr) -> Result<bool, TunnelError> {
+    Ok(find_address(handle, index, a, true).await?.is_some())
+}
+
+/// The address message of link `index` carrying `a` as its local address (or, with
+/// `or_peer`, as its IFA_ADDRESS).
+async fn find_address(
+    handle: &Handle,
+    index: u32,
+    a: Ipv4Addr,
+    or_peer: bool,
+) -> Result<Option<AddressMessage>, TunnelError> {
     let mut s = handle
         .address()
         .get()
         .set_link_index_filter(index)
         .execute();
     while let Some(m) = s.try_next().await.map_err(|e| nl("list addresses", e))? {
-        if m.attributes
-            .iter()
-            .any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(v)) | AddressAttribute::Address(IpAddr::V4(v)) if *v == a))
-        {
-            return Ok(true);
+        let carries = m.attributes.iter().any(|x| match x {
+            AddressAttribute::Local(IpAddr::V4(v)) => *v == a,
+            AddressAttribute::Address(IpAddr::V4(v)) => or_peer && *v == a,
+            _ => false,
+        });
+        if carries {
+            return Ok(Some(m));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Takes `tunl0` out of use: down, and reef's tunnel address removed. (The device itself is
@@ -168,23 +181,13 @@ pub async fn release_kernel(handle: &Handle, address: Option<Ipv4Addr>) -> Resul
         return Ok(());
     };
     if let Some(a) = address {
-        let mut s = handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(m) = s.try_next().await.map_err(|e| nl("list addresses", e))? {
-            if m.attributes
-                .iter()
-                .any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(v)) if *v == a))
-            {
-                handle
-                    .address()
-                    .del(m)
-                    .execute()
-                    .await
-                    .map_err(|e| nl(format!("remove {a} from tunl0"), e))?;
-            }
+        if let Some(m) = find_address(handle, index, a, false).await? {
+            handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(|e| nl(format!("remove {a} from tunl0"), e))?;
         }
     }
     handle
