@@ -371,16 +371,7 @@ fn join(subnet: usize) -> Result<()> {
         std::fs::write(dir.join("bird.conf"), router_config(&st.nodes).render())?;
         run_ok("birdcl", &["-s", &path(&dir.join("bird.ctl")), "configure"])?;
     }
-    let want = st.nodes.len() - 1 + usize::from(st.router);
-    wait(
-        &format!("{}'s BGP sessions", n.name),
-        Duration::from_secs(60),
-        || {
-            let s = snapshot_of(&n).ok()?;
-            (s.established() >= want).then_some(())
-        },
-    )
-    .map_err(|e| anyhow!("{e}\n{}", log_tails(&st)))?;
+    wait_sessions(&st, &n)?;
     println!("{} joined at {} on subnet {subnet}", n.name, n.address);
     Ok(())
 }
@@ -401,32 +392,23 @@ fn restart(node: &str) -> Result<()> {
         .copied()
         .filter(|p| agent_of(*p).as_deref() == Some(n.config.as_path()))
         .collect();
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     for pid in &old {
         let _ = Command::new("kill").arg(pid.to_string()).status();
     }
     // Polled tightly: the node forwards nothing through the userspace tunnel until the new
     // agent runs.
-    while old.iter().any(|p| alive(*p)) {
-        if t0.elapsed() > Duration::from_secs(15) {
-            bail!("{node}'s agent did not exit within 15 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_every(
+        &format!("{node}'s agent to exit after SIGTERM"),
+        Duration::from_secs(15),
+        Duration::from_millis(5),
+        || (!old.iter().any(|p| alive(*p))).then_some(()),
+    )?;
     let stopped = t0.elapsed();
     st.pids.retain(|p| !old.contains(p) && alive(*p));
     st.pids.push(start_agent(&std::env::current_exe()?, &n)?);
     save(&st)?;
-    let want = st.nodes.len() - 1 + usize::from(st.router);
-    wait(
-        &format!("{node}'s BGP sessions"),
-        Duration::from_secs(60),
-        || {
-            let s = snapshot_of(&n).ok()?;
-            (s.established() >= want).then_some(())
-        },
-    )
-    .map_err(|e| anyhow!("{e}\n{}", log_tails(&st)))?;
+    let want = wait_sessions(&st, &n)?;
     println!(
         "{node} restarted: agent stopped in {:.2}s, all {want} sessions back after {:.2}s",
         stopped.as_secs_f64(),
@@ -741,7 +723,16 @@ fn ping(ns: &str, dst: IpAddr) -> Option<f64> {
     None
 }
 
-fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+fn wait<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> Result<T> {
+    wait_every(what, timeout, Duration::from_millis(200), f)
+}
+
+fn wait_every<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let t0 = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -750,8 +741,23 @@ fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> R
         if t0.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what} (agent logs in {STATE}/<node>/agent.log)");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(every);
     }
+}
+
+/// Waits until `n` has a session with every other node and the lab router; returns how many.
+fn wait_sessions(st: &LabState, n: &LabNode) -> Result<usize> {
+    let want = st.nodes.len() - 1 + usize::from(st.router);
+    wait(
+        &format!("{}'s BGP sessions", n.name),
+        Duration::from_secs(60),
+        || {
+            let s = snapshot_of(n).ok()?;
+            (s.established() >= want).then_some(())
+        },
+    )
+    .map_err(|e| anyhow!("{e}\n{}", log_tails(st)))?;
+    Ok(want)
 }
 
 /// Starts `program args…` inside `ns` in its own session (it survives this command), output to

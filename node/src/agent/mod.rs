@@ -352,19 +352,16 @@ impl AgentState {
     /// Reads the datastore and takes the reading; returns whether the plan's inputs changed.
     async fn read(&mut self, ipam: &SharedIpam, speaker: &SpeakerHandle) -> bool {
         let ipam = ipam.clone();
-        let changed = match blocking(move || read_view(&ipam)).await {
-            Ok(v) => {
-                self.problems.retain(|p| !p.starts_with("datastore"));
-                self.on_view(v, speaker).await
-            }
+        let reading = blocking(move || read_view(&ipam)).await;
+        self.problems.retain(|p| !p.starts_with("datastore"));
+        match reading {
+            Ok(v) => self.on_view(v, speaker).await,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the datastore");
-                self.problems.retain(|p| !p.starts_with("datastore"));
                 self.problems.push(format!("datastore: {e:#}"));
                 false
             }
-        };
-        changed
+        }
     }
 
     /// Takes a new datastore reading; returns whether the plan's inputs changed.
