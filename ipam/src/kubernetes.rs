@@ -71,33 +71,36 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         })
 }
 
+/// The client configuration of a kubeconfig file, or (None) the usual inference:
+/// `KUBECONFIG`, `~/.kube/config`, then the in-cluster service account. For other clients of
+/// the same cluster (the agent's Secret reads) as much as for the store.
+pub async fn client_config(kubeconfig: Option<&Path>) -> Result<kube::Config, Error> {
+    match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p).map_err(|e| Error::Backend {
+                context: format!("kubernetes: read kubeconfig {}", p.display()),
+                source: Box::new(e),
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| Error::Backend {
+                    context: format!("kubernetes: kubeconfig {}", p.display()),
+                    source: Box::new(e),
+                })
+        }
+        None => kube::Config::infer().await.map_err(|e| Error::Backend {
+            context: "kubernetes: find a kubeconfig or in-cluster service account".into(),
+            source: Box::new(e),
+        }),
+    }
+}
+
 impl KubeStore {
     /// Connects with a kubeconfig file, or (None) the usual inference: `KUBECONFIG`,
     /// `~/.kube/config`, then the in-cluster service account.
     pub fn connect(kubeconfig: Option<&Path>) -> Result<Self, Error> {
         let rt = runtime()?;
-        let path = kubeconfig.map(Path::to_path_buf);
-        let config = rt.block_on(async move {
-            match &path {
-                Some(p) => {
-                    let kc =
-                        kube::config::Kubeconfig::read_from(p).map_err(|e| Error::Backend {
-                            context: format!("kubernetes: read kubeconfig {}", p.display()),
-                            source: Box::new(e),
-                        })?;
-                    kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                        .await
-                        .map_err(|e| Error::Backend {
-                            context: format!("kubernetes: kubeconfig {}", p.display()),
-                            source: Box::new(e),
-                        })
-                }
-                None => kube::Config::infer().await.map_err(|e| Error::Backend {
-                    context: "kubernetes: find a kubeconfig or in-cluster service account".into(),
-                    source: Box::new(e),
-                }),
-            }
-        })?;
+        let config = rt.block_on(client_config(kubeconfig))?;
         Self::with_config(config, rt)
     }
 

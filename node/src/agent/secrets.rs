@@ -15,7 +15,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use reef_config::node_config::{Datastore, NodeConfig};
 
 use super::view::View;
@@ -40,18 +39,7 @@ impl Secrets {
         let Datastore::Kubernetes { kubeconfig } = &cfg.datastore else {
             return Ok(Secrets::Files(files));
         };
-        let config = match kubeconfig {
-            Some(p) => {
-                let kc = Kubeconfig::read_from(p)
-                    .with_context(|| format!("datastore.kubernetes.kubeconfig {}", p.display()))?;
-                kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                    .await
-                    .with_context(|| format!("datastore.kubernetes.kubeconfig {}", p.display()))?
-            }
-            None => kube::Config::infer()
-                .await
-                .context("datastore.kubernetes: no kubeconfig and no in-cluster service account")?,
-        };
+        let config = reef_ipam::kubernetes::client_config(kubeconfig.as_deref()).await?;
         let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
         let namespace = std::env::var("POD_NAMESPACE")
             .ok()
