@@ -113,7 +113,9 @@ mod tests {
         }))
         .unwrap();
         let created = s.create_typed(&Typed::new("n0", node)).unwrap();
-        let (tx, mut rx) = mpsc::channel(1);
+        // Room for every wake-up: with the agent's capacity of 1 a full channel drops the
+        // extra ones (by design), and the start-up count below would race.
+        let (tx, mut rx) = mpsc::channel(16);
         start(ipam.clone(), tx);
         // One wake-up per watcher as it starts.
         let mut started = Vec::new();
