@@ -240,11 +240,20 @@ impl Netlink {
 
     /// All addresses of `index`.
     pub fn addresses(&mut self, index: u32) -> io::Result<Vec<Addr>> {
+        Ok(self
+            .all_addresses()?
+            .into_iter()
+            .filter(|a| a.index == index)
+            .collect())
+    }
+
+    /// Every address of every interface in this namespace.
+    pub fn all_addresses(&mut self) -> io::Result<Vec<Addr>> {
         let m = AddressMessage::default();
         let r = self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
         Ok(r.into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                RouteNetlinkMessage::NewAddress(a) => {
                     let addr = a.attributes.iter().find_map(|x| match x {
                         AddressAttribute::Local(ip) => Some(*ip),
                         _ => None,
@@ -256,7 +265,7 @@ impl Netlink {
                         })
                     })?;
                     Some(Addr {
-                        index,
+                        index: a.header.index,
                         addr,
                         prefix: a.header.prefix_len,
                     })
@@ -264,6 +273,24 @@ impl Netlink {
                 _ => None,
             })
             .collect())
+    }
+
+    /// The interface holding `ip` and the address's prefix length (a node finds the link and
+    /// subnet of its node address this way), if any interface holds it.
+    pub fn interface_with(&mut self, ip: IpAddr) -> io::Result<Option<(String, u8)>> {
+        let Some(a) = self.all_addresses()?.into_iter().find(|a| a.addr == ip) else {
+            return Ok(None);
+        };
+        let mut msg = LinkMessage::default();
+        msg.header.index = a.index;
+        let name = self
+            .request(RouteNetlinkMessage::GetLink(msg), 0)?
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_of(&l).name),
+                _ => None,
+            });
+        Ok(name.map(|n| (n, a.prefix)))
     }
 
     /// Adds a route; EEXIST if one with the same destination exists.

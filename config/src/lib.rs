@@ -62,10 +62,12 @@ pub enum Error {
         column: usize,
         message: String,
     },
-    #[error("cannot read {path}: {source}")]
+    // The cause is part of the message and deliberately not a `source`: an error chain
+    // printer (anyhow's `{:#}`) would print it twice.
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The value parses but breaks a rule; every broken rule is listed.
     #[error("invalid {what}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]

@@ -351,7 +351,7 @@ impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Read {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         })?;
         Self::from_yaml(&text, &path.display().to_string())
     }

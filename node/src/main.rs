@@ -6,6 +6,7 @@
 mod agent;
 mod control;
 mod datastore;
+mod install;
 mod ipam_cmd;
 mod lab;
 mod output;
@@ -55,6 +56,9 @@ enum Command {
     Status,
     /// The routes the agent programs and why.
     Routes,
+    /// Install reef's CNI plugin on this node (the DaemonSet's init container): binaries, node
+    /// config, the plugin's kubeconfig and token, and the conflist last.
+    Install(install::InstallArgs),
     /// IP address management: pools, blocks, leaks.
     #[command(subcommand)]
     Ipam(ipam_cmd::IpamCmd),
@@ -66,7 +70,21 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum NodeCmd {
     /// Run the agent in the foreground until SIGTERM (graceful restart: peers keep routes).
-    Run,
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Run `reef install` at start and keep it true: renew the plugin's token, put back files
+    /// that went missing; readiness waits for it (the DaemonSet's agent container).
+    #[arg(long)]
+    install: bool,
+    /// Use this pod's service account for the Kubernetes datastore instead of the node
+    /// config's kubeconfig (which is the host-side CNI plugin's).
+    #[arg(long)]
+    in_cluster: bool,
+    #[command(flatten)]
+    install_args: install::InstallArgs,
 }
 
 /// What a command's outcome means to a script.
@@ -77,7 +95,10 @@ pub enum Exit {
     Failed = 3,
 }
 
-fn run_agent(cfg: NodeConfig) -> anyhow::Result<Exit> {
+fn run_agent(mut cfg: NodeConfig, args: RunArgs) -> anyhow::Result<Exit> {
+    if args.in_cluster {
+        cfg.datastore = reef_config::node_config::Datastore::Kubernetes { kubeconfig: None };
+    }
     // The agent holds the BGP tables: a fixed mmap threshold keeps its peak RSS steady
     // (before any thread starts, as glibc wants).
     reef_bgp::tune_allocator();
@@ -87,12 +108,15 @@ fn run_agent(cfg: NodeConfig) -> anyhow::Result<Exit> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: container logs are read as plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(agent::run(cfg))?;
+    let install = args.install.then_some(args.install_args);
+    rt.block_on(agent::run(cfg, install))?;
     Ok(Exit::Ok)
 }
 
@@ -106,7 +130,9 @@ fn main() -> ExitCode {
     }
     let config = || NodeConfig::load(&cli.config).map_err(anyhow::Error::from);
     let result = match cli.command {
-        Command::Node(NodeCmd::Run) => config().and_then(run_agent),
+        Command::Node(NodeCmd::Run(args)) => config().and_then(|c| run_agent(c, args)),
+        // The init container writes the node config; it reads none.
+        Command::Install(args) => install::run(&args),
         Command::Status => config().and_then(|c| status_cmd::status(&c, out)),
         Command::Routes => config().and_then(|c| status_cmd::routes(&c, out)),
         Command::Ipam(cmd) => config().and_then(|c| ipam_cmd::run(&c, cmd, out)),

@@ -62,11 +62,17 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 const MAX_DEFERRAL: Duration = Duration::from_secs(60);
 /// How often the node resource's status is written.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How long BGP sessions get to come up before a peer that stays down no longer holds the
+/// node's readiness (a router being down must not keep every node unready).
+const BGP_FIRST_CHANCE: Duration = Duration::from_secs(30);
+/// How often the CNI install is checked (files put back) and retried after a failure.
+const INSTALL_CHECK: Duration = Duration::from_secs(10);
 
 type SharedIpam = Arc<Ipam<Box<dyn Store>>>;
 
 /// Runs the agent until SIGTERM / SIGINT.
-pub async fn run(cfg: NodeConfig) -> Result<()> {
+pub async fn run(cfg: NodeConfig, install: Option<crate::install::InstallArgs>) -> Result<()> {
+    let started = Instant::now();
     // Off the async threads: the Kubernetes store runs its own runtime and blocks on it.
     let ipam: SharedIpam = {
         let cfg = cfg.clone();
@@ -92,7 +98,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     //    route reconciler.
     let parent = match &cfg.interface {
         Some(i) => i.clone(),
-        None => interface_of(cfg.address.ip()).context("finding the node's interface")?,
+        None => {
+            crate::install::interface_with(cfg.address.ip())
+                .context("finding the node's interface (or set `interface` in the node config)")?
+                .0
+        }
     };
     let mut tcfg = reef_tunnel::TunnelConfig::new(
         &parent,
@@ -188,7 +198,17 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         last_plan: None,
         problems: Vec::new(),
         mtu,
+        nat: None,
+        install: install.map(|args| InstallState {
+            args,
+            done: false,
+            next: Instant::now(),
+            renew_at: None,
+        }),
+        datastore_read: true,
+        first_chance: started + BGP_FIRST_CHANCE,
     };
+    st.keep_installed().await;
     st.sync_peers(&speaker).await;
     if let Some(d) = &mut st.deferral {
         d.expect_from(st.peers.keys().copied());
@@ -233,6 +253,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                 if last_read.elapsed() >= FULL_READ {
                     st.read(&ipam, &speaker).await;
                     last_read = Instant::now();
+                }
+                if st.install.as_ref().is_some_and(|i| i.next <= Instant::now()) {
+                    st.keep_installed().await;
                 }
                 if last_status.elapsed() >= STATUS_EVERY {
                     last_status = Instant::now();
@@ -294,9 +317,60 @@ struct AgentState {
     last_plan: Option<reef_tunnel::Plan>,
     problems: Vec<String>,
     mtu: u32,
+    /// The pools natOutgoing was last applied for (None: not yet, or it failed).
+    nat: Option<Vec<reef_tunnel::Pool>>,
+    /// Install mode (`reef node run --install`): the CNI install this agent keeps true.
+    install: Option<InstallState>,
+    /// The datastore has been read (readiness).
+    datastore_read: bool,
+    /// Until then a BGP session that is not up holds readiness.
+    first_chance: Instant,
+}
+
+/// The CNI install the agent keeps: done once, then checked, and the token renewed.
+struct InstallState {
+    args: crate::install::InstallArgs,
+    /// The last install or check succeeded.
+    done: bool,
+    /// When to check (or retry) next.
+    next: Instant,
+    /// When the plugin's token is due for renewal.
+    renew_at: Option<SystemTime>,
 }
 
 impl AgentState {
+    /// Runs the CNI install when it has not succeeded yet or a file went missing, renews the
+    /// plugin's token when due, and schedules the next check.
+    async fn keep_installed(&mut self) {
+        let Some(i) = &mut self.install else { return };
+        i.next = Instant::now() + INSTALL_CHECK;
+        self.problems.retain(|p| !p.starts_with("CNI install"));
+        let whole = !i.done || !crate::install::missing(&i.args).is_empty();
+        let result = if whole {
+            crate::install::install(&i.args).await.map(|done| {
+                for p in &done.written {
+                    tracing::info!(file = %p.display(), "CNI install: wrote");
+                }
+                i.renew_at = done.renew_at;
+            })
+        } else if i.renew_at.is_some_and(|t| t <= SystemTime::now()) {
+            crate::install::renew_token(&i.args).await.map(|t| {
+                tracing::info!("CNI install: renewed the plugin's token");
+                i.renew_at = Some(t);
+            })
+        } else {
+            Ok(())
+        };
+        match result {
+            Ok(()) => i.done = true,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "CNI install");
+                self.problems.push(format!("CNI install: {e:#}"));
+                i.done = false;
+            }
+        }
+    }
+
     fn on_event(&mut self, ev: SpeakerEvent) -> bool {
         match ev {
             SpeakerEvent::BestPaths(cs) => {
@@ -355,7 +429,10 @@ impl AgentState {
         let reading = blocking(move || read_view(&ipam)).await;
         self.problems.retain(|p| !p.starts_with("datastore"));
         match reading {
-            Ok(v) => self.on_view(v, speaker).await,
+            Ok(v) => {
+                self.datastore_read = true;
+                self.on_view(v, speaker).await
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the datastore");
                 self.problems.push(format!("datastore: {e:#}"));
@@ -453,6 +530,7 @@ impl AgentState {
                 .collect(),
             tunnel: tunnel.mode().clone(),
         };
+        self.sync_nat(&input.pools).await;
         let plan = reef_tunnel::plan(&input);
         if self.last_plan.as_ref() == Some(&plan) {
             return;
@@ -473,16 +551,77 @@ impl AgentState {
         self.last_plan = Some(plan);
     }
 
+    /// natOutgoing: reef's nft table follows the pools (removed when no pool asks for it).
+    /// A failure is a problem and is retried at the next plan.
+    async fn sync_nat(&mut self, pools: &[reef_tunnel::Pool]) {
+        if self.nat.as_deref() == Some(pools) {
+            return;
+        }
+        let p = pools.to_vec();
+        let result = tokio::task::spawn_blocking(move || reef_tunnel::nat::apply(None, &p))
+            .await
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|r| r.map_err(anyhow::Error::from));
+        self.problems.retain(|p| !p.starts_with("natOutgoing"));
+        match result {
+            Ok(()) => {
+                let nat: Vec<String> = pools
+                    .iter()
+                    .filter(|p| p.nat_outgoing)
+                    .map(|p| p.cidr.to_string())
+                    .collect();
+                tracing::info!(?nat, "natOutgoing applied");
+                self.nat = Some(pools.to_vec());
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "natOutgoing");
+                self.problems.push(format!("natOutgoing: {e:#}"));
+                self.nat = None;
+            }
+        }
+    }
+
     fn snapshot(
         &self,
         peers: &[reef_bgp::speaker::PeerStatus],
         rs: &felix_lite::ReconcilerStatus,
         tstats: Option<reef_tunnel::userspace::TunnelStats>,
     ) -> Snapshot {
+        let not_ready = snapshot::readiness(&snapshot::ReadinessInput {
+            datastore_read: self.datastore_read,
+            reconciler_passes: if self.last_plan.is_some() {
+                rs.durations.count
+            } else {
+                0
+            },
+            reconciler_errors: rs.errors.len(),
+            install_missing: self.install.as_ref().map(|i| {
+                let mut m = crate::install::missing(&i.args);
+                if !i.done && m.is_empty() {
+                    m.push("CNI install has not succeeded yet".into());
+                }
+                m
+            }),
+            peers: peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.address.to_string(),
+                        reef_bgp::speaker::state_name(p.state).to_string(),
+                    )
+                })
+                .collect(),
+            bgp_grace_over: Instant::now() >= self.first_chance,
+        });
         Snapshot {
             node: self.cfg.node_name.clone(),
             address: self.cfg.address.to_string(),
-            ready: true,
+            ready: not_ready.is_empty(),
+            not_ready,
+            heartbeat: SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             since: snapshot::rfc3339(self.started),
             tunnel_mode: self.tunnel_mode.clone(),
             mtu: self.mtu,
@@ -537,20 +676,6 @@ fn describe_tunnel(m: &reef_tunnel::TunnelMode) -> String {
             "unavailable (no ipip in the kernel, no TUN)".into()
         }
     }
-}
-
-/// The interface that carries `addr`, from `ip -o addr`.
-fn interface_of(addr: IpAddr) -> Result<String> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "addr", "show"])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let needle = format!(" {addr}/");
-    text.lines()
-        .find(|l| l.contains(&needle))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(|s| s.split('@').next().unwrap_or(s).to_string())
-        .ok_or_else(|| anyhow!("no interface has {addr}; set `interface` in the node config"))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -14,8 +14,14 @@ use serde::{Deserialize, Serialize};
 pub struct Snapshot {
     pub node: String,
     pub address: String,
-    /// The agent has registered, started its speaker and planned its routes.
+    /// Ready for pods: see [`readiness`]; `not_ready` says what is missing.
     pub ready: bool,
+    /// Why the agent is not ready (empty when ready).
+    #[serde(default)]
+    pub not_ready: Vec<String>,
+    /// When the agent's loop last went round (Unix seconds); `/healthz` fails when it stops.
+    #[serde(default)]
+    pub heartbeat: u64,
     pub since: String,
     pub tunnel_mode: String,
     pub mtu: u32,
@@ -89,6 +95,53 @@ impl Snapshot {
             .filter(|p| p.state == "Established")
             .count()
     }
+}
+
+/// What readiness looks at.
+#[derive(Debug, Clone, Default)]
+pub struct ReadinessInput {
+    /// The datastore has been read (the agent registered and took its first view).
+    pub datastore_read: bool,
+    /// The reconciler finished a pass after the first plan; and that pass's errors.
+    pub reconciler_passes: u64,
+    pub reconciler_errors: usize,
+    /// Install mode: what is missing of the CNI install (`None`: not installing here).
+    pub install_missing: Option<Vec<String>>,
+    /// (peer, state) of every configured session.
+    pub peers: Vec<(String, String)>,
+    /// The sessions' first chance is over (a peer down past it does not hold readiness).
+    pub bgp_grace_over: bool,
+}
+
+/// Whether the node may take pods, and if not, why. Ready when the datastore has been read,
+/// the first dataplane pass is programmed, the CNI files are installed (install mode), and
+/// every BGP session is Established or has had its first chance to come up.
+pub fn readiness(i: &ReadinessInput) -> Vec<String> {
+    let mut why = Vec::new();
+    if !i.datastore_read {
+        why.push("datastore not read yet".to_string());
+    }
+    if i.reconciler_passes == 0 {
+        why.push("routes not programmed yet (no reconcile pass)".to_string());
+    } else if i.reconciler_errors > 0 {
+        why.push(format!(
+            "routes: the last reconcile pass had {} errors",
+            i.reconciler_errors
+        ));
+    }
+    if let Some(m) = &i.install_missing {
+        why.extend(m.iter().cloned());
+    }
+    if !i.bgp_grace_over {
+        for (peer, state) in &i.peers {
+            if state != "Established" {
+                why.push(format!(
+                    "BGP peer {peer} is {state} (waiting for its first chance to come up)"
+                ));
+            }
+        }
+    }
+    why
 }
 
 pub fn peer_type_name(t: reef_bgp::PeerType) -> &'static str {
