@@ -7,6 +7,8 @@
 //!   their state read back in a structured way.
 //! - [`vm`]: a real IP-in-IP kernel under qemu; a test reruns itself inside it.
 //! - [`wait`]: wait for a condition with a deadline.
+//! - [`containerd`] and [`cri`]: a node's own containerd (own mount namespace, per-node CNI
+//!   dirs) and a CRI client that creates pods through it as kubelet does.
 //! - [`apiserver`]: an in-process STAND-IN for the Kubernetes API server (reef's custom
 //!   resources and Pods), since no real one runs here.
 //!
@@ -17,6 +19,8 @@
 pub mod apiserver;
 pub mod bird;
 pub mod cmd;
+pub mod containerd;
+pub mod cri;
 pub mod frr;
 pub mod netns;
 mod sys;
