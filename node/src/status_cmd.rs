@@ -26,7 +26,7 @@ pub fn render_status(s: &Snapshot) -> String {
         "reef agent on {} ({}), {}\n\nBGP peers:\n",
         s.node,
         s.address,
-        if s.ready { "ready" } else { "starting" }
+        if s.ready { "ready" } else { "not ready" }
     );
     let mut t = Table::new(&["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"]);
     for p in &s.peers {
@@ -62,6 +62,9 @@ pub fn render_status(s: &Snapshot) -> String {
         count("ipip"),
         count("userspace ipip"),
     ));
+    for p in &s.not_ready {
+        o.push_str(&format!("Not ready: {p}\n"));
+    }
     for p in s.problems.iter().chain(s.reconcile_errors.iter()) {
         o.push_str(&format!("Problem: {p}\n"));
     }
@@ -153,5 +156,49 @@ mod tests {
             std::fs::write(&path, &got).unwrap();
         }
         assert_eq!(got, std::fs::read_to_string(&path).unwrap());
+    }
+
+    #[test]
+    fn status_says_why_the_agent_is_not_ready() {
+        let s = Snapshot {
+            node: "n0".into(),
+            ready: false,
+            not_ready: vec!["CNI config /host/etc/cni/net.d/10-reef.conflist not installed".into()],
+            ..Default::default()
+        };
+        let got = render_status(&s);
+        assert!(got.contains("not ready"), "{got}");
+        assert!(
+            got.contains(
+                "Not ready: CNI config /host/etc/cni/net.d/10-reef.conflist not installed"
+            ),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn readiness_waits_for_each_part_and_not_forever_for_a_peer() {
+        use crate::agent::snapshot::{readiness, ReadinessInput};
+        let mut i = ReadinessInput {
+            datastore_read: true,
+            reconciler_passes: 1,
+            reconciler_errors: 0,
+            install_missing: Some(vec![]),
+            peers: vec![("10.0.0.1".into(), "Established".into())],
+            bgp_grace_over: false,
+        };
+        assert!(readiness(&i).is_empty());
+        i.peers.push(("10.0.0.2".into(), "Active".into()));
+        assert_eq!(readiness(&i).len(), 1, "{:?}", readiness(&i));
+        assert!(readiness(&i)[0].contains("10.0.0.2 is Active"));
+        // A peer that stays down holds readiness only for its first chance.
+        i.bgp_grace_over = true;
+        assert!(readiness(&i).is_empty());
+        i.install_missing = Some(vec!["CNI plugin /b/reef-cni not installed".into()]);
+        assert_eq!(readiness(&i), ["CNI plugin /b/reef-cni not installed"]);
+        i.install_missing = None;
+        i.reconciler_passes = 0;
+        i.datastore_read = false;
+        assert_eq!(readiness(&i).len(), 2);
     }
 }
