@@ -49,6 +49,12 @@ fn pod_with_busybox(cri: &mut Cri, c: &Containerd, name: &str) -> (Sandbox, Stri
     (pod, id)
 }
 
+/// Whether a logged call's `CNI_ARGS` (`K=V;K=V`, in no fixed order) holds exactly `kv`.
+fn has_arg(line: &str, kv: &str) -> bool {
+    line.split_once("args=")
+        .is_some_and(|(_, args)| args.split(';').any(|a| a == kv))
+}
+
 fn ping(cri: &mut Cri, ctr: &str, dst: IpAddr) -> Result<String, reef_integration::Error> {
     let d = dst.to_string();
     cri.exec_sync(
@@ -97,8 +103,8 @@ fn cri_pods_get_cni_addresses_ping_each_other_and_survive_a_containerd_restart()
             assert!(
                 log.lines()
                     .any(|l| l.starts_with("ADD netns=/var/run/netns/cni-")
-                        && l.contains("K8S_POD_NAMESPACE=lab-ns")
-                        && l.contains(&format!("K8S_POD_NAME={name};"))
+                        && has_arg(l, "K8S_POD_NAMESPACE=lab-ns")
+                        && has_arg(l, &format!("K8S_POD_NAME={name}"))
                         && l.contains("K8S_POD_INFRA_CONTAINER_ID=")),
                 "no ADD for {name}: {log}"
             );
@@ -145,7 +151,7 @@ fn cri_pods_get_cni_addresses_ping_each_other_and_survive_a_containerd_restart()
         let log = std::fs::read_to_string(&calls).unwrap();
         assert!(
             log.lines()
-                .any(|l| l.starts_with("DEL ") && l.contains("K8S_POD_NAME=pod-b;")),
+                .any(|l| l.starts_with("DEL ") && has_arg(l, "K8S_POD_NAME=pod-b")),
             "no DEL for pod-b: {log}"
         );
         assert!(!leases.join(ip_b.to_string()).exists());
