@@ -9,9 +9,20 @@
 //! - core/v1 Pods, read-only for clients: `GET /api/v1/namespaces/{ns}/pods/{name}` (404 when
 //!   absent); tests put them with [`StandIn::put_pod`];
 //! - core/v1 Secrets the same way (`.../secrets/{name}`, values base64 as the real one sends
-//!   them); tests put them with [`StandIn::put_secret`].
+//!   them); tests put them with [`StandIn::put_secret`];
+//! - core/v1 Nodes (cluster-scoped, `/api/v1/nodes`) and coordination.k8s.io/v1 Leases
+//!   (namespaced, `/apis/coordination.k8s.io/v1/namespaces/{ns}/leases`) with the same verbs
+//!   as the custom resources (Nodes with their status subresource; Leases have none); tests
+//!   register and delete Nodes as the kubelet and `kubectl delete node` would with
+//!   [`StandIn::put_node`] and [`StandIn::delete_node`].
 //!
-//! No schema validation, no auth, no pruning, no field selectors. It can inject conflicts: the
+//! Lists and watches take label selectors (`k=v`, `k!=v`, `k`, `!k`) and the field selectors
+//! every resource has (`metadata.name`, `metadata.namespace`); a watch started without a
+//! resourceVersion first sends the current objects as ADDED; a watch with a selector sees an
+//! object that starts matching as ADDED and one that stops matching as DELETED, as from the
+//! real server. resourceVersion is one counter across every kind, increasing with each write.
+//!
+//! No schema validation, no auth, no pruning, no history compaction (so no 410 Gone). It can inject conflicts: the
 //! next N replaces of an object find it changed by "someone else" and get a 409.
 //!
 //! ```no_run
@@ -41,18 +52,52 @@ use crate::Error;
 const CRD_PREFIX: &str = "/apis/reef.dev/v1alpha1/";
 /// Where core/v1 namespaced resources live.
 const CORE_PREFIX: &str = "/api/v1/namespaces/";
+/// Where coordination.k8s.io/v1 Leases live (then `{namespace}/leases[/{name}]`).
+const LEASE_PREFIX: &str = "/apis/coordination.k8s.io/v1/namespaces/";
 /// Request bodies larger than this are refused (413): a test's objects are small.
 const MAX_BODY: usize = 16 << 20;
 
-/// A resource key: (plural, name) for custom resources, ("pods", "ns/name") for Pods.
+/// A resource key: (plural, name) for cluster-scoped resources, (plural, "ns/name") for
+/// namespaced ones (Pods, Secrets, Leases).
 type Key = (String, String);
+
+/// One change, as watches report it.
+struct Event {
+    rev: u64,
+    key: Key,
+    /// ADDED, MODIFIED or DELETED.
+    kind: &'static str,
+    object: Value,
+    /// The object before a MODIFIED (a selector watch turns it into ADDED or DELETED when
+    /// the change makes the object start or stop matching).
+    prev: Option<Value>,
+}
 
 #[derive(Default)]
 struct Inner {
     rev: u64,
     objects: BTreeMap<Key, Value>,
-    log: Vec<(u64, String, &'static str, Value)>,
+    log: Vec<Event>,
     conflicts: HashMap<Key, u32>,
+}
+
+impl Inner {
+    fn record(
+        &mut self,
+        rev: u64,
+        key: Key,
+        kind: &'static str,
+        object: Value,
+        prev: Option<Value>,
+    ) {
+        self.log.push(Event {
+            rev,
+            key,
+            kind,
+            object,
+            prev,
+        });
+    }
 }
 
 #[derive(Default)]
@@ -218,6 +263,70 @@ impl StandIn {
             .insert(("secrets".into(), format!("{namespace}/{name}")), secret);
     }
 
+    /// Creates or replaces the Node `name` with these labels and InternalIP addresses, as the
+    /// kubelet registers (and re-labels) its Node; watches see ADDED or MODIFIED.
+    pub fn put_node(&self, name: &str, labels: &[(&str, &str)], addresses: &[&str]) {
+        let mut inner = self.state.lock();
+        inner.rev += 1;
+        let rev = inner.rev;
+        let key = ("nodes".to_string(), name.to_string());
+        let prev = inner.objects.get(&key).cloned();
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        let addresses: Vec<Value> = addresses
+            .iter()
+            .map(|a| json!({"type": "InternalIP", "address": a}))
+            .collect();
+        let uid = prev
+            .as_ref()
+            .map(|p| p["metadata"]["uid"].clone())
+            .unwrap_or_else(|| json!(format!("uid-{rev}")));
+        let node = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "uid": uid,
+                "resourceVersion": rev.to_string(),
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": labels,
+            },
+            "spec": {},
+            "status": {"addresses": addresses},
+        });
+        inner.objects.insert(key.clone(), node.clone());
+        let kind = if prev.is_some() { "MODIFIED" } else { "ADDED" };
+        inner.record(rev, key, kind, node, prev);
+        self.state.changed.notify_all();
+    }
+
+    /// Deletes the Node `name` (as `kubectl delete node`); false when it was absent.
+    pub fn delete_node(&self, name: &str) -> bool {
+        let mut inner = self.state.lock();
+        let key = ("nodes".to_string(), name.to_string());
+        let Some(mut o) = inner.objects.remove(&key) else {
+            return false;
+        };
+        inner.rev += 1;
+        let rev = inner.rev;
+        o["metadata"]["resourceVersion"] = json!(rev.to_string());
+        inner.record(rev, key, "DELETED", o, None);
+        self.state.changed.notify_all();
+        true
+    }
+
+    /// The stored object `plural/name` (`name` is `namespace/name` for namespaced kinds), as
+    /// a client would GET it; for tests' assertions.
+    pub fn object(&self, plural: &str, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .objects
+            .get(&(plural.to_string(), name.to_string()))
+            .cloned()
+    }
+
     /// Removes the Pod `namespace/name` (a GET then answers 404); false when it was absent.
     pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
         self.state
@@ -311,15 +420,52 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether `obj`'s labels satisfy a label selector: comma-separated `key=value`,
+/// `key==value`, `key!=value`, `key` (exists) and `!key` (absent) terms.
 fn selects(obj: &Value, selector: &str) -> bool {
-    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
-        let (k, v) = term.split_once('=').unwrap_or((term, ""));
-        obj["metadata"]["labels"][k].as_str() == Some(v)
-    })
+    let labels = &obj["metadata"]["labels"];
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                labels[k.trim()].as_str() != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                labels[k.trim()].as_str() == Some(v.trim())
+            } else if let Some(k) = term.strip_prefix('!') {
+                labels[k.trim()].is_null()
+            } else {
+                !labels[term].is_null()
+            }
+        })
 }
 
-fn kind_of(plural: &str) -> &'static str {
-    match plural {
+/// Whether `obj` satisfies a field selector. Like the real API server for most resources,
+/// only `metadata.name` and `metadata.namespace` (with `=`, `==` or `!=`).
+fn fields_select(obj: &Value, selector: &str) -> Result<bool, String> {
+    for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (k, v, eq) = if let Some((k, v)) = term.split_once("!=") {
+            (k, v, false)
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            (k, v, true)
+        } else {
+            return Err(format!("invalid field selector term {term:?}"));
+        };
+        let have = match k.trim() {
+            "metadata.name" => obj["metadata"]["name"].as_str(),
+            "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
+            other => return Err(format!("field label not supported: {other}")),
+        };
+        if (have == Some(v.trim())) != eq {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn kind_of(plural: &str) -> Option<&'static str> {
+    Some(match plural {
         "ippools" => "IPPool",
         "ipamblocks" => "IPAMBlock",
         "blockaffinities" => "BlockAffinity",
@@ -328,8 +474,98 @@ fn kind_of(plural: &str) -> &'static str {
         "bgpconfigurations" => "BGPConfiguration",
         "bgppeers" => "BGPPeer",
         "reefnodes" => "ReefNode",
-        _ => "Unknown",
+        _ => return None,
+    })
+}
+
+/// The collection a request addresses, and how that resource behaves.
+#[derive(Debug, Clone)]
+struct Resource {
+    plural: String,
+    /// For namespaced resources (Leases).
+    namespace: Option<String>,
+    name: Option<String>,
+    /// The request is for the `status` subresource.
+    status: bool,
+    api_version: &'static str,
+    kind: &'static str,
+    /// The resource has a status subresource: a main-resource PUT leaves `status` alone.
+    has_status: bool,
+}
+
+impl Resource {
+    fn key(&self, name: &str) -> Key {
+        match &self.namespace {
+            Some(ns) => (self.plural.clone(), format!("{ns}/{name}")),
+            None => (self.plural.clone(), name.to_string()),
+        }
     }
+
+    /// Whether a stored object belongs to this collection (for a namespaced one, to the
+    /// request's namespace).
+    fn holds(&self, key: &Key) -> bool {
+        key.0 == self.plural
+            && match &self.namespace {
+                Some(ns) => key.1.split_once('/').is_some_and(|(n, _)| n == ns),
+                None => true,
+            }
+    }
+}
+
+/// Maps a path to the resource it names; `None`: the server does not serve it (404).
+fn route(path: &str) -> Option<Resource> {
+    // [plural, name?, "status"?]
+    fn tail(
+        seg: &[&str],
+        plural: &str,
+        api_version: &'static str,
+        kind: &'static str,
+        has_status: bool,
+        namespace: Option<String>,
+    ) -> Option<Resource> {
+        let (name, status) = match seg {
+            [p] if *p == plural => (None, false),
+            [p, n] if *p == plural && !n.is_empty() => (Some(n.to_string()), false),
+            [p, n, "status"] if *p == plural && !n.is_empty() && has_status => {
+                (Some(n.to_string()), true)
+            }
+            _ => return None,
+        };
+        Some(Resource {
+            plural: plural.to_string(),
+            namespace,
+            name,
+            status,
+            api_version,
+            kind,
+            has_status,
+        })
+    }
+    if let Some(rest) = path.strip_prefix(CRD_PREFIX) {
+        let seg: Vec<&str> = rest.split('/').collect();
+        let kind = kind_of(seg[0])?;
+        return tail(&seg, seg[0], "reef.dev/v1alpha1", kind, true, None);
+    }
+    if let Some(rest) = path.strip_prefix("/api/v1/") {
+        let seg: Vec<&str> = rest.split('/').collect();
+        return tail(&seg, "nodes", "v1", "Node", true, None);
+    }
+    if let Some(rest) = path.strip_prefix(LEASE_PREFIX) {
+        let seg: Vec<&str> = rest.split('/').collect();
+        let (ns, seg) = seg.split_first()?;
+        if ns.is_empty() {
+            return None;
+        }
+        return tail(
+            seg,
+            "leases",
+            "coordination.k8s.io/v1",
+            "Lease",
+            false,
+            Some(ns.to_string()),
+        );
+    }
+    None
 }
 
 /// One parsed request.
@@ -411,8 +647,9 @@ fn serve(mut s: TcpStream, st: &State) {
     if let Some(rest) = req.path.strip_prefix(CORE_PREFIX) {
         return serve_core(s, st, &req, rest);
     }
-    let Some(rest) = req.path.strip_prefix(CRD_PREFIX).map(str::to_string) else {
-        return respond(
+    match route(&req.path) {
+        Some(res) => serve_object(s, st, req, res),
+        None => respond(
             &mut s,
             404,
             &status(
@@ -420,12 +657,11 @@ fn serve(mut s: TcpStream, st: &State) {
                 "NotFound",
                 "the server could not find the requested resource",
             ),
-        );
-    };
-    serve_crd(s, st, req, &rest)
+        ),
+    }
 }
 
-/// core/v1: only GET of one Pod or Secret.
+/// core/v1 namespaced: only GET of one Pod or Secret.
 fn serve_core(mut s: TcpStream, st: &State, req: &Request, rest: &str) {
     let seg: Vec<&str> = rest.split('/').collect();
     match (req.method.as_str(), seg.as_slice()) {
@@ -455,37 +691,62 @@ fn serve_core(mut s: TcpStream, st: &State, req: &Request, rest: &str) {
     }
 }
 
-fn serve_crd(mut s: TcpStream, st: &State, req: Request, rest: &str) {
-    let seg: Vec<&str> = rest.split('/').collect();
-    let plural = seg[0].to_string();
+/// Label and field selectors of a list or watch.
+struct Selectors {
+    labels: String,
+    fields: String,
+}
+
+impl Selectors {
+    fn of(q: &HashMap<String, String>) -> Result<Selectors, Value> {
+        let sel = Selectors {
+            labels: q.get("labelSelector").cloned().unwrap_or_default(),
+            fields: q.get("fieldSelector").cloned().unwrap_or_default(),
+        };
+        // Reject an unsupported field selector before answering anything (as the real one).
+        fields_select(&json!({"metadata": {}}), &sel.fields)
+            .map_err(|e| status(400, "BadRequest", &e))?;
+        Ok(sel)
+    }
+
+    fn matches(&self, o: &Value) -> bool {
+        selects(o, &self.labels) && fields_select(o, &self.fields).unwrap_or(false)
+    }
+}
+
+fn serve_object(mut s: TcpStream, st: &State, req: Request, res: Resource) {
     let q = &req.query;
+    let name = res.name.clone().unwrap_or_default();
     let mut inner = st.lock();
-    match (req.method.as_str(), seg.len()) {
-        ("GET", 1) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            drop(inner);
-            watch(s, st, &plural, q);
-        }
-        ("GET", 1) => {
-            let sel = q.get("labelSelector").cloned().unwrap_or_default();
+    match (req.method.as_str(), res.name.is_some()) {
+        ("GET", false) => {
+            let sel = match Selectors::of(q) {
+                Ok(s) => s,
+                Err(body) => return respond(&mut s, 400, &body),
+            };
+            if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                drop(inner);
+                return watch(s, st, &res, &sel, q);
+            }
             let items: Vec<Value> = inner
                 .objects
                 .iter()
-                .filter(|((p, _), o)| *p == plural && selects(o, &sel))
+                .filter(|(k, o)| res.holds(k) && sel.matches(o))
                 .map(|(_, o)| o.clone())
                 .collect();
             let rev = inner.rev.to_string();
             respond(
                 &mut s,
                 200,
-                &json!({"apiVersion": "reef.dev/v1alpha1", "kind": format!("{}List", kind_of(&plural)),
+                &json!({"apiVersion": res.api_version, "kind": format!("{}List", res.kind),
                         "metadata": {"resourceVersion": rev}, "items": items}),
             );
         }
-        ("GET", 2) => match inner.objects.get(&(plural.clone(), seg[1].to_string())) {
+        ("GET", true) => match inner.objects.get(&res.key(&name)) {
             Some(o) => respond(&mut s, 200, o),
-            None => respond(&mut s, 404, &not_found(&plural, seg[1])),
+            None => respond(&mut s, 404, &not_found(&res.plural, &name)),
         },
-        ("POST", 1) => {
+        ("POST", false) => {
             let name = req.body["metadata"]["name"]
                 .as_str()
                 .unwrap_or("")
@@ -497,41 +758,47 @@ fn serve_crd(mut s: TcpStream, st: &State, req: Request, rest: &str) {
                     &status(422, "Invalid", "metadata.name: Required value"),
                 );
             }
-            let key = (plural.clone(), name.clone());
+            let key = res.key(&name);
             if inner.objects.contains_key(&key) {
                 let mut body = status(
                     409,
                     "AlreadyExists",
-                    &format!("{plural} \"{name}\" already exists"),
+                    &format!("{} \"{name}\" already exists", res.plural),
                 );
-                body["details"] = json!({"name": name, "kind": plural});
+                body["details"] = json!({"name": name, "kind": res.plural});
                 return respond(&mut s, 409, &body);
             }
             inner.rev += 1;
             let rev = inner.rev;
             let mut o = req.body;
+            o["apiVersion"] = json!(res.api_version);
+            o["kind"] = json!(res.kind);
+            if let Some(ns) = &res.namespace {
+                o["metadata"]["namespace"] = json!(ns);
+            }
             o["metadata"]["resourceVersion"] = json!(rev.to_string());
             o["metadata"]["uid"] = json!(format!("uid-{rev}"));
             o["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-            inner.objects.insert(key, o.clone());
-            inner.log.push((rev, plural, "ADDED", o.clone()));
+            inner.objects.insert(key.clone(), o.clone());
+            inner.record(rev, key, "ADDED", o.clone(), None);
             st.changed.notify_all();
             respond(&mut s, 201, &o);
         }
-        ("PUT", 2) | ("PUT", 3) if seg.len() == 2 || seg[2] == "status" => {
-            let key = (plural.clone(), seg[1].to_string());
+        ("PUT", true) => {
+            let key = res.key(&name);
             let Some(cur) = inner.objects.get(&key).cloned() else {
-                return respond(&mut s, 404, &not_found(&plural, seg[1]));
+                return respond(&mut s, 404, &not_found(&res.plural, &name));
             };
-            if let Some(n) = inner.conflicts.get_mut(&key).filter(|n| **n > 0) {
+            let injected = (res.plural.clone(), name.clone());
+            if let Some(n) = inner.conflicts.get_mut(&injected).filter(|n| **n > 0) {
                 *n -= 1;
                 // Someone else writes the object first.
                 inner.rev += 1;
                 let rev = inner.rev;
-                let mut o = cur;
+                let mut o = cur.clone();
                 o["metadata"]["resourceVersion"] = json!(rev.to_string());
                 inner.objects.insert(key.clone(), o.clone());
-                inner.log.push((rev, plural, "MODIFIED", o));
+                inner.record(rev, key, "MODIFIED", o, Some(cur));
                 st.conflicts_sent.fetch_add(1, Ordering::Relaxed);
                 st.changed.notify_all();
                 return respond(&mut s, 409, &conflict());
@@ -541,24 +808,42 @@ fn serve_crd(mut s: TcpStream, st: &State, req: Request, rest: &str) {
             }
             inner.rev += 1;
             let rev = inner.rev;
-            let mut o = cur.clone();
-            if seg.len() == 3 {
+            let mut o = if res.status {
+                let mut o = cur.clone();
                 o["status"] = req.body["status"].clone();
+                o
             } else {
+                let mut o = req.body;
+                o["apiVersion"] = json!(res.api_version);
+                o["kind"] = json!(res.kind);
                 // A main-resource PUT leaves the status subresource alone.
-                o["spec"] = req.body["spec"].clone();
-                o["metadata"]["labels"] = req.body["metadata"]["labels"].clone();
-            }
+                if res.has_status {
+                    match cur.get("status") {
+                        Some(st) => o["status"] = st.clone(),
+                        None => {
+                            if let Some(m) = o.as_object_mut() {
+                                m.remove("status");
+                            }
+                        }
+                    }
+                }
+                for f in ["uid", "creationTimestamp", "name", "namespace"] {
+                    if let Some(v) = cur["metadata"].get(f) {
+                        o["metadata"][f] = v.clone();
+                    }
+                }
+                o
+            };
             o["metadata"]["resourceVersion"] = json!(rev.to_string());
-            inner.objects.insert(key, o.clone());
-            inner.log.push((rev, plural, "MODIFIED", o.clone()));
+            inner.objects.insert(key.clone(), o.clone());
+            inner.record(rev, key, "MODIFIED", o.clone(), Some(cur));
             st.changed.notify_all();
             respond(&mut s, 200, &o);
         }
-        ("DELETE", 2) => {
-            let key = (plural.clone(), seg[1].to_string());
+        ("DELETE", true) => {
+            let key = res.key(&name);
             let Some(cur) = inner.objects.get(&key).cloned() else {
-                return respond(&mut s, 404, &not_found(&plural, seg[1]));
+                return respond(&mut s, 404, &not_found(&res.plural, &name));
             };
             if let Some(want) = req.body["preconditions"]["resourceVersion"].as_str() {
                 if cur["metadata"]["resourceVersion"].as_str() != Some(want) {
@@ -574,7 +859,7 @@ fn serve_crd(mut s: TcpStream, st: &State, req: Request, rest: &str) {
             let rev = inner.rev;
             let mut o = cur;
             o["metadata"]["resourceVersion"] = json!(rev.to_string());
-            inner.log.push((rev, plural, "DELETED", o.clone()));
+            inner.record(rev, key, "DELETED", o.clone(), None);
             st.changed.notify_all();
             respond(&mut s, 200, &o);
         }
@@ -590,11 +875,28 @@ fn serve_crd(mut s: TcpStream, st: &State, req: Request, rest: &str) {
     }
 }
 
-fn watch(mut s: TcpStream, st: &State, plural: &str, q: &HashMap<String, String>) {
-    let mut from: u64 = q
-        .get("resourceVersion")
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0);
+/// What a watch sends for one logged change, seen through its selectors (as the real API
+/// server: an object that starts matching is ADDED, one that stops matching is DELETED).
+fn seen_through(sel: &Selectors, e: &Event) -> Option<&'static str> {
+    let now = sel.matches(&e.object);
+    match e.kind {
+        "MODIFIED" => match (e.prev.as_ref().map(|p| sel.matches(p)), now) {
+            (Some(true), true) => Some("MODIFIED"),
+            (Some(false) | None, true) => Some("ADDED"),
+            (Some(true), false) => Some("DELETED"),
+            _ => None,
+        },
+        k => now.then_some(k),
+    }
+}
+
+fn watch(
+    mut s: TcpStream,
+    st: &State,
+    res: &Resource,
+    sel: &Selectors,
+    q: &HashMap<String, String>,
+) {
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())
@@ -607,24 +909,60 @@ fn watch(mut s: TcpStream, st: &State, plural: &str, q: &HashMap<String, String>
     {
         return;
     }
+    let send = |s: &mut TcpStream, t: &str, o: &Value| {
+        let line = format!("{}\n", json!({"type": t, "object": o}));
+        write!(s, "{:x}\r\n{line}\r\n", line.len()).is_ok()
+    };
     let mut inner = st.lock();
+    // No resourceVersion (or "0"): the current state as ADDED events, then what follows.
+    let mut from: u64 = match q.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => {
+            let now: Vec<Value> = inner
+                .objects
+                .iter()
+                .filter(|(k, o)| res.holds(k) && sel.matches(o))
+                .map(|(_, o)| o.clone())
+                .collect();
+            let rev = inner.rev;
+            drop(inner);
+            for o in &now {
+                if !send(&mut s, "ADDED", o) {
+                    return;
+                }
+            }
+            inner = st.lock();
+            rev
+        }
+        Some(r) => match r.parse() {
+            Ok(r) => r,
+            Err(_) => {
+                drop(inner);
+                let body = status(400, "BadRequest", &format!("invalid resourceVersion {r:?}"));
+                let _ = send(&mut s, "ERROR", &body);
+                let _ = s.write_all(b"0\r\n\r\n");
+                return;
+            }
+        },
+    };
     while Instant::now() < end && !st.stop.load(Ordering::Relaxed) {
         let events: Vec<(u64, &'static str, Value)> = inner
             .log
             .iter()
-            .filter(|(r, p, _, _)| *r > from && p == plural)
-            .map(|(r, _, t, o)| (*r, *t, o.clone()))
+            .filter(|e| e.rev > from && res.holds(&e.key))
+            .filter_map(|e| seen_through(sel, e).map(|t| (e.rev, t, e.object.clone())))
             .collect();
+        from = inner.rev.max(from);
         drop(inner);
-        for (r, t, o) in events {
-            let line = format!("{}\n", json!({"type": t, "object": o}));
-            if write!(s, "{:x}\r\n{line}\r\n", line.len()).is_err() {
+        for (_, t, o) in events {
+            if !send(&mut s, t, &o) {
                 return;
             }
-            from = from.max(r);
         }
         let _ = s.flush();
         inner = st.lock();
+        if inner.rev > from {
+            continue;
+        }
         inner = st
             .changed
             .wait_timeout(inner, Duration::from_millis(100))
@@ -749,6 +1087,97 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    }
+
+    /// Reads a watch stream until `n` events arrived (or the stream ended).
+    fn watch_events(api: &StandIn, path: &str, n: usize) -> Vec<(String, String)> {
+        let mut s = TcpStream::connect(api.addr()).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut out = Vec::new();
+        let mut line = String::new();
+        while out.len() < n && r.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
+                let name = v["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                out.push((v["type"].as_str().unwrap_or("").to_string(), name));
+            }
+            line.clear();
+        }
+        out
+    }
+
+    #[test]
+    fn nodes_and_leases_behave_like_the_real_api() {
+        let api = StandIn::start().unwrap();
+        api.put_node("n1", &[("zone", "a")], &["192.168.1.1"]);
+        api.put_node("n2", &[("zone", "b")], &["192.168.1.2"]);
+        let (code, list) = call(&api, "GET", "/api/v1/nodes?labelSelector=zone%3Da", None);
+        assert_eq!(code, 200);
+        assert_eq!(list["kind"], "NodeList");
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        let (_, list) = call(
+            &api,
+            "GET",
+            "/api/v1/nodes?fieldSelector=metadata.name%3Dn2",
+            None,
+        );
+        assert_eq!(list["items"][0]["metadata"]["name"], "n2");
+        let (code, body) = call(&api, "GET", "/api/v1/nodes?fieldSelector=spec.x%3D1", None);
+        assert_eq!((code, body["kind"].as_str()), (400, Some("Status")));
+        let rev: u64 = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // A watch on one node by name: n2's changes never show; n1 relabelled, then deleted.
+        api.put_node("n2", &[("zone", "c")], &["192.168.1.2"]);
+        api.put_node("n1", &[("zone", "b")], &["192.168.1.1"]);
+        assert!(api.delete_node("n1"));
+        let ev = watch_events(
+            &api,
+            &format!("/api/v1/nodes?watch=true&resourceVersion={rev}&fieldSelector=metadata.name%3Dn1&timeoutSeconds=1"),
+            2,
+        );
+        assert_eq!(
+            ev,
+            [
+                ("MODIFIED".into(), "n1".into()),
+                ("DELETED".into(), "n1".into())
+            ]
+        );
+        // A label-selector watch sees an object stop matching as DELETED.
+        let ev = watch_events(
+            &api,
+            &format!("/api/v1/nodes?watch=true&resourceVersion={rev}&labelSelector=zone%3Db&timeoutSeconds=1"),
+            3,
+        );
+        assert_eq!(ev[0], ("DELETED".into(), "n2".into()), "{ev:?}");
+        // No resourceVersion: the current objects first, as ADDED.
+        let ev = watch_events(&api, "/api/v1/nodes?watch=true&timeoutSeconds=1", 1);
+        assert_eq!(ev, [("ADDED".into(), "n2".into())]);
+
+        // Leases: namespaced, compare-and-swap, 409 as a Status.
+        let p = "/apis/coordination.k8s.io/v1/namespaces/reef-system/leases";
+        let lease = json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}});
+        let (code, a) = call(&api, "POST", p, Some(&lease));
+        assert_eq!(code, 201);
+        assert_eq!(a["metadata"]["namespace"], "reef-system");
+        let (code, body) = call(&api, "POST", p, Some(&lease));
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (409, Some("AlreadyExists"))
+        );
+        let mut b = a.clone();
+        b["spec"]["holderIdentity"] = json!("b");
+        assert_eq!(call(&api, "PUT", &format!("{p}/l"), Some(&b)).0, 200);
+        let (code, body) = call(&api, "PUT", &format!("{p}/l"), Some(&a));
+        assert_eq!((code, body["kind"].as_str()), (409, Some("Status")));
+        let other = "/apis/coordination.k8s.io/v1/namespaces/default/leases/l";
+        assert_eq!(call(&api, "GET", other, None).0, 404);
+        assert_eq!(call(&api, "GET", &format!("{p}/l/status"), None).0, 404);
     }
 
     #[test]

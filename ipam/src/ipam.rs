@@ -17,6 +17,9 @@ use crate::block::{self, Block, Violation};
 use crate::store::{Kind, Labels, Store, StoreExt, Typed, NODE_LABEL};
 use crate::{Assignment, Error, HandleId};
 
+mod nodes;
+pub use nodes::{GoneNodeProblem, NodeRelease, PodAllocation};
+
 /// Attempts at one compare-and-swap write before giving up.
 const MAX_ATTEMPTS: u32 = 64;
 /// Most candidate blocks one claim looks at in a pool (keeps a full pool's scan bounded).

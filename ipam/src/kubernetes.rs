@@ -21,7 +21,7 @@ use kube::api::{
 };
 use kube::core::{ApiResource, GroupVersionKind, TypeMeta};
 
-use crate::store::{Kind, Labels, Object, Revision, Store, WatchEvent, Watcher};
+use crate::store::{Kind, Labels, Lease, Object, Revision, Store, WatchEvent, Watcher};
 use crate::Error;
 
 /// Connecting to the API server (a TCP + TLS handshake) takes far less.
@@ -323,12 +323,180 @@ impl Store for KubeStore {
 
     fn watch(&self, kind: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
         let (api, _) = self.api(kind);
+        Ok(self.spawn_watch(api, WatchParams::default(), kind, since))
+    }
+
+    fn has_nodes(&self) -> bool {
+        true
+    }
+
+    /// GET /api/v1/nodes/{name}; a 404 is `None`.
+    fn node_labels(&self, name: &str) -> Result<Option<Labels>, Error> {
+        let api = self.nodes();
+        let n = name.to_string();
+        let got = self
+            .run(async move { api.get_opt(&n).await })?
+            .map_err(backend(format!("kubernetes: get Node {name}")))?;
+        Ok(got.map(|d| d.metadata.labels.unwrap_or_default()))
+    }
+
+    fn list_nodes(&self, name: Option<&str>) -> Result<(Vec<Object>, Revision), Error> {
+        let api = self.nodes();
+        let mut lp = ListParams::default();
+        if let Some(n) = name {
+            lp = lp.fields(&format!("metadata.name={n}"));
+        }
+        let list = self
+            .run(async move { api.list_metadata(&lp).await })?
+            .map_err(backend("kubernetes: list Nodes".into()))?;
+        let rev = Revision(list.metadata.resource_version.clone().unwrap_or_default());
+        let mut items: Vec<Object> = list
+            .items
+            .into_iter()
+            .map(|m| Object {
+                name: m.metadata.name.unwrap_or_default(),
+                revision: Revision(m.metadata.resource_version.unwrap_or_default()),
+                labels: m.metadata.labels.unwrap_or_default(),
+                spec: serde_json::Value::Null,
+                status: None,
+            })
+            .collect();
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((items, rev))
+    }
+
+    fn watch_nodes(&self, name: Option<&str>, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
+        let mut wp = WatchParams::default();
+        if let Some(n) = name {
+            wp = wp.fields(&format!("metadata.name={n}"));
+        }
+        Ok(self.spawn_watch(self.nodes(), wp, Kind::Node, since))
+    }
+
+    fn lease(&self, namespace: &str, name: &str) -> Result<Option<Lease>, Error> {
+        let api = self.leases(namespace);
+        let n = name.to_string();
+        let got = self
+            .run(async move { api.get_opt(&n).await })?
+            .map_err(backend(format!("kubernetes: get Lease {namespace}/{name}")))?;
+        Ok(got.map(to_lease))
+    }
+
+    fn create_lease(&self, lease: &Lease) -> Result<Lease, Error> {
+        let api = self.leases(&lease.namespace);
+        let d = from_lease(lease, false);
+        match self.run(async move { api.create(&PostParams::default(), &d).await })? {
+            Ok(d) => Ok(to_lease(d)),
+            Err(e) if status_code(&e) == Some(409) => Err(Error::AlreadyExists {
+                kind: Kind::Lease,
+                name: lease.name.clone(),
+            }),
+            Err(e) => Err(backend(format!(
+                "kubernetes: create Lease {}/{}",
+                lease.namespace, lease.name
+            ))(e)),
+        }
+    }
+
+    fn update_lease(&self, lease: &Lease) -> Result<Lease, Error> {
+        let api = self.leases(&lease.namespace);
+        let d = from_lease(lease, true);
+        let n = lease.name.clone();
+        match self.run(async move { api.replace(&n, &PostParams::default(), &d).await })? {
+            Ok(d) => Ok(to_lease(d)),
+            Err(e) => Err(write_error(Kind::Lease, &lease.name, "update", e)),
+        }
+    }
+}
+
+fn to_lease(d: DynamicObject) -> Lease {
+    let spec = d.data.get("spec").cloned().unwrap_or_default();
+    let text = |k: &str| spec.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let num = |k: &str| {
+        spec.get(k)
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0)
+    };
+    Lease {
+        namespace: d.metadata.namespace.unwrap_or_default(),
+        name: d.metadata.name.unwrap_or_default(),
+        revision: Revision(d.metadata.resource_version.unwrap_or_default()),
+        holder: text("holderIdentity"),
+        duration_secs: num("leaseDurationSeconds"),
+        acquire_time: text("acquireTime"),
+        renew_time: text("renewTime"),
+        transitions: num("leaseTransitions"),
+    }
+}
+
+fn from_lease(l: &Lease, with_revision: bool) -> DynamicObject {
+    let mut spec = serde_json::json!({
+        "leaseDurationSeconds": l.duration_secs,
+        "leaseTransitions": l.transitions,
+    });
+    for (k, v) in [
+        ("holderIdentity", &l.holder),
+        ("acquireTime", &l.acquire_time),
+        ("renewTime", &l.renew_time),
+    ] {
+        if let Some(v) = v {
+            spec[k] = serde_json::json!(v);
+        }
+    }
+    DynamicObject {
+        types: Some(TypeMeta {
+            api_version: "coordination.k8s.io/v1".into(),
+            kind: "Lease".into(),
+        }),
+        metadata: ObjectMeta {
+            name: Some(l.name.clone()),
+            namespace: Some(l.namespace.clone()),
+            resource_version: (with_revision && !l.revision.0.is_empty())
+                .then(|| l.revision.0.clone()),
+            ..Default::default()
+        },
+        data: serde_json::json!({ "spec": spec }),
+    }
+}
+
+impl KubeStore {
+    fn nodes(&self) -> Api<DynamicObject> {
+        let ar = ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            plural: "nodes".into(),
+        };
+        Api::all_with(self.client.clone(), &ar)
+    }
+
+    fn leases(&self, namespace: &str) -> Api<DynamicObject> {
+        let ar = ApiResource {
+            group: "coordination.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "coordination.k8s.io/v1".into(),
+            kind: "Lease".into(),
+            plural: "leases".into(),
+        };
+        Api::namespaced_with(self.client.clone(), namespace, &ar)
+    }
+
+    /// Watches `api` from `since`, resuming after each watch request's timeout.
+    fn spawn_watch(
+        &self,
+        api: Api<DynamicObject>,
+        params: WatchParams,
+        kind: Kind,
+        since: &Revision,
+    ) -> Box<dyn Watcher> {
         let (tx, rx) = mpsc::channel();
         let mut from = since.0.clone();
         let task = self.handle.spawn(async move {
             // A watch request ends after its timeout; start the next from the last revision.
             loop {
-                let stream = match api.watch(&WatchParams::default().timeout(290), &from).await {
+                let stream = match api.watch(&params.clone().timeout(290), &from).await {
                     Ok(s) => s,
                     Err(e) => {
                         let err = if status_code(&e) == Some(410) {
@@ -384,7 +552,7 @@ impl Store for KubeStore {
                 }
             }
         });
-        Ok(Box::new(KubeWatcher { rx, task }))
+        Box::new(KubeWatcher { rx, task })
     }
 }
 

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 pub mod block;
+pub mod cleaner;
 pub mod embedded;
 pub mod ipam;
 #[cfg(feature = "kubernetes")]

@@ -26,9 +26,15 @@ pub enum Kind {
     BgpConfiguration,
     BgpPeer,
     ReefNode,
+    /// A core/v1 Node: only through [`Store::node_labels`], [`Store::list_nodes`] and
+    /// [`Store::watch_nodes`] (and named in their errors), never the generic object methods.
+    Node,
+    /// A coordination.k8s.io/v1 Lease: only through the lease methods of [`Store`].
+    Lease,
 }
 
 impl Kind {
+    /// The `reef.dev` kinds (what the generic object methods take).
     pub const ALL: [Kind; 8] = [
         Kind::IpPool,
         Kind::IpamBlock,
@@ -51,6 +57,8 @@ impl Kind {
             Kind::BgpConfiguration => "BGPConfiguration",
             Kind::BgpPeer => "BGPPeer",
             Kind::ReefNode => "ReefNode",
+            Kind::Node => "Node",
+            Kind::Lease => "Lease",
         }
     }
 }
@@ -67,6 +75,8 @@ impl Kind {
             Kind::BgpConfiguration => "bgpconfigurations",
             Kind::BgpPeer => "bgppeers",
             Kind::ReefNode => "reefnodes",
+            Kind::Node => "nodes",
+            Kind::Lease => "leases",
         }
     }
 }
@@ -79,7 +89,7 @@ impl fmt::Display for Kind {
 
 /// An object's version. Opaque to callers (Kubernetes' resourceVersion); compare only for
 /// equality.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Revision(pub String);
 
 impl fmt::Display for Revision {
@@ -158,6 +168,181 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn pod_annotations(&self, namespace: &str, name: &str) -> Result<Option<Labels>, Error> {
         let _ = (namespace, name);
         Ok(None)
+    }
+
+    /// Whether the store has Node and Pod objects (a Kubernetes cluster's): then Node labels
+    /// drive node selectors, and a node or pod that is not there is gone. The embedded store
+    /// has neither.
+    fn has_nodes(&self) -> bool {
+        false
+    }
+
+    /// The labels of Node `name`; `None` when there is no such Node (and always for a store
+    /// without Node objects).
+    fn node_labels(&self, name: &str) -> Result<Option<Labels>, Error> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// Nodes (all, or only `name`: a field selector) as objects with name and labels, and
+    /// the revision to watch from. Empty for a store without Node objects.
+    fn list_nodes(&self, name: Option<&str>) -> Result<(Vec<Object>, Revision), Error> {
+        let _ = name;
+        Ok((Vec::new(), Revision("0".into())))
+    }
+
+    /// Changes to Nodes (all, or only `name`) after `since`.
+    fn watch_nodes(&self, name: Option<&str>, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
+        let _ = (name, since);
+        Err(no_cluster("watch Nodes"))
+    }
+
+    /// The Lease `namespace/name`; `None` when absent.
+    fn lease(&self, namespace: &str, name: &str) -> Result<Option<Lease>, Error> {
+        let _ = (namespace, name);
+        Err(no_cluster("read a Lease"))
+    }
+
+    /// Creates a Lease; [`Error::AlreadyExists`] if someone else did first.
+    fn create_lease(&self, lease: &Lease) -> Result<Lease, Error> {
+        let _ = lease;
+        Err(no_cluster("create a Lease"))
+    }
+
+    /// Replaces a Lease if it is still at `lease.revision`; [`Error::Conflict`] otherwise.
+    fn update_lease(&self, lease: &Lease) -> Result<Lease, Error> {
+        let _ = lease;
+        Err(no_cluster("update a Lease"))
+    }
+}
+
+fn no_cluster(what: &str) -> Error {
+    Error::Backend {
+        context: what.to_string(),
+        source: "this datastore has no Kubernetes objects (Nodes, Pods, Leases)".into(),
+    }
+}
+
+/// A coordination.k8s.io/v1 Lease: who holds a cluster-wide role, and since when. Holders
+/// judge expiry by their own clock (how long the record stayed unchanged), never by comparing
+/// `renew_time` with their clock, so clock skew between nodes does not matter.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lease {
+    pub namespace: String,
+    pub name: String,
+    /// Empty for a lease not stored yet.
+    pub revision: Revision,
+    pub holder: Option<String>,
+    pub duration_secs: u32,
+    /// RFC 3339 with microseconds (the API's MicroTime).
+    pub acquire_time: Option<String>,
+    pub renew_time: Option<String>,
+    pub transitions: u32,
+}
+
+/// `SystemTime` as the API's MicroTime: RFC 3339, UTC, microseconds.
+pub fn micro_time(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+/// The labels IPPool and BGPPeer node selectors match for node `name`: with a store that has
+/// Node objects (Kubernetes), the Node's labels (none when the Node does not exist); otherwise
+/// (the embedded store) `configured`, the node config's.
+pub fn effective_node_labels<S: Store + ?Sized>(
+    store: &S,
+    name: &str,
+    configured: &Labels,
+) -> Result<Labels, Error> {
+    if store.has_nodes() {
+        Ok(store.node_labels(name)?.unwrap_or_default())
+    } else {
+        Ok(configured.clone())
+    }
+}
+
+/// Follows node `name`'s labels (see [`effective_node_labels`]): calls `changed` with the
+/// labels now and after each change, until it returns false. With Node objects it watches
+/// that one Node (a field selector on its name: other nodes' changes cost nothing) and lists
+/// again after a lost watch; without, it reports `configured` once and returns. Errors are
+/// retried after `retry`; `changed` is not called for them.
+pub fn follow_node_labels<S: Store + ?Sized>(
+    store: &S,
+    name: &str,
+    configured: &Labels,
+    retry: Duration,
+    mut changed: impl FnMut(Labels) -> bool,
+) {
+    if !store.has_nodes() {
+        changed(configured.clone());
+        return;
+    }
+    let mut last: Option<Labels> = None;
+    let mut report = |labels: Labels, last: &mut Option<Labels>| -> bool {
+        if last.as_ref() == Some(&labels) {
+            return true;
+        }
+        *last = Some(labels.clone());
+        changed(labels)
+    };
+    loop {
+        let started = store
+            .list_nodes(Some(name))
+            .and_then(|(nodes, rev)| Ok((nodes, store.watch_nodes(Some(name), &rev)?)));
+        let (nodes, mut watcher) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(node = name, error = %e, "node labels: list failed; retrying");
+                std::thread::sleep(retry);
+                continue;
+            }
+        };
+        let now = nodes
+            .into_iter()
+            .find(|n| n.name == name)
+            .map(|n| n.labels)
+            .unwrap_or_default();
+        if !report(now, &mut last) {
+            return;
+        }
+        loop {
+            match watcher.next(retry) {
+                Ok(None) => continue,
+                Ok(Some(WatchEvent::Put(o))) if o.name == name => {
+                    if !report(o.labels, &mut last) {
+                        return;
+                    }
+                }
+                Ok(Some(WatchEvent::Deleted { name: n, .. })) if n == name => {
+                    if !report(Labels::new(), &mut last) {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    tracing::debug!(node = name, error = %e, "node labels: watch ended; listing again");
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -304,6 +489,27 @@ macro_rules! forward_store {
             }
             fn pod_annotations(&self, namespace: &str, name: &str) -> Result<Option<Labels>, Error> {
                 (**self).pod_annotations(namespace, name)
+            }
+            fn has_nodes(&self) -> bool {
+                (**self).has_nodes()
+            }
+            fn node_labels(&self, name: &str) -> Result<Option<Labels>, Error> {
+                (**self).node_labels(name)
+            }
+            fn list_nodes(&self, name: Option<&str>) -> Result<(Vec<Object>, Revision), Error> {
+                (**self).list_nodes(name)
+            }
+            fn watch_nodes(&self, name: Option<&str>, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
+                (**self).watch_nodes(name, since)
+            }
+            fn lease(&self, namespace: &str, name: &str) -> Result<Option<Lease>, Error> {
+                (**self).lease(namespace, name)
+            }
+            fn create_lease(&self, lease: &Lease) -> Result<Lease, Error> {
+                (**self).create_lease(lease)
+            }
+            fn update_lease(&self, lease: &Lease) -> Result<Lease, Error> {
+                (**self).update_lease(lease)
             }
         }
     )*};
