@@ -158,7 +158,14 @@ impl Ipam for ReefIpam {
                 num_v4: usize::from(req.ipv4),
                 num_v6: usize::from(req.ipv6),
                 node: self.node.clone(),
-                node_labels: self.labels.clone(),
+                // Kubernetes datastore: the Node's labels, read at each ADD (a label change
+                // applies to the next pod); embedded: the node config's.
+                node_labels: reef_ipam::store::effective_node_labels(
+                    self.ipam.store(),
+                    &self.node,
+                    &self.labels,
+                )
+                .map_err(map_err)?,
                 attributes,
                 pools: self.pools_for(req.addresses)?,
             };

@@ -9,6 +9,8 @@
 //! - [`wait`]: wait for a condition with a deadline.
 //! - [`containerd`] and [`cri`]: a node's own containerd (own mount namespace, per-node CNI
 //!   dirs) and a CRI client that creates pods through it as kubelet does.
+//! - [`image`]: OCI image archives (reef's image, the lab's pause and test images) written
+//!   without a container daemon, deterministic.
 //! - [`apiserver`]: an in-process STAND-IN for the Kubernetes API server (reef's custom
 //!   resources and Pods), since no real one runs here.
 //!
@@ -22,6 +24,7 @@ pub mod cmd;
 pub mod containerd;
 pub mod cri;
 pub mod frr;
+pub mod image;
 pub mod netns;
 mod sys;
 pub mod topo;
