@@ -197,6 +197,8 @@ fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
     let ipam = reef_ipam::Ipam::new(store);
     let mut pool = IpPoolSpec::new(POOL.parse()?);
     pool.ipip_mode = IpipMode::CrossSubnet;
+    // As deploy/ippool-default.yaml: pods reach the world behind their node's address.
+    pool.nat_outgoing = true;
     ipam.put_pool("default-ipv4", pool)?;
     // Short timers so a dead node's routes go within seconds; an agent restart takes ~1 s.
     let bgp = BgpConfigurationSpec {

@@ -122,6 +122,65 @@ fn lab_fabric_end_to_end() {
         }
     }
 
+    // natOutgoing (the lab's pool asks for it, as deploy's default pool does): a pod reaching
+    // an address outside every pool (the router) arrives with its node's address, and pod to
+    // pod keeps its own source.
+    let seen_from = |listener_ns: &str, listen: &str, client_ns: &str| -> std::net::IpAddr {
+        let lns = reef_integration::Netns::adopt(listener_ns);
+        let cns = reef_integration::Netns::adopt(client_ns);
+        let addr: std::net::SocketAddr = listen.parse().unwrap();
+        let l = lns.tcp_listen(addr).unwrap();
+        let accept = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, peer) = l.accept().unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).unwrap();
+            s.write_all(&buf).unwrap();
+            peer.ip()
+        });
+        let back = cns.tcp_exchange(addr, b"who am i");
+        let (_, _) = (lns.persist(), cns.persist());
+        assert_eq!(back.unwrap(), b"who am i");
+        accept.join().unwrap()
+    };
+    let n0_addr: std::net::IpAddr = status_json("n0")["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        seen_from("reef-lab-router", "10.100.0.1:7070", "reef-lab-p0-0"),
+        n0_addr,
+        "a pod's traffic to the router is masqueraded behind its node"
+    );
+    let (p0, p3) = (&pods[0].1, &pods[7].1);
+    assert_eq!(
+        seen_from("reef-lab-p3-1", &format!("{p3}:7071"), "reef-lab-p0-0").to_string(),
+        *p0,
+        "pod to pod keeps the source"
+    );
+    let nft = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "reef-lab-n0",
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "reef-nat",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&nft.stdout).contains("masquerade"),
+        "{}",
+        String::from_utf8_lossy(&nft.stderr)
+    );
+
     // The routes say why: cross-subnet blocks over (userspace or kernel) ipip, same-subnet
     // direct, own block blackholed, local pods via their veth (the agent learns pods from the
     // datastore within a second; reef-cni installed their routes already).
