@@ -152,8 +152,9 @@ fn check_keys(obj: &Map<String, Value>, prefix: &str, allowed: &[&[&str]]) -> Re
     for (k, v) in obj {
         if !allowed.iter().any(|set| set.contains(&k.as_str())) {
             let mut value = v.to_string();
-            if value.len() > 80 {
-                value.truncate(77);
+            if value.chars().count() > 80 {
+                // By characters: a byte index can fall inside a multibyte one (and panic).
+                value = value.chars().take(77).collect();
                 value.push_str("...");
             }
             return Err(Error::UnsupportedField {
@@ -676,6 +677,33 @@ mod tests {
                 err.to_string().contains(field),
                 "{input}: {err} should name {field}"
             );
+        }
+    }
+
+    #[test]
+    fn long_multibyte_unknown_values_are_shortened_without_panicking() {
+        // 'é' is two bytes: byte 77 falls inside one of them.
+        for value in [
+            "é".repeat(100),
+            format!("x{}", "é".repeat(100)),
+            "日本".repeat(60),
+        ] {
+            let input = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"reef-cni","colour":"{value}"}}"#
+            );
+            let err = reef(&input).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::UnsupportedField, "{err}");
+            let Error::UnsupportedField {
+                field,
+                value: shown,
+            } = &err
+            else {
+                panic!("{err:?}");
+            };
+            assert_eq!(field, "colour");
+            assert!(shown.ends_with("..."), "{shown}");
+            assert_eq!(shown.chars().count(), 80, "{shown}");
+            assert!(value.starts_with(&shown[1..shown.len() - 3]), "{shown}");
         }
     }
 

@@ -152,6 +152,15 @@ fn bad_inputs_get_their_code_and_leave_nothing_behind() {
             2,
         ),
         (
+            // Cutting the value at a byte index panicked inside a multibyte character.
+            "unknown field with a long multibyte value",
+            add(&conf_with(
+                &node,
+                &[("bridge", json!(format!("x{}", "é".repeat(100))))],
+            )),
+            2,
+        ),
+        (
             "foreign ipam type",
             add(&conf_with(
                 &node,
