@@ -51,9 +51,11 @@ impl ReefIpam {
     }
 }
 
-/// Datastore trouble is transient (code 11); an exhausted pool is reef's code 102.
+/// Datastore trouble is transient (code 11) unless the store is damaged (111, with what to
+/// do); an exhausted pool is reef's code 102.
 fn map_err(e: reef_ipam::Error) -> Error {
     match e {
+        e @ reef_ipam::Error::Unusable { .. } => Error::StoreUnusable(e.to_string()),
         reef_ipam::Error::Backend { .. } | reef_ipam::Error::TooManyConflicts { .. } => {
             Error::TryAgainLater(format!("datastore: {e}"))
         }

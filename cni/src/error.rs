@@ -43,6 +43,10 @@ pub enum ErrorCode {
     /// reef: the pod could not be read from the Kubernetes API for a reason that will not pass
     /// by itself (no such pod, access refused); transient failures are 11.
     PodUnavailable = 110,
+    /// reef: the datastore cannot be used until an operator repairs it (an embedded store
+    /// file that is not a database or is damaged, or one written by a newer reef); the
+    /// message says what to do. Unlike 11, retrying does not help.
+    StoreUnusable = 111,
 }
 
 impl ErrorCode {
@@ -113,6 +117,8 @@ pub enum Error {
     AddressInUse(String),
     #[error("pod {pod}: {reason}")]
     PodUnavailable { pod: String, reason: String },
+    #[error("datastore unusable: {0}")]
+    StoreUnusable(String),
 }
 
 impl Error {
@@ -139,6 +145,7 @@ impl Error {
             Error::InvalidAnnotation { .. } => ErrorCode::InvalidAnnotation,
             Error::AddressInUse(_) => ErrorCode::AddressInUse,
             Error::PodUnavailable { .. } => ErrorCode::PodUnavailable,
+            Error::StoreUnusable(_) => ErrorCode::StoreUnusable,
         }
     }
 

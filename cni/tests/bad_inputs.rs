@@ -453,3 +453,43 @@ fn a_failure_inside_the_pod_rolls_back_veth_and_both_addresses() {
         "eth0 left in the pod"
     );
 }
+
+#[test]
+fn a_garbage_store_file_is_a_permanent_fault_with_a_fix() {
+    // Code 11 would make the runtime retry forever, DEL included; 111 says an operator must
+    // act, and the message says how.
+    let node = Node::new("10.82.0.0/24");
+    let pod = Netns::new("pod");
+    // The file alone: a write-ahead log beside it would still hold the store's first pages.
+    for suffix in ["-wal", "-shm"] {
+        let mut p = node.store_path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::write(
+        &node.store_path,
+        b"not a database, the disk ate it\n".repeat(300),
+    )
+    .unwrap();
+    let conf = node.reef_conf("1.0.0", "garbage");
+    for command in ["ADD", "DEL"] {
+        let out = Call::new(reef_cni(), command, "c-garbage", &pod.path(), &conf).run(&node.host);
+        assert_eq!(out.code(), 111, "{command}: {}", out.stdout);
+        let msg = out.json()["msg"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains(&node.store_path.display().to_string()) && msg.contains("move"),
+            "{command}: the message names the file and what to do: {msg}"
+        );
+        assert!(
+            !pod.try_ip(&["link", "show", "eth0"]),
+            "{command}: eth0 left"
+        );
+        assert_eq!(node.host.links("reef"), Vec::<String>::new());
+    }
+    let ipam_conf = json!({
+        "cniVersion": "1.0.0", "name": "garbage", "type": "ptp",
+        "ipam": { "type": "reef-ipam", "nodeConfig": node.node_config },
+    });
+    let out = Call::new(reef_ipam(), "DEL", "c-garbage", &pod.path(), &ipam_conf).run(&node.host);
+    assert_eq!(out.code(), 111, "reef-ipam DEL: {}", out.stdout);
+}

@@ -115,10 +115,80 @@ impl Drop for Checkpointer {
 
 fn db_err<'a>(path: &'a Path, what: &str) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
     let what = what.to_string();
-    move |e| Error::Backend {
-        context: format!("embedded store {}: {what}", path.display()),
-        source: Box::new(e),
+    move |e| {
+        let context = format!("embedded store {}: {what}", path.display());
+        if is_damaged(&e) {
+            Error::Unusable {
+                context,
+                fix: format!(
+                    "the file is not a reef store or is damaged, and retrying will not help: stop the reef agent, move {} (and any -wal / -shm file beside it) aside or restore it from a backup, then start the agent, which creates a new store (allocations in the old file are lost: restart this node's pods)",
+                    path.display()
+                ),
+                source: Box::new(e),
+            }
+        } else {
+            Error::Backend {
+                context,
+                source: Box::new(e),
+            }
+        }
     }
+}
+
+/// SQLite's answers for a file that is not a database or whose pages do not hold together:
+/// permanent, unlike a busy or locked store.
+fn is_damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            )
+    )
+}
+
+/// Mode of the store's directory when open creates it, and of the database and its WAL and
+/// shared-memory files: the store holds every pod's name and address, for root only.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Creates the store's directory (and missing parents) as [`DIR_MODE`]. Directories that
+/// exist keep their mode: they may be shared (e.g. /tmp).
+fn create_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Creates the database file as [`FILE_MODE`] before SQLite opens it (SQLite would create it
+/// 0644 and give the WAL and shared-memory files the database file's mode), and takes group
+/// and world access away from a store an older reef created.
+fn restrict_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        match std::fs::metadata(file) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => std::fs::set_permissions(
+                file,
+                std::fs::Permissions::from_mode(m.permissions().mode() & !0o077),
+            )?,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl EmbeddedStore {
@@ -126,11 +196,18 @@ impl EmbeddedStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Backend {
+            create_dir(dir).map_err(|e| Error::Backend {
                 context: format!("embedded store: create directory {}", dir.display()),
                 source: Box::new(e),
             })?;
         }
+        restrict_files(&path).map_err(|e| Error::Backend {
+            context: format!(
+                "embedded store {}: create the file or restrict its mode to {FILE_MODE:o}",
+                path.display()
+            ),
+            source: Box::new(e),
+        })?;
         let conn = Connection::open(&path).map_err(db_err(&path, "open"))?;
         // SQLite's own busy handler backs off to 100 ms sleeps, which makes the latency tail
         // of several writer processes long; ours polls the lock every ~200 µs.
@@ -167,12 +244,13 @@ impl EmbeddedStore {
             ))
             .map_err(db_err(&path, "create schema"))?;
         } else if version > SCHEMA_VERSION {
-            return Err(Error::Backend {
-                context: format!(
-                    "embedded store {}: schema version {version} is newer than this reef understands ({SCHEMA_VERSION})",
-                    path.display()
-                ),
-                source: "upgrade reef".into(),
+            return Err(Error::Unusable {
+                context: format!("embedded store {}", path.display()),
+                fix: "upgrade reef on this node to the version that wrote it".into(),
+                source: format!(
+                    "schema version {version} is newer than this reef understands ({SCHEMA_VERSION})"
+                )
+                .into(),
             });
         }
         Ok(EmbeddedStore {

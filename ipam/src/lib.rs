@@ -75,6 +75,15 @@ pub enum Error {
         context: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store cannot be used and retrying will not change that (an embedded file that is
+    /// not a database or is damaged, or written by a newer reef); `fix` says what an operator
+    /// has to do.
+    #[error("{context}: {source}; {fix}")]
+    Unusable {
+        context: String,
+        fix: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An IPAM rule (pool exhausted, address in use, ...).
     #[error(transparent)]
     Ipam(Box<IpamError>),

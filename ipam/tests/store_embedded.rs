@@ -111,6 +111,101 @@ fn open_reports_unusable_path() {
     assert!(e.to_string().contains("junk.db"), "{e}");
 }
 
+/// A file that is not a database is a permanent fault (not "busy, try again"), and the error
+/// says what to do; so is a store whose pages were damaged after it was written.
+#[test]
+fn garbage_and_damaged_stores_are_unusable_not_busy() {
+    let dir = TempDir::new("garbage");
+    let junk = dir.path().join("junk.db");
+    std::fs::write(
+        &junk,
+        b"this is not a database, just some text\n".repeat(200),
+    )
+    .unwrap();
+    match EmbeddedStore::open(&junk) {
+        Err(e @ Error::Unusable { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("junk.db"), "{msg}");
+            assert!(msg.contains("move"), "says what to do: {msg}");
+        }
+        other => panic!("expected Error::Unusable, got {other:?}"),
+    }
+
+    // A real store whose pages after the header are overwritten: open may still work, but
+    // reading the objects must fail as unusable too.
+    let path = dir.path().join("damaged.db");
+    {
+        let s = EmbeddedStore::open(&path).unwrap();
+        for i in 0..200 {
+            let o = Object {
+                name: format!("o{i}"),
+                revision: Revision(String::new()),
+                labels: Labels::new(),
+                spec: json!({"pad": "x".repeat(500)}),
+                status: None,
+            };
+            s.create(Kind::IpamHandle, &o).unwrap();
+        }
+        // Fold the WAL into the file, so the damage below is what a reader sees.
+        let c = EmbeddedStore::open(&path).unwrap();
+        c.start_checkpointer().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let _ = std::fs::remove_file(dir.path().join("damaged.db-wal"));
+    let _ = std::fs::remove_file(dir.path().join("damaged.db-shm"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes.len() > 8192,
+        "store too small to damage: {}",
+        bytes.len()
+    );
+    for b in &mut bytes[4096..] {
+        *b = 0xa5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let got = EmbeddedStore::open(&path).and_then(|s| s.list(Kind::IpamHandle, &Labels::new()));
+    assert!(
+        matches!(got, Err(Error::Unusable { .. })),
+        "a damaged store must be unusable: {got:?}"
+    );
+}
+
+/// The store holds every pod's name and address: its directory is 0700, the database and its
+/// WAL and shared-memory files 0600; a store an older reef left world-readable is tightened.
+#[test]
+fn store_directory_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("modes");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let path = dir.path().join("reef/store.db");
+    let s = EmbeddedStore::open(&path).unwrap();
+    s.create(
+        Kind::IpamHandle,
+        &Object {
+            name: "h".into(),
+            revision: Revision(String::new()),
+            labels: Labels::new(),
+            spec: json!(1),
+            status: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(mode(&dir.path().join("reef")), 0o700, "store directory");
+    for f in ["store.db", "store.db-wal", "store.db-shm"] {
+        let p = dir.path().join("reef").join(f);
+        assert!(p.exists(), "{f} should exist while the store is open");
+        assert_eq!(mode(&p), 0o600, "{f}");
+    }
+    drop(s);
+
+    let old = dir.path().join("old.db");
+    drop(EmbeddedStore::open(&old).unwrap());
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = EmbeddedStore::open(&old).unwrap();
+    assert_eq!(mode(&old), 0o600, "an existing world-readable store");
+    drop(s);
+}
+
 /// The node config's datastore choice opens the right backend.
 #[test]
 fn open_from_node_config() {
