@@ -60,7 +60,13 @@ impl PodNetns {
     /// network namespace is an invalid `CNI_NETNS`.
     pub fn open(path: &Path) -> Result<PodNetns, Error> {
         match File::open(path) {
-            Ok(file) => Ok(PodNetns { file }),
+            Ok(file) => {
+                let meta = file.metadata().map_err(|e| {
+                    Error::env("CNI_NETNS", format!("cannot stat {}: {e}", path.display()))
+                })?;
+                refuse_own_netns(path, &meta)?;
+                Ok(PodNetns { file })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::UnknownContainer(format!(
                 "network namespace {} does not exist",
                 path.display()
@@ -84,6 +90,30 @@ impl PodNetns {
             Err(e) => Err(Error::netlink(format!("enter {}", path.display()), e)),
         }
     }
+}
+
+/// The namespace file of the calling thread's network namespace (the plugin is
+/// single-threaded, so it is the process's too).
+const OWN_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// Refuses `CNI_NETNS` when it is the plugin's own network namespace (the host's): wiring a
+/// "pod" there would put the pod's address and default route on the host. Namespaces are
+/// compared by device and inode, as the kernel identifies them; `meta` is the metadata of
+/// `path` (opened or stat'ed by the caller).
+pub fn refuse_own_netns(path: &Path, meta: &std::fs::Metadata) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata(OWN_NETNS)
+        .map_err(|e| Error::env("CNI_NETNS", format!("cannot stat {OWN_NETNS}: {e}")))?;
+    if (meta.dev(), meta.ino()) == (own.dev(), own.ino()) {
+        return Err(Error::env(
+            "CNI_NETNS",
+            format!(
+                "{} is the plugin's own (host) network namespace; a pod needs a namespace of its own",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What ADD sets up for one attachment.

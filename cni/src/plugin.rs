@@ -389,6 +389,14 @@ pub fn reef_ipam(
     conf.net.cni_version.allows(env.command)?;
     match env.command {
         Command::Add => {
+            // The IPAM plugin never enters the namespace (it may not even exist yet for some
+            // runtimes), but an ADD for the host's own namespace is a runtime bug that must
+            // not cost an address.
+            if let Some(path) = env.netns.as_deref() {
+                if let Ok(meta) = std::fs::metadata(path) {
+                    dataplane::refuse_own_netns(path, &meta)?;
+                }
+            }
             let node = load_node(&conf.node_config)?;
             let wanted = address_request(
                 env,

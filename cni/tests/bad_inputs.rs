@@ -493,3 +493,55 @@ fn a_garbage_store_file_is_a_permanent_fault_with_a_fix() {
     let out = Call::new(reef_ipam(), "DEL", "c-garbage", &pod.path(), &ipam_conf).run(&node.host);
     assert_eq!(out.code(), 111, "reef-ipam DEL: {}", out.stdout);
 }
+
+#[test]
+fn the_plugins_own_netns_is_refused_before_anything_happens() {
+    // A runtime bug that passes the host's namespace as the pod's: accepted, ADD put the pod
+    // address and `default via 169.254.1.1` on the host itself.
+    let node = Node::new("10.83.0.0/24");
+    node.host.ip(&["route", "del", "default"]);
+    let conf = node.reef_conf("1.0.0", "ownns");
+    // The namespace the test runs the plugin in, by its bind mount and by /proc.
+    for netns in [node.host.path(), "/proc/self/ns/net".to_string()] {
+        for command in ["ADD", "CHECK"] {
+            let conf = if command == "CHECK" {
+                with_prev(
+                    &conf,
+                    &json!({"cniVersion": "1.0.0", "ips": [{"address": "10.83.0.1/32"}]}),
+                )
+            } else {
+                conf.clone()
+            };
+            let out = Call::new(reef_cni(), command, "c-own", &netns, &conf).run(&node.host);
+            assert_eq!(out.code(), 4, "{command} {netns}: {}", out.stdout);
+            let msg = out.json()["msg"].as_str().unwrap().to_string();
+            assert!(
+                msg.contains("CNI_NETNS") && msg.contains("own"),
+                "{command} {netns}: {msg}"
+            );
+            node.assert_clean(&format!("{command} with CNI_NETNS={netns}"));
+            assert!(
+                !node.host.try_ip(&["link", "show", "eth0"]),
+                "eth0 on the host"
+            );
+            assert_eq!(
+                node.host.ip(&["route", "show", "default"]).trim(),
+                "",
+                "a default route appeared on the host"
+            );
+        }
+    }
+    // reef-ipam behind another plugin: refused before it allocates.
+    let ipam_conf = json!({
+        "cniVersion": "1.0.0", "name": "ownns", "type": "ptp",
+        "ipam": { "type": "reef-ipam", "nodeConfig": node.node_config },
+    });
+    let out = Call::new(reef_ipam(), "ADD", "c-own", &node.host.path(), &ipam_conf).run(&node.host);
+    assert_eq!(out.code(), 4, "reef-ipam: {}", out.stdout);
+    node.assert_clean("reef-ipam ADD for the host namespace");
+    // A pod namespace of its own still works for both.
+    let pod = Netns::new("pod");
+    Call::new(reef_ipam(), "ADD", "c-own", &pod.path(), &ipam_conf)
+        .run(&node.host)
+        .expect_ok("reef-ipam ADD for a pod namespace");
+}
