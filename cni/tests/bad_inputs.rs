@@ -545,3 +545,35 @@ fn the_plugins_own_netns_is_refused_before_anything_happens() {
         .run(&node.host)
         .expect_ok("reef-ipam ADD for a pod namespace");
 }
+
+#[test]
+fn del_with_a_broken_block_in_the_store_answers_instead_of_panicking() {
+    // An IPAMBlock whose allocation has an ordinal beyond the block: DEL panicked (exit 101,
+    // no error JSON).
+    use reef_config::IpamBlockSpec;
+    use reef_ipam::StoreExt;
+    let node = Node::new("10.84.0.0/24");
+    let pod = Netns::new("pod");
+    let conf = node.reef_conf("1.0.0", "broken");
+    let r = Call::new(reef_cni(), "ADD", "c-broken", &pod.path(), &conf).run(&node.host);
+    let ip = result_ips(&r.expect_ok("ADD").json())[0];
+    let ipam = node.ipam();
+    let blocks = ipam
+        .store()
+        .list_typed::<IpamBlockSpec>(&reef_ipam::Labels::new())
+        .unwrap();
+    let mut t = blocks
+        .into_iter()
+        .find(|b| b.spec.cidr.contains(ip))
+        .expect("the pod's block");
+    let cidr = t.spec.cidr;
+    t.spec.allocations[0].ordinal = 70_000;
+    ipam.store().update_typed(&t).unwrap();
+    let out = Call::new(reef_cni(), "DEL", "c-broken", &pod.path(), &conf).run(&node.host);
+    assert_eq!(out.code(), 105, "{} / {}", out.stdout, out.stderr);
+    let msg = out.json()["msg"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains(&cidr.to_string()) && msg.contains("allocations") && msg.contains("70000"),
+        "the error names the block, the field and the value: {msg}"
+    );
+}

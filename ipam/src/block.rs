@@ -88,8 +88,14 @@ pub fn block_of(addr: IpAddr, block_size: u8) -> Option<IpNetwork> {
 pub enum Violation {
     #[error("block {cidr}: too large for one block object")]
     TooLarge { cidr: IpNetwork },
-    #[error("block {cidr}: ordinal {ordinal} is out of range")]
-    OutOfRange { cidr: IpNetwork, ordinal: u32 },
+    #[error("block {cidr}: {field} holds ordinal {ordinal}, outside the block's {size} addresses")]
+    OutOfRange {
+        cidr: IpNetwork,
+        /// `allocations` or `unallocated`.
+        field: &'static str,
+        ordinal: u32,
+        size: u32,
+    },
     #[error("block {cidr}: ordinal {ordinal} is both free and allocated")]
     FreeAndAllocated { cidr: IpNetwork, ordinal: u32 },
     #[error("block {cidr}: ordinal {ordinal} appears twice")]
@@ -333,7 +339,9 @@ impl Block {
             if a.ordinal >= size {
                 v.push(Violation::OutOfRange {
                     cidr,
+                    field: "allocations",
                     ordinal: a.ordinal,
+                    size,
                 });
             }
             if !allocated.insert(a.ordinal) {
@@ -364,7 +372,12 @@ impl Block {
         let mut free = HashSet::new();
         for &o in &self.spec.unallocated {
             if o >= size {
-                v.push(Violation::OutOfRange { cidr, ordinal: o });
+                v.push(Violation::OutOfRange {
+                    cidr,
+                    field: "unallocated",
+                    ordinal: o,
+                    size,
+                });
             }
             if allocated.contains(&o) {
                 v.push(Violation::FreeAndAllocated { cidr, ordinal: o });

@@ -89,6 +89,22 @@ fn with_block_labels(mut t: Typed<IpamBlockSpec>) -> Typed<IpamBlockSpec> {
     t
 }
 
+/// A block read from the store, checked before use: a value broken outside reef (an edited
+/// resource, a damaged store) gives an error naming the block and what is wrong in it, never
+/// a panic, nor a write that spreads the damage.
+fn checked_block(t: Typed<IpamBlockSpec>) -> Result<Typed<IpamBlockSpec>, Error> {
+    let b = Block::from_spec(t.spec);
+    let violations = b.check();
+    if !violations.is_empty() {
+        return Err(IpamError::BrokenBlock {
+            cidr: b.spec.cidr,
+            violations,
+        }
+        .into());
+    }
+    Ok(Typed { spec: b.spec, ..t })
+}
+
 fn node_labels(node: &str) -> Labels {
     Labels::from([(NODE_LABEL.to_string(), node.to_string())])
 }
@@ -407,6 +423,14 @@ impl<S: Store> Ipam<S> {
             what: what.to_string(),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// The block `name`, checked ([`checked_block`]).
+    fn get_block(&self, name: &str) -> Result<Option<Typed<IpamBlockSpec>>, Error> {
+        self.store
+            .get_typed::<IpamBlockSpec>(name)?
+            .map(checked_block)
+            .transpose()
     }
 
     fn pools(&self) -> Result<Vec<Typed<IpPoolSpec>>, Error> {
@@ -829,7 +853,7 @@ impl<S: Store> Ipam<S> {
         attrs.allocated_at = (self.clock)();
         let name = block_name(&cidr);
         let b = self.retry(&format!("assign {addr}"), || {
-            let t = match self.store.get_typed::<IpamBlockSpec>(&name)? {
+            let t = match self.get_block(&name)? {
                 Some(t) => t,
                 None => {
                     // Claim it for the node; if another node won, read theirs.
@@ -888,7 +912,7 @@ impl<S: Store> Ipam<S> {
             };
             let bname = block_name(&cidr);
             let got = self.retry(&format!("release {handle} from {cidr}"), || {
-                let Some(t) = self.store.get_typed::<IpamBlockSpec>(&bname)? else {
+                let Some(t) = self.get_block(&bname)? else {
                     return Ok(Vec::new());
                 };
                 let mut b = Block::from_spec(t.spec);
@@ -947,7 +971,7 @@ impl<S: Store> Ipam<S> {
         for (cidr, list) in by_block {
             let bname = block_name(&cidr);
             let (gone, b) = self.retry(&format!("release from {cidr}"), || {
-                let Some(t) = self.store.get_typed::<IpamBlockSpec>(&bname)? else {
+                let Some(t) = self.get_block(&bname)? else {
                     return Ok((Vec::new(), None));
                 };
                 let mut b = Block::from_spec(t.spec);
@@ -984,7 +1008,7 @@ impl<S: Store> Ipam<S> {
             let Ok(cidr) = key.parse::<IpNetwork>() else {
                 continue;
             };
-            if let Some(t) = self.store.get_typed::<IpamBlockSpec>(&block_name(&cidr))? {
+            if let Some(t) = self.get_block(&block_name(&cidr))? {
                 let b = Block::from_spec(t.spec);
                 out.extend(
                     b.addresses_of(handle)
@@ -1279,7 +1303,7 @@ impl<S: Store> Ipam<S> {
                     }
                     let bname = block_name(block);
                     let freed = self.retry(&format!("gc {addr}"), || {
-                        let Some(t) = self.store.get_typed::<IpamBlockSpec>(&bname)? else {
+                        let Some(t) = self.get_block(&bname)? else {
                             return Ok(false);
                         };
                         let mut b = Block::from_spec(t.spec);
@@ -1398,8 +1422,12 @@ impl<S: Store> Ipam<S> {
                     .iter()
                     .filter_map(|a| {
                         let n = a.attributes.node.as_deref()?;
-                        (b.spec.affinity.as_deref() != Some(n))
-                            .then(|| (b.address(a.ordinal), n.to_string()))
+                        if b.spec.affinity.as_deref() == Some(n) {
+                            return None;
+                        }
+                        // A broken block (`check` names it) may hold ordinals outside it.
+                        let addr = block::nth_address(&b.spec.cidr, u128::from(a.ordinal))?;
+                        Some((addr, n.to_string()))
                     })
                     .collect();
                 u.in_use += b.spec.allocations.len() as u64;

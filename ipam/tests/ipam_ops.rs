@@ -623,3 +623,86 @@ fn agent_can_watch_its_blocks_appear() {
     }
     assert_eq!(last.unwrap().state, AffinityState::Confirmed);
 }
+
+/// A block broken outside reef (an edited IPAMBlock, a damaged store) with an ordinal beyond
+/// its size made release panic (`Block::address` expects a valid ordinal), so CNI DEL died
+/// with no answer. Every read of a block is checked first: operations that use it fail with
+/// an error naming the block and the field; check reports it; show does not panic.
+#[test]
+fn a_broken_block_from_the_store_is_an_error_naming_it_not_a_panic() {
+    let f = fixture(&[("v4", "10.244.0.0/16")]);
+    let h = HandleId("pod-broken".into());
+    let got = f.ipam.auto_assign(&args(&h.0, "node-1", 1, 0)).unwrap();
+    let cidr = got.v4[0].block;
+    let mut t = f
+        .ipam
+        .store()
+        .get_typed::<IpamBlockSpec>(&block_name(&cidr))
+        .unwrap()
+        .unwrap();
+    t.spec.allocations[0].ordinal = 999;
+    f.ipam.store().update_typed(&t).unwrap();
+
+    let named = |e: Error, what: &str| {
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&cidr.to_string()) && msg.contains("allocations") && msg.contains("999"),
+            "{what}: the error names the block, the field and the value: {msg}"
+        );
+        assert!(
+            matches!(ipam_err(e), IpamError::BrokenBlock { .. }),
+            "{what}"
+        );
+    };
+    named(
+        f.ipam.release_by_handle(&h).unwrap_err(),
+        "release_by_handle",
+    );
+    named(f.ipam.addresses_of(&h).unwrap_err(), "addresses_of");
+    let addr = got.v4[0].address;
+    named(
+        f.ipam
+            .assign_ip(
+                addr,
+                &HandleId("other".into()),
+                &Default::default(),
+                "node-1",
+            )
+            .unwrap_err(),
+        "assign_ip",
+    );
+    // Nothing was written back: the block is as broken as it was, not "repaired" by a release.
+    let after = f
+        .ipam
+        .store()
+        .get_typed::<IpamBlockSpec>(&block_name(&cidr))
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.spec, t.spec);
+    // check names it; show and gc do not panic.
+    let report = f.ipam.check(None).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::BrokenBlock { cidr: c, .. } if *c == cidr)),
+        "{:?}",
+        report.problems
+    );
+    f.ipam.show().unwrap();
+    f.ipam.gc(0, None).unwrap();
+    // A free-list entry out of range is caught the same way.
+    t = after;
+    t.spec.allocations[0].ordinal = 0;
+    t.spec.unallocated.push(4000);
+    f.ipam.store().update_typed(&t).unwrap();
+    named_unallocated(f.ipam.release_by_handle(&h).unwrap_err());
+}
+
+fn named_unallocated(e: Error) {
+    let msg = e.to_string();
+    assert!(
+        msg.contains("unallocated") && msg.contains("4000"),
+        "the error names the field and the value: {msg}"
+    );
+}
