@@ -27,8 +27,10 @@ else
 fi
 
 echo "== leftovers"
+# The lab's containerd instances live under reeft-* directories and cgroups.
 left=$(ip netns list | grep -oE '^(reeft-|reef-lab-)[^ ]*' || true)
-procs=$(pgrep -a -f 'reeft-(bird|frr|vm)-' || true; pgrep -a -f '^qemu-system-x86_64' || true)
+procs=$(pgrep -a -f 'reeft-(bird|frr|vm)-' || true; pgrep -a -f '^qemu-system-x86_64' || true
+       pgrep -a -f '^(/usr/bin/)?containerd(-shim-runc-v2)? .*reeft-' || true)
 if [ -n "$left" ] || [ -n "$procs" ]; then
   echo "FAIL: the tests left things behind:"; echo "$left"; echo "$procs"
   for n in $left; do ip netns pids "$n" 2>/dev/null | xargs -r kill -9; ip netns del "$n"; done
