@@ -141,6 +141,30 @@ impl ReefIpam {
     }
 }
 
+impl ReefIpam {
+    /// A requested address that is its block's network, broadcast or Subnet-Router anycast
+    /// address cannot be given with the block's prefix: gives back what was taken, refuses.
+    fn refuse_block_ends(&self, handle: &HandleId, got: &[Assignment]) -> Result<(), Error> {
+        let Some(bad) = got.iter().find(|a| {
+            reef_ipam::block::offset_of(&a.block, a.address)
+                .is_some_and(|o| reef_ipam::block::prefix_reserved(&a.block, o as u32))
+        }) else {
+            return Ok(());
+        };
+        let refused = Error::InvalidAnnotation {
+            annotation: pod::IP_ADDRS,
+            reason: format!(
+                "{} is the network or broadcast (IPv6: Subnet-Router anycast) address of its block {} once the pod is given the block's prefix length, as reef-ipam does; ask for another",
+                bad.address, bad.block
+            ),
+        };
+        self.ipam
+            .release_by_handle(handle)
+            .map_err(|r| Error::Ipam(format!("{refused}; and giving back {got:?} failed: {r}")))?;
+        Err(refused)
+    }
+}
+
 impl Ipam for ReefIpam {
     fn allocate(&mut self, req: &AllocRequest<'_>) -> Result<Vec<Allocated>, Error> {
         let handle = HandleId(req.handle.to_string());
@@ -153,7 +177,11 @@ impl Ipam for ReefIpam {
         let assigned = if !held.is_empty() {
             held
         } else if let AddressRequest::Fixed(addrs) = req.addresses {
-            self.assign_fixed(&handle, addrs, &attributes)?
+            let got = self.assign_fixed(&handle, addrs, &attributes)?;
+            if req.block_prefix {
+                self.refuse_block_ends(&handle, &got)?;
+            }
+            got
         } else {
             let args = AutoAssignArgs {
                 handle,
@@ -170,6 +198,7 @@ impl Ipam for ReefIpam {
                 .map_err(map_err)?,
                 attributes,
                 pools: self.pools_for(req.addresses)?,
+                avoid_block_ends: req.block_prefix,
             };
             let a = self.ipam.auto_assign(&args).map_err(map_err)?;
             a.v4.into_iter().chain(a.v6).collect()

@@ -22,6 +22,10 @@ pub struct AllocRequest<'a> {
     pub pod_name: Option<&'a str>,
     /// Pools or fixed addresses the pod's annotations ask for (default: any pool).
     pub addresses: &'a AddressRequest,
+    /// The pod gets its block's prefix length, not a /32 (/128) (reef-ipam behind bridge or
+    /// ptp): a block's network address, IPv4 broadcast address and IPv6 Subnet-Router anycast
+    /// address must not be handed out.
+    pub block_prefix: bool,
 }
 
 /// One address handed out, with the block it came from.

@@ -88,6 +88,7 @@ fn request<'a>(
     handle: &'a str,
     families: &Families,
     addresses: &'a AddressRequest,
+    block_prefix: bool,
 ) -> AllocRequest<'a> {
     AllocRequest {
         handle,
@@ -98,6 +99,7 @@ fn request<'a>(
         pod_namespace: pod_arg(env, "K8S_POD_NAMESPACE"),
         pod_name: pod_arg(env, "K8S_POD_NAME"),
         addresses,
+        block_prefix,
     }
 }
 
@@ -201,7 +203,7 @@ fn cni_add(env: &Env, conf: &ReefConf, open: OpenIpam<'_>, log: &mut Log) -> Res
     )?;
     let mut ipam = open(&node)?;
     let handle = dataplane::handle(&conf.net.name, env.container_id());
-    let allocated = ipam.allocate(&request(env, &handle, &conf.families, &wanted))?;
+    let allocated = ipam.allocate(&request(env, &handle, &conf.families, &wanted, false))?;
     let addrs: Vec<IpAddr> = allocated.iter().map(|a| a.address).collect();
     log.info(format_args!("allocated {addrs:?} to {handle}"));
     let wiring = Wiring {
@@ -408,7 +410,7 @@ pub fn reef_ipam(
             )?;
             let handle = dataplane::handle(&conf.net.name, env.container_id());
             let allocated =
-                open(&node)?.allocate(&request(env, &handle, &conf.families, &wanted))?;
+                open(&node)?.allocate(&request(env, &handle, &conf.families, &wanted, true))?;
             log.info(format_args!("allocated {allocated:?} to {handle}"));
             Ok(Some(
                 ipam_result(&conf, &allocated).to_json(conf.net.cni_version),

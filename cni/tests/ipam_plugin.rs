@@ -5,6 +5,8 @@
 mod common;
 
 use common::*;
+use std::net::IpAddr;
+
 use serde_json::{json, Value};
 
 fn two_pods_through(node: &Node, conf: &Value, plugin: &str, ping_gateway: Option<&str>) {
@@ -149,4 +151,85 @@ fn reef_ipam_protocol_directly() {
         v.expect_ok("VERSION").json()["supportedVersions"],
         json!(["0.4.0", "1.0.0", "1.1.0"])
     );
+}
+
+/// Fills the pool's one /28 block through `plugin` and checks every pod: reef-ipam returns
+/// the block's prefix length, so a pod on the network address or on the broadcast address
+/// (`ping: Do you want to ping broadcast?`) cannot be reached. 14 pods fit, not 16.
+fn fill_a_block_through(node: &Node, conf: &Value, plugin: &str) {
+    let bin = format!("/usr/lib/cni/{plugin}");
+    let block: ipnetwork::Ipv4Network = "10.93.0.0/28".parse().unwrap();
+    let mut pods = Vec::new();
+    let mut refused = None;
+    for i in 0..16 {
+        let pod = Netns::new("fill");
+        let out = Call::new(&bin, "ADD", &format!("f{i}"), &pod.path(), conf).run(&node.host);
+        if !out.ok {
+            refused = Some(out);
+            break;
+        }
+        let r = out.json();
+        let address = r["ips"][0]["address"].as_str().unwrap().to_string();
+        assert!(address.ends_with("/28"), "{plugin}: block prefix: {r}");
+        pods.push((pod, result_ips(&r)[0], i));
+    }
+    let addrs: Vec<IpAddr> = pods.iter().map(|p| p.1).collect();
+    for a in &addrs {
+        assert!(
+            *a != IpAddr::V4(block.network()) && *a != IpAddr::V4(block.broadcast()),
+            "{plugin}: handed out {a}, the network or broadcast address of {block} (all: {addrs:?})"
+        );
+    }
+    assert_eq!(pods.len(), 14, "{plugin}: pods in one /28: {addrs:?}");
+    let refused = refused.expect("the 15th ADD finds the pool full");
+    assert!(
+        refused.stdout.contains("exhausted"),
+        "{plugin}: {}",
+        refused.stdout
+    );
+    // Every pod reachable, the block's last usable address included.
+    let (first, first_ip, _) = &pods[0];
+    assert!(addrs.contains(&"10.93.0.14".parse().unwrap()), "{addrs:?}");
+    for (pod, ip, i) in &pods[1..] {
+        assert!(
+            first.ping_eventually(*ip),
+            "{plugin}: f0 cannot reach f{i} at {ip}"
+        );
+        assert!(
+            pod.ping(*first_ip),
+            "{plugin}: f{i} at {ip} cannot reach f0"
+        );
+    }
+    for (pod, _, i) in &pods {
+        Call::new(&bin, "DEL", &format!("f{i}"), &pod.path(), conf)
+            .run(&node.host)
+            .expect_ok("DEL");
+    }
+    assert!(
+        node.handles().iter().all(|h| node.held(h).is_empty()),
+        "addresses left allocated"
+    );
+}
+
+#[test]
+fn reef_ipam_fills_a_block_behind_bridge_without_network_or_broadcast_addresses() {
+    let node = Node::new("10.93.0.0/28");
+    node.host.ip(&["link", "add", "reefbr1", "type", "bridge"]);
+    node.host.ip(&["link", "set", "reefbr1", "up"]);
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "brfill", "type": "bridge", "bridge": "reefbr1",
+        "isGateway": false, "ipMasq": false,
+        "ipam": { "type": "reef-ipam", "nodeConfig": node.node_config },
+    });
+    fill_a_block_through(&node, &conf, "bridge");
+}
+
+#[test]
+fn reef_ipam_fills_a_block_behind_ptp_without_network_or_broadcast_addresses() {
+    let node = Node::new("10.93.0.0/28");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "ptpfill", "type": "ptp", "ipMasq": false, "mtu": 1480,
+        "ipam": { "type": "reef-ipam", "nodeConfig": node.node_config, "gateways": ["169.254.1.1"] },
+    });
+    fill_a_block_through(&node, &conf, "ptp");
 }

@@ -83,6 +83,15 @@ pub fn block_of(addr: IpAddr, block_size: u8) -> Option<IpNetwork> {
     IpNetwork::new(net.network(), block_size).ok()
 }
 
+/// [`Block::is_prefix_reserved`] for block `cidr`.
+pub fn prefix_reserved(cidr: &IpNetwork, ordinal: u32) -> bool {
+    let (max, prefix) = match cidr {
+        IpNetwork::V4(n) => (31, n.prefix()),
+        IpNetwork::V6(n) => (127, n.prefix()),
+    };
+    prefix < max && (ordinal == 0 || (cidr.is_ipv4() && u128::from(ordinal) + 1 == net_size(cidr)))
+}
+
 /// Something wrong with a block value (read from a store, or a bug).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
@@ -210,6 +219,15 @@ impl Block {
         self.spec.free = self.spec.unallocated.len() as u32;
     }
 
+    /// Whether `ordinal` is an address a pod must not get when it is given the block's prefix
+    /// length rather than a /32 (/128): the first address (IPv4: the network address; IPv6:
+    /// the Subnet-Router anycast address, RFC 4291 2.6.1) and IPv4's last (the broadcast
+    /// address, which the kernel of every pod on the block treats as broadcast). /31 and /32
+    /// (IPv6 /127 and /128) blocks have no such addresses (RFC 3021, RFC 6164).
+    pub fn is_prefix_reserved(&self, ordinal: u32) -> bool {
+        prefix_reserved(&self.spec.cidr, ordinal)
+    }
+
     /// Hands out up to `count` addresses from the front of the free list to `handle`.
     /// Returns the addresses taken (fewer when the block runs out).
     pub fn allocate(
@@ -218,9 +236,28 @@ impl Block {
         handle: &HandleId,
         attributes: &AllocationAttributes,
     ) -> Vec<IpAddr> {
-        let n = count.min(self.spec.unallocated.len());
-        let taken: Vec<u32> = self.spec.unallocated.drain(..n).collect();
-        let mut out = Vec::with_capacity(n);
+        self.allocate_where(count, handle, attributes, |_| true)
+    }
+
+    /// [`Block::allocate`], taking only ordinals for which `usable` holds (the others stay
+    /// free, in their place in the list, for other callers).
+    pub fn allocate_where(
+        &mut self,
+        count: usize,
+        handle: &HandleId,
+        attributes: &AllocationAttributes,
+        usable: impl Fn(u32) -> bool,
+    ) -> Vec<IpAddr> {
+        let mut taken = Vec::with_capacity(count.min(self.spec.unallocated.len()));
+        let mut i = 0;
+        while taken.len() < count && i < self.spec.unallocated.len() {
+            if usable(self.spec.unallocated[i]) {
+                taken.push(self.spec.unallocated.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let mut out = Vec::with_capacity(taken.len());
         for ord in taken {
             self.spec.sequence_number += 1;
             let a = Allocation {
@@ -514,6 +551,35 @@ mod tests {
         assert!(b.release_if_sequence(a, seq2));
         assert!(b.check().is_empty());
         assert_eq!(b.release_handle(&h("nobody")), Vec::<IpAddr>::new());
+    }
+
+    #[test]
+    fn prefix_reserved_ends_are_skipped_and_stay_free_for_others() {
+        let at = AllocationAttributes::default();
+        let mut b = Block::new("10.0.0.0/29".parse().unwrap(), None).unwrap();
+        let reserved: Vec<u32> = (0..8).filter(|&o| b.is_prefix_reserved(o)).collect();
+        assert_eq!(reserved, [0, 7]);
+        let cidr = b.cidr();
+        let got = b.allocate_where(10, &h("a"), &at, |o| !prefix_reserved(&cidr, o));
+        let s: Vec<String> = got.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            s,
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
+        assert_eq!(b.spec.unallocated, [0, 7]);
+        // A /32 pod may still have them.
+        let rest = b.allocate(2, &h("b"), &at);
+        assert_eq!(rest.len(), 2);
+        assert!(b.check().is_empty());
+        let v6 = Block::new("fd00::/122".parse().unwrap(), None).unwrap();
+        assert!(v6.is_prefix_reserved(0) && !v6.is_prefix_reserved(63));
+        for tiny in ["10.0.0.0/31", "10.0.0.0/32", "fd00::/127"] {
+            let t = Block::new(tiny.parse().unwrap(), None).unwrap();
+            assert!(
+                !t.is_prefix_reserved(0) && !t.is_prefix_reserved(1),
+                "{tiny}"
+            );
+        }
     }
 
     #[test]

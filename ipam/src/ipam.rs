@@ -179,6 +179,10 @@ pub struct AutoAssignArgs {
     pub attributes: AllocationAttributes,
     /// Use only these pools (empty: every pool that selects the node).
     pub pools: Vec<IpNetwork>,
+    /// Leave out each block's first and (IPv4) last address ([`Block::is_prefix_reserved`]):
+    /// for callers that give the pod its block's prefix length (reef-ipam behind bridge or
+    /// ptp), where those are the network and broadcast addresses.
+    pub avoid_block_ends: bool,
 }
 
 /// What [`Ipam::auto_assign`] handed out.
@@ -511,7 +515,7 @@ impl<S: Store> Ipam<S> {
             got.extend(self.take_from_block(
                 &cidr,
                 need,
-                &args.handle,
+                args,
                 attrs,
                 Some(&args.node),
                 Some(block),
@@ -546,14 +550,7 @@ impl<S: Store> Ipam<S> {
             };
             affine_count = affine_count.map(|c| c + 1);
             let need = want - got.len();
-            got.extend(self.take_from_block(
-                &cidr,
-                need,
-                &args.handle,
-                attrs,
-                Some(&args.node),
-                None,
-            )?);
+            got.extend(self.take_from_block(&cidr, need, args, attrs, Some(&args.node), None)?);
         }
 
         // 3. Borrow from other nodes' blocks, last resort.
@@ -565,7 +562,7 @@ impl<S: Store> Ipam<S> {
                     continue;
                 }
                 let need = want - got.len();
-                got.extend(self.take_from_block(&c, need, &args.handle, attrs, None, Some(b))?);
+                got.extend(self.take_from_block(&c, need, args, attrs, None, Some(b))?);
                 if got.len() == want {
                     break;
                 }
@@ -597,11 +594,12 @@ impl<S: Store> Ipam<S> {
         &self,
         cidr: &IpNetwork,
         n: usize,
-        handle: &HandleId,
+        args: &AutoAssignArgs,
         attrs: &AllocationAttributes,
         owner: Option<&str>,
         read: Option<Typed<IpamBlockSpec>>,
     ) -> Result<Vec<Assignment>, Error> {
+        let handle = &args.handle;
         let name = block_name(cidr);
         let mut read = read;
         let written = self.retry(&format!("allocate from block {cidr}"), || {
@@ -624,7 +622,9 @@ impl<S: Store> Ipam<S> {
                 }
                 .into());
             }
-            let addrs = b.allocate(n, handle, attrs);
+            let addrs = b.allocate_where(n, handle, attrs, |o| {
+                !args.avoid_block_ends || !block::prefix_reserved(cidr, o)
+            });
             if addrs.is_empty() {
                 return Ok(None);
             }
@@ -1114,6 +1114,7 @@ impl<S: Store> Ipam<S> {
                 ..Default::default()
             },
             pools: Vec::new(),
+            avoid_block_ends: false,
         };
         let got = self.auto_assign(&args)?;
         Ok(got
