@@ -20,6 +20,8 @@ pub mod defaults {
     pub const MTU: u32 = 1480;
     /// The node config file the agent and the plugins share.
     pub const NODE_CONFIG: &str = reef_config::node_config::defaults::CONFIG_PATH;
+    /// Where reef-cni keeps one lock file per attachment (see `crate::lock`).
+    pub const LOCK_DIR: &str = "/run/reef/cni";
 }
 
 /// Keys the runtime may put in any network config (spec "Network configuration format").
@@ -262,6 +264,8 @@ pub struct ReefConf {
     /// Overrides the node config's `routeProtocol`.
     pub route_protocol: Option<u8>,
     pub node_config: PathBuf,
+    /// Directory of the per-attachment lock files.
+    pub lock_dir: PathBuf,
     pub log: LogConf,
     pub families: Families,
     /// Where to read the pod from; else the node config's Kubernetes datastore, if any.
@@ -275,6 +279,7 @@ struct ReefRaw {
     mtu_file: Option<PathBuf>,
     route_protocol: Option<u8>,
     node_config: Option<PathBuf>,
+    lock_dir: Option<PathBuf>,
     log_file: Option<PathBuf>,
     log_level: Option<LogLevel>,
     ipam: Option<Map<String, Value>>,
@@ -297,6 +302,7 @@ const REEF_KEYS: &[&str] = &[
     "mtuFile",
     "routeProtocol",
     "nodeConfig",
+    "lockDir",
     "logFile",
     "logLevel",
     "ipam",
@@ -313,6 +319,12 @@ impl ReefConf {
         let raw: ReefRaw = typed("", Value::Object(obj))?;
         if let Some(mtu) = raw.mtu {
             validate_mtu("mtu", mtu)?;
+        }
+        if raw.lock_dir.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(Error::config(
+                "lockDir",
+                "must be an absolute path (e.g. /run/reef/cni)",
+            ));
         }
         // 0–4 are the kernel's own (unspec, redirect, kernel, boot, static).
         if let Some(p @ 0..=4) = raw.route_protocol {
@@ -348,6 +360,7 @@ impl ReefConf {
             node_config: raw
                 .node_config
                 .unwrap_or_else(|| defaults::NODE_CONFIG.into()),
+            lock_dir: raw.lock_dir.unwrap_or_else(|| defaults::LOCK_DIR.into()),
             log: LogConf {
                 file: raw.log_file,
                 level: raw.log_level.unwrap_or_default(),
@@ -505,6 +518,7 @@ mod tests {
         assert_eq!(c.mtu_file, None);
         assert_eq!(c.route_protocol, None);
         assert_eq!(c.node_config, PathBuf::from(defaults::NODE_CONFIG));
+        assert_eq!(c.lock_dir, PathBuf::from(defaults::LOCK_DIR));
         assert_eq!(
             c.families,
             Families {
@@ -521,6 +535,7 @@ mod tests {
         let c = reef(
             r#"{"cniVersion":"1.1.0","name":"n","type":"reef-cni","mtu":1400,"mtuFile":"/tmp/m",
                 "routeProtocol":77,"nodeConfig":"/tmp/node.yaml","logFile":"/tmp/l","logLevel":"debug",
+                "lockDir":"/tmp/locks",
                 "ipam":{"type":"reef-ipam","assignIpv6":true},"capabilities":{"portMappings":true},
                 "kubernetes":{"kubeconfig":"/etc/cni/net.d/reef-kubeconfig"},
                 "runtimeConfig":{"portMappings":[]},"args":{},"dns":{"nameservers":["10.96.0.10"]},
@@ -529,6 +544,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.lock_dir, PathBuf::from("/tmp/locks"));
         assert_eq!(c.route_protocol, Some(77));
         assert_eq!(
             c.families,
@@ -608,6 +624,11 @@ mod tests {
                 r#"{"cniVersion":"1.0.0","name":"n","type":"reef-cni","routeProtocol":300}"#,
                 ErrorCode::InvalidConfig,
                 "routeProtocol",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"reef-cni","lockDir":"run/locks"}"#,
+                ErrorCode::InvalidConfig,
+                "lockDir",
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"reef-cni","logLevel":"loud"}"#,

@@ -22,6 +22,7 @@ pub mod dataplane;
 pub mod error;
 pub mod ipam;
 pub mod k8s;
+pub mod lock;
 pub mod log;
 pub mod netlink;
 pub mod plugin;

@@ -14,6 +14,7 @@ use crate::config::{
 use crate::dataplane::{self, Expected, PodNetns, Wiring, GATEWAY_V4, GATEWAY_V6};
 use crate::error::Error;
 use crate::ipam::{AllocRequest, Allocated, Ipam};
+use crate::lock::{self, AttachmentLock};
 use crate::log::Log;
 use crate::netlink::Netlink;
 use crate::pod::AddressRequest;
@@ -167,12 +168,13 @@ pub fn reef_cni(
 }
 
 fn cni_add(env: &Env, conf: &ReefConf, open: OpenIpam<'_>, log: &mut Log) -> Result<Value, Error> {
+    let ifname = env.ifname();
+    let host_name = dataplane::host_veth_name(env.container_id(), ifname);
+    let _lock = AttachmentLock::take(&conf.lock_dir, &host_name, lock::WAIT)?;
     let path = netns_path(env)?;
     let netns = PodNetns::open(path)?;
     let mut pod = netns.netlink(path)?;
     let mut host = host_netlink()?;
-    let ifname = env.ifname();
-    let host_name = dataplane::host_veth_name(env.container_id(), ifname);
     if pod
         .link_by_name(ifname)
         .map_err(|e| Error::netlink("get pod interface", e))?
@@ -276,6 +278,7 @@ fn cni_add(env: &Env, conf: &ReefConf, open: OpenIpam<'_>, log: &mut Log) -> Res
 
 fn cni_del(env: &Env, conf: &ReefConf, open: OpenIpam<'_>, log: &mut Log) -> Result<(), Error> {
     let host_name = dataplane::host_veth_name(env.container_id(), env.ifname());
+    let lock = AttachmentLock::take(&conf.lock_dir, &host_name, lock::WAIT)?;
     let mut host = host_netlink()?;
     dataplane::del(&mut host, &host_name)?;
     let node = load_node(&conf.node_config)?;
@@ -284,6 +287,10 @@ fn cni_del(env: &Env, conf: &ReefConf, open: OpenIpam<'_>, log: &mut Log) -> Res
     log.info(format_args!(
         "DEL {handle}: {host_name} removed, addresses released"
     ));
+    // The attachment is gone; its lock file goes too (a leftover only costs a file).
+    if let Err(e) = lock.remove() {
+        log.warn(format_args!("{e}"));
+    }
     Ok(())
 }
 
@@ -306,12 +313,13 @@ fn compare_allocation(handle: &str, have: &mut [IpAddr], want: &mut [IpAddr]) ->
 
 fn cni_check(env: &Env, conf: &ReefConf, open: OpenIpam<'_>) -> Result<(), Error> {
     let prev = prev_result(&conf.net)?;
+    let ifname = env.ifname();
+    let host_name = dataplane::host_veth_name(env.container_id(), ifname);
+    let _lock = AttachmentLock::take(&conf.lock_dir, &host_name, lock::WAIT)?;
     let path = netns_path(env)?;
     let netns = PodNetns::open(path)?;
     let mut pod = netns.netlink(path)?;
     let mut host = host_netlink()?;
-    let ifname = env.ifname();
-    let host_name = dataplane::host_veth_name(env.container_id(), ifname);
     let pod_itf = prev
         .interfaces
         .iter()

@@ -1,4 +1,5 @@
-//! The one place this crate needs `unsafe`: `setns(2)`, which libc exposes only as a raw call.
+//! The one place this crate needs `unsafe`: `setns(2)` and `flock(2)`, which libc exposes only
+//! as raw calls (std's `File::try_lock` is newer than the workspace's minimum Rust).
 //!
 //! A network namespace belongs to a thread. The plugin binaries are single-threaded and never
 //! run an async runtime, so entering the pod's namespace for a moment (to open a netlink socket
@@ -42,4 +43,20 @@ pub fn in_netns<T>(target: &File, f: impl FnOnce() -> T) -> io::Result<T> {
     setns(std::os::fd::AsFd::as_fd(target))?;
     let _back = Return(home);
     Ok(f())
+}
+
+/// Tries to take an exclusive `flock(2)` on `file` without waiting: `Ok(false)` when another
+/// open file description holds it. The lock goes when the file is closed.
+pub fn try_flock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }

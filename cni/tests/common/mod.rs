@@ -276,6 +276,7 @@ impl Node {
             "name": name,
             "type": "reef-cni",
             "nodeConfig": self.node_config,
+            "lockDir": self.dir.0.join("locks"),
         })
     }
 }
