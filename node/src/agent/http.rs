@@ -72,10 +72,41 @@ fn request_path(head: &[u8]) -> Option<&str> {
 
 /// What each path answers: a status line's code and reason, and the body.
 pub fn respond(path: &str, s: &Snapshot) -> (&'static str, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    respond_at(path, s, now)
+}
+
+/// The agent's loop goes round at least every second; this long without a turn means it is
+/// stuck, and the kubelet should restart it.
+pub const STALLED_AFTER_SECS: u64 = 60;
+
+/// [`respond`] at `now` (Unix seconds).
+pub fn respond_at(path: &str, s: &Snapshot, now: u64) -> (&'static str, String) {
     match path {
+        // Before the loop's first turn (heartbeat 0) the agent is starting, not stuck.
+        "/healthz" if s.heartbeat != 0 && now.saturating_sub(s.heartbeat) > STALLED_AFTER_SECS => (
+            "500 Internal Server Error",
+            format!(
+                "the agent's loop has not run for {} s\n",
+                now.saturating_sub(s.heartbeat)
+            ),
+        ),
         "/healthz" => ("200 OK", "ok\n".into()),
         "/readyz" if s.ready => ("200 OK", "ready\n".into()),
-        "/readyz" => ("503 Service Unavailable", "starting\n".into()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            if s.not_ready.is_empty() {
+                "starting\n".to_string()
+            } else {
+                s.not_ready
+                    .iter()
+                    .map(|r| format!("not ready: {r}\n"))
+                    .collect()
+            },
+        ),
         "/metrics" => ("200 OK", metrics(s)),
         _ => (
             "404 Not Found",
@@ -390,5 +421,39 @@ mod tests {
         ] {
             assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
         }
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::*;
+
+    #[test]
+    fn readyz_gives_the_reasons_and_healthz_fails_when_the_loop_stalls() {
+        let mut s = Snapshot {
+            not_ready: vec![
+                "BGP peer 10.0.0.2 is Active (waiting for its first chance to come up)".into(),
+            ],
+            heartbeat: 1_000,
+            ..Default::default()
+        };
+        let (code, body) = respond_at("/readyz", &s, 1_001);
+        assert!(code.starts_with("503"), "{code}");
+        assert_eq!(
+            body,
+            "not ready: BGP peer 10.0.0.2 is Active (waiting for its first chance to come up)\n"
+        );
+        s.ready = true;
+        s.not_ready.clear();
+        assert!(respond_at("/readyz", &s, 1_001).0.starts_with("200"));
+        assert!(respond_at("/healthz", &s, 1_000 + STALLED_AFTER_SECS)
+            .0
+            .starts_with("200"));
+        let (code, body) = respond_at("/healthz", &s, 1_001 + STALLED_AFTER_SECS);
+        assert!(code.starts_with("500"), "{code}");
+        assert!(body.contains("has not run for 61 s"), "{body}");
+        // Starting: no turn yet is not a stall.
+        s.heartbeat = 0;
+        assert!(respond_at("/healthz", &s, 1_000_000).0.starts_with("200"));
     }
 }
