@@ -1,11 +1,12 @@
-//! `reef ipam show | check | gc | release`: IPAM state straight from the datastore.
+//! `reef ipam show | check | gc | release | release-node`: IPAM state straight from the
+//! datastore.
 
 use std::net::IpAddr;
 
 use anyhow::Result;
 use clap::Subcommand;
 use ipnetwork::IpNetwork;
-use reef_ipam::{HandleId, Problem};
+use reef_ipam::{HandleId, Problem, Store};
 use serde::Serialize;
 
 use crate::output::{Output, Table};
@@ -30,6 +31,11 @@ pub enum IpamCmd {
         #[arg(long, default_value_t = 600)]
         grace: u64,
     },
+    /// Release everything a deleted node held: its addresses (pods' and tunnel), its blocks
+    /// (those with other nodes' addresses lose their affinity and go when empty), affinities
+    /// and its ReefNode. The Kubernetes datastore's cleaner does this by itself; refused while
+    /// the node's Node object exists.
+    ReleaseNode { name: String },
     /// Release one address or every address of a handle.
     Release {
         #[arg(long, conflicts_with = "handle", required_unless_present = "handle")]
@@ -80,6 +86,16 @@ struct GcJson {
     kept: usize,
     handles_fixed: Vec<String>,
     affinities_fixed: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ReleaseNodeJson {
+    node: String,
+    addresses: Vec<IpAddr>,
+    blocks_released: Vec<IpNetwork>,
+    blocks_orphaned: Vec<IpNetwork>,
+    affinities_deleted: usize,
+    reef_node_deleted: bool,
 }
 
 #[derive(Serialize)]
@@ -171,19 +187,25 @@ pub fn run(cfg: &NodeConfig, cmd: IpamCmd, out: Output) -> Result<Exit> {
             Ok(Exit::Ok)
         }
         IpamCmd::Check => {
-            let r = ipam.check(None)?;
+            let mut r = ipam.check(None)?;
+            // What nodes that no longer exist still hold (ReefNode gone; with the Kubernetes
+            // datastore, Node gone).
+            let gone = ipam.gone_nodes()?;
             let leaked = r
                 .problems
                 .iter()
                 .filter(|p| matches!(p, Problem::Leaked { .. }))
                 .count();
+            let clean = r.is_clean() && gone.is_empty();
+            let mut problems: Vec<String> = r.problems.drain(..).map(|p| p.to_string()).collect();
+            problems.extend(gone.iter().map(ToString::to_string));
             let j = CheckJson {
-                clean: r.is_clean(),
+                clean,
                 blocks: r.blocks,
                 allocations: r.allocations,
                 handles: r.handles,
                 leaked,
-                problems: r.problems.iter().map(ToString::to_string).collect(),
+                problems,
             };
             if out.json {
                 out.print_json(&j)?;
@@ -230,6 +252,38 @@ pub fn run(cfg: &NodeConfig, cmd: IpamCmd, out: Output) -> Result<Exit> {
                 for a in &j.released {
                     println!("  released {a}");
                 }
+            }
+            Ok(Exit::Ok)
+        }
+        IpamCmd::ReleaseNode { name } => {
+            if ipam.store().has_nodes() && ipam.store().node_labels(&name)?.is_some() {
+                anyhow::bail!(
+                    "node {name}: its Node object exists; delete the Node first (kubectl delete node {name}), or leave it to the agents' cleaner"
+                );
+            }
+            if !ipam.store().has_nodes() && name == cfg.node_name {
+                anyhow::bail!("node {name} is this node (nodeName in the node config); run release-node for another node");
+            }
+            let r = ipam.release_node(&name)?;
+            let j = ReleaseNodeJson {
+                node: name.clone(),
+                addresses: r.addresses,
+                blocks_released: r.blocks_released,
+                blocks_orphaned: r.blocks_orphaned,
+                affinities_deleted: r.affinities_deleted.len(),
+                reef_node_deleted: r.reef_node_deleted,
+            };
+            if out.json {
+                out.print_json(&j)?;
+            } else {
+                println!(
+                    "node {name}: released {} addresses, {} blocks ({} with other nodes' addresses left without owner), {} affinities; ReefNode {}",
+                    j.addresses.len(),
+                    j.blocks_released.len(),
+                    j.blocks_orphaned.len(),
+                    j.affinities_deleted,
+                    if j.reef_node_deleted { "deleted" } else { "already gone" }
+                );
             }
             Ok(Exit::Ok)
         }

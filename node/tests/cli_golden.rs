@@ -63,6 +63,20 @@ fn ipam_show_and_check() {
             ipam.auto_assign(&args).unwrap();
         }
     }
+    // The nodes are registered (else `check` reports what they hold as held by gone nodes).
+    for (node, addr) in [("node-a", "10.0.0.1/24"), ("node-b", "10.0.0.2/24")] {
+        let spec = reef_config::crds::ReefNodeSpec {
+            address: addr.parse().unwrap(),
+            address_v6: None,
+            as_number: None,
+            tunnel_address: None,
+            route_reflector_cluster_id: None,
+        };
+        use reef_ipam::StoreExt;
+        ipam.store()
+            .create_typed(&reef_ipam::Typed::new(node, spec))
+            .unwrap();
+    }
     let config = dir.path().join("node.yaml");
     std::fs::write(
         &config,
