@@ -82,6 +82,9 @@ fn agent_on_the_kubernetes_datastore_registers_and_peers_with_a_secret_password(
     let api = node.in_ns(|| StandIn::start().map_err(io)).unwrap();
     let url = api.url();
     api.put_secret("reef-system", "bgp", &[("router", "lab-s3cret\n")]);
+    // The node's Node object, as the kubelet registers it: its labels (not the node config's)
+    // are what pool and peer node selectors match.
+    api.put_node("k8s-node-1", &[("rack", "r1")], &[NODE_IP]);
     with_store(&node, &url, |s| {
         let pool: IpPoolSpec = serde_json::from_value(json!({"cidr": "10.244.0.0/16"})).unwrap();
         s.create_typed(&Typed::new("default", pool))?;
@@ -161,6 +164,31 @@ fn agent_on_the_kubernetes_datastore_registers_and_peers_with_a_secret_password(
     let node_spec = node_spec.expect("ReefNode k8s-node-1");
     assert_eq!(node_spec.address.ip(), NODE_IP.parse::<IpAddr>().unwrap());
     assert!(node_spec.tunnel_address.is_some());
+    let labels_of_reefnode = |url: &str| {
+        let url = url.to_string();
+        with_store(&node, &url, |s| {
+            Ok(s.get_typed::<ReefNodeSpec>("k8s-node-1")?
+                .map(|n| n.labels)
+                .unwrap_or_default())
+        })
+    };
+    assert_eq!(
+        labels_of_reefnode(&url).get("rack").map(String::as_str),
+        Some("r1"),
+        "the ReefNode carries the Node's labels"
+    );
+    // A label change on the Node reaches the ReefNode without a restart.
+    api.put_node("k8s-node-1", &[("rack", "r2")], &[NODE_IP]);
+    wait_for(
+        "the ReefNode follows the Node's labels",
+        Duration::from_secs(10),
+        |last| {
+            let l = labels_of_reefnode(&url);
+            *last = format!("{l:?}");
+            (l.get("rack").map(String::as_str) == Some("r2")).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent_log()));
     wait_for(
         "BIRD has the node's block",
         Duration::from_secs(15),

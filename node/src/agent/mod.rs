@@ -19,6 +19,7 @@
 //!
 //! The loop is the single owner of the agent's state; everything else gets snapshots.
 
+mod cleanup;
 mod follow;
 mod forwarding;
 mod http;
@@ -71,7 +72,7 @@ const INSTALL_CHECK: Duration = Duration::from_secs(10);
 type SharedIpam = Arc<Ipam<Box<dyn Store>>>;
 
 /// Runs the agent until SIGTERM / SIGINT.
-pub async fn run(cfg: NodeConfig, install: Option<crate::install::InstallArgs>) -> Result<()> {
+pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArgs>) -> Result<()> {
     let started = Instant::now();
     // Off the async threads: the Kubernetes store runs its own runtime and blocks on it.
     let ipam: SharedIpam = {
@@ -85,6 +86,19 @@ pub async fn run(cfg: NodeConfig, install: Option<crate::install::InstallArgs>) 
         .await
         .context("opening the Kubernetes API for BGP passwords")?;
 
+    // Node selectors match the Node's labels with the Kubernetes datastore (the node
+    // config's with the embedded store), followed from here on.
+    cfg.labels = {
+        let ipam = ipam.clone();
+        let cfg = cfg.clone();
+        blocking(move || {
+            reef_ipam::store::effective_node_labels(ipam.store(), &cfg.node_name, &cfg.labels)
+                .context("reading the Node's labels")
+        })
+        .await?
+    };
+    let mut labels_rx = cleanup::follow_labels(ipam.clone(), &cfg);
+
     // 1. Register: the tunnel address (which claims this node's first block) and the node
     //    resource the other nodes build their mesh from.
     let (tunnel_addr, view) = {
@@ -93,6 +107,13 @@ pub async fn run(cfg: NodeConfig, install: Option<crate::install::InstallArgs>) 
         blocking(move || register(&ipam, &cfg)).await?
     };
     tracing::info!(node = %cfg.node_name, address = %cfg.address, tunnel = %tunnel_addr, "registered");
+    // One agent of the cluster (the Lease holder) releases what deleted nodes and vanished
+    // pods held (Kubernetes datastore only).
+    let cleaner = {
+        let ipam = ipam.clone();
+        let cfg = cfg.clone();
+        blocking(move || cleanup::spawn(ipam, &cfg).context("starting the cleaner")).await?
+    };
 
     // 2. The data plane: tunnel device (kernel ipip, or the userspace fallback) and the
     //    route reconciler.
@@ -239,6 +260,17 @@ pub async fn run(cfg: NodeConfig, install: Option<crate::install::InstallArgs>) 
             _ = sleep_until_opt(st.deferral.as_ref().map(|d| d.deadline)) => {
                 dirty |= st.end_deferral("deferral time is up");
             }
+            Ok(()) = labels_rx.changed() => {
+                let labels = labels_rx.borrow_and_update().clone();
+                tracing::info!(?labels, "node labels changed");
+                st.cfg.labels = labels;
+                // The ReefNode carries them for BGPPeer peer selectors on other nodes.
+                let (ipam2, cfg2) = (ipam.clone(), st.cfg.clone());
+                match blocking(move || register(&ipam2, &cfg2)).await {
+                    Ok((_, view)) => dirty |= st.on_view(view, &speaker).await,
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "writing the node's labels"),
+                }
+            }
             Some(kind) = changes.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
@@ -292,7 +324,12 @@ pub async fn run(cfg: NodeConfig, install: Option<crate::install::InstallArgs>) 
     let _ = std::fs::remove_file(&cfg.agent_socket);
     // The store may own a runtime, which must not be dropped on an async thread.
     drop(st);
-    let _ = tokio::task::spawn_blocking(move || drop(ipam)).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        // The cleaner joins its thread and hands its Lease over.
+        drop(cleaner);
+        drop(ipam)
+    })
+    .await;
     Ok(())
 }
 
