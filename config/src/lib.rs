@@ -20,6 +20,7 @@ pub mod crdgen;
 pub mod crds;
 pub mod node_config;
 mod schema;
+pub mod time;
 
 pub use crds::*;
 pub use node_config::{Datastore, DatastoreEnv, NodeConfig};
