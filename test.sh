@@ -16,6 +16,11 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets -q
 
+echo "== image"
+# The containerd lab tests import reef's image; built once here (dev profile: the quickest),
+# not inside a test where it would compete with the timing-sensitive ones.
+deploy/image/build.sh --profile dev
+
 echo "== tests"
 status=0
 # Arguments select tests (e.g. `-p reef-integration`, or a test name filter); none = all.
