@@ -67,6 +67,22 @@ fn populated(dir: &Path) -> (StandIn, PathBuf, Ipam<KubeStore>) {
             .unwrap();
         }
     }
+    // The nodes exist, as on a cluster: their Node objects and their ReefNodes (else `check`
+    // reports what they hold as held by gone nodes).
+    for (node, addr) in [("node-a", "10.0.0.1"), ("node-b", "10.0.0.2")] {
+        api.put_node(node, &[], &[addr]);
+        let spec = reef_config::crds::ReefNodeSpec {
+            address: format!("{addr}/24").parse().unwrap(),
+            address_v6: None,
+            as_number: None,
+            tunnel_address: None,
+            route_reflector_cluster_id: None,
+        };
+        use reef_ipam::StoreExt;
+        ipam.store()
+            .create_typed(&reef_ipam::Typed::new(node, spec))
+            .unwrap();
+    }
     (api, kubeconfig, ipam)
 }
 
