@@ -185,7 +185,7 @@ impl<S: Store> Ipam<S> {
             let bname = block_name(&cidr);
             let (freed, left) =
                 self.retry(&format!("release {node}'s addresses in {cidr}"), || {
-                    let Some(t) = self.store.get_typed::<IpamBlockSpec>(&bname)? else {
+                    let Some(t) = self.get_block(&bname)? else {
                         return Ok((Vec::new(), BTreeMap::new()));
                     };
                     let mut b = Block::from_spec(t.spec);
@@ -242,7 +242,7 @@ impl<S: Store> Ipam<S> {
         for cidr in owned {
             let bname = block_name(&cidr);
             let done = self.retry(&format!("release {node}'s block {cidr}"), || {
-                let Some(t) = self.store.get_typed::<IpamBlockSpec>(&bname)? else {
+                let Some(t) = self.get_block(&bname)? else {
                     return Ok(None);
                 };
                 if t.spec.affinity.as_deref() != Some(node) {
@@ -353,7 +353,7 @@ impl<S: Store> Ipam<S> {
     pub fn release_if_unchanged(&self, a: &PodAllocation) -> Result<bool, Error> {
         let bname = block_name(&a.block);
         let freed = self.retry(&format!("release leaked {}", a.addr), || {
-            let Some(t) = self.store.get_typed::<IpamBlockSpec>(&bname)? else {
+            let Some(t) = self.get_block(&bname)? else {
                 return Ok(false);
             };
             let mut b = Block::from_spec(t.spec);
