@@ -702,7 +702,7 @@ mod tests {
     }
 
     #[test]
-    fn long_multibyte_unknown_values_are_shortened_without_panicking() {
+    fn security_long_multibyte_unknown_values_are_shortened_without_panicking() {
         // 'é' is two bytes: byte 77 falls inside one of them.
         for value in [
             "é".repeat(100),

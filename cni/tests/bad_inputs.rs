@@ -20,7 +20,7 @@ fn conf_with(node: &Node, patch: &[(&str, Value)]) -> Value {
 }
 
 #[test]
-fn bad_inputs_get_their_code_and_leave_nothing_behind() {
+fn security_bad_inputs_get_their_code_and_leave_nothing_behind() {
     let node = Node::new("10.244.0.0/24");
     let pod = Netns::new("pod");
     let good = node.reef_conf("1.0.0", "bad");
@@ -455,7 +455,7 @@ fn a_failure_inside_the_pod_rolls_back_veth_and_both_addresses() {
 }
 
 #[test]
-fn a_garbage_store_file_is_a_permanent_fault_with_a_fix() {
+fn security_a_garbage_store_file_is_a_permanent_fault_with_a_fix() {
     // Code 11 would make the runtime retry forever, DEL included; 111 says an operator must
     // act, and the message says how.
     let node = Node::new("10.82.0.0/24");
@@ -495,7 +495,7 @@ fn a_garbage_store_file_is_a_permanent_fault_with_a_fix() {
 }
 
 #[test]
-fn the_plugins_own_netns_is_refused_before_anything_happens() {
+fn security_the_plugins_own_netns_is_refused_before_anything_happens() {
     // A runtime bug that passes the host's namespace as the pod's: accepted, ADD put the pod
     // address and `default via 169.254.1.1` on the host itself.
     let node = Node::new("10.83.0.0/24");
@@ -547,7 +547,7 @@ fn the_plugins_own_netns_is_refused_before_anything_happens() {
 }
 
 #[test]
-fn del_with_a_broken_block_in_the_store_answers_instead_of_panicking() {
+fn security_del_with_a_broken_block_in_the_store_answers_instead_of_panicking() {
     // An IPAMBlock whose allocation has an ordinal beyond the block: DEL panicked (exit 101,
     // no error JSON).
     use reef_config::IpamBlockSpec;

@@ -212,7 +212,7 @@ fn fill_a_block_through(node: &Node, conf: &Value, plugin: &str) {
 }
 
 #[test]
-fn reef_ipam_fills_a_block_behind_bridge_without_network_or_broadcast_addresses() {
+fn security_reef_ipam_fills_a_block_behind_bridge_without_network_or_broadcast_addresses() {
     let node = Node::new("10.93.0.0/28");
     node.host.ip(&["link", "add", "reefbr1", "type", "bridge"]);
     node.host.ip(&["link", "set", "reefbr1", "up"]);
@@ -225,7 +225,7 @@ fn reef_ipam_fills_a_block_behind_bridge_without_network_or_broadcast_addresses(
 }
 
 #[test]
-fn reef_ipam_fills_a_block_behind_ptp_without_network_or_broadcast_addresses() {
+fn security_reef_ipam_fills_a_block_behind_ptp_without_network_or_broadcast_addresses() {
     let node = Node::new("10.93.0.0/28");
     let conf = json!({
         "cniVersion": "1.0.0", "name": "ptpfill", "type": "ptp", "ipMasq": false, "mtu": 1480,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 
 #[test]
-fn concurrent_add_and_del_of_one_container_never_leave_a_wired_pod_without_its_address() {
+fn security_concurrent_add_and_del_of_one_container_never_leave_a_wired_pod_without_its_address() {
     let node = Node::new("10.85.0.0/24");
     let pod = Netns::new("pod");
     let conf = node.reef_conf("1.0.0", "race");

@@ -629,7 +629,7 @@ fn agent_can_watch_its_blocks_appear() {
 /// with no answer. Every read of a block is checked first: operations that use it fail with
 /// an error naming the block and the field; check reports it; show does not panic.
 #[test]
-fn a_broken_block_from_the_store_is_an_error_naming_it_not_a_panic() {
+fn security_a_broken_block_from_the_store_is_an_error_naming_it_not_a_panic() {
     let f = fixture(&[("v4", "10.244.0.0/16")]);
     let h = HandleId("pod-broken".into());
     let got = f.ipam.auto_assign(&args(&h.0, "node-1", 1, 0)).unwrap();

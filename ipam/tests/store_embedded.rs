@@ -114,7 +114,7 @@ fn open_reports_unusable_path() {
 /// A file that is not a database is a permanent fault (not "busy, try again"), and the error
 /// says what to do; so is a store whose pages were damaged after it was written.
 #[test]
-fn garbage_and_damaged_stores_are_unusable_not_busy() {
+fn security_garbage_and_damaged_stores_are_unusable_not_busy() {
     let dir = TempDir::new("garbage");
     let junk = dir.path().join("junk.db");
     std::fs::write(
@@ -173,7 +173,7 @@ fn garbage_and_damaged_stores_are_unusable_not_busy() {
 /// The store holds every pod's name and address: its directory is 0700, the database and its
 /// WAL and shared-memory files 0600; a store an older reef left world-readable is tightened.
 #[test]
-fn store_directory_and_files_are_private() {
+fn security_store_directory_and_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("modes");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
