@@ -380,6 +380,26 @@ pub struct BgpConfigurationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::cidr_list")]
     pub advertise_cidrs: Vec<IpNetwork>,
+    /// TCP MD5 password (RFC 2385) of every node-to-node mesh session, from a Secret in reef's
+    /// namespace (deploy/reef.yaml lets the agent read `reef-bgp-mesh`). When it cannot be
+    /// read the mesh peers are not configured (a problem in `reef status`), never left
+    /// unauthenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_to_node_mesh_password: Option<SecretKeyRef>,
+    /// GTSM (RFC 5082) on mesh sessions: accept packets only from nodes at most this many
+    /// hops away (1 on one subnet, more across routers).
+    #[serde(
+        default,
+        rename = "nodeToNodeMeshTTLSecurity",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 254))]
+    pub node_to_node_mesh_ttl_security: Option<u8>,
+    /// The most prefixes one mesh peer may send before its session is stopped. Default:
+    /// derived from the pools (every block of every pool, plus borrowed-address headroom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub node_to_node_mesh_max_prefix: Option<u32>,
 }
 
 fn default_as() -> u32 {
@@ -404,6 +424,9 @@ impl Default for BgpConfigurationSpec {
             hold_time_seconds: default_hold_time(),
             graceful_restart_seconds: default_restart_time(),
             advertise_cidrs: Vec::new(),
+            node_to_node_mesh_password: None,
+            node_to_node_mesh_ttl_security: None,
+            node_to_node_mesh_max_prefix: None,
         }
     }
 }
@@ -429,6 +452,27 @@ impl BgpConfigurationSpec {
         for (i, c) in self.advertise_cidrs.iter().enumerate() {
             p.network(&format!("spec.advertiseCidrs[{i}]"), c);
         }
+        if let Some(s) = &self.node_to_node_mesh_password {
+            s.check(&mut p, "spec.nodeToNodeMeshPassword");
+        }
+        if let Some(h) = self.node_to_node_mesh_ttl_security {
+            if !(1..=254).contains(&h) {
+                p.add(
+                    "spec.nodeToNodeMeshTTLSecurity",
+                    format!("{h} hops"),
+                    "use 1 when every node is on one subnet, else the most routers between \
+                     two nodes plus one (at most 254)",
+                );
+            }
+        }
+        if self.node_to_node_mesh_max_prefix == Some(0) {
+            p.add(
+                "spec.nodeToNodeMeshMaxPrefix",
+                "0 prefixes would stop every mesh session at its first route",
+                "leave it unset for the default derived from the pools, or set the most \
+                 prefixes one node may send",
+            );
+        }
         p.finish("BGPConfiguration")
     }
 }
@@ -453,6 +497,26 @@ fn check_as(p: &mut Problems, field: &str, asn: u32) {
 pub struct SecretKeyRef {
     pub name: String,
     pub key: String,
+}
+
+impl SecretKeyRef {
+    /// Both parts are set (`field` is where the reference sits, e.g. `spec.password`).
+    fn check(&self, p: &mut Problems, field: &str) {
+        if self.name.is_empty() {
+            p.add(
+                format!("{field}.name"),
+                "empty",
+                "name the Secret holding the password",
+            );
+        }
+        if self.key.is_empty() {
+            p.add(
+                format!("{field}.key"),
+                "empty",
+                "name the key of the Secret holding the password",
+            );
+        }
+    }
 }
 
 /// A BGP speaker outside the mesh (a lab router, a top-of-rack switch, a route reflector), or
@@ -587,20 +651,7 @@ impl BgpPeerSpec {
             );
         }
         if let Some(s) = &self.password {
-            if s.name.is_empty() {
-                p.add(
-                    "spec.password.name",
-                    "empty",
-                    "name the Secret holding the password",
-                );
-            }
-            if s.key.is_empty() {
-                p.add(
-                    "spec.password.key",
-                    "empty",
-                    "name the key of the Secret holding the password",
-                );
-            }
+            s.check(&mut p, "spec.password");
         }
         if self.max_prefix == Some(0) {
             p.add(
@@ -755,5 +806,67 @@ impl ReefNodeStatus {
             .count() as u32;
         self.total_peers = peers.len() as u32;
         self.peers = peers;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(e: &Error) -> Vec<&str> {
+        e.problems().iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn bgp_configuration_mesh_hardening_fields() {
+        let c: BgpConfigurationSpec = serde_yaml::from_str(
+            "nodeToNodeMeshPassword: {name: reef-bgp-mesh, key: password}\n\
+             nodeToNodeMeshTTLSecurity: 2\nnodeToNodeMeshMaxPrefix: 5000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.node_to_node_mesh_password,
+            Some(SecretKeyRef {
+                name: "reef-bgp-mesh".into(),
+                key: "password".into()
+            })
+        );
+        assert_eq!(c.node_to_node_mesh_ttl_security, Some(2));
+        assert_eq!(c.node_to_node_mesh_max_prefix, Some(5000));
+        // Left out: no password, no GTSM, the derived max-prefix.
+        let d: BgpConfigurationSpec = serde_yaml::from_str("asNumber: 64512\n").unwrap();
+        assert_eq!(d, BgpConfigurationSpec::default());
+
+        let bad: BgpConfigurationSpec = serde_yaml::from_str(
+            "nodeToNodeMeshPassword: {name: '', key: ''}\n\
+             nodeToNodeMeshTTLSecurity: 0\nnodeToNodeMeshMaxPrefix: 0\n",
+        )
+        .unwrap();
+        let e = bad.validate().unwrap_err();
+        assert_eq!(
+            fields(&e),
+            [
+                "spec.nodeToNodeMeshPassword.name",
+                "spec.nodeToNodeMeshPassword.key",
+                "spec.nodeToNodeMeshTTLSecurity",
+                "spec.nodeToNodeMeshMaxPrefix",
+            ]
+        );
+        let mut c = BgpConfigurationSpec {
+            node_to_node_mesh_ttl_security: Some(255),
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("spec.nodeToNodeMeshTTLSecurity: 255 hops") && e.contains("at most 254"),
+            "{e}"
+        );
+        c.node_to_node_mesh_ttl_security = Some(254);
+        c.validate().unwrap();
+        // The Kubernetes spelling is TTL, as Calico's; a camel-cased `Ttl` is a typo.
+        let e = serde_yaml::from_str::<BgpConfigurationSpec>("nodeToNodeMeshTtlSecurity: 1\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
     }
 }
