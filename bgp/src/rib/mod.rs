@@ -32,6 +32,7 @@ mod decision;
 mod intern;
 mod prefix;
 mod table;
+mod trust;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +51,8 @@ use intern::{Hasher, Interner};
 pub use prefix::Family;
 use prefix::{Prefix4, Prefix6, PrefixKey};
 use table::{Entry as RouteEntry, Sharded};
+use trust::Trust;
+pub use trust::{NodeOwnership, Ownership, Refusal, RefusedRoute};
 
 /// A peer known to the RIB. Ids are never reused within one [`Rib`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -267,12 +270,17 @@ impl RibOutput {
 }
 
 /// Per-peer figures for `reef status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerCounters {
     /// Prefixes in the peer's Adj-RIB-In (as received, before policy).
     pub received: usize,
     /// Of those, the ones import accepted (candidates in the Loc-RIB).
     pub accepted: usize,
+    /// Of those, the ones import refused, by reason (only reasons with a count); with
+    /// `accepted` they add up to `received`.
+    pub refused: BTreeMap<Refusal, usize>,
+    /// The last route import refused from this peer (kept across sessions).
+    pub last_refused: Option<RefusedRoute>,
     /// Prefixes in the peer's Adj-RIB-Out.
     pub sent: usize,
     /// Prefixes kept as stale for a restarting peer.
@@ -317,6 +325,13 @@ const REJECTED: u8 = 2;
 /// Import changed the attributes: `attrs` holds them after import, and the family's
 /// `received` side table holds them as received.
 const MODIFIED: u8 = 4;
+/// A rejected route keeps why in the high bits ([`Refusal::code`]), so the per-peer counts
+/// by reason can be kept in step without growing the path.
+const REASON_SHIFT: u8 = 4;
+
+fn rejected_flags(r: Refusal) -> u8 {
+    REJECTED | (r.code() << REASON_SHIFT)
+}
 
 /// One route for a prefix. 16 bytes: the common single-route prefix needs no allocation.
 #[derive(Debug, Clone)]
@@ -337,6 +352,14 @@ impl Path {
     fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }
+}
+
+/// Why a route with these flags was refused (`None` when accepted).
+fn refusal_of(flags: u8) -> Option<Refusal> {
+    if flags & REJECTED == 0 {
+        return None;
+    }
+    Refusal::from_code(flags >> REASON_SHIFT)
 }
 
 /// The routes of one prefix: the ECMP set first (best at index 0), then the other accepted
@@ -562,6 +585,9 @@ struct Peer {
     session: Option<PeerSession>,
     received: usize,
     accepted: usize,
+    /// Refused routes in the Adj-RIB-In, by [`Refusal::index`].
+    refused: [usize; Refusal::ALL.len()],
+    last_refused: Option<RefusedRoute>,
     stale: usize,
     exceeded: bool,
     /// (received attrs, modifications) → attrs after import. Holds the input `Arc` so the
@@ -633,6 +659,7 @@ impl<K: PrefixKey> FamilyRib<K> {
 /// Everything but the family tables, borrowed alongside one of them.
 struct Shared<'a> {
     cfg: &'a RibConfig,
+    trust: Option<&'a Trust>,
     peers: &'a mut Vec<Option<Peer>>,
     interner: &'a mut Interner,
     best_changes: &'a mut Vec<BestPathChange>,
@@ -650,6 +677,7 @@ impl Fam for Prefix4 {
             &mut rib.v4,
             Shared {
                 cfg: &rib.cfg,
+                trust: rib.trust.as_ref(),
                 peers: &mut rib.peers,
                 interner: &mut rib.interner,
                 best_changes: &mut rib.best_changes,
@@ -668,6 +696,7 @@ impl Fam for Prefix6 {
             &mut rib.v6,
             Shared {
                 cfg: &rib.cfg,
+                trust: rib.trust.as_ref(),
                 peers: &mut rib.peers,
                 interner: &mut rib.interner,
                 best_changes: &mut rib.best_changes,
@@ -692,6 +721,10 @@ pub struct Rib {
     best_changes: Vec<BestPathChange>,
     scratch: Scratch,
     local_attrs: Arc<PathAttributes>,
+    /// What the datastore says about ownership, as given and compiled; `None`: routes from
+    /// mesh and route-reflector peers are checked against the pools only.
+    ownership: Option<Ownership>,
+    trust: Option<Trust>,
 }
 
 struct Exceeded;
@@ -711,6 +744,8 @@ impl Rib {
             best_changes: Vec::new(),
             scratch: Scratch::default(),
             local_attrs,
+            ownership: None,
+            trust: None,
         })
     }
 
@@ -739,6 +774,8 @@ impl Rib {
             session: None,
             received: 0,
             accepted: 0,
+            refused: [0; Refusal::ALL.len()],
+            last_refused: None,
             stale: 0,
             exceeded: false,
             import_memo: Memo::default(),
@@ -778,6 +815,13 @@ impl Rib {
         Ok(PeerCounters {
             received: p.received,
             accepted: p.accepted,
+            refused: Refusal::ALL
+                .iter()
+                .zip(p.refused)
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (*r, n))
+                .collect(),
+            last_refused: p.last_refused.clone(),
             sent: self.v4.adj_out[i].len() + self.v6.adj_out[i].len(),
             stale: p.stale,
             max_prefix_exceeded: p.exceeded,
@@ -843,6 +887,32 @@ impl Rib {
             }
         }
         Ok(self.finish())
+    }
+
+    /// Replaces what the datastore says about ownership and re-evaluates the routes of mesh
+    /// and route-reflector peers (refused routes stay in the Adj-RIB-In, so a block whose
+    /// affinity shows up after its route is accepted then). `None` checks those routes
+    /// against the pools only. Setting what is already set changes nothing. A block with host
+    /// bits set is refused, naming it, and nothing changes.
+    pub fn set_ownership(&mut self, ownership: Option<Ownership>) -> Result<RibOutput, RibError> {
+        if ownership == self.ownership {
+            return Ok(self.finish());
+        }
+        self.trust = ownership.as_ref().map(Trust::new).transpose()?;
+        self.ownership = ownership;
+        for id in self.peer_ids() {
+            let p = self.peer(id)?;
+            if pool_bound(p.cfg.peer_type) {
+                self.reimport::<Prefix4>(id.0);
+                self.reimport::<Prefix6>(id.0);
+            }
+        }
+        Ok(self.finish())
+    }
+
+    /// The ownership set with [`Rib::set_ownership`].
+    pub fn ownership(&self) -> Option<&Ownership> {
+        self.ownership.as_ref()
     }
 
     /// The session reached Established: the Adj-RIB-Out for the peer is computed in full and
@@ -1158,9 +1228,7 @@ impl Rib {
             RouteEntry::Vacant(e) => {
                 admit_new(&mut sh, slot)?;
                 let (flags, stored) = import_path(&mut sh, slot, key, attrs, side);
-                if flags & REJECTED == 0 {
-                    count_accepted(&mut sh, slot, 1);
-                }
+                count_path(&mut sh, slot, flags, 1);
                 let d = e.insert(Dest::One(Path {
                     source: slot,
                     flags,
@@ -1182,7 +1250,7 @@ impl Rib {
                     } else {
                         &p.attrs
                     };
-                    (Arc::ptr_eq(as_received, attrs), p.has(STALE), p.accepted())
+                    (Arc::ptr_eq(as_received, attrs), p.has(STALE), p.flags)
                 });
                 match existing {
                     // A repeat of what the peer sent before: nothing to do.
@@ -1194,7 +1262,7 @@ impl Rib {
                     }
                     None => admit_new(&mut sh, slot)?,
                 }
-                let was_accepted = existing.is_some_and(|(_, _, a)| a);
+                let old_flags = existing.map(|(_, _, f)| f);
                 let before = Snapshot::of(d, sh.peers);
                 let (flags, stored) = import_path(&mut sh, slot, key, attrs, side);
                 let path = Path {
@@ -1207,12 +1275,10 @@ impl Rib {
                     Some(p) => *p = path,
                     None => d.push(path),
                 }
-                let now_accepted = flags & REJECTED == 0;
-                count_accepted(
-                    &mut sh,
-                    slot,
-                    isize::from(now_accepted) - isize::from(was_accepted),
-                );
+                if let Some(old) = old_flags {
+                    count_path(&mut sh, slot, old, -1);
+                }
+                count_path(&mut sh, slot, flags, 1);
                 d.reselect(sh.cfg, sh.peers, sh.scratch);
                 let mut out = Out {
                     adj_out,
@@ -1303,7 +1369,7 @@ impl Rib {
             let before = Snapshot::of(d, sh.peers);
             let (flags, stored) = import_path(&mut sh, slot, key, &attrs, &mut received[i]);
             let Some(p) = d.find_mut(slot) else { continue };
-            let was_accepted = p.accepted();
+            let old = p.flags;
             let stale = p.flags & STALE;
             *p = Path {
                 source: slot,
@@ -1311,12 +1377,8 @@ impl Rib {
                 lo: key.low_bytes(),
                 attrs: stored,
             };
-            let now_accepted = flags & REJECTED == 0;
-            count_accepted(
-                &mut sh,
-                slot,
-                isize::from(now_accepted) - isize::from(was_accepted),
-            );
+            count_path(&mut sh, slot, old, -1);
+            count_path(&mut sh, slot, flags, 1);
             d.reselect(sh.cfg, sh.peers, sh.scratch);
             let mut out = Out {
                 adj_out,
@@ -1574,61 +1636,87 @@ fn import_path<K: PrefixKey>(
     side: &mut Table<K, Arc<PathAttributes>>,
 ) -> (u8, Arc<PathAttributes>) {
     match import(sh, slot, key, attrs) {
-        Some(effective) if Arc::ptr_eq(&effective, attrs) => {
+        Ok(effective) if Arc::ptr_eq(&effective, attrs) => {
             if !side.is_empty() {
                 side.remove(&key);
             }
             (0, effective)
         }
-        Some(effective) => {
+        Ok(effective) => {
             side.insert(key, Arc::clone(attrs));
             (MODIFIED, effective)
         }
-        None => {
+        Err(reason) => {
             if !side.is_empty() {
                 side.remove(&key);
             }
-            (REJECTED, Arc::clone(attrs))
+            peer_of(sh, slot).last_refused = Some(RefusedRoute {
+                prefix: key.to_net(),
+                next_hop: attrs.next_hop.map(|n| n.address),
+                reason,
+            });
+            (rejected_flags(reason), Arc::clone(attrs))
         }
     }
 }
 
-/// Import of one received route: loop checks, safe defaults, the peer's policy, eBGP
-/// LOCAL_PREF removal. `None` means rejected (it stays in the Adj-RIB-In).
+/// Import of one received route: loop checks, next-hop sanity, safe defaults, ownership
+/// (mesh and route-reflector peers), the peer's policy, eBGP LOCAL_PREF removal. `Err` says
+/// why it was refused (it stays in the Adj-RIB-In).
 fn import<K: PrefixKey>(
     sh: &mut Shared<'_>,
     slot: u32,
     key: K,
     attrs: &Arc<PathAttributes>,
-) -> Option<Arc<PathAttributes>> {
+) -> Result<Arc<PathAttributes>, Refusal> {
     let cfg = sh.cfg;
-    let peer = sh.peers[slot as usize].as_mut()?;
+    let trust = sh.trust;
+    let peer = sh.peers[slot as usize]
+        .as_mut()
+        .expect("routes only exist for known peers");
     // RFC 4271 §9.1.2: a path containing our own AS is a loop.
     let own_as = cfg.local_as;
     if attrs.as_path.iter().any(|s| match s {
         AsSegment::Sequence(v) | AsSegment::Set(v) => v.contains(&own_as),
         _ => false,
     }) {
-        return None;
+        return Err(Refusal::AsLoop);
     }
     // RFC 4456 §8: our own reflected routes coming back.
     if attrs.originator_id == Some(cfg.router_id) || attrs.cluster_list.contains(&cfg.cluster_id())
     {
-        return None;
+        return Err(Refusal::ReflectedLoop);
+    }
+    // The address route programming would use (`next_hop_of`): NEXT_HOP, or the MP_REACH
+    // global address, else the peer's.
+    let next_hop = attrs.next_hop.map_or(peer.cfg.address, |n| n.address);
+    // RFC 4271 §6.3: a next hop that is no neighbour's unicast address makes the route
+    // unusable; it is ignored, the session stays (RFC 7606 §7.3).
+    if trust::bad_next_hop(next_hop, peer.cfg.address.is_loopback()) {
+        return Err(Refusal::BadNextHop);
     }
     if key.is_default() && !peer.cfg.accept_default_route {
-        return None;
+        return Err(Refusal::DefaultRoute);
     }
     let pools = pool_bound(peer.cfg.peer_type);
     let mods = if pools || peer.cfg.import_policy.is_some() {
         let net = key.to_net();
-        if pools && !policy::within_pools(&net, &cfg.cluster_pools) {
-            return None;
+        if pools {
+            // First, so a hijack of one of our blocks is named as such.
+            if trust.is_some_and(|t| t.overlaps_own(&net)) {
+                return Err(Refusal::OverlapsOwnBlock);
+            }
+            if !policy::within_pools(&net, &cfg.cluster_pools) {
+                return Err(Refusal::OutsidePools);
+            }
+            if let Some(t) = trust {
+                t.check_owner(&net, next_hop)?;
+            }
         }
         match &peer.cfg.import_policy {
             None => Modifications::default(),
             Some(p) => match p.evaluate(&net, attrs) {
-                Verdict::Reject => return None,
+                Verdict::Reject => return Err(Refusal::Policy),
                 Verdict::Accept(m) => m,
             },
         }
@@ -1638,11 +1726,11 @@ fn import<K: PrefixKey>(
     // LOCAL_PREF from an eBGP peer is ignored (RFC 4271 §5.1.5).
     let strip_lp = peer.ebgp && attrs.local_pref.is_some();
     if mods.is_empty() && !strip_lp {
-        return Some(Arc::clone(attrs));
+        return Ok(Arc::clone(attrs));
     }
     let memo_key = (Arc::as_ptr(attrs) as usize, mods);
     if let Some((_, out)) = peer.import_memo.get(&memo_key) {
-        return Some(Arc::clone(out));
+        return Ok(Arc::clone(out));
     }
     let mut a = PathAttributes::clone(attrs);
     if strip_lp {
@@ -1652,7 +1740,7 @@ fn import<K: PrefixKey>(
     let out = sh.interner.intern(a);
     peer.import_memo
         .insert(memo_key, (Arc::clone(attrs), Arc::clone(&out)));
-    Some(out)
+    Ok(out)
 }
 
 /// Removes the route of `slot` (a peer or LOCAL) for `key`.
@@ -1678,11 +1766,9 @@ fn remove_path<K: PrefixKey>(fam: &mut FamilyRib<K>, sh: &mut Shared<'_>, slot: 
         if removed.has(MODIFIED) {
             received[slot as usize].remove(&key);
         }
+        count_path(sh, slot, removed.flags, -1);
         let peer = peer_of(sh, slot);
         peer.received -= 1;
-        if removed.accepted() {
-            peer.accepted -= 1;
-        }
         if removed.has(STALE) {
             peer.stale -= 1;
         }
@@ -1701,9 +1787,16 @@ fn remove_path<K: PrefixKey>(fam: &mut FamilyRib<K>, sh: &mut Shared<'_>, slot: 
     }
 }
 
-fn count_accepted(sh: &mut Shared<'_>, source: u32, delta: isize) {
+/// Counts a path of the peer coming (`delta` 1) or going (-1) as accepted or refused by
+/// reason, whichever its flags say.
+fn count_path(sh: &mut Shared<'_>, source: u32, flags: u8, delta: isize) {
     if let Some(p) = sh.peers.get_mut(source as usize).and_then(Option::as_mut) {
-        p.accepted = p.accepted.saturating_add_signed(delta);
+        let n = match refusal_of(flags) {
+            None if flags & REJECTED == 0 => &mut p.accepted,
+            None => return,
+            Some(r) => &mut p.refused[r.index()],
+        };
+        *n = n.saturating_add_signed(delta);
     }
 }
 

@@ -221,6 +221,14 @@ impl Core {
                     .map_err(SpeakerError::from);
                 let _ = r.send(res);
             }
+            Command::SetOwnership(o, r) => {
+                let res = self
+                    .rib
+                    .set_ownership(o)
+                    .map(|out| self.dispatch(out))
+                    .map_err(SpeakerError::from);
+                let _ = r.send(res);
+            }
             Command::Withdraw(prefixes, r) => {
                 let out = self.rib.withdraw_originated(&prefixes);
                 self.dispatch(out);
@@ -387,6 +395,8 @@ impl Core {
                     last_error: e.last_error.clone(),
                     prefixes_received: c.received,
                     prefixes_accepted: c.accepted,
+                    prefixes_refused: c.refused,
+                    last_refused: c.last_refused,
                     prefixes_sent: c.sent,
                     prefixes_stale: c.stale,
                     max_prefix_exceeded: e.max_prefix_exceeded,

@@ -46,6 +46,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::config::{ConfigError, GracefulRestartConfig, PeerConfig, SpeakerConfig};
+pub use crate::rib::{NodeOwnership, Ownership, Refusal, RefusedRoute};
 use crate::{BestPathChange, PeerType, SessionState};
 
 /// What the speaker reports as it runs.
@@ -88,6 +89,12 @@ pub struct PeerStatus {
     pub prefixes_received: usize,
     /// Of those, the ones import policy accepted.
     pub prefixes_accepted: usize,
+    /// Of those, the ones import refused, by reason (a gauge: what is in the Adj-RIB-In now;
+    /// reasons with none are left out). With `prefixes_accepted` they add up to
+    /// `prefixes_received`.
+    pub prefixes_refused: BTreeMap<Refusal, usize>,
+    /// The last route import refused from this peer (kept across sessions).
+    pub last_refused: Option<RefusedRoute>,
     /// Prefixes advertised to the peer (Adj-RIB-Out).
     pub prefixes_sent: usize,
     /// Routes of a restarting peer kept as stale (graceful restart helper).
@@ -161,6 +168,7 @@ pub(crate) enum Command {
     Originate(Vec<IpNetwork>, oneshot::Sender<Result<(), SpeakerError>>),
     Withdraw(Vec<IpNetwork>, oneshot::Sender<Result<(), SpeakerError>>),
     SetClusterPools(Vec<IpNetwork>, oneshot::Sender<Result<(), SpeakerError>>),
+    SetOwnership(Option<Ownership>, oneshot::Sender<Result<(), SpeakerError>>),
     Status(oneshot::Sender<Vec<PeerStatus>>),
     BestPaths(oneshot::Sender<BTreeMap<IpNetwork, Vec<IpAddr>>>),
     LocRibLen(oneshot::Sender<usize>),
@@ -234,6 +242,15 @@ impl SpeakerHandle {
     /// are judged again, so a new pool's blocks are accepted and a removed pool's dropped.
     pub async fn set_cluster_pools(&self, pools: Vec<IpNetwork>) -> Result<(), SpeakerError> {
         self.ask(|r| Command::SetClusterPools(pools, r)).await?
+    }
+
+    /// Replaces what the datastore says about who owns what: routes from mesh and
+    /// route-reflector peers are accepted only from the node that owns them (see
+    /// [`Ownership`]). Routes already received are judged again, both ways; the best-path
+    /// changes come out as events. `None` (the default) checks those routes against the
+    /// pools only. Setting what is already set changes nothing.
+    pub async fn set_ownership(&self, ownership: Option<Ownership>) -> Result<(), SpeakerError> {
+        self.ask(|r| Command::SetOwnership(ownership, r)).await?
     }
 
     /// A snapshot of every peer, sorted by address.
