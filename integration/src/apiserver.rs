@@ -10,6 +10,15 @@
 //!   absent); tests put them with [`StandIn::put_pod`];
 //! - core/v1 Secrets the same way (`.../secrets/{name}`, values base64 as the real one sends
 //!   them); tests put them with [`StandIn::put_secret`];
+//! - core/v1 ServiceAccounts the same way (`.../serviceaccounts/{name}`; tests create them with
+//!   [`StandIn::put_service_account`]) and their `token` subresource: an
+//!   authentication.k8s.io/v1 TokenRequest (`POST .../serviceaccounts/{name}/token`) answers
+//!   201 with `status.token` and `status.expirationTimestamp`, `spec.expirationSeconds`
+//!   defaulted to 3600 and refused below 600 (422), audiences defaulted to the API's, and 404
+//!   when the service account does not exist. The tokens are opaque strings, not signed JWTs;
+//!   [`StandIn::cap_token_seconds`] shortens their lifetime as kube-apiserver's
+//!   `--service-account-max-token-expiration` would (the real flag allows no less than an
+//!   hour; tests want seconds);
 //! - core/v1 Nodes (cluster-scoped, `/api/v1/nodes`) and coordination.k8s.io/v1 Leases
 //!   (namespaced, `/apis/coordination.k8s.io/v1/namespaces/{ns}/leases`) with the same verbs
 //!   as the custom resources (Nodes with their status subresource; Leases have none); tests
@@ -22,8 +31,12 @@
 //! object that starts matching as ADDED and one that stops matching as DELETED, as from the
 //! real server. resourceVersion is one counter across every kind, increasing with each write.
 //!
-//! No schema validation, no auth, no pruning, no history compaction (so no 410 Gone). It can inject conflicts: the
-//! next N replaces of an object find it changed by "someone else" and get a 409.
+//! No schema validation, no authorization, no pruning, no history compaction (so no 410 Gone).
+//! Authentication only as far as tokens go: a request without credentials is served (as if
+//! anonymous were allowed everything); one with a bearer token the stand-in did not issue, or
+//! issued and expired, gets 401 Unauthorized as from the real server; requests per issued
+//! token are counted ([`StandIn::requests_with_token`]). It can inject conflicts: the next N
+//! replaces of an object find it changed by "someone else" and get a 409.
 //!
 //! ```no_run
 //! use reef_integration::apiserver::StandIn;
@@ -42,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -79,6 +92,18 @@ struct Inner {
     objects: BTreeMap<Key, Value>,
     log: Vec<Event>,
     conflicts: HashMap<Key, u32>,
+    /// Tokens issued by TokenRequest.
+    tokens: HashMap<String, Issued>,
+    /// Longest token lifetime granted, in seconds (kube-apiserver's
+    /// `--service-account-max-token-expiration`); none: as asked.
+    max_token_seconds: Option<u64>,
+}
+
+/// A token the stand-in issued.
+struct Issued {
+    expires: SystemTime,
+    /// Requests that presented it.
+    uses: u64,
 }
 
 impl Inner {
@@ -261,6 +286,50 @@ impl StandIn {
         inner
             .objects
             .insert(("secrets".into(), format!("{namespace}/{name}")), secret);
+    }
+
+    /// Creates the ServiceAccount `namespace/name` (as `kubectl create serviceaccount`), so
+    /// TokenRequests for it succeed.
+    pub fn put_service_account(&self, namespace: &str, name: &str) {
+        let mut inner = self.state.lock();
+        inner.rev += 1;
+        let rev = inner.rev;
+        let sa = json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": format!("uid-{rev}"),
+                "resourceVersion": rev.to_string(),
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+            },
+        });
+        inner.objects.insert(
+            ("serviceaccounts".into(), format!("{namespace}/{name}")),
+            sa,
+        );
+    }
+
+    /// Grants tokens at most `secs` seconds of life from now on, whatever a TokenRequest asks
+    /// (as `--service-account-max-token-expiration`, but shorter than the real server allows,
+    /// so a test can see a token expire).
+    pub fn cap_token_seconds(&self, secs: u64) {
+        self.state.lock().max_token_seconds = Some(secs);
+    }
+
+    /// The tokens issued so far, oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let inner = self.state.lock();
+        let mut t: Vec<(&SystemTime, &String)> =
+            inner.tokens.iter().map(|(k, v)| (&v.expires, k)).collect();
+        t.sort();
+        t.into_iter().map(|(_, k)| k.clone()).collect()
+    }
+
+    /// How many requests presented `token` (an issued one; 0 for any other).
+    pub fn requests_with_token(&self, token: &str) -> u64 {
+        self.state.lock().tokens.get(token).map_or(0, |t| t.uses)
     }
 
     /// Creates or replaces the Node `name` with these labels and InternalIP addresses, as the
@@ -574,6 +643,8 @@ struct Request {
     path: String,
     query: HashMap<String, String>,
     body: Value,
+    /// The token of an `Authorization: Bearer` header.
+    bearer: Option<String>,
 }
 
 /// Reads one HTTP/1.1 request; None when the peer sent nothing usable.
@@ -589,6 +660,7 @@ fn read_request(s: &TcpStream) -> Option<Result<Request, (u16, Value)>> {
         parts.next().unwrap_or("").to_string(),
     );
     let mut len = 0usize;
+    let mut bearer = None;
     loop {
         let mut h = String::new();
         if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
@@ -597,6 +669,11 @@ fn read_request(s: &TcpStream) -> Option<Result<Request, (u16, Value)>> {
         if let Some((k, v)) = h.split_once(':') {
             if k.eq_ignore_ascii_case("content-length") {
                 len = v.trim().parse().unwrap_or(0);
+            } else if k.eq_ignore_ascii_case("authorization") {
+                bearer = v
+                    .trim()
+                    .strip_prefix("Bearer ")
+                    .map(|t| t.trim().to_string());
             }
         }
     }
@@ -632,6 +709,7 @@ fn read_request(s: &TcpStream) -> Option<Result<Request, (u16, Value)>> {
         path: path.to_string(),
         query,
         body,
+        bearer,
     }))
 }
 
@@ -644,6 +722,20 @@ fn serve(mut s: TcpStream, st: &State) {
         Some(Ok(r)) => r,
     };
     st.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(token) = &req.bearer {
+        let mut inner = st.lock();
+        let valid = match inner.tokens.get_mut(token) {
+            Some(t) if t.expires > SystemTime::now() => {
+                t.uses += 1;
+                true
+            }
+            _ => false,
+        };
+        drop(inner);
+        if !valid {
+            return respond(&mut s, 401, &status(401, "Unauthorized", "Unauthorized"));
+        }
+    }
     if let Some(rest) = req.path.strip_prefix(CORE_PREFIX) {
         return serve_core(s, st, &req, rest);
     }
@@ -661,11 +753,17 @@ fn serve(mut s: TcpStream, st: &State) {
     }
 }
 
-/// core/v1 namespaced: only GET of one Pod or Secret.
+/// core/v1 namespaced: GET of one Pod, Secret or ServiceAccount; a ServiceAccount's TokenRequest.
 fn serve_core(mut s: TcpStream, st: &State, req: &Request, rest: &str) {
     let seg: Vec<&str> = rest.split('/').collect();
     match (req.method.as_str(), seg.as_slice()) {
-        ("GET", [ns, kind @ ("pods" | "secrets"), name]) if !ns.is_empty() && !name.is_empty() => {
+        ("POST", [ns, "serviceaccounts", name, "token"]) if !ns.is_empty() && !name.is_empty() => {
+            let (code, body) = token_request(st, ns, name, &req.body);
+            respond(&mut s, code, &body)
+        }
+        ("GET", [ns, kind @ ("pods" | "secrets" | "serviceaccounts"), name])
+            if !ns.is_empty() && !name.is_empty() =>
+        {
             let got = st
                 .lock()
                 .objects
@@ -683,12 +781,109 @@ fn serve_core(mut s: TcpStream, st: &State, req: &Request, rest: &str) {
                 405,
                 "MethodNotAllowed",
                 &format!(
-                    "{} {}: the stand-in serves only GET of one Pod or Secret",
+                    "{} {}: the stand-in serves only GET of one Pod, Secret or ServiceAccount, and TokenRequests",
                     req.method, req.path
                 ),
             ),
         ),
     }
+}
+
+/// The audiences a token gets when the request names none (the API server's own, as with
+/// kube-apiserver's default `--api-audiences`).
+const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// An authentication.k8s.io/v1 TokenRequest for the ServiceAccount `ns/name`: (code, body).
+fn token_request(st: &State, ns: &str, name: &str, body: &Value) -> (u16, Value) {
+    const GV: &str = "authentication.k8s.io/v1";
+    for (field, want) in [("apiVersion", GV), ("kind", "TokenRequest")] {
+        if let Some(have) = body[field].as_str() {
+            if have != want {
+                let msg =
+                    format!("{field} {have:?}: the token subresource takes a {GV} TokenRequest");
+                return (400, status(400, "BadRequest", &msg));
+            }
+        }
+    }
+    let invalid = |msg: String| {
+        let mut s = status(
+            422,
+            "Invalid",
+            &format!("TokenRequest.authentication.k8s.io \"{name}\" is invalid: {msg}"),
+        );
+        s["details"] =
+            json!({"name": name, "group": "authentication.k8s.io", "kind": "TokenRequest"});
+        (422, s)
+    };
+    let asked = match &body["spec"]["expirationSeconds"] {
+        Value::Null => 3600,
+        v => match v.as_i64() {
+            Some(n) => n,
+            None => {
+                return invalid(format!(
+                    "spec.expirationSeconds: Invalid value: {v}: must be an integer"
+                ))
+            }
+        },
+    };
+    // The real server's validation (pkg/apis/authentication/validation).
+    if asked < 600 {
+        return invalid(format!(
+            "spec.expirationSeconds: Invalid value: {asked}: may not specify a duration less than 10 minutes"
+        ));
+    }
+    if asked > 1 << 32 {
+        return invalid(format!(
+            "spec.expirationSeconds: Invalid value: {asked}: may not specify a duration larger than 2^32 seconds"
+        ));
+    }
+    let mut audiences: Vec<Value> = body["spec"]["audiences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if audiences.is_empty() {
+        audiences.push(json!(API_AUDIENCE));
+    }
+    let mut inner = st.lock();
+    if !inner
+        .objects
+        .contains_key(&("serviceaccounts".to_string(), format!("{ns}/{name}")))
+    {
+        return (404, not_found("serviceaccounts", name));
+    }
+    let secs = inner
+        .max_token_seconds
+        .map_or(asked as u64, |m| m.min(asked as u64));
+    inner.rev += 1;
+    let rev = inner.rev;
+    let token = format!("reef-standin-token.{ns}.{name}.{rev}");
+    let now = SystemTime::now();
+    let expires = now + Duration::from_secs(secs);
+    inner
+        .tokens
+        .insert(token.clone(), Issued { expires, uses: 0 });
+    let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    (
+        201,
+        json!({
+            "kind": "TokenRequest",
+            "apiVersion": GV,
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "creationTimestamp": reef_config::time::rfc3339_secs(since_epoch(now)),
+            },
+            "spec": {
+                "audiences": audiences,
+                "expirationSeconds": secs,
+                "boundObjectRef": body["spec"]["boundObjectRef"].clone(),
+            },
+            "status": {
+                "token": token,
+                "expirationTimestamp": reef_config::time::rfc3339_secs(since_epoch(expires)),
+            },
+        }),
+    )
 }
 
 /// Label and field selectors of a list or watch.
@@ -1178,6 +1373,92 @@ mod tests {
         let other = "/apis/coordination.k8s.io/v1/namespaces/default/leases/l";
         assert_eq!(call(&api, "GET", other, None).0, 404);
         assert_eq!(call(&api, "GET", &format!("{p}/l/status"), None).0, 404);
+    }
+
+    /// `call` with an `Authorization: Bearer` header.
+    fn call_as(api: &StandIn, token: &str, path: &str) -> u16 {
+        let mut s = TcpStream::connect(api.addr()).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out[9..12].parse().unwrap()
+    }
+
+    #[test]
+    fn token_requests_behave_like_the_real_api_and_tokens_authenticate() {
+        let api = StandIn::start().unwrap();
+        let p = "/api/v1/namespaces/reef-system/serviceaccounts/reef-cni/token";
+        let req = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                         "spec": {"audiences": []}});
+        let (code, body) = call(&api, "POST", p, Some(&req));
+        assert_eq!((code, body["reason"].as_str()), (404, Some("NotFound")));
+        assert!(api.issued_tokens().is_empty());
+
+        api.put_service_account("reef-system", "reef-cni");
+        let (code, sa) = call(
+            &api,
+            "GET",
+            "/api/v1/namespaces/reef-system/serviceaccounts/reef-cni",
+            None,
+        );
+        assert_eq!((code, sa["kind"].as_str()), (200, Some("ServiceAccount")));
+        let (code, tr) = call(&api, "POST", p, Some(&req));
+        assert_eq!(code, 201, "{tr}");
+        assert_eq!(tr["kind"], "TokenRequest");
+        assert_eq!(tr["spec"]["expirationSeconds"], 3600);
+        assert_eq!(tr["spec"]["audiences"], json!([API_AUDIENCE]));
+        let token = tr["status"]["token"].as_str().unwrap().to_string();
+        assert_eq!(api.issued_tokens(), std::slice::from_ref(&token));
+        // RFC 3339, about an hour from now.
+        let exp = tr["status"]["expirationTimestamp"].as_str().unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            [3599, 3600, 3601]
+                .iter()
+                .any(|d| reef_config::time::rfc3339_secs(now + d) == exp),
+            "{exp}"
+        );
+        // Below ten minutes is invalid, as on the real server; another kind is a bad request.
+        let short = json!({"spec": {"expirationSeconds": 599}});
+        let (code, body) = call(&api, "POST", p, Some(&short));
+        assert_eq!(code, 422);
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("less than 10 minutes"),
+            "{body}"
+        );
+        let (code, _) = call(&api, "POST", p, Some(&json!({"kind": "Pod"})));
+        assert_eq!(code, 400);
+
+        // The issued token authenticates; any other token does not; no token is anonymous.
+        let nodes = "/api/v1/nodes";
+        assert_eq!(call_as(&api, &token, nodes), 200);
+        assert_eq!(call_as(&api, &token, nodes), 200);
+        assert_eq!(api.requests_with_token(&token), 2);
+        assert_eq!(call_as(&api, "forged", nodes), 401);
+        assert_eq!(call(&api, "GET", nodes, None).0, 200);
+
+        // A capped lifetime: the token the response names expires then, and is refused after.
+        api.cap_token_seconds(1);
+        let (code, tr) = call(&api, "POST", p, Some(&req));
+        assert_eq!(
+            (code, tr["spec"]["expirationSeconds"].as_u64()),
+            (201, Some(1))
+        );
+        let short_lived = tr["status"]["token"].as_str().unwrap();
+        assert_eq!(call_as(&api, short_lived, nodes), 200);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(call_as(&api, short_lived, nodes), 401);
+        assert_eq!(call_as(&api, &token, nodes), 200);
     }
 
     #[test]
