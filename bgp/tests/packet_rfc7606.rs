@@ -125,10 +125,23 @@ fn as_path_confederation_segment_from_external_peer_withdraws() {
 }
 
 #[test]
-fn next_hop_bad_length_or_not_unicast_withdraws() {
+fn next_hop_bad_length_withdraws() {
     check(&[ORIGIN, AS_PATH, "40 03 05 c000020100"], IBGP, withdraw(3));
-    check(&[ORIGIN, AS_PATH, "40 03 04 00000000"], IBGP, withdraw(3));
-    check(&[ORIGIN, AS_PATH, "40 03 04 e0000001"], IBGP, withdraw(3));
+}
+
+#[test]
+fn next_hop_not_unicast_decodes_as_sent_for_the_rib_to_refuse() {
+    // RFC 4271 §6.3: semantically wrong, not malformed. The RIB refuses the routes with a
+    // reason it counts (`Refusal::BadNextHop`, tests/import_trust.rs); no session error.
+    for (hex_nh, nh) in [("00000000", "0.0.0.0"), ("e0000001", "224.0.0.1")] {
+        let u = check(
+            &[ORIGIN, AS_PATH, &format!("40 03 04 {hex_nh}")],
+            IBGP,
+            |v| *v == Verdict::Ok,
+        );
+        let a = u.attrs.unwrap();
+        assert_eq!(a.next_hop.unwrap().address, nh.parse::<IpAddr>().unwrap());
+    }
 }
 
 #[test]

@@ -466,6 +466,13 @@ fn check(
         prop_assert_eq!(c.received, want.len());
         let accepted = want.keys().filter(|p| !rejected(i, p)).count();
         prop_assert_eq!(c.accepted, accepted, "accepted count of peer {}", i);
+        prop_assert_eq!(
+            c.refused.values().sum::<usize>(),
+            want.len() - accepted,
+            "refused counts of peer {}: {:?}",
+            i,
+            c.refused
+        );
         let stale = model
             .adj_in
             .iter()

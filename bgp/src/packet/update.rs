@@ -217,22 +217,10 @@ impl Update {
                 });
             }
         }
-        if !nlri.is_empty() {
-            if let Some(NextHop {
-                address: IpAddr::V4(nh),
-                ..
-            }) = d.attrs.next_hop
-            {
-                // RFC 4271 §6.3: a next hop that is not a unicast host address is
-                // semantically wrong; the routes cannot be used.
-                if nh.is_unspecified() || nh.is_multicast() || nh.is_broadcast() {
-                    issues.withdraw.get_or_insert(AttrIssue {
-                        type_code: NEXT_HOP,
-                        reason: "NEXT_HOP is not a unicast address",
-                    });
-                }
-            }
-        }
+        // A NEXT_HOP that is no unicast neighbour address (RFC 4271 §6.3) decodes as sent:
+        // the RIB refuses such routes from every peer, keeps them in the Adj-RIB-In and
+        // counts them with the reason (`rib::Refusal::BadNextHop`), for IPv4 and MP_REACH
+        // next hops alike.
         let verdict = if let Some(n) = issues.reset {
             Verdict::SessionReset(n)
         } else if let Some(i) = issues.withdraw {

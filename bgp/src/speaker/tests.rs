@@ -622,3 +622,102 @@ async fn notification_with_the_n_bit_keeps_routes_stale_on_both_sides() {
     a.handle.remove_peer(IpAddr::V4(b.addr)).await.unwrap();
     assert!(routes(&a).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_routes_a_node_does_not_own_are_refused_counted_and_shown() {
+    // B knows from the datastore that A owns 10.244.1.0/26 and B 10.244.2.0/26. A (here
+    // playing a rogue speaker) announces its own block and three it has no right to.
+    let (a, b) = pair(64512, 64512, |to_b, to_a| {
+        to_b.peer_type = PeerType::Mesh;
+        to_a.peer_type = PeerType::Mesh;
+    })
+    .await;
+    let (aa, ba) = (IpAddr::V4(a.addr), IpAddr::V4(b.addr));
+    let owner = |a_is_node: bool| Ownership {
+        local_addresses: vec![ba],
+        own_blocks: vec![net("10.244.2.0/26")],
+        nodes: vec![
+            NodeOwnership {
+                name: "a".into(),
+                addresses: if a_is_node { vec![aa] } else { vec![] },
+                blocks: vec![net("10.244.1.0/26")],
+                borrowed: vec![],
+            },
+            NodeOwnership {
+                name: "c".into(),
+                addresses: vec!["192.0.2.3".parse().unwrap()],
+                blocks: vec![net("10.244.3.0/26")],
+                borrowed: vec!["10.244.9.9".parse().unwrap()],
+            },
+        ],
+    };
+    b.handle
+        .set_cluster_pools(vec![net("10.244.0.0/16")])
+        .await
+        .unwrap();
+    b.handle.set_ownership(Some(owner(true))).await.unwrap();
+    established(&b, a.addr).await;
+    a.handle
+        .originate(vec![
+            net("10.244.1.0/26"),
+            net("10.244.2.0/27"),
+            net("10.244.3.0/26"),
+            net("10.244.9.9/32"),
+        ])
+        .await
+        .unwrap();
+    has_route(&b, "10.244.1.0/26", aa).await;
+    let counted = |want: Vec<(Refusal, usize)>, accepted: usize| {
+        let want: BTreeMap<Refusal, usize> = want.into_iter().collect();
+        let b = &b;
+        async move {
+            wait("refusals counted at B", 10, || {
+                let want = want.clone();
+                async move {
+                    let s = status_of(b, a.addr).await;
+                    if s.prefixes_received == 4
+                        && s.prefixes_accepted == accepted
+                        && s.prefixes_refused == want
+                    {
+                        Ok(s)
+                    } else {
+                        Err(format!("{s:?}"))
+                    }
+                }
+            })
+            .await
+        }
+    };
+    let s = counted(
+        vec![(Refusal::NotOwner, 2), (Refusal::OverlapsOwnBlock, 1)],
+        1,
+    )
+    .await;
+    let last = s.last_refused.expect("last refusal shown");
+    assert_eq!(last.next_hop, Some(aa));
+    assert!(
+        matches!(last.reason, Refusal::NotOwner | Refusal::OverlapsOwnBlock),
+        "{last:?}"
+    );
+    let json = serde_json::to_value(&s.prefixes_refused).unwrap();
+    assert_eq!(json["not_owner"], 2, "{json}");
+    assert_eq!(
+        routes(&b).await.keys().copied().collect::<Vec<_>>(),
+        vec![net("10.244.1.0/26")]
+    );
+    // A's address is no node's any more (its ReefNode went): everything from it goes.
+    b.handle.set_ownership(Some(owner(false))).await.unwrap();
+    no_route(&b, "10.244.1.0/26", 5).await;
+    counted(
+        vec![(Refusal::NextHopNotNode, 3), (Refusal::OverlapsOwnBlock, 1)],
+        0,
+    )
+    .await;
+    // Back, then no ownership at all: pools only, as before this check existed.
+    b.handle.set_ownership(Some(owner(true))).await.unwrap();
+    has_route(&b, "10.244.1.0/26", aa).await;
+    b.handle.set_ownership(None).await.unwrap();
+    has_route(&b, "10.244.9.9/32", aa).await;
+    counted(vec![], 4).await;
+    assert_eq!(status_of(&b, a.addr).await.state, SessionState::Established);
+}
