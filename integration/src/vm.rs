@@ -1,5 +1,6 @@
 //! A real IP-in-IP kernel for tests: the Debian kernel booted under qemu (TCG) with the ipip,
-//! veth, bridge and tun modules, busybox, iproute2, BIRD and the test's own binaries inside.
+//! veth, bridge, tun and nftables modules, busybox, iproute2, nft, BIRD and the test's own
+//! binaries inside.
 //!
 //! A test written with the lab library runs unchanged in the VM: the test binary reruns itself
 //! inside the guest with `--exact <name>`, and the guest's output and exit code come back on the
@@ -45,10 +46,20 @@ const MODULES: &[&str] = &[
     "9pnet_virtio",
     "virtio_pci",
     "nf_tables",
+    // reef's own tables: reef-filter's strict reverse-path rule, reef-nat's masquerade (the
+    // guest has no modules.dep, so nft cannot have them loaded on demand).
+    "nft_fib_inet",
+    "nft_chain_nat",
+    "nft_masq",
 ];
 
 /// Programs from the host copied into the guest, with the libraries they link.
-const HOST_PROGRAMS: &[&str] = &["/usr/sbin/ip", "/usr/sbin/bird", "/usr/sbin/birdcl"];
+const HOST_PROGRAMS: &[&str] = &[
+    "/usr/sbin/ip",
+    "/usr/sbin/bird",
+    "/usr/sbin/birdcl",
+    "/usr/sbin/nft",
+];
 
 /// Whether this process runs inside the lab VM.
 pub fn inside() -> bool {
@@ -123,7 +134,7 @@ impl VmRun {
     }
 }
 
-/// Boots the kernel with an initramfs holding busybox, iproute2, BIRD, the modules and
+/// Boots the kernel with an initramfs holding busybox, iproute2, nft, BIRD, the modules and
 /// `run.binaries`, runs `run.script`, and returns the outcome. Nothing of it outlives the call:
 /// qemu is killed at the timeout and the work directory is removed.
 pub fn boot(kernel: &Kernel, run: &VmRun) -> Result<VmOutcome, Error> {

@@ -9,6 +9,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkIpIp, LinkUnspec};
 
+use crate::filter::{self, FilterSpec};
 use crate::plan::{Plan, Pool, TunnelMode, KERNEL_TUNNEL_DEVICE, USERSPACE_TUNNEL_DEVICE};
 use crate::userspace::{EncapTable, TunnelStats, UserspaceTunnel};
 use crate::{IpipMode, TunnelError};
@@ -274,6 +275,8 @@ pub struct Tunnel {
     kernel_in_use: bool,
     /// Whether a persistent userspace device left by an earlier agent was looked for.
     leftover_checked: bool,
+    /// The filter last applied (`inet reef-filter`), so nft runs only when it changes.
+    filter: Option<FilterSpec>,
 }
 
 impl Tunnel {
@@ -313,6 +316,7 @@ impl Tunnel {
             userspace: None,
             kernel_in_use: false,
             leftover_checked: false,
+            filter: None,
         })
     }
 
@@ -335,15 +339,23 @@ impl Tunnel {
         self.userspace.as_ref().map(UserspaceTunnel::stats)
     }
 
-    /// Brings the device up when `plan` routes through it (before its routes are written),
-    /// updates the userspace map, and takes the device out of use when nothing needs it.
-    /// `cluster_nodes` are accepted as sources of encapsulated packets in addition to the
-    /// plan's next hops.
+    /// The filter in place (`inet reef-filter`), once applied.
+    pub fn filter(&self) -> Option<&FilterSpec> {
+        self.filter.as_ref()
+    }
+
+    /// Keeps reef's filter table in step (first: a kernel tunnel is never brought up without
+    /// it), brings the device up when `plan` routes through it (before its routes are
+    /// written), updates the userspace map, and takes the device out of use when nothing
+    /// needs it. `cluster_nodes` are every ReefNode address (this node's own may be among
+    /// them): encapsulated packets are accepted only from the others.
     pub async fn sync(
         &mut self,
         plan: &Plan,
         cluster_nodes: impl IntoIterator<Item = IpAddr>,
     ) -> Result<(), TunnelError> {
+        let nodes: Vec<IpAddr> = cluster_nodes.into_iter().collect();
+        self.sync_filter(&nodes).await?;
         match self.mode.clone() {
             TunnelMode::Kernel { device } => {
                 if plan.tunnel_needed && !self.kernel_in_use {
@@ -368,7 +380,12 @@ impl Tunnel {
                         self.userspace = Some(u);
                     }
                     if let Some(u) = &self.userspace {
-                        u.set_table(EncapTable::from_plan(&plan.encap, cluster_nodes));
+                        u.set_table(EncapTable::from_plan(
+                            plan,
+                            nodes,
+                            self.cfg.node_address,
+                            self.cfg.tunnel_address,
+                        ));
                     }
                 } else if let Some(u) = self.userspace.take() {
                     // The device and its routes go with it.
@@ -388,6 +405,29 @@ impl Tunnel {
             }
             TunnelMode::Unavailable => {}
         }
+        Ok(())
+    }
+
+    /// Applies the filter for this mode and these nodes when it differs from the one in place
+    /// (on failure nothing is recorded, so the next sync tries again).
+    async fn sync_filter(&mut self, nodes: &[IpAddr]) -> Result<(), TunnelError> {
+        let spec = match self.mode {
+            TunnelMode::Kernel { .. } => FilterSpec::kernel(nodes, self.cfg.node_address),
+            _ => FilterSpec::pods_only(),
+        };
+        if self.filter.as_ref() == Some(&spec) {
+            return Ok(());
+        }
+        let netns = self.cfg.netns.clone();
+        let s = spec.clone();
+        tokio::task::spawn_blocking(move || filter::apply(netns.as_deref(), &s))
+            .await
+            .map_err(|e| TunnelError::Io {
+                what: format!("apply table inet {}", filter::TABLE),
+                reason: e.to_string(),
+            })??;
+        tracing::info!(?spec, "reef-filter applied");
+        self.filter = Some(spec);
         Ok(())
     }
 }

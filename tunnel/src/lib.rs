@@ -12,6 +12,8 @@
 //!   tunnel device up only while the plan needs it, and feeds the userspace encapsulator its
 //!   destination map. Call `Tunnel::sync` before writing routes that use the device.
 //! - [`nat`]: natOutgoing in reef's own nftables table `ip reef-nat`.
+//! - [`filter`]: reef's own table `inet reef-filter`: IP-in-IP only from cluster nodes (kernel
+//!   tunnel), no spoofed sources from pods; kept in step by `Tunnel::sync`.
 //! - [`device::write_mtu_file`]: the MTU file the CNI plugin reads.
 //!
 //! How an agent wires it (one node, in its own namespace or the host's):
@@ -41,6 +43,7 @@ use ipnetwork::IpNetwork;
 pub use reef_config::IpipMode;
 
 pub mod device;
+pub mod filter;
 pub mod nat;
 pub mod plan;
 mod sys;

@@ -64,15 +64,21 @@ fn cidrs<'a>(pools: impl Iterator<Item = &'a Pool>, v6: bool) -> Vec<String> {
 
 /// Applies [`render`]`(pools)` in the namespace at `netns` (the caller's when `None`).
 pub fn apply(netns: Option<&Path>, pools: &[Pool]) -> Result<(), TunnelError> {
-    run_nft(netns, render(pools))
+    run_nft(netns, render(pools), &format!("table ip {TABLE}"))
 }
 
 /// Removes reef's table (nothing else); fine when it does not exist.
 pub fn remove(netns: Option<&Path>) -> Result<(), TunnelError> {
-    run_nft(netns, render(&[]))
+    run_nft(netns, render(&[]), &format!("table ip {TABLE}"))
 }
 
-fn run_nft(netns: Option<&Path>, script: String) -> Result<(), TunnelError> {
+/// Runs `nft -f -` with `script` in the namespace at `netns`; `table` names what the script
+/// is about in the error.
+pub(crate) fn run_nft(
+    netns: Option<&Path>,
+    script: String,
+    table: &str,
+) -> Result<(), TunnelError> {
     let out = felix_lite::netns::maybe_in(netns, move || {
         // A child forked from this thread starts in the thread's namespace.
         let mut child = Command::new("nft")
@@ -89,16 +95,16 @@ fn run_nft(netns: Option<&Path>, script: String) -> Result<(), TunnelError> {
         child.wait_with_output()
     })
     .map_err(|e| TunnelError::Io {
-        what: "enter namespace for nft".into(),
+        what: format!("enter namespace for nft ({table})"),
         reason: e.to_string(),
     })?
     .map_err(|e| TunnelError::Io {
-        what: "run nft".into(),
+        what: format!("run nft ({table})"),
         reason: e.to_string(),
     })?;
     if !out.status.success() {
         return Err(TunnelError::Io {
-            what: format!("nft -f (table ip {TABLE})"),
+            what: format!("nft -f ({table})"),
             reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }

@@ -114,6 +114,9 @@ pub struct Plan {
     pub encap: BTreeMap<IpNetwork, Vec<IpAddr>>,
     /// Whether any route goes through the tunnel device (it is set up only then).
     pub tunnel_needed: bool,
+    /// This node's own blocks and local pod addresses (both families, sorted): the only inner
+    /// destinations the userspace tunnel decapsulates packets for.
+    pub local_destinations: Vec<IpNetwork>,
     pub problems: Vec<PlanProblem>,
 }
 
@@ -123,8 +126,8 @@ impl Plan {
         self.routes.iter().map(|p| p.route.clone()).collect()
     }
 
-    /// Every node address a remote block is routed through by encapsulation: the encapsulator
-    /// accepts packets only from these (and any other known cluster node the caller adds).
+    /// Every node address a remote block is routed through by encapsulation. These come from
+    /// peers' announcements: they say where to send, never whom to accept packets from.
     pub fn tunnel_peers(&self) -> BTreeSet<IpAddr> {
         self.encap.values().flatten().copied().collect()
     }
@@ -204,6 +207,14 @@ pub fn plan(input: &PlanInput) -> Plan {
         }
     }
 
+    out.local_destinations = input
+        .own_blocks
+        .iter()
+        .map(normalise)
+        .chain(input.local_pods.keys().map(|a| host_prefix(*a)))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     out.routes = routes.into_values().collect();
     out
 }
@@ -452,6 +463,31 @@ mod tests {
         );
         assert!(!p.tunnel_needed);
         assert!(p.problems.is_empty());
+    }
+
+    #[test]
+    fn local_destinations_are_own_blocks_and_pods() {
+        let mut i = base(IpipMode::CrossSubnet, TunnelMode::userspace());
+        i.own_blocks.push(net("10.244.7.9/26"));
+        // A borrowed address outside the node's blocks, and an IPv6 pod.
+        i.local_pods.insert(ip("10.244.9.3"), "cali3".into());
+        i.local_pods.insert(ip("fd00:244:0:1::5"), "cali2".into());
+        i.remote_routes = vec![rr("10.244.3.0/26", &["10.20.2.10"])];
+        let got: Vec<String> = plan(&i)
+            .local_destinations
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.244.1.0/26",
+                "10.244.1.5/32",
+                "10.244.7.0/26",
+                "10.244.9.3/32",
+                "fd00:244:0:1::5/128"
+            ]
+        );
     }
 
     #[test]

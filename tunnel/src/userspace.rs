@@ -3,14 +3,17 @@
 //! ```text
 //!   pod ─▶ route "dev reeftun0" ─▶ TUN ─▶ [tx thread] lookup dst → node ─▶ raw socket sendto
 //!                                          (kernel adds the outer header, protocol 4)
-//!   wire ─▶ raw IPPROTO_IPIP socket ─▶ [rx thread] known node? strip outer ─▶ TUN ─▶ pod
+//!   wire ─▶ raw IPPROTO_IPIP socket ─▶ [rx thread] from a node? for us? strip outer ─▶ TUN ─▶ pod
 //! ```
 //!
 //! The wire format is the kernel's (RFC 2003 outer IPv4 header, protocol 4), so a userspace
 //! node and a kernel-ipip node interoperate. The route into the TUN device carries no gateway,
 //! so the encapsulator keeps its own map from destination block to node addresses, built from
-//! the route plan ([`EncapTable::from_plan`]). Only packets from known cluster nodes are
-//! decapsulated, like Calico's tunl0 with its allowed-sources rule.
+//! the route plan ([`EncapTable::from_plan`]). A received packet is decapsulated only when its
+//! outer source is another cluster node (never a next hop some peer announced, never this
+//! node's own address) and its inner destination is this node's: one of its blocks, a local
+//! pod, or its tunnel address. Anything else is dropped and counted by reason, so the tunnel
+//! can neither be used to inject packets into the pod network nor to bounce them elsewhere.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -24,15 +27,18 @@ use std::thread::JoinHandle;
 
 use ipnetwork::IpNetwork;
 
+use crate::plan::Plan;
 use crate::{sys, TunnelError};
 
-/// Destination block → node addresses, with longest-prefix match, and the nodes whose
-/// encapsulated packets are accepted.
+/// Destination block → node addresses, with longest-prefix match; the nodes whose
+/// encapsulated packets are accepted; and the inner destinations they may be for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncapTable {
     /// Per prefix length (longest first): masked network → node addresses.
     by_len: Vec<(u8, HashMap<u32, Vec<Ipv4Addr>>)>,
     peers: HashSet<Ipv4Addr>,
+    /// This node's destinations, per prefix length (longest first): masked networks.
+    local: Vec<(u8, HashSet<u32>)>,
 }
 
 fn mask(len: u8) -> u32 {
@@ -44,16 +50,18 @@ fn mask(len: u8) -> u32 {
 }
 
 impl EncapTable {
-    /// From [`crate::Plan::encap`]; `extra_peers` are further cluster nodes to accept packets
-    /// from (e.g. every node of the mesh, also those with no block yet). IPv6 entries are
-    /// ignored: IP-in-IP carries IPv4.
+    /// From the plan: where to send comes from [`Plan::encap`]; packets are accepted from
+    /// `cluster_nodes` (every ReefNode address, as the datastore lists them) except
+    /// `this_node`, and only for [`Plan::local_destinations`] and `also_local` (the tunnel
+    /// address). IPv6 entries are ignored: IP-in-IP carries IPv4.
     pub fn from_plan(
-        encap: &BTreeMap<IpNetwork, Vec<IpAddr>>,
-        extra_peers: impl IntoIterator<Item = IpAddr>,
+        plan: &Plan,
+        cluster_nodes: impl IntoIterator<Item = IpAddr>,
+        this_node: Ipv4Addr,
+        also_local: impl IntoIterator<Item = Ipv4Addr>,
     ) -> Self {
         let mut lens: BTreeMap<u8, HashMap<u32, Vec<Ipv4Addr>>> = BTreeMap::new();
-        let mut peers = HashSet::new();
-        for (prefix, nodes) in encap {
+        for (prefix, nodes) in &plan.encap {
             let IpNetwork::V4(p) = prefix else { continue };
             let v4: Vec<Ipv4Addr> = nodes
                 .iter()
@@ -65,18 +73,36 @@ impl EncapTable {
             if v4.is_empty() {
                 continue;
             }
-            peers.extend(v4.iter().copied());
             lens.entry(p.prefix())
                 .or_default()
                 .insert(u32::from(p.network()) & mask(p.prefix()), v4);
         }
-        peers.extend(extra_peers.into_iter().filter_map(|a| match a {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        }));
+        let peers = cluster_nodes
+            .into_iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(a) if a != this_node => Some(a),
+                _ => None,
+            })
+            .collect();
+        let mut local: BTreeMap<u8, HashSet<u32>> = BTreeMap::new();
+        let v4_local = plan
+            .local_destinations
+            .iter()
+            .filter_map(|n| match n {
+                IpNetwork::V4(p) => Some((p.network(), p.prefix())),
+                IpNetwork::V6(_) => None,
+            })
+            .chain(also_local.into_iter().map(|a| (a, 32)));
+        for (net, len) in v4_local {
+            local
+                .entry(len)
+                .or_default()
+                .insert(u32::from(net) & mask(len));
+        }
         EncapTable {
             by_len: lens.into_iter().rev().collect(),
             peers,
+            local: local.into_iter().rev().collect(),
         }
     }
 
@@ -90,9 +116,18 @@ impl EncapTable {
         })
     }
 
-    /// Whether encapsulated packets from `src` are accepted.
+    /// Whether encapsulated packets from `src` are accepted: another cluster node.
     pub fn accepts(&self, src: Ipv4Addr) -> bool {
         self.peers.contains(&src)
+    }
+
+    /// Whether `dst` (an inner destination) is this node's: in one of its blocks, a local
+    /// pod, or its tunnel address.
+    pub fn is_local(&self, dst: Ipv4Addr) -> bool {
+        let d = u32::from(dst);
+        self.local
+            .iter()
+            .any(|(len, nets)| nets.contains(&(d & mask(*len))))
     }
 }
 
@@ -151,6 +186,7 @@ pub struct Counters {
     pub drop_no_route: AtomicU64,
     pub drop_unknown_peer: AtomicU64,
     pub drop_malformed: AtomicU64,
+    pub drop_foreign_destination: AtomicU64,
     pub errors: AtomicU64,
 }
 
@@ -159,10 +195,25 @@ pub struct Counters {
 pub struct TunnelStats {
     pub tx: u64,
     pub rx: u64,
+    /// Outgoing: no node for the destination.
     pub drop_no_route: u64,
+    /// Incoming: the outer source is not another cluster node (a stranger, a next hop only a
+    /// peer announced, or this node's own address).
     pub drop_unknown_peer: u64,
     pub drop_malformed: u64,
+    /// Incoming from a node, but the inner destination is not this node's.
+    pub drop_foreign_destination: u64,
     pub errors: u64,
+}
+
+impl TunnelStats {
+    /// Every packet dropped, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.drop_no_route
+            + self.drop_unknown_peer
+            + self.drop_malformed
+            + self.drop_foreign_destination
+    }
 }
 
 /// The running encapsulator: a TUN device and a raw IPIP socket served by two OS threads.
@@ -280,6 +331,7 @@ impl UserspaceTunnel {
             drop_no_route: c.drop_no_route.load(Ordering::Relaxed),
             drop_unknown_peer: c.drop_unknown_peer.load(Ordering::Relaxed),
             drop_malformed: c.drop_malformed.load(Ordering::Relaxed),
+            drop_foreign_destination: c.drop_foreign_destination.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
         }
     }
@@ -370,16 +422,28 @@ fn decap_loop(
                 continue;
             }
         };
-        if !current(table).accepts(src) {
+        let t = current(table);
+        if !t.accepts(src) {
             c.drop_unknown_peer.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        match inner_packet(&buf[..n]) {
-            Ok(inner) => match tun.write(inner) {
-                Ok(_) => c.rx.fetch_add(1, Ordering::Relaxed),
-                Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
-            },
-            Err(_) => c.drop_malformed.fetch_add(1, Ordering::Relaxed),
+        let inner = match inner_packet(&buf[..n]) {
+            Ok(inner) => inner,
+            Err(_) => {
+                c.drop_malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        // inner_packet checked the inner header's version and length.
+        let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
+        if !t.is_local(dst) {
+            c.drop_foreign_destination.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        // A TUN write takes one whole packet or fails.
+        match tun.write(inner) {
+            Ok(n) if n == inner.len() => c.rx.fetch_add(1, Ordering::Relaxed),
+            _ => c.errors.fetch_add(1, Ordering::Relaxed),
         };
     }
 }
@@ -388,17 +452,62 @@ fn decap_loop(
 mod tests {
     use super::*;
 
+    fn a(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    /// This node is 10.20.1.10, owning 10.244.1.0/26 with a borrowed pod 10.244.9.3 and tunnel
+    /// address 10.244.8.1; the cluster nodes are itself, 10.20.2.10 and 10.20.9.9.
     fn table(entries: &[(&str, &[&str])]) -> EncapTable {
-        let m = entries
+        let plan = Plan {
+            encap: entries
+                .iter()
+                .map(|(p, ns)| {
+                    (
+                        p.parse().unwrap(),
+                        ns.iter().map(|n| n.parse().unwrap()).collect(),
+                    )
+                })
+                .collect(),
+            local_destinations: ["10.244.1.0/26", "10.244.9.3/32", "fd00:244::5/128"]
+                .iter()
+                .map(|n| n.parse().unwrap())
+                .collect(),
+            ..Default::default()
+        };
+        let nodes: Vec<IpAddr> = ["10.20.1.10", "10.20.2.10", "10.20.9.9", "fd00::9"]
             .iter()
-            .map(|(p, ns)| {
-                (
-                    p.parse().unwrap(),
-                    ns.iter().map(|n| n.parse().unwrap()).collect(),
-                )
-            })
+            .map(|n| n.parse().unwrap())
             .collect();
-        EncapTable::from_plan(&m, ["10.20.9.9".parse().unwrap()])
+        EncapTable::from_plan(&plan, nodes, a("10.20.1.10"), [a("10.244.8.1")])
+    }
+
+    #[test]
+    fn accepts_only_other_cluster_nodes_for_local_destinations() {
+        let t = table(&[("10.244.3.0/26", &["10.20.2.10", "10.20.2.66"])]);
+        assert!(t.accepts(a("10.20.2.10")), "a node");
+        assert!(t.accepts(a("10.20.9.9")), "a node with no block yet");
+        assert!(
+            !t.accepts(a("10.20.2.66")),
+            "a next hop a peer announced is not a node"
+        );
+        assert!(
+            !t.accepts(a("10.20.1.10")),
+            "this node's own address is forged"
+        );
+        assert!(!t.accepts(a("10.20.6.6")), "a stranger");
+        for local in ["10.244.1.0", "10.244.1.63", "10.244.9.3", "10.244.8.1"] {
+            assert!(t.is_local(a(local)), "{local}");
+        }
+        for foreign in [
+            "10.244.1.64",
+            "10.244.3.5",
+            "10.244.9.4",
+            "8.8.8.8",
+            "10.20.1.10",
+        ] {
+            assert!(!t.is_local(a(foreign)), "{foreign}");
+        }
     }
 
     #[test]
@@ -417,12 +526,6 @@ mod tests {
         assert_ne!(a, b, "two nodes share the block's flows");
         assert_eq!(t.lookup("10.244.3.5".parse().unwrap(), 2), Some(a));
         assert_eq!(t.lookup("10.245.0.1".parse().unwrap(), 0), None);
-        assert!(t.accepts("10.20.2.11".parse().unwrap()));
-        assert!(
-            t.accepts("10.20.9.9".parse().unwrap()),
-            "extra peers accepted"
-        );
-        assert!(!t.accepts("10.20.6.6".parse().unwrap()));
     }
 
     fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {

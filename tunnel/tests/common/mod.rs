@@ -35,6 +35,17 @@ pub struct Agent {
 }
 
 pub async fn start_agent_with(topo: &Topology, i: usize, force_userspace: bool) -> Agent {
+    start_agent_routes(topo, i, force_userspace, vec![]).await
+}
+
+/// Like [`start_agent_with`], with `extra` remote routes beside the other nodes' blocks (e.g.
+/// a block some peer announced with a next hop that is no node).
+pub async fn start_agent_routes(
+    topo: &Topology,
+    i: usize,
+    force_userspace: bool,
+    extra: Vec<RemoteRoute>,
+) -> Agent {
     let n = &topo.nodes[i];
     let netns = PathBuf::from(n.ns.path());
     let mut cfg = TunnelConfig::new("eth0", n.addr);
@@ -57,6 +68,7 @@ pub async fn start_agent_with(topo: &Topology, i: usize, force_userspace: bool) 
             prefix: block(m.index),
             next_hops: vec![IpAddr::V4(m.addr)],
         })
+        .chain(extra)
         .collect();
     let input = PlanInput {
         node_addresses: vec![IpNetwork::new(IpAddr::V4(n.addr), n.prefix_len).unwrap()],
