@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use reef_integration::apiserver::StandIn;
 use reef_integration::Netns;
 
 const REEF: &str = env!("CARGO_BIN_EXE_reef");
@@ -43,6 +44,28 @@ impl Host {
 
     /// Runs `reef install` for the embedded store in the host namespace.
     fn install(&self, extra: &[(&str, &str)]) -> (i32, String) {
+        let mut cmd = self.install_cmd();
+        cmd.env("REEF_HOST_ETC_DIR", "/etc/reef")
+            .env("REEF_EMBEDDED_STORE", "/var/lib/reef/store.db");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        run(cmd)
+    }
+
+    /// `reef install` with the Kubernetes datastore, against `api` with its stand-in
+    /// kubeconfig (as the init container with its pod's service account). The "host" sees
+    /// the etc dir where the test does, so the paths written into files resolve here too.
+    fn install_kubernetes(&self, api: &StandIn) -> (i32, String) {
+        let kubeconfig = api.write_kubeconfig(self.dir.path()).unwrap();
+        let mut cmd = self.install_cmd();
+        cmd.env("REEF_HOST_ETC_DIR", self.p("etc"))
+            .env("REEF_INSTALL_KUBECONFIG", kubeconfig)
+            .env("POD_NAMESPACE", "reef-system");
+        run(cmd)
+    }
+
+    fn install_cmd(&self) -> Command {
         let mut cmd = self.ns.command(REEF);
         cmd.arg("install")
             .env_clear()
@@ -51,13 +74,18 @@ impl Host {
             .env("REEF_CNI_BIN_DIR", self.p("bin"))
             .env("REEF_CNI_CONF_DIR", self.p("net.d"))
             .env("REEF_ETC_DIR", self.p("etc"))
-            .env("REEF_HOST_ETC_DIR", "/etc/reef")
-            .env("REEF_CNI_SOURCE_DIR", self.p("src"))
-            .env("REEF_EMBEDDED_STORE", "/var/lib/reef/store.db");
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        run(cmd)
+            .env("REEF_CNI_SOURCE_DIR", self.p("src"));
+        cmd
+    }
+
+    /// The API-server stand-in on the host namespace's loopback, with this host's Node.
+    fn api(&self) -> StandIn {
+        let api = self
+            .ns
+            .in_ns(|| StandIn::start().map_err(std::io::Error::other))
+            .unwrap();
+        api.put_node("node-a", &[], &["192.0.2.10"]);
+        api
     }
 }
 
@@ -210,4 +238,83 @@ fn status_without_a_node_config_names_the_cause_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// The Kubernetes path: install asks the API server (the stand-in: no real one runs here) for
+/// a token of the reef-cni service account and writes it and a kubeconfig for the host-side
+/// plugin; the plugin's datastore, opened from the node config as reef-cni opens it,
+/// authenticates with that token.
+#[test]
+fn install_writes_the_plugins_token_and_a_kubeconfig_that_authenticates() {
+    let h = Host::new("inst-kube");
+    let api = h.api();
+    api.put_service_account("reef-system", "reef-cni");
+    let (code, out) = h.install_kubernetes(&api);
+    assert_eq!(code, 0, "{out}");
+
+    let issued = api.issued_tokens();
+    assert_eq!(issued.len(), 1, "{out}");
+    let token_path = h.p("etc/cni.token");
+    assert_eq!(fs::read_to_string(&token_path).unwrap(), issued[0]);
+    assert_eq!(mode(&token_path), 0o600);
+    let kc_path = h.p("etc/cni.kubeconfig");
+    assert_eq!(mode(&kc_path), 0o600);
+    let kc = fs::read_to_string(&kc_path).unwrap();
+    assert!(kc.contains(&format!("server: {}\n", api.url())), "{kc}");
+    assert!(
+        kc.contains(&format!("tokenFile: {}\n", token_path.display())),
+        "{kc}"
+    );
+    // The stand-in speaks plain HTTP: there is no CA to pass on (with TLS the install
+    // client's CA goes in as certificate-authority-data).
+    assert!(!kc.contains("certificate-authority"), "{kc}");
+    let node = fs::read_to_string(h.p("etc/node.yaml")).unwrap();
+    assert!(
+        node.contains(&format!(
+            "kubernetes: {{ kubeconfig: {} }}",
+            kc_path.display()
+        )),
+        "{node}"
+    );
+    assert!(h.p("net.d/10-reef.conflist").is_file());
+
+    // The node config the plugin reads reaches the API server with the issued token.
+    let ipam_show = || {
+        let mut cmd = h.ns.command(REEF);
+        cmd.env_clear()
+            .arg("--config")
+            .arg(h.p("etc/node.yaml"))
+            .args(["ipam", "show"]);
+        run(cmd)
+    };
+    let (code, out) = ipam_show();
+    assert_eq!(code, 0, "{out}");
+    assert!(api.requests_with_token(&issued[0]) > 0);
+    // And only with it: a token the API server did not issue is refused.
+    fs::write(&token_path, "forged").unwrap();
+    let (code, out) = ipam_show();
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("401") || out.contains("Unauthorized"), "{out}");
+
+    // Run again (the agent does at every start): a new token replaces the file.
+    let (code, out) = h.install_kubernetes(&api);
+    assert_eq!(code, 0, "{out}");
+    let issued = api.issued_tokens();
+    assert_eq!(issued.len(), 2);
+    assert_eq!(fs::read_to_string(&token_path).unwrap(), issued[1]);
+}
+
+#[test]
+fn without_the_plugins_service_account_install_fails_before_the_conflist() {
+    let h = Host::new("inst-nosa");
+    let api = h.api();
+    let (code, out) = h.install_kubernetes(&api);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("asking for a token of the service account reef-system/reef-cni"),
+        "{out}"
+    );
+    assert!(!h.p("net.d/10-reef.conflist").exists());
+    assert!(!h.p("etc/cni.token").exists());
+    assert!(!h.p("etc/cni.kubeconfig").exists());
 }
