@@ -4,6 +4,7 @@
 //! wires together (bgp, ipam, tunnel, felix-lite, cni, config) expose types and functions.
 
 mod agent;
+mod apply_cmd;
 mod control;
 mod datastore;
 mod install;
@@ -45,6 +46,8 @@ struct Cli {
 enum Format {
     Table,
     Json,
+    /// `reef get` only.
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +68,13 @@ enum Command {
     /// The local lab: nodes, a BIRD router and pods in network namespaces on this machine.
     #[command(subcommand)]
     Lab(lab::LabCmd),
+    /// Create or update IPPools, BGPPeers, BGPConfiguration and IPAMConfig from YAML, as
+    /// `kubectl apply -f` on a cluster (embedded datastore; all documents or none).
+    Apply(apply_cmd::ApplyArgs),
+    /// Show reef's objects in the embedded datastore (table, `-o yaml` or `-o json`).
+    Get(apply_cmd::GetArgs),
+    /// Delete an IPPool, BGPPeer, BGPConfiguration or IPAMConfig from the embedded datastore.
+    Delete(apply_cmd::DeleteArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +139,11 @@ fn main() -> ExitCode {
         sys::default_sigpipe();
     }
     let config = || NodeConfig::load(&cli.config).map_err(anyhow::Error::from);
+    if cli.output == Format::Yaml && !matches!(cli.command, Command::Get(_)) {
+        return finish(Err(anyhow::anyhow!(
+            "-o yaml is for `reef get`; this command prints a table or -o json"
+        )));
+    }
     let result = match cli.command {
         Command::Node(NodeCmd::Run(args)) => config().and_then(|c| run_agent(c, args)),
         // The init container writes the node config; it reads none.
@@ -138,6 +153,16 @@ fn main() -> ExitCode {
         Command::Ipam(cmd) => config().and_then(|c| ipam_cmd::run(&c, cmd, out)),
         // The lab writes its own node configs; it reads none.
         Command::Lab(cmd) => lab::run(cmd, out),
+        Command::Apply(args) => config().and_then(|c| apply_cmd::apply(&c, &args)),
+        Command::Get(args) => {
+            let format = match cli.output {
+                Format::Table => apply_cmd::GetFormat::Table,
+                Format::Json => apply_cmd::GetFormat::Json,
+                Format::Yaml => apply_cmd::GetFormat::Yaml,
+            };
+            config().and_then(|c| apply_cmd::get(&c, &args, format))
+        }
+        Command::Delete(args) => config().and_then(|c| apply_cmd::delete(&c, &args)),
     };
     finish(result)
 }
