@@ -3,7 +3,7 @@
 use anyhow::Result;
 use reef_config::node_config::NodeConfig;
 
-use crate::agent::snapshot::Snapshot;
+use crate::agent::snapshot::{PeerRow, Snapshot};
 use crate::output::{Output, Table};
 use crate::{control, Exit};
 
@@ -30,7 +30,7 @@ pub fn render_status(s: &Snapshot) -> String {
     );
     let mut t = Table::new(&["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"]);
     for p in &s.peers {
-        let info = match (&p.last_error, p.state.as_str()) {
+        let mut info = match (&p.last_error, p.state.as_str()) {
             (_, "Established") => format!(
                 "{} received, {} accepted, {} sent",
                 p.prefixes_received, p.prefixes_accepted, p.prefixes_sent
@@ -39,6 +39,12 @@ pub fn render_status(s: &Snapshot) -> String {
             (Some(e), _) => e.clone(),
             (None, _) => String::new(),
         };
+        if let Some(r) = refusals(p) {
+            if !info.is_empty() {
+                info.push_str("; ");
+            }
+            info.push_str(&r);
+        }
         t.row(vec![
             p.address.to_string(),
             p.peer_type.clone(),
@@ -71,6 +77,50 @@ pub fn render_status(s: &Snapshot) -> String {
     o
 }
 
+/// What import refused from a peer: `refused 4: overlaps this node's block 2, next hop is
+/// not a node 1, …; last 10.244.0.0/27 via 192.0.2.9 (overlaps this node's block)`; most
+/// frequent reason first. `None` when nothing was refused.
+fn refusals(p: &PeerRow) -> Option<String> {
+    let total: usize = p.prefixes_refused.values().sum();
+    let mut parts = Vec::new();
+    if total > 0 {
+        let mut by: Vec<(&String, &usize)> =
+            p.prefixes_refused.iter().filter(|(_, n)| **n > 0).collect();
+        by.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let list: Vec<String> = by
+            .iter()
+            .map(|(r, n)| format!("{} {n}", refusal_text(r)))
+            .collect();
+        parts.push(format!("refused {total}: {}", list.join(", ")));
+    }
+    if let Some(l) = &p.last_refused {
+        let via = l.next_hop.map(|h| format!(" via {h}")).unwrap_or_default();
+        parts.push(format!(
+            "{} {}{via} ({})",
+            if total > 0 { "last" } else { "last refused" },
+            l.prefix,
+            refusal_text(&l.reason)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// Short words for a refusal reason (the speaker's `Refusal::name`) in a table cell.
+pub fn refusal_text(name: &str) -> &str {
+    match name {
+        "as_loop" => "AS path loop",
+        "reflected_loop" => "reflected back to this node",
+        "default_route" => "default route",
+        "outside_pools" => "outside the pools",
+        "policy" => "import policy",
+        "bad_next_hop" => "unusable next hop",
+        "next_hop_not_node" => "next hop is not a node",
+        "not_owner" => "not owned by the next hop's node",
+        "overlaps_own_block" => "overlaps this node's block",
+        other => other,
+    }
+}
+
 pub fn routes(cfg: &NodeConfig, out: Output) -> Result<Exit> {
     let s = control::query(&cfg.agent_socket)?;
     if out.json {
@@ -92,7 +142,7 @@ pub fn routes(cfg: &NodeConfig, out: Output) -> Result<Exit> {
 #[cfg(test)]
 mod tests {
     use super::render_status;
-    use crate::agent::snapshot::{PeerRow, RouteRow, Snapshot};
+    use crate::agent::snapshot::{PeerRow, RefusedRow, RouteRow, Snapshot};
 
     fn peer(addr: &str, kind: &str, state: &str, err: Option<&str>) -> PeerRow {
         PeerRow {
@@ -106,7 +156,58 @@ mod tests {
             prefixes_accepted: 1,
             prefixes_sent: 1,
             max_prefix_exceeded: false,
+            prefixes_refused: Default::default(),
+            last_refused: None,
         }
+    }
+
+    /// A mesh peer whose hijack attempts were refused.
+    fn rogue() -> PeerRow {
+        let mut p = peer("10.100.2.12", "mesh", "Established", None);
+        p.prefixes_received = 5;
+        p.prefixes_accepted = 1;
+        p.prefixes_refused = [
+            ("overlaps_own_block".to_string(), 1),
+            ("not_owner".to_string(), 2),
+            ("next_hop_not_node".to_string(), 1),
+        ]
+        .into();
+        p.last_refused = Some(RefusedRow {
+            prefix: "10.244.59.0/27".into(),
+            next_hop: Some("10.100.2.12".parse().unwrap()),
+            reason: "overlaps_own_block".into(),
+        });
+        p
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason_with_the_last_one() {
+        let p = rogue();
+        assert_eq!(
+            super::refusals(&p).unwrap(),
+            "refused 4: not owned by the next hop's node 2, next hop is not a node 1, overlaps this \
+             node's block 1; last 10.244.59.0/27 via 10.100.2.12 (overlaps this node's block)"
+        );
+        let mut quiet = peer("10.0.0.1", "mesh", "Established", None);
+        assert_eq!(super::refusals(&quiet), None);
+        // Withdrawn since: the last one is still said, as such.
+        quiet.last_refused = Some(RefusedRow {
+            prefix: "10.244.0.0/26".into(),
+            next_hop: None,
+            reason: "something_new".into(),
+        });
+        assert_eq!(
+            super::refusals(&quiet).unwrap(),
+            "last refused 10.244.0.0/26 (something_new)"
+        );
+        let got = render_status(&Snapshot {
+            peers: vec![p],
+            ..Default::default()
+        });
+        assert!(
+            got.contains("5 received, 1 accepted, 1 sent; refused 4: "),
+            "{got}"
+        );
     }
 
     /// `reef status` as a person sees it; regenerate with REEF_UPDATE_GOLDEN=1.
@@ -128,6 +229,7 @@ mod tests {
                     "Active",
                     Some("connect: Connection refused"),
                 ),
+                rogue(),
             ],
             routes: vec![
                 RouteRow {

@@ -141,6 +141,16 @@ pub fn metrics(s: &Snapshot) -> String {
             p.address, p.prefixes_received
         );
     }
+    let _ = writeln!(m, "# HELP reef_bgp_prefixes_refused Prefixes received per peer that import refused, by reason.\n# TYPE reef_bgp_prefixes_refused gauge");
+    for p in &s.peers {
+        for (reason, n) in &p.prefixes_refused {
+            let _ = writeln!(
+                m,
+                "reef_bgp_prefixes_refused{{peer=\"{}\",reason=\"{reason}\"}} {n}",
+                p.address
+            );
+        }
+    }
     let _ = writeln!(m, "# HELP reef_bgp_prefixes_sent Prefixes advertised per peer.\n# TYPE reef_bgp_prefixes_sent gauge");
     for p in &s.peers {
         let _ = writeln!(
@@ -397,6 +407,50 @@ mod security_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_prefixes_are_a_gauge_per_peer_and_reason() {
+        let peer = |addr: &str, refused: &[(&str, usize)]| crate::agent::snapshot::PeerRow {
+            address: addr.parse().unwrap(),
+            peer_type: "mesh".into(),
+            asn: 64512,
+            state: "Established".into(),
+            since: String::new(),
+            last_error: None,
+            prefixes_received: 0,
+            prefixes_accepted: 0,
+            prefixes_sent: 0,
+            max_prefix_exceeded: false,
+            prefixes_refused: refused.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            last_refused: None,
+        };
+        let s = Snapshot {
+            peers: vec![
+                peer(
+                    "10.100.1.12",
+                    &[("not_owner", 2), ("overlaps_own_block", 1)],
+                ),
+                peer("10.100.1.11", &[]),
+            ],
+            ..Default::default()
+        };
+        let m = metrics(&s);
+        let got: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("reef_bgp_prefixes_refused"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "reef_bgp_prefixes_refused{peer=\"10.100.1.12\",reason=\"not_owner\"} 2",
+                "reef_bgp_prefixes_refused{peer=\"10.100.1.12\",reason=\"overlaps_own_block\"} 1",
+            ]
+        );
+        assert!(
+            m.contains("# TYPE reef_bgp_prefixes_refused gauge\n"),
+            "{m}"
+        );
+    }
 
     #[test]
     fn reconcile_durations_are_a_prometheus_histogram() {

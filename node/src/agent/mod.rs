@@ -184,6 +184,12 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     let (speaker, mut events) = Speaker::start(scfg)
         .await
         .context("starting the BGP speaker")?;
+    // Before any peer: mesh routes are accepted only from the node that owns them.
+    let ownership = view::ownership(&cfg, &view);
+    speaker
+        .set_ownership(Some(ownership.clone()))
+        .await
+        .context("giving the BGP speaker the cluster's ownership")?;
 
     // 4. Status for the CLI and for HTTP.
     let (snap_tx, snap_rx) = watch::channel(Snapshot::starting(&cfg));
@@ -206,6 +212,7 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     });
     let mut st = AgentState {
         cluster_pools: scfg_pools,
+        ownership,
         deferral,
         cfg: cfg.clone(),
         parent: parent.clone(),
@@ -337,6 +344,9 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
 struct AgentState {
     /// The pools the speaker judges mesh routes by (followed from the IPPools).
     cluster_pools: Vec<IpNetwork>,
+    /// Who owns which blocks and addresses, as the speaker last took it (followed from the
+    /// ReefNodes and blocks).
+    ownership: reef_bgp::speaker::Ownership,
     /// After a clean restart: the kept routes not yet confirmed by BGP.
     deferral: Option<forwarding::Deferral>,
     cfg: NodeConfig,
@@ -505,6 +515,13 @@ impl AgentState {
                 Err(e) => tracing::warn!(error = %e, "updating the cluster pools"),
             }
         }
+        let ownership = view::ownership(&self.cfg, &self.view);
+        if ownership != self.ownership {
+            match speaker.set_ownership(Some(ownership.clone())).await {
+                Ok(()) => self.ownership = ownership,
+                Err(e) => tracing::warn!(error = %e, "updating the ownership of blocks"),
+            }
+        }
         self.sync_peers(speaker).await;
         // Pods come and go between readings; the plan compares itself to the last one.
         true
@@ -513,7 +530,7 @@ impl AgentState {
     async fn sync_peers(&mut self, speaker: &SpeakerHandle) {
         let passwords = self.secrets.read_all(&self.view).await;
         let (want, problems) = view::desired_peers(&self.cfg, &self.view, &passwords);
-        self.problems.retain(|p| !p.starts_with("BGPPeer"));
+        self.problems.retain(|p| !view::is_peer_problem(p));
         self.problems.extend(problems);
         for addr in self.peers.keys().copied().collect::<Vec<_>>() {
             if !want.contains_key(&addr) {

@@ -5,10 +5,16 @@
 //! - with the embedded datastore, from files `<dir>/<secret>/<key>` (the layout Kubernetes
 //!   uses when it mounts a Secret; /etc/reef/secrets, or `REEF_SECRETS_DIR`).
 //!
+//! BGPConfiguration's `nodeToNodeMeshPassword` is read the same way.
+//!
+//! deploy/reef.yaml's Role names the Secrets the agent may get (`resourceNames`: the mesh's
+//! `reef-bgp-mesh`); a BGPPeer's Secret must be added there by the operator, as Calico asks.
+//! A 403 from the API says exactly that ([`forbidden`]).
+//!
 //! Reading happens before the pure peer computation (`view::desired_peers`), which gets the
 //! answers as a lookup table.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,17 +62,25 @@ impl Secrets {
         })
     }
 
-    /// Reads every password the view's BGPPeers refer to.
+    /// Reads every password the view refers to: the BGPPeers' and the mesh's.
     pub async fn read_all(&self, view: &View) -> Lookup {
-        let wanted: BTreeSet<(String, String)> = view
-            .peers
-            .iter()
-            .filter_map(|p| p.spec.password.as_ref())
-            .map(|r| (r.name.clone(), r.key.clone()))
-            .collect();
+        // (name, key) → the field that refers to it first, for error messages.
+        let mut wanted: BTreeMap<(String, String), &str> = BTreeMap::new();
+        if let Some(r) = view
+            .bgp
+            .as_ref()
+            .and_then(|b| b.node_to_node_mesh_password.as_ref())
+        {
+            wanted.insert((r.name.clone(), r.key.clone()), MESH_FIELD);
+        }
+        for r in view.peers.iter().filter_map(|p| p.spec.password.as_ref()) {
+            wanted
+                .entry((r.name.clone(), r.key.clone()))
+                .or_insert(PEER_FIELD);
+        }
         let mut out = Lookup::new();
-        for (name, key) in wanted {
-            let v = match (check_ref(&name, &key), self) {
+        for ((name, key), field) in wanted {
+            let v = match (check_ref(field, &name, &key), self) {
                 (Err(e), _) => Err(e),
                 (Ok(()), Secrets::Files(dir)) => read_file(dir, &name, &key),
                 (Ok(()), Secrets::Kubernetes { api, namespace }) => {
@@ -81,11 +95,17 @@ impl Secrets {
 
 /// The longest Secret name and key Kubernetes accepts.
 const MAX_NAME: usize = 253;
+/// Where Secret references sit, for error messages.
+const PEER_FIELD: &str = "spec.password";
+const MESH_FIELD: &str = "spec.nodeToNodeMeshPassword";
+/// The Role in deploy/reef.yaml that lists the Secrets the agent may read.
+pub const ROLE: &str = "reef-node";
 
-/// Checks a BGPPeer's Secret reference the way the Kubernetes API does, so that in files mode
-/// `<dir>/<name>/<key>` stays inside `<dir>` (a name `../../etc` would read any file root can).
-/// The name is a DNS-1123 subdomain; the key is `[-._a-zA-Z0-9]+` other than `.` and `..`.
-pub fn check_ref(name: &str, key: &str) -> Result<(), String> {
+/// Checks a Secret reference (at `field`, e.g. `spec.password`) the way the Kubernetes API
+/// does, so that in files mode `<dir>/<name>/<key>` stays inside `<dir>` (a name `../../etc`
+/// would read any file root can). The name is a DNS-1123 subdomain; the key is
+/// `[-._a-zA-Z0-9]+` other than `.` and `..`.
+pub fn check_ref(field: &str, name: &str, key: &str) -> Result<(), String> {
     let subdomain = !name.is_empty()
         && name.len() <= MAX_NAME
         && name.split('.').all(|label| {
@@ -98,7 +118,7 @@ pub fn check_ref(name: &str, key: &str) -> Result<(), String> {
         });
     if !subdomain {
         return Err(format!(
-            "spec.password.name {name:?} is not a Secret name (lowercase letters, digits, '-' \
+            "{field}.name {name:?} is not a Secret name (lowercase letters, digits, '-' \
              and '.', starting and ending with a letter or digit, at most {MAX_NAME} \
              characters); name the Secret as `kubectl get secret` shows it"
         ));
@@ -112,7 +132,7 @@ pub fn check_ref(name: &str, key: &str) -> Result<(), String> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
     if !key_ok {
         return Err(format!(
-            "spec.password.key {key:?} is not a Secret key (letters, digits, '-', '_' and \
+            "{field}.key {key:?} is not a Secret key (letters, digits, '-', '_' and \
              '.', not \".\" or \"..\", at most {MAX_NAME} characters); name a key of \
              Secret {name}"
         ));
@@ -122,7 +142,7 @@ pub fn check_ref(name: &str, key: &str) -> Result<(), String> {
 
 /// A password file; trailing newlines are not part of the password.
 pub fn read_file(dir: &Path, name: &str, key: &str) -> Result<String, String> {
-    check_ref(name, key)?;
+    check_ref(PEER_FIELD, name, key)?;
     let p = dir.join(name).join(key);
     std::fs::read_to_string(&p)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
@@ -146,7 +166,17 @@ async fn read_api(api: &Api<Secret>, ns: &str, name: &str, key: &str) -> Result<
                 "Secret {ns}/{name} does not exist (create it in {ns}, where reef may read Secrets)"
             ))
         }
-        Err(e) => return Err(format!("reading Secret {ns}/{name}: {e:#}")),
+        Err(e) => {
+            let denied = matches!(
+                e.downcast_ref::<kube::Error>(),
+                Some(kube::Error::Api(s)) if s.code == 403
+            );
+            return Err(if denied {
+                forbidden(ns, name)
+            } else {
+                format!("reading Secret {ns}/{name}: {e:#}")
+            });
+        }
     };
     let bytes = secret
         .data
@@ -164,6 +194,17 @@ async fn read_api(api: &Api<Secret>, ns: &str, name: &str, key: &str) -> Result<
     String::from_utf8(bytes)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
         .map_err(|_| format!("Secret {ns}/{name} key {key:?} is not UTF-8 text"))
+}
+
+/// What the agent says when the API refuses to let it read a Secret (HTTP 403): the Role
+/// names the Secrets it may read, and the operator adds this one.
+pub fn forbidden(ns: &str, name: &str) -> String {
+    format!(
+        "Secret {ns}/{name}: reef may not read it (403 Forbidden); reef reads only the Secrets \
+         named in Role {ROLE} in {ns}: add \"{name}\" to that Role's resourceNames for \
+         secrets (deploy/reef.yaml), e.g. `kubectl -n {ns} patch role {ROLE} --type=json -p \
+         '[{{\"op\":\"add\",\"path\":\"/rules/0/resourceNames/-\",\"value\":\"{name}\"}}]'`"
+    )
 }
 
 #[cfg(test)]
@@ -198,19 +239,19 @@ mod tests {
     fn secret_names_and_keys_are_checked_like_kubernetes_does() {
         let long = "a".repeat(254);
         for name in ["bgp", "bgp-secrets", "a.b-c.d1", "0", &"a".repeat(253)] {
-            assert_eq!(check_ref(name, "k"), Ok(()), "{name}");
+            assert_eq!(check_ref(PEER_FIELD, name, "k"), Ok(()), "{name}");
         }
         for name in [
             "", ".", "..", "a..b", ".a", "a.", "-a", "a-", "A", "a/b", "a_b", &long,
         ] {
-            let e = check_ref(name, "k").unwrap_err();
+            let e = check_ref(PEER_FIELD, name, "k").unwrap_err();
             assert!(e.starts_with("spec.password.name "), "{name}: {e}");
         }
         for key in ["password", ".hidden", "a.b", "A_b-9", "..."] {
-            assert_eq!(check_ref("s", key), Ok(()), "{key}");
+            assert_eq!(check_ref(PEER_FIELD, "s", key), Ok(()), "{key}");
         }
         for key in ["", ".", "..", "a/b", "/etc", "a b", "é", &long] {
-            let e = check_ref("s", key).unwrap_err();
+            let e = check_ref(PEER_FIELD, "s", key).unwrap_err();
             assert!(e.starts_with("spec.password.key "), "{key}: {e}");
         }
     }
@@ -236,5 +277,98 @@ mod tests {
             .clone()
             .unwrap_err();
         assert!(e.starts_with("spec.password.name \"..\""), "{e}");
+    }
+
+    /// The mesh's Secret is read like a BGPPeer's, and a bad reference names the mesh field.
+    #[tokio::test]
+    async fn the_mesh_password_is_read_and_its_field_named() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("secrets");
+        // The name deploy/reef.yaml's Role lets the agent read.
+        const MESH_SECRET: &str = "reef-bgp-mesh";
+        std::fs::create_dir_all(dir.join(MESH_SECRET)).unwrap();
+        std::fs::write(dir.join(MESH_SECRET).join("password"), "m3sh\n").unwrap();
+        let mut view = View {
+            bgp: Some(reef_config::crds::BgpConfigurationSpec {
+                node_to_node_mesh_password: Some(reef_config::crds::SecretKeyRef {
+                    name: MESH_SECRET.into(),
+                    key: "password".into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let got = Secrets::Files(dir.clone()).read_all(&view).await;
+        assert_eq!(
+            got[&(MESH_SECRET.to_string(), "password".to_string())],
+            Ok("m3sh".to_string())
+        );
+        view.bgp.as_mut().unwrap().node_to_node_mesh_password =
+            Some(reef_config::crds::SecretKeyRef {
+                name: "../x".into(),
+                key: "password".into(),
+            });
+        let got = Secrets::Files(dir).read_all(&view).await;
+        let e = got[&("../x".to_string(), "password".to_string())]
+            .clone()
+            .unwrap_err();
+        assert!(
+            e.starts_with("spec.nodeToNodeMeshPassword.name \"../x\" is not a Secret name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_forbidden_secret_says_to_add_it_to_the_role() {
+        let m = forbidden("reef-system", "tor-password");
+        assert!(
+            m.starts_with("Secret reef-system/tor-password: reef may not read it (403 Forbidden)"),
+            "{m}"
+        );
+        assert!(
+            m.contains(
+                "add \"tor-password\" to that Role's resourceNames for secrets (deploy/reef.yaml)"
+            ) && m.contains("Role reef-node in reef-system"),
+            "{m}"
+        );
+        // The kubectl command given is one that works: valid JSON patch on the secrets rule.
+        let patch = m
+            .split_once("-p '")
+            .and_then(|(_, rest)| rest.split_once("'`"))
+            .unwrap()
+            .0;
+        let v: serde_json::Value = serde_json::from_str(patch).unwrap();
+        assert_eq!(v[0]["path"], "/rules/0/resourceNames/-");
+        assert_eq!(v[0]["value"], "tor-password");
+    }
+
+    /// An API server that answers 403 to the Secret's GET, as Kubernetes does when the Role
+    /// does not name it: the agent's problem is the message above.
+    #[tokio::test]
+    async fn a_403_from_the_api_is_reported_with_the_role_to_change() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"secrets \"tor-password\" is forbidden: User \"system:serviceaccount:reef-system:reef-node\" cannot get resource \"secrets\" in API group \"\" in the namespace \"reef-system\"","reason":"Forbidden","details":{"name":"tor-password","kind":"secrets"},"code":403}"#;
+                let resp = format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let api: Api<Secret> = Api::namespaced(client, "reef-system");
+        let e = read_api(&api, "reef-system", "tor-password", "password")
+            .await
+            .unwrap_err();
+        server.abort();
+        assert_eq!(e, forbidden("reef-system", "tor-password"));
     }
 }

@@ -1,9 +1,10 @@
 //! The agent's state as the CLI and the metrics endpoint see it: plain, serialisable rows.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use reef_bgp::speaker::{state_name, PeerStatus};
+use reef_bgp::speaker::{state_name, PeerStatus, RefusedRoute};
 use reef_bgp::SessionState;
 use reef_config::crds::BgpSessionState;
 use reef_config::node_config::NodeConfig;
@@ -67,6 +68,31 @@ pub struct PeerRow {
     pub prefixes_accepted: usize,
     pub prefixes_sent: usize,
     pub max_prefix_exceeded: bool,
+    /// Routes import refused and holds now, by reason (`Refusal::name`: `not_owner`, …).
+    #[serde(default)]
+    pub prefixes_refused: BTreeMap<String, usize>,
+    /// The last route import refused from this peer.
+    #[serde(default)]
+    pub last_refused: Option<RefusedRow>,
+}
+
+/// A route the speaker refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedRow {
+    pub prefix: String,
+    pub next_hop: Option<IpAddr>,
+    /// `Refusal::name` (`overlaps_own_block`, `next_hop_not_node`, …).
+    pub reason: String,
+}
+
+impl RefusedRow {
+    pub fn from_refused(r: &RefusedRoute) -> RefusedRow {
+        RefusedRow {
+            prefix: r.prefix.to_string(),
+            next_hop: r.next_hop,
+            reason: r.reason.name().to_string(),
+        }
+    }
 }
 
 /// One programmed route and why it exists.
@@ -166,6 +192,13 @@ impl PeerRow {
             prefixes_accepted: p.prefixes_accepted,
             prefixes_sent: p.prefixes_sent,
             max_prefix_exceeded: p.max_prefix_exceeded,
+            prefixes_refused: p
+                .prefixes_refused
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| (r.name().to_string(), *n))
+                .collect(),
+            last_refused: p.last_refused.as_ref().map(RefusedRow::from_refused),
         }
     }
 }

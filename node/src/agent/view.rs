@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
-use reef_bgp::speaker::PeerConfig;
+use reef_bgp::speaker::{NodeOwnership, Ownership, PeerConfig};
 use reef_bgp::PeerType;
 use reef_config::crds::{
     BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec, IpamBlockSpec, ReefNodeSpec,
@@ -36,9 +36,43 @@ pub fn node_as(cfg: &NodeConfig, view: &View) -> u32 {
     cfg.as_number.unwrap_or_else(|| cluster_as(view))
 }
 
+/// Headroom for borrowed addresses in the mesh's default max-prefix: a node whose blocks are
+/// full borrows single addresses from other nodes' blocks and announces each as a /32 (/128).
+/// A node runs at most a few hundred pods (kubelet's --max-pods is 110 by default, 250 is the
+/// usual ceiling), so 1024 covers a node that borrowed for every pod it can run, with room.
+pub const MESH_BORROWED_HEADROOM: u32 = 1024;
+
+/// The most prefixes a mesh peer may send unless BGPConfiguration says otherwise: every block
+/// of every pool (one node could hold them all), the borrowed-address headroom and the
+/// BGPConfiguration's advertised CIDRs. Saturates at `u32::MAX` (an IPv6 /48 of /122 blocks
+/// alone has 2^74).
+pub fn mesh_max_prefix(view: &View) -> u32 {
+    let blocks = view.pools.iter().fold(0u32, |sum, p| {
+        let bits = u32::from(p.spec.effective_block_size())
+            .saturating_sub(u32::from(p.spec.cidr.prefix()));
+        let n = 1u32.checked_shl(bits).unwrap_or(u32::MAX);
+        sum.saturating_add(n)
+    });
+    let advertised = view.bgp.as_ref().map_or(0, |b| {
+        u32::try_from(b.advertise_cidrs.len()).unwrap_or(u32::MAX)
+    });
+    blocks
+        .saturating_add(MESH_BORROWED_HEADROOM)
+        .saturating_add(advertised)
+}
+
+/// Whether a problem comes from the peer computation (replaced on every computation).
+pub fn is_peer_problem(p: &str) -> bool {
+    p.starts_with("BGPPeer") || p.starts_with("BGPConfiguration")
+}
+
 /// The BGP sessions this node should have, keyed by peer address: the node-to-node mesh
 /// (every other ReefNode, unless disabled) and the BGPPeers that apply to this node.
 /// A BGPPeer to an address also in the mesh wins (it carries the user's settings).
+///
+/// Mesh sessions carry BGPConfiguration's password and TTL security, and always a max-prefix
+/// ([`mesh_max_prefix`] unless set). When the mesh password is configured but cannot be read,
+/// there are no mesh sessions (a problem says why) rather than unauthenticated ones.
 pub fn desired_peers(
     cfg: &NodeConfig,
     view: &View,
@@ -48,12 +82,25 @@ pub fn desired_peers(
     let mut problems = Vec::new();
     let me = cfg.node_name.as_str();
     let my_as = node_as(cfg, view);
-    let mesh = view
-        .bgp
-        .as_ref()
-        .map(|b| b.node_to_node_mesh_enabled)
-        .unwrap_or(true);
+    let bgp = view.bgp.clone().unwrap_or_default();
+    let mut mesh = bgp.node_to_node_mesh_enabled;
+    let mut mesh_password = None;
+    if let (true, Some(r)) = (mesh, &bgp.node_to_node_mesh_password) {
+        match lookup(passwords, r) {
+            Ok(pw) => mesh_password = Some(pw),
+            Err(e) => {
+                problems.push(format!(
+                    "BGPConfiguration: nodeToNodeMeshPassword: {e}; the node-to-node mesh is \
+                     not configured until the password can be read"
+                ));
+                mesh = false;
+            }
+        }
+    }
     if mesh {
+        let max_prefix = bgp
+            .node_to_node_mesh_max_prefix
+            .unwrap_or_else(|| mesh_max_prefix(view));
         for n in view.nodes.iter().filter(|n| n.name != me) {
             let addr = n.spec.address.ip();
             let mut p = PeerConfig::new(addr, n.spec.as_number.unwrap_or_else(|| cluster_as(view)));
@@ -61,6 +108,9 @@ pub fn desired_peers(
             // Nodes on other subnets are several hops away; the mesh always allows it.
             p.multihop = true;
             p.source_address = Some(cfg.address.ip());
+            p.password = mesh_password.clone();
+            p.ttl_security = bgp.node_to_node_mesh_ttl_security;
+            p.max_prefix = Some(max_prefix);
             out.insert(addr, p);
         }
     }
@@ -85,11 +135,7 @@ pub fn desired_peers(
             }
         }
         let password = match &bp.spec.password {
-            Some(r) => match passwords
-                .get(&(r.name.clone(), r.key.clone()))
-                .cloned()
-                .unwrap_or_else(|| Err(format!("Secret {} was not read", r.name)))
-            {
+            Some(r) => match lookup(passwords, r) {
                 Ok(pw) => Some(pw),
                 Err(e) => {
                     problems.push(format!("BGPPeer {}: password: {e}", bp.name));
@@ -119,6 +165,67 @@ pub fn desired_peers(
         }
     }
     (out, problems)
+}
+
+fn lookup(
+    passwords: &super::secrets::Lookup,
+    r: &reef_config::crds::SecretKeyRef,
+) -> Result<String, String> {
+    passwords
+        .get(&(r.name.clone(), r.key.clone()))
+        .cloned()
+        .unwrap_or_else(|| Err(format!("Secret {} was not read", r.name)))
+}
+
+/// Who owns what, for the speaker's import checks on mesh and route-reflector routes: this
+/// node's addresses and blocks, and for every other ReefNode its addresses, the blocks affine
+/// to it and the addresses it borrowed from blocks affine to someone else (or to no one).
+/// Blocks and allocations of names with no ReefNode belong to no one.
+pub fn ownership(cfg: &NodeConfig, view: &View) -> Ownership {
+    let me = cfg.node_name.as_str();
+    let mut nodes: BTreeMap<&str, NodeOwnership> = view
+        .nodes
+        .iter()
+        .filter(|n| n.name != me)
+        .map(|n| {
+            let o = NodeOwnership {
+                name: n.name.clone(),
+                addresses: std::iter::once(n.spec.address.ip())
+                    .chain(n.spec.address_v6.map(|a| a.ip()))
+                    .collect(),
+                ..Default::default()
+            };
+            (n.name.as_str(), o)
+        })
+        .collect();
+    for b in &view.blocks {
+        let affinity = b.spec.affinity.as_deref();
+        if let Some(o) = affinity.and_then(|a| nodes.get_mut(a)) {
+            o.blocks.push(b.spec.cidr);
+        }
+        for a in &b.spec.allocations {
+            let Some(holder) = a.attributes.node.as_deref() else {
+                continue;
+            };
+            if Some(holder) == affinity {
+                continue;
+            }
+            let (Some(o), Some(addr)) = (
+                nodes.get_mut(holder),
+                reef_ipam::block::nth_address(&b.spec.cidr, u128::from(a.ordinal)),
+            ) else {
+                continue;
+            };
+            o.borrowed.push(addr);
+        }
+    }
+    Ownership {
+        local_addresses: std::iter::once(cfg.address.ip())
+            .chain(cfg.address_v6.map(|a| a.ip()))
+            .collect(),
+        own_blocks: own_blocks(cfg, view).into_iter().collect(),
+        nodes: nodes.into_values().collect(),
+    }
 }
 
 /// The pools as the route plan sees them (disabled pools still route their existing blocks).
@@ -182,6 +289,241 @@ pub fn v4(addr: IpAddr) -> Option<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use reef_config::crds::{Allocation, AllocationAttributes, SecretKeyRef};
+
+    fn node(name: &str, addr: &str) -> Typed<ReefNodeSpec> {
+        Typed::new(
+            name,
+            ReefNodeSpec {
+                address: addr.parse().unwrap(),
+                address_v6: None,
+                as_number: None,
+                tunnel_address: None,
+                route_reflector_cluster_id: None,
+            },
+        )
+    }
+
+    fn block(
+        cidr: &str,
+        affinity: Option<&str>,
+        allocs: &[(u32, Option<&str>)],
+    ) -> Typed<IpamBlockSpec> {
+        let spec = IpamBlockSpec {
+            cidr: cidr.parse().unwrap(),
+            affinity: affinity.map(String::from),
+            allocations: allocs
+                .iter()
+                .map(|(ordinal, node)| Allocation {
+                    ordinal: *ordinal,
+                    handle_id: format!("h{ordinal}"),
+                    sequence: 1,
+                    attributes: AllocationAttributes {
+                        node: node.map(String::from),
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+            unallocated: Vec::new(),
+            sequence_number: 1,
+            in_use: allocs.len() as u32,
+            free: 0,
+        };
+        Typed::new(cidr.replace(['.', '/'], "-"), spec)
+    }
+
+    fn pool(cidr: &str, block_size: Option<u8>) -> Typed<IpPoolSpec> {
+        let mut p = IpPoolSpec::new(cidr.parse().unwrap());
+        p.block_size = block_size;
+        Typed::new(cidr.replace(['.', '/', ':'], "-"), p)
+    }
+
+    fn three_nodes() -> (NodeConfig, View) {
+        let mut cfg = NodeConfig::new("n0", "10.100.1.10/24".parse().unwrap());
+        cfg.address_v6 = Some("fd00:100:1::10/64".parse().unwrap());
+        let mut n2 = node("n2", "10.100.2.10/24");
+        n2.spec.address_v6 = Some("fd00:100:2::10/64".parse().unwrap());
+        let view = View {
+            nodes: vec![
+                node("n0", "10.100.1.10/24"),
+                node("n1", "10.100.1.11/24"),
+                n2,
+            ],
+            pools: vec![pool("10.244.0.0/16", None)],
+            blocks: vec![
+                // n0's block; n1 borrowed .5 from it, n0 uses .1.
+                block(
+                    "10.244.0.0/26",
+                    Some("n0"),
+                    &[(1, Some("n0")), (5, Some("n1"))],
+                ),
+                // n1's block, one address of n1's own (not borrowed).
+                block("10.244.0.64/26", Some("n1"), &[(1, Some("n1"))]),
+                // n2's blocks.
+                block("10.244.0.128/26", Some("n2"), &[]),
+                block("10.244.1.0/26", Some("n2"), &[]),
+                // A released block (no affinity) still holding an address of n2's.
+                block("10.244.2.0/26", None, &[(7, Some("n2"))]),
+                // A gone node's block and an address held for a gone node: no one's.
+                block(
+                    "10.244.3.0/26",
+                    Some("gone"),
+                    &[(2, Some("gone")), (3, Some("n1"))],
+                ),
+            ],
+            ..Default::default()
+        };
+        (cfg, view)
+    }
+
+    #[test]
+    fn ownership_from_the_datastore() {
+        let (cfg, view) = three_nodes();
+        let o = ownership(&cfg, &view);
+        let ips = |v: &[&str]| -> Vec<IpAddr> { v.iter().map(|a| a.parse().unwrap()).collect() };
+        let nets =
+            |v: &[&str]| -> Vec<IpNetwork> { v.iter().map(|a| a.parse().unwrap()).collect() };
+        assert_eq!(o.local_addresses, ips(&["10.100.1.10", "fd00:100:1::10"]));
+        assert_eq!(o.own_blocks, nets(&["10.244.0.0/26"]));
+        assert_eq!(o.nodes.len(), 2, "{o:?}");
+        let n1 = &o.nodes[0];
+        assert_eq!(n1.name, "n1");
+        assert_eq!(n1.addresses, ips(&["10.100.1.11"]));
+        assert_eq!(n1.blocks, nets(&["10.244.0.64/26"]));
+        assert_eq!(n1.borrowed, ips(&["10.244.0.5", "10.244.3.3"]));
+        let n2 = &o.nodes[1];
+        assert_eq!(n2.name, "n2");
+        assert_eq!(n2.addresses, ips(&["10.100.2.10", "fd00:100:2::10"]));
+        assert_eq!(n2.blocks, nets(&["10.244.0.128/26", "10.244.1.0/26"]));
+        assert_eq!(n2.borrowed, ips(&["10.244.2.7"]));
+        assert!(o.nodes.iter().all(|n| n.name != "gone" && n.name != "n0"));
+    }
+
+    #[test]
+    fn mesh_max_prefix_is_every_block_plus_headroom_and_saturates() {
+        let mut view = View {
+            pools: vec![pool("10.244.0.0/16", None)],
+            ..Default::default()
+        };
+        assert_eq!(mesh_max_prefix(&view), 1024 + MESH_BORROWED_HEADROOM);
+        view.pools.push(pool("10.96.0.0/20", Some(28)));
+        assert_eq!(mesh_max_prefix(&view), 1024 + 256 + MESH_BORROWED_HEADROOM);
+        view.bgp = Some(BgpConfigurationSpec {
+            advertise_cidrs: vec!["10.43.0.0/16".parse().unwrap()],
+            ..Default::default()
+        });
+        assert_eq!(
+            mesh_max_prefix(&view),
+            1024 + 256 + MESH_BORROWED_HEADROOM + 1
+        );
+        // An IPv6 /48 of /122 blocks has 2^74 of them.
+        view.pools.push(pool("fd00:244::/48", None));
+        assert_eq!(mesh_max_prefix(&view), u32::MAX);
+        // A pool of one block.
+        let one = View {
+            pools: vec![pool("10.0.0.0/26", None)],
+            ..Default::default()
+        };
+        assert_eq!(mesh_max_prefix(&one), 1 + MESH_BORROWED_HEADROOM);
+    }
+
+    /// BGPConfiguration's mesh password and TTL security reach every mesh PeerConfig, with a
+    /// max-prefix; BGPPeers keep their own settings.
+    #[test]
+    fn security_mesh_password_and_ttl_security_reach_the_mesh_peers() {
+        let (cfg, mut view) = three_nodes();
+        let secret = SecretKeyRef {
+            name: "reef-bgp-mesh".into(),
+            key: "password".into(),
+        };
+        view.bgp = Some(BgpConfigurationSpec {
+            node_to_node_mesh_password: Some(secret.clone()),
+            node_to_node_mesh_ttl_security: Some(2),
+            ..Default::default()
+        });
+        let router: BgpPeerSpec = serde_json::from_value(serde_json::json!({
+            "peerIP": "10.100.0.1", "asNumber": 65000,
+        }))
+        .unwrap();
+        view.peers = vec![Typed::new("router", router)];
+        let mut passwords = super::super::secrets::Lookup::new();
+        passwords.insert(
+            (secret.name.clone(), secret.key.clone()),
+            Ok("mesh-s3cret".into()),
+        );
+        let (peers, problems) = desired_peers(&cfg, &view, &passwords);
+        assert!(problems.is_empty(), "{problems:?}");
+        let mesh: Vec<&PeerConfig> = peers
+            .values()
+            .filter(|p| p.peer_type == PeerType::Mesh)
+            .collect();
+        assert_eq!(mesh.len(), 2);
+        for p in &mesh {
+            assert_eq!(p.password.as_deref(), Some("mesh-s3cret"), "{p:?}");
+            assert_eq!(p.ttl_security, Some(2), "{p:?}");
+            assert_eq!(p.max_prefix, Some(1024 + MESH_BORROWED_HEADROOM), "{p:?}");
+        }
+        let r = &peers[&"10.100.0.1".parse::<IpAddr>().unwrap()];
+        assert_eq!(
+            (r.password.as_deref(), r.ttl_security, r.max_prefix),
+            (None, None, None)
+        );
+
+        // The override wins.
+        view.bgp.as_mut().unwrap().node_to_node_mesh_max_prefix = Some(10);
+        let (peers, _) = desired_peers(&cfg, &view, &passwords);
+        assert!(peers
+            .values()
+            .filter(|p| p.peer_type == PeerType::Mesh)
+            .all(|p| p.max_prefix == Some(10)));
+
+        // Without BGPConfiguration: no password, no GTSM, still a max-prefix.
+        view.bgp = None;
+        let (peers, _) = desired_peers(&cfg, &view, &passwords);
+        for p in peers.values().filter(|p| p.peer_type == PeerType::Mesh) {
+            assert_eq!((p.password.as_deref(), p.ttl_security), (None, None));
+            assert_eq!(p.max_prefix, Some(1024 + MESH_BORROWED_HEADROOM));
+        }
+    }
+
+    /// A mesh password that cannot be read leaves no mesh session (never an unauthenticated
+    /// one) and says why; the BGPPeers are unaffected.
+    #[test]
+    fn security_an_unreadable_mesh_password_configures_no_mesh_peer() {
+        let (cfg, mut view) = three_nodes();
+        view.bgp = Some(BgpConfigurationSpec {
+            node_to_node_mesh_password: Some(SecretKeyRef {
+                name: "reef-bgp-mesh".into(),
+                key: "password".into(),
+            }),
+            ..Default::default()
+        });
+        let router: BgpPeerSpec = serde_json::from_value(serde_json::json!({
+            "peerIP": "10.100.0.1", "asNumber": 65000,
+        }))
+        .unwrap();
+        view.peers = vec![Typed::new("router", router)];
+        let mut passwords = super::super::secrets::Lookup::new();
+        passwords.insert(
+            ("reef-bgp-mesh".into(), "password".into()),
+            Err("Secret reef-system/reef-bgp-mesh does not exist".into()),
+        );
+        let (peers, problems) = desired_peers(&cfg, &view, &passwords);
+        assert_eq!(peers.len(), 1, "{peers:?}");
+        assert!(peers.values().all(|p| p.peer_type != PeerType::Mesh));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("BGPConfiguration: nodeToNodeMeshPassword: Secret reef-system/reef-bgp-mesh does not exist")
+                && problems[0].contains("mesh is not configured"),
+            "{problems:?}"
+        );
+        assert!(is_peer_problem(&problems[0]));
+        // Not read at all (no entry): the same.
+        let (peers, problems) = desired_peers(&cfg, &view, &Default::default());
+        assert_eq!(peers.len(), 1);
+        assert!(problems[0].contains("was not read"), "{problems:?}");
+    }
     /// The CNI plugin writes pod routes with the node config's protocol and felix-lite owns
     /// routes with its own default: they must be one number.
     #[test]
