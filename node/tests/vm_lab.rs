@@ -62,6 +62,26 @@ fn vm_lab_pods_ping_across_subnets_over_kernel_ipip() {
             .unwrap();
         let lab: serde_json::Value = serde_json::from_slice(&lab.stdout).unwrap();
         let dst = lab["pods"][1]["address"].as_str().unwrap().to_string();
+        // The agent keeps reef-filter in step with the ReefNodes: on the kernel tunnel,
+        // IP-in-IP is accepted from the other node only (not from n0 itself).
+        let n1 = lab["nodes"][1]["address"].as_str().unwrap();
+        let n1 = n1.split('/').next().unwrap();
+        let set = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                "reef-lab-n0",
+                "nft",
+                "list",
+                "table",
+                "inet",
+            ])
+            .arg(reef_tunnel::filter::TABLE)
+            .output()
+            .unwrap();
+        let set = String::from_utf8_lossy(&set.stdout).to_string();
+        assert!(set.contains(&format!("elements = {{ {n1} }}")), "{set}");
+        assert!(set.contains("ip saddr != @nodes"), "{set}");
         let mut reached = false;
         for _ in 0..20 {
             let p = Command::new("ip")
