@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use reef_config::crds::{BgpConfigurationSpec, IpPoolSpec, ReefNodeSpec, DEFAULT_NAME};
+use reef_config::crds::{
+    BgpConfigurationSpec, IpPoolSpec, ReefNodeSpec, SecretKeyRef, DEFAULT_NAME,
+};
 use reef_config::IpipMode;
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
 use reef_integration::cmd::Process;
@@ -75,7 +77,13 @@ impl Agent {
     }
 }
 
-fn start_agent(dir: &Path, store: &Path, name: &str, node: &reef_integration::topo::Node) -> Agent {
+fn start_agent(
+    dir: &Path,
+    store: &Path,
+    secrets: &Path,
+    name: &str,
+    node: &reef_integration::topo::Node,
+) -> Agent {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
     let config = d.join("node.yaml");
@@ -93,15 +101,12 @@ fn start_agent(dir: &Path, store: &Path, name: &str, node: &reef_integration::to
     )
     .unwrap();
     let log = d.join("agent.log");
-    let process = node
-        .ns
-        .spawn(
-            &format!("reef agent {name}"),
-            REEF,
-            &["--config", config.to_str().unwrap(), "node", "run"],
-            Some(&log),
-        )
-        .unwrap();
+    let mut cmd = node.ns.command(REEF);
+    cmd.args(["--config", config.to_str().unwrap(), "node", "run"])
+        .env("REEF_SECRETS_DIR", secrets);
+    let f = std::fs::File::create(&log).unwrap();
+    cmd.stdout(f.try_clone().unwrap()).stderr(f);
+    let process = Process::spawn(format!("reef agent {name}"), cmd).unwrap();
     Agent {
         config,
         log,
@@ -133,69 +138,118 @@ fn nth(b: &Ipv4Network, i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(b.network()) + i)
 }
 
+/// Three nodes: n0 and n1 run agents; n2 is a stale ReefNode (registered once, with a block,
+/// no agent since) on subnet `stale_subnet` (0: theirs; 1: behind the router).
+struct Lab {
+    // Field order is drop order: agents, then the namespaces, then their files.
+    agents: Vec<Agent>,
+    topo: Topology,
+    stale: Ipv4Addr,
+    stale_block: String,
+    store: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Lab {
+    /// `bgp` is the BGPConfiguration (AS and timers are set here); `secrets` are files
+    /// (`<secret>/<key>`, content) in the agents' REEF_SECRETS_DIR.
+    fn up(stale_subnet: usize, bgp: BgpConfigurationSpec, secrets: Option<(&str, &str)>) -> Lab {
+        let topo = Topology::builder()
+            .nodes(3)
+            .subnets(1 + stale_subnet)
+            .build()
+            .unwrap();
+        assert_eq!(topo.nodes[1].subnet, 0);
+        assert_eq!(topo.nodes[2].subnet, stale_subnet);
+        let tmp = tempfile::Builder::new()
+            .prefix("reeft-secmesh-")
+            .tempdir()
+            .unwrap();
+        let secrets_dir = tmp.path().join("secrets");
+        if let Some((file, content)) = secrets {
+            let f = secrets_dir.join(file);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, content).unwrap();
+        }
+        let store_path = tmp.path().join("store.db");
+        let pool: Ipv4Network = "10.244.0.0/16".parse().unwrap();
+        let stale = topo.nodes[2].addr;
+        let stale_block = {
+            let store = reef_ipam::EmbeddedStore::open(&store_path).unwrap();
+            let ipam = reef_ipam::Ipam::new(store);
+            let mut p = IpPoolSpec::new(IpNetwork::V4(pool));
+            p.ipip_mode = IpipMode::CrossSubnet;
+            ipam.put_pool("default-ipv4", p).unwrap();
+            let bgp = BgpConfigurationSpec {
+                as_number: CLUSTER_AS,
+                hold_time_seconds: 9,
+                graceful_restart_seconds: 9,
+                ..bgp
+            };
+            ipam.store()
+                .create_typed(&Typed::new(DEFAULT_NAME, bgp))
+                .unwrap();
+            // The stale node: registered once (ReefNode, tunnel address, so a block).
+            let tunnel = ipam
+                .ensure_tunnel_address("n2", &Labels::new(), true)
+                .unwrap();
+            let spec = ReefNodeSpec {
+                address: format!("{stale}/24").parse().unwrap(),
+                address_v6: None,
+                as_number: None,
+                tunnel_address: Some(tunnel),
+                route_reflector_cluster_id: None,
+            };
+            ipam.store().create_typed(&Typed::new("n2", spec)).unwrap();
+            let IpAddr::V4(t) = tunnel else {
+                panic!("tunnel {tunnel}")
+            };
+            Ipv4Network::new(t, 26).unwrap().network().to_string() + "/26"
+        };
+        let agents = vec![
+            start_agent(tmp.path(), &store_path, &secrets_dir, "n0", &topo.nodes[0]),
+            start_agent(tmp.path(), &store_path, &secrets_dir, "n1", &topo.nodes[1]),
+        ];
+        let (n0_addr, n1_addr) = (
+            topo.nodes[0].addr.to_string(),
+            topo.nodes[1].addr.to_string(),
+        );
+        wait_until("n0 and n1 Established", Duration::from_secs(60), || {
+            for (a, other) in [(&agents[0], &n1_addr), (&agents[1], &n0_addr)] {
+                let s = a.status_json()?;
+                let state = peer(&s, other).map(|p| p["state"].clone());
+                if state != Some("Established".into())
+                    || s["blocks"].as_array().is_none_or(Vec::is_empty)
+                {
+                    return Err(format!("{s}\n{}", a.log()));
+                }
+            }
+            Ok(())
+        });
+        Lab {
+            agents,
+            topo,
+            stale,
+            stale_block,
+            store: store_path,
+            _tmp: tmp,
+        }
+    }
+}
+
 #[test]
 fn security_a_rogue_mesh_peer_cannot_hijack_pod_addresses() {
     // n0 and n1 run agents; n2 is a stale ReefNode (no agent) whose address the rogue BIRD
     // holds. One subnet: the real nodes route each other's blocks directly.
-    let mut topo = Topology::builder().nodes(3).subnets(1).build().unwrap();
-    let tmp = tempfile::Builder::new()
-        .prefix("reeft-secmesh-")
-        .tempdir()
-        .unwrap();
-    let store_path = tmp.path().join("store.db");
-    let pool: Ipv4Network = "10.244.0.0/16".parse().unwrap();
-    let stale = topo.nodes[2].addr;
-    let stale_block = {
-        let store = reef_ipam::EmbeddedStore::open(&store_path).unwrap();
-        let ipam = reef_ipam::Ipam::new(store);
-        let mut p = IpPoolSpec::new(IpNetwork::V4(pool));
-        p.ipip_mode = IpipMode::CrossSubnet;
-        ipam.put_pool("default-ipv4", p).unwrap();
-        let bgp = BgpConfigurationSpec {
-            as_number: CLUSTER_AS,
-            hold_time_seconds: 9,
-            graceful_restart_seconds: 9,
-            ..Default::default()
-        };
-        ipam.store()
-            .create_typed(&Typed::new(DEFAULT_NAME, bgp))
-            .unwrap();
-        // The stale node: registered once (ReefNode, tunnel address, so a block), gone since.
-        let tunnel = ipam
-            .ensure_tunnel_address("n2", &Labels::new(), true)
-            .unwrap();
-        let spec = ReefNodeSpec {
-            address: format!("{stale}/24").parse().unwrap(),
-            address_v6: None,
-            as_number: None,
-            tunnel_address: Some(tunnel),
-            route_reflector_cluster_id: None,
-        };
-        ipam.store().create_typed(&Typed::new("n2", spec)).unwrap();
-        let IpAddr::V4(t) = tunnel else {
-            panic!("tunnel {tunnel}")
-        };
-        Ipv4Network::new(t, 26).unwrap().network().to_string() + "/26"
-    };
-
-    let a0 = start_agent(tmp.path(), &store_path, "n0", &topo.nodes[0]);
-    let a1 = start_agent(tmp.path(), &store_path, "n1", &topo.nodes[1]);
-    let (n0_addr, n1_addr) = (
-        topo.nodes[0].addr.to_string(),
-        topo.nodes[1].addr.to_string(),
-    );
-    wait_until("n0 and n1 Established", Duration::from_secs(60), || {
-        for (a, other) in [(&a0, &n1_addr), (&a1, &n0_addr)] {
-            let s = a.status_json()?;
-            let state = peer(&s, other).map(|p| p["state"].clone());
-            if state != Some("Established".into())
-                || s["blocks"].as_array().is_none_or(Vec::is_empty)
-            {
-                return Err(format!("{s}\n{}", a.log()));
-            }
-        }
-        Ok(())
-    });
+    let lab = Lab::up(0, BgpConfigurationSpec::default(), None);
+    let Lab {
+        mut topo,
+        stale,
+        stale_block,
+        agents,
+        ..
+    } = lab;
+    let (a0, a1) = (&agents[0], &agents[1]);
     let b0 = first_block(&a0.status_json().unwrap());
     let b1 = first_block(&a1.status_json().unwrap());
 
@@ -348,5 +402,117 @@ fn security_a_rogue_mesh_peer_cannot_hijack_pod_addresses() {
         assert!(ping(0, pod1), "pod on n0 cannot reach {pod1}:\n{routes}");
         assert!(ping(1, pod0), "pod on n1 cannot reach {pod0}");
     }
+    drop(bird);
+}
+
+/// The mesh password (a Secret, here files mode) and TTL security from BGPConfiguration reach
+/// the agents' mesh sessions: the real nodes peer with both; a rogue two hops away gets no
+/// session without the password, none with it while GTSM allows one hop, and one when
+/// BGPConfiguration allows two (the positive control: password and hop count are what stop
+/// it).
+#[test]
+fn security_mesh_password_and_ttl_security_keep_a_rogue_out() {
+    let secret = SecretKeyRef {
+        name: "reef-bgp-mesh".into(),
+        key: "password".into(),
+    };
+    let bgp = BgpConfigurationSpec {
+        node_to_node_mesh_password: Some(secret),
+        node_to_node_mesh_ttl_security: Some(1),
+        ..Default::default()
+    };
+    // n0 and n1 share a subnet (one hop), the stale node sits behind the router (two).
+    let lab = Lab::up(1, bgp, Some(("reef-bgp-mesh/password", "m3sh-s3cret\n")));
+    let a0 = &lab.agents[0];
+    let stale_s = lab.stale.to_string();
+    let s0 = a0.status_json().unwrap();
+    assert_eq!(s0["problems"], serde_json::json!([]), "{s0}");
+
+    let rogue = |password: Option<&str>| {
+        let mut cfg = BirdConfig::new(lab.stale);
+        cfg.static_routes = vec![lab.stale_block.clone()];
+        let mut p = BirdPeer::new("n0", CLUSTER_AS, lab.topo.nodes[0].addr.into(), CLUSTER_AS);
+        p.multihop = true;
+        p.password = password.map(String::from);
+        // BIRD sends TTL 255 (GTSM), so only the hop count decides.
+        p.extra = "  ttl security on;\n".into();
+        p.ipv4 = Some(("none".into(), "where source = RTS_STATIC".into()));
+        cfg.peers.push(p);
+        Bird::start(&lab.topo.nodes[2].ns, &cfg).unwrap()
+    };
+    // Asserted on the protected side (n0); with MD5 also on BIRD's. With GTSM, BIRD's side
+    // may see Established for a moment: n0 applies IP_MINTTL to a connection it accepted
+    // after the handshake (its listener serves every peer), so BIRD gets n0's OPEN and
+    // KEEPALIVE, while n0 drops what BIRD sends after that.
+    let never_established = |bird: &Bird, what: &str, bird_too: bool| {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(8) {
+            let state = bird.bgp_state("n0").unwrap();
+            if bird_too {
+                assert_ne!(
+                    state.as_deref(),
+                    Some("Established"),
+                    "{what}: {}",
+                    bird.log()
+                );
+            }
+            let s = a0.status_json().unwrap();
+            let p = peer(&s, &stale_s).unwrap_or_else(|| panic!("{s}"));
+            assert_ne!(p["state"], "Established", "{what}: {p}");
+            assert_eq!(p["prefixes_received"], 0, "{what}: {p}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+
+    let bird = rogue(None);
+    never_established(&bird, "no password", true);
+    drop(bird);
+    let bird = rogue(Some("guess"));
+    never_established(&bird, "a wrong password", true);
+    drop(bird);
+    let bird = rogue(Some("m3sh-s3cret"));
+    never_established(
+        &bird,
+        "the password from two hops with GTSM at one hop",
+        false,
+    );
+
+    // Allow two hops: the same rogue now gets its session (so the hop count was what stopped
+    // it), and its one route — the stale node's own block — is accepted.
+    let store = reef_ipam::EmbeddedStore::open(&lab.store).unwrap();
+    let mut cfg = store
+        .get_typed::<BgpConfigurationSpec>(DEFAULT_NAME)
+        .unwrap()
+        .unwrap();
+    cfg.spec.node_to_node_mesh_ttl_security = Some(2);
+    store.update_typed(&cfg).unwrap();
+    drop(store);
+    wait_until(
+        "the rogue's session at two hops",
+        Duration::from_secs(40),
+        || {
+            let s = a0.status_json()?;
+            let p = peer(&s, &stale_s).ok_or_else(|| s.to_string())?;
+            if p["state"] == "Established" && p["prefixes_accepted"] == 1 {
+                Ok(())
+            } else {
+                Err(format!("{p}\n{}", bird.log()))
+            }
+        },
+    );
+    // And n0 ↔ n1 (one hop, the password) are up again after the change (a new TTL setting
+    // restarts the sessions).
+    let n0 = lab.topo.nodes[0].addr.to_string();
+    wait_until(
+        "n1's session to n0 after the change",
+        Duration::from_secs(30),
+        || {
+            let s1 = lab.agents[1].status_json()?;
+            match peer(&s1, &n0) {
+                Some(p) if p["state"] == "Established" => Ok(()),
+                _ => Err(s1.to_string()),
+            }
+        },
+    );
     drop(bird);
 }
