@@ -12,6 +12,9 @@
 //!      horizon / reflection, safe defaults, peer's policy, eBGP/iBGP rewrite ─▶ Adj-RIB-Out
 //! ```
 //!
+//! A refused route stays in the Adj-RIB-In (soft reconfiguration re-judges it) with the
+//! [`Refusal`] that names why; per peer, [`PeerCounters`] counts the refused routes by reason.
+//!
 //! Every mutation returns a [`RibOutput`]: the best-path changes in the order they happened,
 //! and per peer the Adj-RIB-Out delta (each prefix at most once, announcements grouped by
 //! attribute set so the driver can pack UPDATEs).
@@ -20,7 +23,13 @@
 //! - export: only prefixes this node originates, except what route reflection must pass on
 //!   and peers with [`PeerConfig::export_learned`];
 //! - import from mesh and route-reflector peers (other reef nodes): only prefixes inside
-//!   [`RibConfig::cluster_pools`];
+//!   [`RibConfig::cluster_pools`]; with an [`Ownership`] set ([`Rib::set_ownership`]), also
+//!   only what the node at the route's NEXT_HOP owns (a block affine to it, the host route
+//!   of an address it borrowed), nothing overlapping this node's own blocks, and never this
+//!   node or a non-node as next hop;
+//! - import from every peer: no route whose next hop cannot be a neighbour's unicast
+//!   address (unspecified, loopback unless the session is on loopback, multicast,
+//!   broadcast, class E, IPv6 link-local only);
 //! - the default route (0.0.0.0/0, ::/0) is neither accepted nor sent unless the peer says so
 //!   ([`PeerConfig::accept_default_route`], [`PeerConfig::send_default_route`]).
 //!

@@ -226,8 +226,8 @@ impl Trust {
         Ok(t)
     }
 
-    /// The ownership rules for a route from a mesh or route-reflector peer (the pools are
-    /// checked by the caller, after [`Trust::overlaps_own`]).
+    /// Whether `prefix` overlaps one of this node's own blocks (import checks it before the
+    /// pools, so a hijack of one of our blocks is named as such).
     pub(crate) fn overlaps_own(&self, prefix: &IpNetwork) -> bool {
         self.own_blocks.iter().any(|b| overlap(b, prefix))
     }
