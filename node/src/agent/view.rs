@@ -180,8 +180,11 @@ fn lookup(
 /// Who owns what, for the speaker's import checks on mesh and route-reflector routes: this
 /// node's addresses and blocks, and for every other ReefNode its addresses, the blocks affine
 /// to it and the addresses it borrowed from blocks affine to someone else (or to no one).
-/// Blocks and allocations of names with no ReefNode belong to no one.
+/// Blocks and allocations of names with no ReefNode belong to no one, and so does a broken
+/// block whose CIDR has host bits set (the speaker would refuse the whole ownership over it,
+/// and one bad record must not turn the checks off on every node).
 pub fn ownership(cfg: &NodeConfig, view: &View) -> Ownership {
+    let sound = |b: &IpNetwork| b.ip() == b.network();
     let me = cfg.node_name.as_str();
     let mut nodes: BTreeMap<&str, NodeOwnership> = view
         .nodes
@@ -198,7 +201,7 @@ pub fn ownership(cfg: &NodeConfig, view: &View) -> Ownership {
             (n.name.as_str(), o)
         })
         .collect();
-    for b in &view.blocks {
+    for b in view.blocks.iter().filter(|b| sound(&b.spec.cidr)) {
         let affinity = b.spec.affinity.as_deref();
         if let Some(o) = affinity.and_then(|a| nodes.get_mut(a)) {
             o.blocks.push(b.spec.cidr);
@@ -223,7 +226,7 @@ pub fn ownership(cfg: &NodeConfig, view: &View) -> Ownership {
         local_addresses: std::iter::once(cfg.address.ip())
             .chain(cfg.address_v6.map(|a| a.ip()))
             .collect(),
-        own_blocks: own_blocks(cfg, view).into_iter().collect(),
+        own_blocks: own_blocks(cfg, view).into_iter().filter(sound).collect(),
         nodes: nodes.into_values().collect(),
     }
 }
@@ -398,6 +401,27 @@ mod tests {
         assert_eq!(n2.blocks, nets(&["10.244.0.128/26", "10.244.1.0/26"]));
         assert_eq!(n2.borrowed, ips(&["10.244.2.7"]));
         assert!(o.nodes.iter().all(|n| n.name != "gone" && n.name != "n0"));
+    }
+
+    /// A block record with host bits set belongs to no one: the speaker takes the rest.
+    #[tokio::test]
+    async fn a_broken_block_does_not_cost_the_ownership_checks() {
+        let (cfg, mut view) = three_nodes();
+        view.blocks
+            .push(block("10.244.9.1/26", Some("n1"), &[(3, Some("n2"))]));
+        view.blocks.push(block("10.244.8.1/26", Some("n0"), &[]));
+        let o = ownership(&cfg, &view);
+        assert_eq!(
+            o.own_blocks,
+            ["10.244.0.0/26".parse::<IpNetwork>().unwrap()]
+        );
+        assert_eq!(o.nodes[0].blocks.len(), 1, "{o:?}");
+        assert_eq!(o.nodes[1].borrowed.len(), 1, "{o:?}");
+        let mut scfg = reef_bgp::speaker::SpeakerConfig::new(64512, [10, 100, 1, 10].into());
+        scfg.listen_port = 0; // no listener: nothing bound on this machine
+        let (speaker, _events) = reef_bgp::speaker::Speaker::start(scfg).await.unwrap();
+        speaker.set_ownership(Some(o)).await.unwrap();
+        let _ = speaker.shutdown(reef_bgp::speaker::Shutdown::Hard).await;
     }
 
     #[test]
