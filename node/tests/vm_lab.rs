@@ -82,6 +82,47 @@ fn vm_lab_pods_ping_across_subnets_over_kernel_ipip() {
         let set = String::from_utf8_lossy(&set.stdout).to_string();
         assert!(set.contains(&format!("elements = {{ {n1} }}")), "{set}");
         assert!(set.contains("ip saddr != @nodes"), "{set}");
+        // A node joining (or leaving) changes no route on n0, yet its address must enter
+        // (leave) the set: the agent syncs the tunnel every round, not only on a new plan.
+        // Registered the way an agent registers its node: a ReefNode in the lab's store.
+        let store =
+            reef_ipam::EmbeddedStore::open(std::path::Path::new("/run/reef-lab/store.db")).unwrap();
+        let joining = reef_ipam::Typed::new(
+            "vm-joining",
+            reef_config::crds::ReefNodeSpec {
+                address: "10.20.9.9/24".parse().unwrap(),
+                address_v6: None,
+                as_number: None,
+                tunnel_address: None,
+                route_reflector_cluster_id: None,
+            },
+        );
+        use reef_ipam::StoreExt;
+        let joining = store.create_typed(&joining).unwrap();
+        let filter = || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", "reef-lab-n0", "nft", "list", "set", "inet"])
+                .args([reef_tunnel::filter::TABLE, "nodes"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let wait_for = |present: bool| {
+            for _ in 0..100 {
+                if filter().contains("10.20.9.9") == present {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            panic!(
+                "10.20.9.9 present={} expected in reef-filter:\n{}",
+                !present,
+                filter()
+            );
+        };
+        wait_for(true);
+        store.delete_typed(&joining).unwrap();
+        wait_for(false);
         let mut reached = false;
         for _ in 0..20 {
             let p = Command::new("ip")

@@ -586,20 +586,29 @@ impl AgentState {
         };
         self.sync_nat(&input.pools).await;
         let plan = reef_tunnel::plan(&input);
-        if self.last_plan.as_ref() == Some(&plan) {
-            return;
-        }
-        for p in &plan.problems {
-            tracing::warn!(problem = ?p, "route plan");
-        }
+        // Every round, not only when the plan changed: reef-filter's node set follows the
+        // ReefNodes (a node joining changes no route here), and a failed sync is retried.
+        // The tunnel does nothing when nothing changed.
         let nodes: Vec<IpAddr> = self
             .view
             .nodes
             .iter()
             .map(|n| n.spec.address.ip())
             .collect();
-        if let Err(e) = tunnel.sync(&plan, nodes).await {
-            tracing::warn!(error = %e, "tunnel");
+        let synced = tunnel.sync(&plan, nodes).await;
+        let had_problem = self.problems.iter().any(|p| p.starts_with("tunnel:"));
+        self.problems.retain(|p| !p.starts_with("tunnel:"));
+        if let Err(e) = synced {
+            if !had_problem {
+                tracing::warn!(error = %e, "tunnel");
+            }
+            self.problems.push(format!("tunnel: {e}"));
+        }
+        if self.last_plan.as_ref() == Some(&plan) {
+            return;
+        }
+        for p in &plan.problems {
+            tracing::warn!(problem = ?p, "route plan");
         }
         let _ = desired.send(plan.desired_routes());
         self.last_plan = Some(plan);
@@ -698,7 +707,7 @@ impl AgentState {
             userspace_tunnel: tstats.map(|s| snapshot::TunnelCounters {
                 tx: s.tx,
                 rx: s.rx,
-                dropped: s.drop_no_route + s.drop_unknown_peer + s.drop_malformed,
+                dropped: s.dropped(),
             }),
         }
     }
