@@ -192,6 +192,21 @@ fn apply_get_reapply_and_edit_like_kubectl() {
     let (code, out, err) = reef_with(&env.config, &["apply", "-f", "-"], Some(&yaml));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "ippool.reef.dev/default-ipv4 unchanged\n");
+    // A copy read before someone else's change is refused, as kubectl's would be (409).
+    let (code, _, _) = env.apply(&edited.replace("natOutgoing: false", "natOutgoing: true"));
+    assert_eq!(code, 0);
+    let (code, out, err) = reef_with(&env.config, &["apply", "-f", "-"], Some(&yaml));
+    assert_eq!(code, 3, "{out}");
+    assert!(err.contains("metadata.resourceVersion:"), "{err}");
+    assert!(err.contains("it changed since it was read"), "{err}");
+    assert!(
+        store
+            .get_typed::<IpPoolSpec>("default-ipv4")
+            .unwrap()
+            .unwrap()
+            .spec
+            .nat_outgoing
+    );
     // YAML output is get's alone; other commands say so rather than print a table.
     let (code, _, err) = env.reef(&["ipam", "show", "-o", "yaml"]);
     assert_eq!(code, 3);
