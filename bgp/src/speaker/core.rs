@@ -316,6 +316,7 @@ impl Core {
                 stale_epoch: 0,
             },
         );
+        self.listener_gtsm();
         Ok(())
     }
 
@@ -348,6 +349,7 @@ impl Core {
             return Err(SpeakerError::UnknownPeer(p.address));
         };
         entry.cfg = p.clone();
+        let gtsm_changed = old.ttl_security != p.ttl_security;
         if transport {
             let _ = entry.cmd.send(SessionCmd::Reconfigure(p));
         }
@@ -355,7 +357,28 @@ impl Core {
             entry.max_prefix_exceeded = false;
             let _ = entry.cmd.send(SessionCmd::Start);
         }
+        if gtsm_changed {
+            self.listener_gtsm();
+        }
         Ok(())
+    }
+
+    /// GTSM for connections peers open: each accepted connection gets its peer's minimum TTL,
+    /// but only after the handshake, so a speaker too many hops away would still see the
+    /// session open (and then nothing). When every peer asks for TTL security the listener
+    /// itself drops what comes from further away than the most distant peer may be; one peer
+    /// without it opens the listener to every TTL.
+    fn listener_gtsm(&self) {
+        let Some(l) = &self.listener else { return };
+        let min = self
+            .peers
+            .values()
+            .map(|e| e.cfg.min_ttl().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        if let Err(e) = net::listener_min_ttl(l, min) {
+            warn!("minimum TTL on the listener: {e}");
+        }
     }
 
     fn remove_peer(&mut self, a: IpAddr) -> Result<(), SpeakerError> {
@@ -373,6 +396,7 @@ impl Core {
         let out = self.rib.remove_peer(entry.id)?;
         self.dispatch(out);
         info!(peer = %a, "peer removed");
+        self.listener_gtsm();
         if let Some(d) = &mut self.deferral {
             d.peer_removed(a);
         }

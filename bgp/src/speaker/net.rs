@@ -48,6 +48,20 @@ fn on_listener(listener: &TcpListener, peer: IpAddr) -> Option<IpAddr> {
     }
 }
 
+/// GTSM on the listener (RFC 5082 §3): segments with a TTL (hop limit) below `min` are dropped
+/// by the kernel before a handshake completes, SYNs included; 0 lets every TTL in. On an
+/// IPv6 listener both options are set, as it also carries IPv4 (v4-mapped) connections.
+pub(crate) fn listener_min_ttl(listener: &TcpListener, min: u8) -> io::Result<()> {
+    if listener.local_addr()?.is_ipv6() {
+        sys::set_min_ttl(listener, true, min)?;
+        // Best effort: an IPv6-only socket may refuse the IPv4 option.
+        let _ = sys::set_min_ttl(listener, false, min);
+        Ok(())
+    } else {
+        sys::set_min_ttl(listener, false, min)
+    }
+}
+
 /// Installs (or with `None` removes) a peer's MD5 key on the listener, so its signed SYNs
 /// are accepted.
 pub(crate) fn listener_md5(

@@ -444,6 +444,32 @@ async fn gtsm_accepts_ttl_255_and_drops_lower() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gtsm_listener_completes_no_handshake_from_too_far() {
+    // C's only peer (D) must be one hop away. A connection to C from D's address with TTL 64
+    // — a speaker further away, or anything not sending 255 — gets no handshake: the
+    // listener drops its SYN. (It used to be accepted and only then starved, so a rogue
+    // saw the session open.) One with TTL 255 is accepted, so the probe reaches C's port.
+    let (c, d) = pair(65001, 65002, |to_d, _| to_d.ttl_security = Some(1)).await;
+    let connect = |ttl: u32| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::new(IpAddr::V4(d.addr), 0))
+            .unwrap();
+        socket2::SockRef::from(&sock).set_ttl_v4(ttl).unwrap();
+        let to = std::net::SocketAddr::new(IpAddr::V4(c.addr), c.port);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), sock.connect(to)).await,
+            Ok(Ok(_))
+        )
+    };
+    assert!(!connect(64).await, "a TCP handshake with TTL 64 completed");
+    assert!(
+        connect(255).await,
+        "no handshake with TTL 255: the probe is wrong"
+    );
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_speaker_defers_selection_until_the_deferral_timer() {
     // A restarts with two peers: B answers, C (nothing listens there) never comes up, so
     // A's selection waits for the deferral timer (3 s) although B sent End-of-RIB.
