@@ -26,7 +26,7 @@ fn nft(ns: &Netns, args: &[&str]) -> String {
 }
 
 #[test]
-fn filter_table_applies_once_follows_the_nodes_and_touches_nothing_else() {
+fn security_filter_table_applies_once_follows_the_nodes_and_touches_nothing_else() {
     let ns = Netns::new("filter").unwrap();
     let path = PathBuf::from(ns.path());
     // Someone else's table, and reef's NAT table, in the same namespace.
@@ -205,7 +205,7 @@ fn wait_for(agent: &Agent, what: &str, f: impl Fn(&TunnelStats) -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn userspace_tunnel_decapsulates_only_from_nodes_for_this_node() {
+async fn security_userspace_tunnel_decapsulates_only_from_nodes_for_this_node() {
     // n0 10.100.1.10 (pod 10.244.1.10), n1 10.100.2.10 (pod 10.244.2.10); a stranger
     // 10.100.2.99 on n1's subnet, which some peer announced as next hop of 10.244.9.0/26.
     let topo = build_nodes(2, 1);

@@ -144,9 +144,9 @@ fn udp_from(ns: &reef_integration::Netns, from: std::net::Ipv4Addr, to: std::net
 }
 
 #[test]
-fn vm_kernel_ipip_only_from_cluster_nodes() {
+fn security_vm_kernel_ipip_only_from_cluster_nodes() {
     if !vm::inside() {
-        return vm::rerun_inside("vm_kernel_ipip_only_from_cluster_nodes", &[]).unwrap();
+        return vm::rerun_inside("security_vm_kernel_ipip_only_from_cluster_nodes", &[]).unwrap();
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
