@@ -135,7 +135,7 @@ fn verdict(rib: &mut Rib, id: PeerId, prefix: &str, attrs: PathAttributes) -> Op
 }
 
 #[test]
-fn hijacks_from_a_rogue_mesh_peer_are_refused_with_their_reason() {
+fn security_hijacks_from_a_rogue_mesh_peer_are_refused_with_their_reason() {
     let mut rib = rib();
     rib.set_ownership(Some(ownership())).unwrap();
     // A BGP speaker on the stale node's address, in the mesh.
@@ -213,7 +213,7 @@ fn hijacks_from_a_rogue_mesh_peer_are_refused_with_their_reason() {
 }
 
 #[test]
-fn routes_a_node_owns_are_accepted_also_through_a_reflector() {
+fn security_routes_a_node_owns_are_accepted_also_through_a_reflector() {
     let mut rib = rib();
     rib.set_ownership(Some(ownership())).unwrap();
     let b = mesh(&mut rib, "10.0.0.2");
@@ -260,7 +260,7 @@ fn routes_a_node_owns_are_accepted_also_through_a_reflector() {
 }
 
 #[test]
-fn set_ownership_rejudges_what_mesh_peers_sent_both_ways() {
+fn security_set_ownership_rejudges_what_mesh_peers_sent_both_ways() {
     let mut rib = rib();
     let mut o = ownership();
     o.nodes[0].blocks.clear();
@@ -344,7 +344,7 @@ fn set_ownership_rejudges_what_mesh_peers_sent_both_ways() {
 }
 
 #[test]
-fn refusal_counts_follow_the_adj_rib_in_through_churn() {
+fn security_refusal_counts_follow_the_adj_rib_in_through_churn() {
     let mut rib = rib();
     rib.set_ownership(Some(ownership())).unwrap();
     let b = mesh(&mut rib, "10.0.0.2");
@@ -451,7 +451,7 @@ fn refusal_counts_follow_the_adj_rib_in_through_churn() {
 }
 
 #[test]
-fn bad_next_hops_are_refused_from_a_router_peer_and_never_programmed() {
+fn security_bad_next_hops_are_refused_from_a_router_peer_and_never_programmed() {
     // No ownership set: the next-hop check holds for every peer regardless.
     let mut rib = rib();
     let r = up(&mut rib, "192.0.2.1", 65001, PeerType::Global);
@@ -555,7 +555,7 @@ fn receive(rib: &mut Rib, id: PeerId, bytes: &[u8]) {
 }
 
 #[test]
-fn openbgpd_ipv6_routes_with_next_hop_loopback_over_an_ipv4_session_are_refused() {
+fn security_openbgpd_ipv6_routes_with_next_hop_loopback_over_an_ipv4_session_are_refused() {
     let mut rib = rib();
     let r = up(&mut rib, "192.0.2.1", 65001, PeerType::Global);
     // MP_REACH_NLRI IPv6 unicast, next hop ::1 (16 bytes), 2001:db8::/32.

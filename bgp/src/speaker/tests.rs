@@ -650,7 +650,7 @@ async fn notification_with_the_n_bit_keeps_routes_stale_on_both_sides() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mesh_routes_a_node_does_not_own_are_refused_counted_and_shown() {
+async fn security_mesh_routes_a_node_does_not_own_are_refused_counted_and_shown() {
     // B knows from the datastore that A owns 10.244.1.0/26 and B 10.244.2.0/26. A (here
     // playing a rogue speaker) announces its own block and three it has no right to.
     let (a, b) = pair(64512, 64512, |to_b, to_a| {
