@@ -3,6 +3,13 @@
 //!
 //! IPAM state (IPAMBlock, BlockAffinity, IPAMHandle) is written by reef only; users read it
 //! with `kubectl get` and change pools, peers and configuration.
+//!
+//! None of these types denies unknown fields: they are what every agent, CNI plugin and IPAM
+//! reads from the datastore, and during an upgrade an older reef reads objects a newer one
+//! wrote. A field it does not know is ignored (as Kubernetes clients do), where denying it
+//! would make every list and watch of that kind fail on the old agent. What a user writes is
+//! still checked strictly: `reef apply -f` refuses a field these types would ignore, naming
+//! its path. The node config file (`node_config`) is the operator's own and stays strict.
 
 // kube's derive takes one `#[kube(printcolumn(...))]` per column; clippy mistakes the
 // repeated `type_ = "string"` for duplicated attributes.
@@ -65,7 +72,7 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
     type_ = "date",
     json_path = ".metadata.creationTimestamp"
 ))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IpPoolSpec {
     /// The pool's prefix.
     #[schemars(schema_with = "schema::cidr")]
@@ -154,7 +161,7 @@ impl IpPoolSpec {
 
 /// One handed-out address of a block and who holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Allocation {
     /// Offset of the address from the block's first address.
     pub ordinal: u32,
@@ -170,7 +177,7 @@ pub struct Allocation {
 
 /// Who an address was handed to, recorded for `check` and for people reading the block.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AllocationAttributes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_namespace: Option<String>,
@@ -206,7 +213,7 @@ pub struct AllocationAttributes {
     type_ = "date",
     json_path = ".metadata.creationTimestamp"
 ))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IpamBlockSpec {
     #[schemars(schema_with = "schema::cidr")]
     pub cidr: IpNetwork,
@@ -255,7 +262,7 @@ pub enum AffinityState {
     type_ = "date",
     json_path = ".metadata.creationTimestamp"
 ))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BlockAffinitySpec {
     pub node: String,
     #[schemars(schema_with = "schema::cidr")]
@@ -281,7 +288,7 @@ pub struct BlockAffinitySpec {
     type_ = "date",
     json_path = ".metadata.creationTimestamp"
 ))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IpamHandleSpec {
     /// The handle as callers know it (the object name is a sanitised form of it).
     pub handle_id: String,
@@ -313,7 +320,7 @@ pub struct IpamHandleSpec {
     type_ = "integer",
     json_path = ".spec.maxBlocksPerHost"
 ))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IpamConfigSpec {
     /// Never hand out addresses from a block affine to another node.
     #[serde(default)]
@@ -359,7 +366,7 @@ fn default_true() -> bool {
     json_path = ".spec.nodeToNodeMeshEnabled"
 ))]
 #[kube(printcolumn(name = "Port", type_ = "integer", json_path = ".spec.listenPort"))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BgpConfigurationSpec {
     /// AS of nodes that do not set their own.
     #[serde(default = "default_as")]
@@ -493,7 +500,7 @@ fn check_as(p: &mut Problems, field: &str, asn: u32) {
 
 /// Where to find a BGP session password: a key of a Secret in the namespace the agent runs in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     pub name: String,
     pub key: String,
@@ -542,7 +549,7 @@ impl SecretKeyRef {
     type_ = "date",
     json_path = ".metadata.creationTimestamp"
 ))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BgpPeerSpec {
     /// Address of the peer. Either this or `peerSelector`.
     #[serde(default, rename = "peerIP", skip_serializing_if = "Option::is_none")]
@@ -691,7 +698,7 @@ impl BgpPeerSpec {
     type_ = "date",
     json_path = ".metadata.creationTimestamp"
 ))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ReefNodeSpec {
     /// The node's IPv4 address with its subnet's prefix length, e.g. 192.168.1.10/24.
     #[schemars(schema_with = "schema::interface_address")]
@@ -752,7 +759,7 @@ pub enum BgpSessionState {
 
 /// One of the node's BGP sessions as the agent last saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
     #[schemars(schema_with = "schema::ip")]
     pub address: IpAddr,
@@ -773,7 +780,7 @@ pub struct PeerStatus {
 
 /// What the agent reports about its node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ReefNodeStatus {
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
@@ -864,9 +871,10 @@ mod tests {
         );
         c.node_to_node_mesh_ttl_security = Some(254);
         c.validate().unwrap();
-        // The Kubernetes spelling is TTL, as Calico's; a camel-cased `Ttl` is a typo.
-        let e = serde_yaml::from_str::<BgpConfigurationSpec>("nodeToNodeMeshTtlSecurity: 1\n")
-            .unwrap_err();
-        assert!(e.to_string().contains("unknown field"), "{e}");
+        // The Kubernetes spelling is TTL, as Calico's; a camel-cased `Ttl` is not the field
+        // (ignored as a newer reef's would be; `reef apply` refuses it as unknown).
+        let c =
+            serde_yaml::from_str::<BgpConfigurationSpec>("nodeToNodeMeshTtlSecurity: 1\n").unwrap();
+        assert_eq!(c.node_to_node_mesh_ttl_security, None);
     }
 }

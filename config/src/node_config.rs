@@ -208,6 +208,10 @@ impl Default for Datastore {
 }
 
 /// The node config file.
+///
+/// Unknown fields are refused (here and in `Datastore`), unlike the datastore's types in
+/// `crds`: this file is written by the operator for this node's own reef, so a field this
+/// reef does not know is a typo (`mtuu`), and silently running without it would be worse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeConfig {

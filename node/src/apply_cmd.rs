@@ -27,9 +27,11 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnetwork::IpNetwork;
+use kube::CustomResourceExt;
 use reef_config::crds::{
-    BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec, IpamBlockSpec, IpamConfigSpec, ReefNodeSpec,
-    DEFAULT_NAME, GROUP, VERSION,
+    BgpConfiguration, BgpConfigurationSpec, BgpPeer, BgpPeerSpec, IpPool, IpPoolSpec,
+    IpamBlockSpec, IpamConfig, IpamConfigSpec, ReefNode, ReefNodeSpec, DEFAULT_NAME, GROUP,
+    VERSION,
 };
 use reef_config::node_config::{Datastore, NodeConfig};
 use reef_ipam::{Kind, Labels, Object, Revision, Store, StoreExt};
@@ -200,18 +202,88 @@ struct Parsed {
     spec: Value,
 }
 
-/// `spec` decoded as `T`, with the path of the field that does not fit.
-fn decode_spec<T: DeserializeOwned + Serialize>(spec: &Value) -> Result<(T, Value), String> {
-    let t: T = serde_path_to_error::deserialize(spec).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            format!("spec: {}", e.into_inner())
-        } else {
-            format!("spec.{path}: {}", e.into_inner())
-        }
-    })?;
+/// `spec` decoded as `T`, with the path of the field that does not fit. A field `T` does not
+/// have is refused here, naming its path and the fields there are: reef's types ignore one
+/// (so an older reef reads what a newer one wrote), but in what a user writes it is a typo
+/// or a field this reef does not have, and applying without it would silently drop it.
+fn decode_spec<T: DeserializeOwned + Serialize, R: CustomResourceExt>(
+    spec: &Value,
+) -> Result<(T, Value), String> {
+    let mut unknown: Vec<Vec<Seg>> = Vec::new();
+    let mut note = |p: serde_ignored::Path| unknown.push(segments(&p));
+    let t: T = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(spec, &mut note))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                format!("spec: {}", e.into_inner())
+            } else {
+                format!("spec.{path}: {}", e.into_inner())
+            }
+        })?;
+    if !unknown.is_empty() {
+        let crd = serde_json::to_value(R::crd()).unwrap_or_default();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        return Err(unknown
+            .iter()
+            .map(|path| unknown_field(schema, path))
+            .collect::<Vec<_>>()
+            .join("; "));
+    }
     let v = serde_json::to_value(&t).map_err(|e| format!("spec: {e}"))?;
     Ok((t, v))
+}
+
+/// One step of a path into a spec.
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(p: &serde_ignored::Path) -> Vec<Seg> {
+    use serde_ignored::Path;
+    let (parent, seg) = match p {
+        Path::Root => return Vec::new(),
+        Path::Seq { parent, index } => (parent, Some(Seg::Index(*index))),
+        Path::Map { parent, key } => (parent, Some(Seg::Key(key.clone()))),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => (parent, None),
+    };
+    let mut v = segments(parent);
+    v.extend(seg);
+    v
+}
+
+/// `spec.a.b[0].c: unknown field, expected one of ...`, the fields from the CRD's schema.
+fn unknown_field(spec_schema: &Value, path: &[Seg]) -> String {
+    let mut name = String::from("spec");
+    let mut schema = spec_schema;
+    for (i, seg) in path.iter().enumerate() {
+        match seg {
+            Seg::Key(k) => {
+                name.push('.');
+                name.push_str(k);
+                if i + 1 < path.len() {
+                    schema = &schema["properties"][k];
+                }
+            }
+            Seg::Index(n) => {
+                name.push_str(&format!("[{n}]"));
+                schema = &schema["items"];
+            }
+        }
+    }
+    match schema["properties"].as_object() {
+        Some(props) if !props.is_empty() => format!(
+            "{name}: unknown field, expected one of {}",
+            props
+                .keys()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => format!("{name}: unknown field"),
+    }
 }
 
 fn problems(e: reef_config::Error) -> String {
@@ -286,23 +358,23 @@ fn parse_doc(d: &Doc) -> Result<Parsed, String> {
     };
     let spec = match kind {
         Kind::IpPool => {
-            let (t, v) = decode_spec::<IpPoolSpec>(&spec)?;
+            let (t, v) = decode_spec::<IpPoolSpec, IpPool>(&spec)?;
             t.validate().map_err(problems)?;
             v
         }
         Kind::BgpPeer => {
-            let (t, v) = decode_spec::<BgpPeerSpec>(&spec)?;
+            let (t, v) = decode_spec::<BgpPeerSpec, BgpPeer>(&spec)?;
             t.validate().map_err(problems)?;
             v
         }
         Kind::BgpConfiguration => {
-            let (t, v) = decode_spec::<BgpConfigurationSpec>(&spec)?;
+            let (t, v) = decode_spec::<BgpConfigurationSpec, BgpConfiguration>(&spec)?;
             t.validate().map_err(problems)?;
             v
         }
-        Kind::IpamConfig => decode_spec::<IpamConfigSpec>(&spec)?.1,
+        Kind::IpamConfig => decode_spec::<IpamConfigSpec, IpamConfig>(&spec)?.1,
         Kind::ReefNode => {
-            let (t, v) = decode_spec::<ReefNodeSpec>(&spec)?;
+            let (t, v) = decode_spec::<ReefNodeSpec, ReefNode>(&spec)?;
             t.validate().map_err(problems)?;
             v
         }
@@ -983,6 +1055,45 @@ mod tests {
             value,
         };
         (d.origin.clone(), parse_doc(&d).unwrap())
+    }
+
+    /// reef's types ignore a field they do not have (a newer reef's); what a user applies is
+    /// refused on one, at any depth, naming its path and the fields there are.
+    #[test]
+    fn an_unknown_field_is_refused_with_its_path() {
+        let parse = |spec: &str| {
+            let text = format!(
+                "apiVersion: reef.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {spec}\n"
+            );
+            let value =
+                serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap())
+                    .unwrap();
+            parse_doc(&Doc {
+                origin: "f".into(),
+                value,
+            })
+        };
+        parse("{peerIP: 192.168.1.254, asNumber: 65001, password: {name: s, key: k}}").unwrap();
+        let e = parse("{peerIP: 192.168.1.254, asNumber: 65001, keepOrigNextHop: true}")
+            .err()
+            .unwrap();
+        assert!(
+            e.starts_with("spec.keepOrigNextHop: unknown field, expected one of ")
+                && e.contains("`keepOriginalNextHop`"),
+            "{e}"
+        );
+        let e = parse(
+            "{peerIP: 192.168.1.254, asNumber: 65001, password: {name: s, key: k, namespace: x}, ttl: 1}",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e,
+            "spec.password.namespace: unknown field, expected one of `key`, `name`; \
+             spec.ttl: unknown field, expected one of `asNumber`, `keepOriginalNextHop`, \
+             `maxPrefix`, `node`, `nodeSelector`, `password`, `peerIP`, `peerPort`, \
+             `peerSelector`, `routeReflectorClient`, `ttlSecurity`"
+        );
     }
 
     /// A write that fails after others succeeded (a concurrent writer between the checks and
