@@ -467,6 +467,40 @@ impl Cri {
         Ok(r.container_id)
     }
 
+    /// CreateContainer for a container's restart: the same spec with `attempt` in its
+    /// metadata, as kubelet creates a crashed or stopped container again in the same sandbox
+    /// (containerd reserves each name + attempt until that container is removed).
+    pub fn create_container_attempt(
+        &mut self,
+        pod: &Sandbox,
+        spec: &ContainerSpec,
+        attempt: u32,
+    ) -> Result<String, Error> {
+        let mut config = spec.config();
+        if let Some(m) = config.metadata.as_mut() {
+            m.attempt = attempt;
+        }
+        let req = api::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.config.clone()),
+        };
+        let what = format!("CreateContainer {} (attempt {attempt})", spec.name);
+        let r = self.call(&what, |mut c| async move { c.create_container(req).await })?;
+        Ok(r.container_id)
+    }
+
+    /// RemoveContainer (a stopped container; a running one is killed first by containerd).
+    pub fn remove_container(&mut self, id: &str) -> Result<(), Error> {
+        let req = api::RemoveContainerRequest {
+            container_id: id.to_string(),
+        };
+        self.call("RemoveContainer", |mut c| async move {
+            c.remove_container(req).await
+        })
+        .map(|_| ())
+    }
+
     /// StartContainer.
     pub fn start_container(&mut self, id: &str) -> Result<(), Error> {
         let req = api::StartContainerRequest {
