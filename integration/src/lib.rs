@@ -21,9 +21,12 @@
 pub mod apiserver;
 pub mod bird;
 pub mod cmd;
+#[cfg(feature = "cri")]
 pub mod containerd;
+#[cfg(feature = "cri")]
 pub mod cri;
 pub mod frr;
+#[cfg(feature = "image")]
 pub mod image;
 pub mod netns;
 mod sys;
