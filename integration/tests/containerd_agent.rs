@@ -19,7 +19,8 @@
 //! addresses and ping each other across the subnets, and the agent container on n0 restarted
 //! as kubelet restarts a container (StopContainer, CreateContainer with the next attempt,
 //! StartContainer in the same sandbox) while pod-b pings pod-a: the figure of lost pings is
-//! printed and bounded (see the restart step). Everything (containerds, their pods and mount
+//! printed and bounded (see the restart step). Then node-1's containerd restarts while pod-a
+//! pings pod-b: the agent and pods keep running, no ping is lost. Everything (containerds, their pods and mount
 //! namespaces, the node namespaces, temp dirs) goes on drop, also on failure.
 
 use std::net::IpAddr;
@@ -535,6 +536,47 @@ fn containerd_agent_two_nodes_mesh_pods_and_graceful_agent_restart() {
     }
     let done = t0.elapsed();
 
+    // node-1's containerd restarts (as after an upgrade) while pod-a pings pod-b: the shims
+    // keep the agent and the pods running, the dataplane does not notice: nothing is lost.
+    let a_socket = nodes[0].c.socket();
+    let pinger = {
+        let ca = ca.clone();
+        let dst = ip_b.to_string();
+        std::thread::spawn(move || {
+            let mut cri = Cri::connect(&a_socket).unwrap();
+            cri.exec_sync(
+                &ca,
+                &["ping", "-i", "0.1", "-W", "1", "-c", "50", &dst],
+                Duration::from_secs(30),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let b = &mut nodes[1];
+    let b_agent_started = b.cri.container_status(&b.agent).unwrap().started_at;
+    b.c.restart().unwrap();
+    b.cri = b.c.cri().unwrap();
+    let st = b.cri.container_status(&b.agent).unwrap();
+    assert_eq!(
+        (st.state, st.started_at),
+        (ContainerState::ContainerRunning as i32, b_agent_started),
+        "node-1's agent container did not survive containerd's restart"
+    );
+    let out = pinger
+        .join()
+        .expect("pinger thread")
+        .expect("exec ping in pod-a");
+    let (tx, rx, _) = ping_figures(&out.stdout);
+    eprintln!("pod-a → pod-b during node-1's containerd restart: {rx}/{tx} replies");
+    assert_eq!(
+        rx, tx,
+        "pings lost while node-1's containerd restarted:\n{}",
+        out.stdout
+    );
+    b.wait_mesh(a_addr);
+    ping_until_ok(&mut nodes[1], &cb, ip_a);
+    let ctrd_restart = t0.elapsed();
+
     // Teardown: containerds (their pods, mount namespaces, cgroups), then the namespaces.
     drop(ipam);
     drop(nodes);
@@ -553,8 +595,8 @@ fn containerd_agent_two_nodes_mesh_pods_and_graceful_agent_restart() {
     drop(topo);
     eprintln!(
         "nodes up (containerd, images, install, agent started) {up:?}, mesh Established \
-         {mesh:?}, pods pinging across subnets {pinging:?}, restart checked {done:?}, whole \
-         test {:?}",
+         {mesh:?}, pods pinging across subnets {pinging:?}, agent restart checked {done:?}, \
+         containerd restart checked {ctrd_restart:?}, whole test with teardown {:?}",
         t0.elapsed()
     );
 }
