@@ -23,10 +23,12 @@
 //! pings pod-b: the agent and pods keep running, no ping is lost. Everything (containerds, their pods and mount
 //! namespaces, the node namespaces, temp dirs) goes on drop, also on failure.
 
+mod common;
+
+use common::cri_log;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use reef_config::crds::{BgpConfigurationSpec, IpPoolSpec, DEFAULT_NAME};
 use reef_config::IpipMode;
@@ -35,75 +37,12 @@ use reef_integration::cri::api::ContainerState;
 use reef_integration::cri::{ContainerSpec, Cri, PodSpec, Sandbox};
 use reef_integration::image::reef_image_name;
 use reef_integration::topo::Node;
-use reef_integration::{wait_for, workspace_bin, Topology};
+use reef_integration::{wait_for, Topology};
 use reef_ipam::{EmbeddedStore, Ipam, StoreExt, Typed};
 
 const POOL: &str = "10.244.0.0/16";
 /// deploy/reef.yaml's pod (namespace, name prefix).
 const DS_NAMESPACE: &str = "reef-system";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-/// reef's image archive (as tests/containerd_reef.rs gets it): built with
-/// `deploy/image/build.sh --profile dev` when missing or older than the workspace's reef
-/// binaries; `Err(why)` when this machine lacks what the build needs.
-fn reef_image_archive() -> Result<PathBuf, String> {
-    let root = workspace_root();
-    let archive = root
-        .join("target/image")
-        .join(format!("reef-{}.tar", env!("CARGO_PKG_VERSION")));
-    let newest_bin = ["reef", "reef-cni", "reef-ipam"]
-        .iter()
-        .filter_map(|b| workspace_bin(b).ok())
-        .filter_map(|p| mtime(&p))
-        .max();
-    let fresh = match (mtime(&archive), newest_bin) {
-        (Some(a), Some(b)) => a >= b,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    if fresh {
-        return Ok(archive);
-    }
-    for f in [
-        "/usr/sbin/nft",
-        "/usr/lib/cni/portmap",
-        "/usr/lib/cni/loopback",
-    ] {
-        if !Path::new(f).exists() {
-            return Err(format!("deploy/image/build.sh needs {f}"));
-        }
-    }
-    let out = Command::new("bash")
-        .arg(root.join("deploy/image/build.sh"))
-        .args(["--profile", "dev"])
-        .current_dir(&root)
-        .output()
-        .map_err(|e| format!("running deploy/image/build.sh: {e}"))?;
-    assert!(
-        out.status.success(),
-        "deploy/image/build.sh --profile dev failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(archive)
-}
-
-/// A CRI container log without its `TIMESTAMP STREAM TAG` prefixes.
-fn cri_log(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
@@ -353,7 +292,7 @@ fn ping_figures(out: &str) -> (u32, u32, Vec<u32>) {
 #[test]
 fn containerd_agent_two_nodes_mesh_pods_and_graceful_agent_restart() {
     let t0 = Instant::now();
-    let archive = match reef_image_archive() {
+    let archive = match common::reef_image_archive().map(|(archive, _)| archive) {
         Ok(a) => a,
         Err(why) => {
             eprintln!("SKIPPED: reef's image cannot be built on this machine: {why}");
