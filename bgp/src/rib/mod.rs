@@ -888,14 +888,7 @@ impl Rib {
         cfg.cluster_pools = pools;
         cfg.validate()?;
         self.cfg = cfg;
-        for id in self.peer_ids() {
-            let p = self.peer(id)?;
-            if pool_bound(p.cfg.peer_type) {
-                self.reimport::<Prefix4>(id.0);
-                self.reimport::<Prefix6>(id.0);
-            }
-        }
-        Ok(self.finish())
+        self.reimport_pool_bound()
     }
 
     /// Replaces what the datastore says about ownership and re-evaluates the routes of mesh
@@ -909,6 +902,12 @@ impl Rib {
         }
         self.trust = ownership.as_ref().map(Trust::new).transpose()?;
         self.ownership = ownership;
+        self.reimport_pool_bound()
+    }
+
+    /// Runs import again over what mesh and route-reflector peers sent, after the pools or
+    /// the ownership they are judged by changed.
+    fn reimport_pool_bound(&mut self) -> Result<RibOutput, RibError> {
         for id in self.peer_ids() {
             let p = self.peer(id)?;
             if pool_bound(p.cfg.peer_type) {
