@@ -407,6 +407,103 @@ pub struct BgpConfigurationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub node_to_node_mesh_max_prefix: Option<u32>,
+    /// The Services' cluster IP range(s) (the API server's `--service-cluster-ip-range`):
+    /// every node advertises each CIDR whole to the BGP peers that take Service routes, so
+    /// routers spread cluster-IP traffic over the nodes (ECMP). Kubernetes datastore only.
+    #[serde(
+        default,
+        rename = "serviceClusterIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_cluster_ips: Vec<ServiceCidr>,
+    /// Where Services' `spec.externalIPs` may lie: each such address inside one of these is
+    /// advertised as a /32 (/128); one outside all of them is ignored and shown in
+    /// `reef status`.
+    #[serde(
+        default,
+        rename = "serviceExternalIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_external_ips: Vec<ServiceCidr>,
+    /// Where LoadBalancer addresses (`status.loadBalancer.ingress[].ip`) may lie, advertised
+    /// as for `serviceExternalIPs`.
+    #[serde(
+        default,
+        rename = "serviceLoadBalancerIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_load_balancer_ips: Vec<ServiceCidr>,
+    /// BGP communities (RFC 1997) added to Service routes, per kind of address.
+    #[serde(default, skip_serializing_if = "ServiceCommunities::is_empty")]
+    pub service_communities: ServiceCommunities,
+}
+
+/// One CIDR of Service addresses (the shape Calico's BGPConfiguration uses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceCidr {
+    #[schemars(schema_with = "schema::cidr")]
+    pub cidr: IpNetwork,
+}
+
+/// Communities for each kind of Service route, written `"ASN:value"` (e.g. `"65000:100"`),
+/// `no-export`, `no-advertise`, `no-export-subconfed` or a 32-bit number.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceCommunities {
+    /// On the cluster IP CIDRs.
+    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<String>,
+    /// On the /32 (/128) routes of external IPs.
+    #[serde(default, rename = "externalIPs", skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<String>,
+    /// On the /32 (/128) routes of LoadBalancer addresses.
+    #[serde(
+        default,
+        rename = "loadBalancerIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub load_balancer_ips: Vec<String>,
+}
+
+impl ServiceCommunities {
+    pub fn is_empty(&self) -> bool {
+        self.cluster_ips.is_empty()
+            && self.external_ips.is_empty()
+            && self.load_balancer_ips.is_empty()
+    }
+}
+
+/// Parses a community as [`ServiceCommunities`] writes it (the same forms as reef-bgp's
+/// policy files).
+pub fn parse_community(s: &str) -> Result<u32, String> {
+    match s.trim() {
+        "no-export" => return Ok(0xFFFF_FF01),
+        "no-advertise" => return Ok(0xFFFF_FF02),
+        "no-export-subconfed" => return Ok(0xFFFF_FF03),
+        _ => {}
+    }
+    let s = s.trim();
+    if let Some((hi, lo)) = s.split_once(':') {
+        let part = |p: &str, what: &str| {
+            p.parse::<u16>().map_err(|_| {
+                format!("community {s:?}: the {what} part must be a number from 0 to 65535")
+            })
+        };
+        return Ok((u32::from(part(hi, "AS")?) << 16) | u32::from(part(lo, "value")?));
+    }
+    s.parse::<u32>().map_err(|_| {
+        format!("community {s:?} is not \"ASN:value\", a well-known name or a 32-bit number")
+    })
+}
+
+impl BgpConfigurationSpec {
+    /// Whether any Service address is to be advertised.
+    pub fn advertises_services(&self) -> bool {
+        !(self.service_cluster_ips.is_empty()
+            && self.service_external_ips.is_empty()
+            && self.service_load_balancer_ips.is_empty())
+    }
 }
 
 fn default_as() -> u32 {
@@ -434,6 +531,10 @@ impl Default for BgpConfigurationSpec {
             node_to_node_mesh_password: None,
             node_to_node_mesh_ttl_security: None,
             node_to_node_mesh_max_prefix: None,
+            service_cluster_ips: Vec::new(),
+            service_external_ips: Vec::new(),
+            service_load_balancer_ips: Vec::new(),
+            service_communities: ServiceCommunities::default(),
         }
     }
 }
@@ -480,7 +581,64 @@ impl BgpConfigurationSpec {
                  prefixes one node may send",
             );
         }
+        self.check_services(&mut p);
         p.finish("BGPConfiguration")
+    }
+
+    fn check_services(&self, p: &mut Problems) {
+        let lists = [
+            ("spec.serviceClusterIPs", &self.service_cluster_ips),
+            ("spec.serviceExternalIPs", &self.service_external_ips),
+            (
+                "spec.serviceLoadBalancerIPs",
+                &self.service_load_balancer_ips,
+            ),
+        ];
+        let mut seen: Vec<(String, IpNetwork)> = Vec::new();
+        for (field, list) in lists {
+            for (i, c) in list.iter().enumerate() {
+                let f = format!("{field}[{i}].cidr");
+                p.network(&f, &c.cidr);
+                if c.cidr.prefix() == 0 {
+                    p.add(
+                        &f,
+                        format!("{} would advertise a default route", c.cidr),
+                        "give the Service range itself, e.g. 10.96.0.0/12",
+                    );
+                }
+                if let Some((other, o)) = seen
+                    .iter()
+                    .find(|(_, o)| o.contains(c.cidr.network()) || c.cidr.contains(o.network()))
+                {
+                    p.add(
+                        &f,
+                        format!("{} overlaps {o} of {other}", c.cidr),
+                        "give each Service address range once, under the kind of address it holds",
+                    );
+                }
+                seen.push((f, c.cidr));
+            }
+        }
+        let c = &self.service_communities;
+        for (field, list) in [
+            ("spec.serviceCommunities.clusterIPs", &c.cluster_ips),
+            ("spec.serviceCommunities.externalIPs", &c.external_ips),
+            (
+                "spec.serviceCommunities.loadBalancerIPs",
+                &c.load_balancer_ips,
+            ),
+        ] {
+            for (i, s) in list.iter().enumerate() {
+                if let Err(e) = parse_community(s) {
+                    p.add(
+                        format!("{field}[{i}]"),
+                        e,
+                        "write it as \"ASN:value\" with both parts 0-65535 (e.g. \"65000:100\"), \
+                         or no-export / no-advertise / no-export-subconfed",
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -586,6 +744,12 @@ pub struct BgpPeerSpec {
     /// Keep the next hop the peer sent rather than the node's own when re-advertising.
     #[serde(default)]
     pub keep_original_next_hop: bool,
+    /// Send this peer the Service routes BGPConfiguration asks for (cluster IP CIDRs,
+    /// external and LoadBalancer addresses). Default: yes for a peer given by `peerIP` (a
+    /// router); `false` keeps them from it. Never for `peerSelector` peers (reef nodes need
+    /// no Service routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_service_routes: Option<bool>,
 }
 
 impl BgpPeerSpec {
@@ -607,6 +771,11 @@ impl BgpPeerSpec {
             (None, Some(sel)) => selects(sel, labels),
             (None, None) => true,
         }
+    }
+
+    /// Whether this peer gets Service routes.
+    pub fn takes_service_routes(&self) -> bool {
+        self.peer_ip.is_some() && self.advertise_service_routes.unwrap_or(true)
     }
 
     /// The peer's port in force.
@@ -665,6 +834,13 @@ impl BgpPeerSpec {
                 "spec.maxPrefix",
                 "0 prefixes would stop the session at the first route",
                 "leave it unset for no limit, or set the most prefixes the peer may send",
+            );
+        }
+        if self.peer_selector.is_some() && self.advertise_service_routes == Some(true) {
+            p.add(
+                "spec.advertiseServiceRoutes",
+                "Service routes go to routers outside the cluster, not to reef nodes (peerSelector)",
+                "remove advertiseServiceRoutes, or give the router's address in peerIP",
             );
         }
         p.finish("BGPPeer")
@@ -876,5 +1052,71 @@ mod tests {
         let c =
             serde_yaml::from_str::<BgpConfigurationSpec>("nodeToNodeMeshTtlSecurity: 1\n").unwrap();
         assert_eq!(c.node_to_node_mesh_ttl_security, None);
+    }
+
+    #[test]
+    fn bgp_configuration_service_fields() {
+        let c: BgpConfigurationSpec = serde_yaml::from_str(
+            "serviceClusterIPs: [{cidr: 10.96.0.0/12}, {cidr: 'fd00:96::/108'}]\n\
+             serviceExternalIPs: [{cidr: 192.0.2.0/24}]\n\
+             serviceLoadBalancerIPs: [{cidr: 198.51.100.0/24}]\n\
+             serviceCommunities: {clusterIPs: ['65000:100'], loadBalancerIPs: [no-export, '7']}\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.advertises_services());
+        assert_eq!(c.service_cluster_ips[1].cidr.to_string(), "fd00:96::/108");
+        assert_eq!(parse_community("65000:100"), Ok((65000 << 16) | 100));
+        assert_eq!(parse_community("no-export"), Ok(0xFFFF_FF01));
+        assert!(!BgpConfigurationSpec::default().advertises_services());
+
+        let bad: BgpConfigurationSpec = serde_yaml::from_str(
+            "serviceClusterIPs: [{cidr: 10.96.0.1/12}, {cidr: '::/0'}]\n\
+             serviceExternalIPs: [{cidr: 192.0.2.0/24}]\n\
+             serviceLoadBalancerIPs: [{cidr: 192.0.2.128/25}]\n\
+             serviceCommunities: {externalIPs: ['65000:70000'], loadBalancerIPs: [bogus]}\n",
+        )
+        .unwrap();
+        let e = bad.validate().unwrap_err();
+        assert_eq!(
+            fields(&e),
+            [
+                "spec.serviceClusterIPs[0].cidr",
+                "spec.serviceClusterIPs[1].cidr",
+                "spec.serviceLoadBalancerIPs[0].cidr",
+                "spec.serviceCommunities.externalIPs[0]",
+                "spec.serviceCommunities.loadBalancerIPs[0]",
+            ]
+        );
+        let text = e.to_string();
+        assert!(text.contains("use 10.96.0.0/12"), "{text}");
+        assert!(
+            text.contains("overlaps 192.0.2.0/24 of spec.serviceExternalIPs[0].cidr"),
+            "{text}"
+        );
+        assert!(
+            text.contains("the value part must be a number from 0 to 65535"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bgp_peer_service_route_switch() {
+        let router: BgpPeerSpec =
+            serde_yaml::from_str("peerIP: 192.168.1.1\nasNumber: 65000\n").unwrap();
+        assert!(router.takes_service_routes());
+        let off: BgpPeerSpec = serde_yaml::from_str(
+            "peerIP: 192.168.1.1\nasNumber: 65000\nadvertiseServiceRoutes: false\n",
+        )
+        .unwrap();
+        off.validate().unwrap();
+        assert!(!off.takes_service_routes());
+        let rr: BgpPeerSpec = serde_yaml::from_str("peerSelector: {rr: 'true'}\n").unwrap();
+        assert!(!rr.takes_service_routes());
+        let bad: BgpPeerSpec =
+            serde_yaml::from_str("peerSelector: {rr: 'true'}\nadvertiseServiceRoutes: true\n")
+                .unwrap();
+        let e = bad.validate().unwrap_err();
+        assert_eq!(fields(&e), ["spec.advertiseServiceRoutes"]);
     }
 }
