@@ -229,6 +229,9 @@ impl Core {
                     .map_err(SpeakerError::from);
                 let _ = r.send(res);
             }
+            Command::SetPolicies(set, r) => {
+                let _ = r.send(self.set_policies(set));
+            }
             Command::Withdraw(prefixes, r) => {
                 let out = self.rib.withdraw_originated(&prefixes);
                 self.dispatch(out);
@@ -317,6 +320,26 @@ impl Core {
             },
         );
         self.listener_gtsm();
+        Ok(())
+    }
+
+    fn set_policies(&mut self, set: crate::policy::PolicySet) -> Result<(), SpeakerError> {
+        set.validate().map_err(|e| ConfigError {
+            field: format!("policy.{}", e.field),
+            problem: e.problem,
+        })?;
+        let old = std::mem::replace(&mut self.cfg.policy, set);
+        // Every peer's policies compile before any peer changes.
+        let compiled: Result<Vec<_>, _> = self
+            .peers
+            .values()
+            .map(|e| self.rib_peer(&e.cfg).map(|rp| (e.id, rp)))
+            .collect();
+        let compiled = compiled.inspect_err(|_| self.cfg.policy = old)?;
+        for (id, rp) in compiled {
+            let out = self.rib.set_peer_config(id, rp)?;
+            self.dispatch(out);
+        }
         Ok(())
     }
 

@@ -169,6 +169,10 @@ pub(crate) enum Command {
     Withdraw(Vec<IpNetwork>, oneshot::Sender<Result<(), SpeakerError>>),
     SetClusterPools(Vec<IpNetwork>, oneshot::Sender<Result<(), SpeakerError>>),
     SetOwnership(Option<Ownership>, oneshot::Sender<Result<(), SpeakerError>>),
+    SetPolicies(
+        crate::policy::PolicySet,
+        oneshot::Sender<Result<(), SpeakerError>>,
+    ),
     Status(oneshot::Sender<Vec<PeerStatus>>),
     BestPaths(oneshot::Sender<BTreeMap<IpNetwork, Vec<IpAddr>>>),
     LocRibLen(oneshot::Sender<usize>),
@@ -251,6 +255,14 @@ impl SpeakerHandle {
     /// pools only. Setting what is already set changes nothing.
     pub async fn set_ownership(&self, ownership: Option<Ownership>) -> Result<(), SpeakerError> {
         self.ask(|r| Command::SetOwnership(ownership, r)).await?
+    }
+
+    /// Replaces the prefix lists and policies peers name (`SpeakerConfig::policy`) and applies
+    /// them to every peer at once, as `update_peer` does for one (no session reset): routes
+    /// are sent, changed or withdrawn as the new export policies say. Refused, with nothing
+    /// changed, when the set is invalid or a peer names a policy it lacks.
+    pub async fn set_policies(&self, policy: crate::policy::PolicySet) -> Result<(), SpeakerError> {
+        self.ask(|r| Command::SetPolicies(policy, r)).await?
     }
 
     /// A snapshot of every peer, sorted by address.

@@ -747,3 +747,53 @@ async fn security_mesh_routes_a_node_does_not_own_are_refused_counted_and_shown(
     counted(vec![], 4).await;
     assert_eq!(status_of(&b, a.addr).await.state, SessionState::Established);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_replaced_at_runtime_apply_to_every_peer_at_once() {
+    let (a, b) = pair(64512, 64512, |_, _| {}).await;
+    established(&a, b.addr).await;
+    let set = |yaml: &str| -> crate::policy::PolicySet { serde_yaml::from_str(yaml).unwrap() };
+    let accept_all = set("policies: {to-b: {default: accept}}");
+    a.handle.set_policies(accept_all.clone()).await.unwrap();
+    let mut to_b = PeerConfig::new(IpAddr::V4(b.addr), 64512);
+    to_b.port = b.port;
+    to_b.source_address = Some(IpAddr::V4(a.addr));
+    to_b.export_policy = Some("to-b".into());
+    a.handle.update_peer(to_b).await.unwrap();
+    a.handle
+        .originate(vec![net("10.96.0.0/12"), net("10.1.0.0/26")])
+        .await
+        .unwrap();
+    let via = IpAddr::V4(a.addr);
+    has_route(&b, "10.96.0.0/12", via).await;
+    has_route(&b, "10.1.0.0/26", via).await;
+    // The new set keeps the Service range from B: withdrawn there, the block stays.
+    let no_services = set(
+        "prefix_lists: {services: [{prefix: 10.96.0.0/12}]}\n\
+         policies: {to-b: {default: accept, rules: [{match: {prefix_list: services}, actions: [reject]}]}}",
+    );
+    a.handle.set_policies(no_services).await.unwrap();
+    no_route(&b, "10.96.0.0/12", 5).await;
+    has_route(&b, "10.1.0.0/26", via).await;
+    // A set the peer's policy is missing from, or an invalid one, changes nothing.
+    let e = a
+        .handle
+        .set_policies(set("policies: {other: {default: accept}}"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("to-b"), "{e}");
+    let e = a
+        .handle
+        .set_policies(set(
+            "policies: {to-b: {rules: [{match: {prefix_list: nope}, actions: [accept]}]}}",
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    sleep(Duration::from_millis(300)).await;
+    assert!(!routes(&b).await.contains_key(&net("10.96.0.0/12")));
+    has_route(&b, "10.1.0.0/26", via).await;
+    // Back to accepting everything: announced again.
+    a.handle.set_policies(accept_all).await.unwrap();
+    has_route(&b, "10.96.0.0/12", via).await;
+}
