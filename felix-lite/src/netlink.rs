@@ -6,6 +6,7 @@ use std::future::Future;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::diff::Op;
 use crate::kernel::KernelRoute;
 use crate::Error;
 
@@ -47,6 +48,29 @@ pub trait Netlink: Send + Sync {
         route: &KernelRoute,
         protocol: u8,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Applies `ops` in order and returns one result per op, in the same order. The
+    /// kernel may be handed up to `batch` requests at once. Without a faster way, one request
+    /// after the other.
+    fn apply_ops(
+        &self,
+        ops: &[Op],
+        protocol: u8,
+        batch: usize,
+    ) -> impl Future<Output = Vec<Result<(), Error>>> + Send {
+        let _ = batch;
+        async move {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                out.push(match op {
+                    Op::Add(r) => self.add_route(r, protocol, false).await,
+                    Op::Replace(r) => self.add_route(r, protocol, true).await,
+                    Op::Delete(r) => self.delete_route(r, protocol).await,
+                });
+            }
+            out
+        }
+    }
 
     /// Interface name → index for every interface in the namespace.
     fn links(&self) -> impl Future<Output = Result<HashMap<String, u32>, Error>> + Send;

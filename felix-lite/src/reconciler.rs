@@ -14,7 +14,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -37,7 +36,7 @@ pub struct ReconcilerConfig {
     pub resync_interval: Duration,
     /// First delay before the resync that follows a failure; doubles up to `resync_interval`.
     pub retry_delay: Duration,
-    /// Netlink requests in flight at once while applying a large difference.
+    /// Netlink requests handed to the kernel in one write while applying a large difference.
     pub max_in_flight: usize,
     /// How long a reef route nobody wants is left alone before it is deleted: the CNI plugin
     /// writes a new pod's route before the agent knows the pod (Calico's
@@ -52,7 +51,7 @@ impl Default for ReconcilerConfig {
             metric: 0,
             resync_interval: Duration::from_secs(30),
             retry_delay: Duration::from_millis(500),
-            max_in_flight: 64,
+            max_in_flight: 128,
             stale_grace: Duration::from_secs(10),
         }
     }
@@ -298,19 +297,14 @@ impl<N: Netlink> Reconciler<N> {
             return report;
         }
         let protocol = self.protocol();
-        let nl = &self.nl;
-        // Pipelined: the kernel handles requests in order, but waiting for each ack before
+        // Batched: the kernel handles requests in order, and waiting for each ack before
         // sending the next would make a large install latency-bound.
-        let results: Vec<(Op, Result<(), Error>)> = futures_util::stream::iter(ops)
-            .map(|op| async move {
-                let res = Self::run_op(nl, protocol, &op).await;
-                (op, res)
-            })
-            .buffer_unordered(self.cfg.max_in_flight.max(1))
-            .collect()
+        let results = self
+            .nl
+            .apply_ops(&ops, protocol, self.cfg.max_in_flight.max(1))
             .await;
         let mut retry = Vec::new();
-        for (op, res) in results {
+        for (op, res) in ops.into_iter().zip(results) {
             match res {
                 Ok(()) => self.record(&op, &mut report),
                 Err(_) => retry.push(op),

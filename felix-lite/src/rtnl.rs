@@ -3,19 +3,25 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
     RouteNextHopFlags, RouteProtocol as NlProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::diff::Op;
 use crate::kernel::{KernelNextHop, KernelRoute, KernelTarget, TABLE_MAIN};
 use crate::netlink::{Netlink, RouteEvent};
 use crate::{netns, Error};
@@ -27,11 +33,31 @@ const ESRCH: i32 = 3;
 /// rarely overflows it (an overflow still only costs a resync).
 const MONITOR_RCVBUF: usize = 8 << 20;
 
+/// The batch socket's receive buffer asked for (the kernel caps it at `rmem_max`): room for
+/// the error answers of a whole batch.
+const BATCH_RCVBUF: usize = 1 << 20;
+/// Largest write to the batch socket; the kernel refuses one above its send buffer.
+const BATCH_MAX_BYTES: usize = 64 << 10;
+
 /// rtnetlink connection to one namespace's routing tables.
 #[derive(Debug, Clone)]
 pub struct RtNetlink {
     handle: Handle,
     netns: Option<PathBuf>,
+    /// A second socket in the same namespace for writing many routes at once (see
+    /// [`Netlink::apply_ops`]); one batch at a time.
+    batch: Arc<tokio::sync::Mutex<Batcher>>,
+}
+
+/// Writes route requests many to a `send`, without an ACK for each: the kernel answers only
+/// the requests that fail, and the last request of each write asks for an ACK, which (the
+/// kernel handling one socket's requests in order) means every earlier one is done.
+struct Batcher {
+    socket: TokioSocket,
+    /// Next sequence number; answers with a number outside the current write are stale.
+    seq: u32,
+    tx: Vec<u8>,
+    rx: Vec<u8>,
 }
 
 impl RtNetlink {
@@ -39,10 +65,18 @@ impl RtNetlink {
     /// when `None`. Must be called inside a tokio runtime; the connection task is spawned on it.
     pub async fn connect(netns: Option<&Path>) -> Result<Self, Error> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle, _) = netns::maybe_in(netns, move || {
-            // The socket is created (and registered with the runtime) here, in the namespace.
+        let ((conn, handle, _), socket) = netns::maybe_in(netns, move || {
+            // The sockets are created (and registered with the runtime) here, in the namespace.
             let _guard = rt.enter();
-            rtnetlink::new_connection_with_strict_check()
+            let conn = rtnetlink::new_connection_with_strict_check()?;
+            let mut socket = TokioSocket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+            let s = socket.socket_mut();
+            s.bind_auto()?;
+            s.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+            s.set_rx_buf_sz(BATCH_RCVBUF)?;
+            // Error answers carry only the failed request's header, not the whole request.
+            s.set_cap_ack(true)?;
+            Ok::<_, std::io::Error>((conn, socket))
         })?
         .map_err(|e| Error::Io {
             op: "open netlink socket",
@@ -52,12 +86,158 @@ impl RtNetlink {
         Ok(RtNetlink {
             handle,
             netns: netns.map(Path::to_path_buf),
+            batch: Arc::new(tokio::sync::Mutex::new(Batcher {
+                socket,
+                seq: 1,
+                tx: Vec::with_capacity(BATCH_MAX_BYTES),
+                rx: Vec::with_capacity(64 << 10),
+            })),
         })
     }
 
     /// The underlying handle, for link and address work in the same namespace.
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+}
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_HDRLEN: usize = 16;
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").field("seq", &self.seq).finish()
+    }
+}
+
+impl Batcher {
+    /// Applies `ops` in order, `batch` requests (at most [`BATCH_MAX_BYTES`]) per write.
+    async fn apply(&mut self, ops: &[Op], protocol: u8, batch: usize) -> Vec<Result<(), Error>> {
+        let mut out: Vec<Result<(), Error>> = Vec::with_capacity(ops.len());
+        let mut start = 0;
+        while start < ops.len() {
+            let first_seq = self.seq;
+            self.tx.clear();
+            let mut end = start;
+            let mut last_at = 0;
+            while end < ops.len() && end - start < batch {
+                let (kind, flags, msg): (fn(RouteMessage) -> RouteNetlinkMessage, u16, _) =
+                    match &ops[end] {
+                        Op::Add(r) => (
+                            RouteNetlinkMessage::NewRoute,
+                            NLM_F_CREATE | NLM_F_EXCL,
+                            message(r, protocol, true),
+                        ),
+                        Op::Replace(r) => (
+                            RouteNetlinkMessage::NewRoute,
+                            NLM_F_CREATE | NLM_F_REPLACE,
+                            message(r, protocol, true),
+                        ),
+                        Op::Delete(r) => (
+                            RouteNetlinkMessage::DelRoute,
+                            0,
+                            message(r, protocol, false),
+                        ),
+                    };
+                let mut header = NetlinkHeader::default();
+                header.flags = NLM_F_REQUEST | flags;
+                header.sequence_number = first_seq.wrapping_add((end - start) as u32);
+                let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(kind(msg)));
+                m.finalize();
+                let len = m.buffer_len();
+                if end > start && self.tx.len() + len > BATCH_MAX_BYTES {
+                    break;
+                }
+                let at = self.tx.len();
+                self.tx.resize(at + len, 0);
+                m.serialize(&mut self.tx[at..]);
+                last_at = at;
+                end += 1;
+            }
+            // The last request of the write asks for an ACK: the barrier for the whole write.
+            let flags_at = last_at + 6;
+            let flags = u16::from_ne_bytes([self.tx[flags_at], self.tx[flags_at + 1]]) | NLM_F_ACK;
+            self.tx[flags_at..flags_at + 2].copy_from_slice(&flags.to_ne_bytes());
+            let n = end - start;
+            self.seq = first_seq.wrapping_add(n as u32);
+            let mut codes: Vec<Option<i32>> = vec![None; n];
+            let outcome = self.exchange(first_seq, n, &mut codes).await;
+            for (i, code) in codes.into_iter().enumerate() {
+                let route = ops[start + i].route();
+                let op = match ops[start + i] {
+                    Op::Add(_) => "add",
+                    Op::Replace(_) => "replace",
+                    Op::Delete(_) => "delete",
+                };
+                out.push(match (code, &outcome) {
+                    // No answer before the barrier: done.
+                    (None, Ok(())) | (Some(0), _) => Ok(()),
+                    (Some(e), _)
+                        if matches!(ops[start + i], Op::Delete(_))
+                            && (e == ESRCH || e == ENOENT) =>
+                    {
+                        Ok(())
+                    }
+                    (Some(e), _) => Err(Error::Netlink {
+                        op,
+                        route: route.to_string(),
+                        errno: e,
+                        reason: std::io::Error::from_raw_os_error(e).to_string(),
+                    }),
+                    // The write failed, or its answers were lost: the outcome is unknown.
+                    (None, Err(reason)) => Err(Error::Netlink {
+                        op,
+                        route: route.to_string(),
+                        errno: 0,
+                        reason: reason.clone(),
+                    }),
+                });
+            }
+            start = end;
+        }
+        out
+    }
+
+    /// Sends the prepared write and reads answers until the ACK of its last request. Fills
+    /// `codes[i]` with the errno answered for request `first_seq + i` (0 for an ACK).
+    async fn exchange(
+        &mut self,
+        first_seq: u32,
+        n: usize,
+        codes: &mut [Option<i32>],
+    ) -> Result<(), String> {
+        match self.socket.send(&self.tx).await {
+            Ok(sent) if sent == self.tx.len() => {}
+            Ok(sent) => return Err(format!("short netlink write ({sent} of {})", self.tx.len())),
+            Err(e) => return Err(format!("netlink write: {e}")),
+        }
+        loop {
+            self.rx.clear();
+            if let Err(e) = self.socket.recv(&mut self.rx).await {
+                // ENOBUFS: answers were lost; which requests failed is unknown.
+                return Err(format!("netlink read: {e}"));
+            }
+            let mut at = 0;
+            while at + NLMSG_HDRLEN <= self.rx.len() {
+                let b = &self.rx[at..];
+                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                if len < NLMSG_HDRLEN || len > b.len() {
+                    return Err(format!("malformed netlink answer (length {len})"));
+                }
+                let kind = u16::from_ne_bytes([b[4], b[5]]);
+                let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+                let i = seq.wrapping_sub(first_seq) as usize;
+                if kind == NLMSG_ERROR && i < n && len >= NLMSG_HDRLEN + 4 {
+                    let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
+                    codes[i] = Some(-code);
+                    if i == n - 1 {
+                        return Ok(());
+                    }
+                }
+                // Anything else (a stale answer of an abandoned write) is skipped.
+                at += (len + 3) & !3;
+            }
+        }
     }
 }
 
@@ -265,6 +445,14 @@ impl Netlink for RtNetlink {
                 other => Err(other),
             },
         }
+    }
+
+    async fn apply_ops(&self, ops: &[Op], protocol: u8, batch: usize) -> Vec<Result<(), Error>> {
+        self.batch
+            .lock()
+            .await
+            .apply(ops, protocol, batch.max(1))
+            .await
     }
 
     async fn links(&self) -> Result<HashMap<String, u32>, Error> {

@@ -346,3 +346,74 @@ async fn a_pod_route_returns_with_its_recreated_interface() {
         .unwrap()
         .unwrap();
 }
+
+/// Many requests in one write: each failure is reported for its own request (not its
+/// neighbours'), a delete of a route already gone is success, and the requests after a
+/// failure still happen, whatever the batch size (one request per write, writes ending in the
+/// middle, everything in one write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reports_each_request_on_its_own() {
+    use felix_lite::{KernelNextHop, KernelRoute, KernelTarget, Netlink, Op};
+    for batch in [1, 3, 128] {
+        let ns = node();
+        ns.ip([
+            "route",
+            "add",
+            "10.244.11.0/26",
+            "via",
+            "10.20.1.12",
+            "dev",
+            "eth0",
+            "proto",
+            "static",
+        ])
+        .unwrap();
+        let nl = connect(&ns).await;
+        let eth0 = nl.links().await.unwrap()["eth0"];
+        let via = |dst: &str, gw: &str| KernelRoute {
+            destination: dst.parse().unwrap(),
+            metric: 0,
+            scope: 0,
+            target: KernelTarget::Unicast(vec![KernelNextHop {
+                gateway: Some(gw.parse().unwrap()),
+                ifindex: eth0,
+                onlink: false,
+                weight: 0,
+            }]),
+        };
+        let ops = [
+            Op::Add(via("10.244.10.0/26", "10.20.1.11")),
+            // A foreign route holds the key: EEXIST.
+            Op::Add(via("10.244.11.0/26", "10.20.1.11")),
+            Op::Add(via("10.244.12.0/26", "10.20.1.11")),
+            Op::Delete(via("10.244.13.0/26", "10.20.1.11")),
+            // The gateway is on no connected subnet: ENETUNREACH.
+            Op::Add(via("10.244.14.0/26", "10.99.0.1")),
+            Op::Replace(via("10.244.10.0/26", "10.20.1.12")),
+            Op::Add(via("10.244.15.0/26", "10.20.1.11")),
+        ];
+        let res = nl.apply_ops(&ops, 201, batch).await;
+        let errnos: Vec<i32> = res
+            .iter()
+            .map(|r| match r {
+                Ok(()) => 0,
+                Err(felix_lite::Error::Netlink { errno, .. }) => *errno,
+                Err(e) => panic!("batch {batch}: {e}"),
+            })
+            .collect();
+        assert_eq!(errnos, [0, 17, 0, 0, 101, 0, 0], "batch {batch}: {res:?}");
+        let shown = reef_routes(&ns);
+        assert_eq!(
+            shown,
+            "10.244.10.0/26 via 10.20.1.12 dev eth0 \n\
+             10.244.12.0/26 via 10.20.1.11 dev eth0 \n\
+             10.244.15.0/26 via 10.20.1.11 dev eth0 \n",
+            "batch {batch}"
+        );
+        let foreign = ns.ip(["route", "show", "10.244.11.0/26"]).unwrap();
+        assert!(
+            foreign.contains("via 10.20.1.12 dev eth0 proto static"),
+            "{foreign}"
+        );
+    }
+}

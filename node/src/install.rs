@@ -344,8 +344,11 @@ impl Kube {
         let now = SystemTime::now();
         let expires: SystemTime = status.expiration_timestamp.0.into();
         let life = expires.duration_since(now).unwrap_or_default();
-        // Renew at 80 % of the lifetime, and not more often than once a minute.
-        let renew = now + (life * 4 / 5).max(Duration::from_secs(60));
+        // Renew at 80 % of the lifetime the API server granted (it may grant less than asked:
+        // `--service-account-max-token-expiration`). A floor longer than the lifetime would
+        // leave the plugin with an expired token; 1 s only keeps a server that grants nothing
+        // from being asked in a loop.
+        let renew = now + (life * 4 / 5).max(Duration::from_secs(1));
         Ok((status.token, renew))
     }
 

@@ -171,8 +171,30 @@ fn finish(result: anyhow::Result<Exit>) -> ExitCode {
     match result {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(e) => {
-            eprintln!("reef: {e:#}");
+            eprintln!("reef: {}", causes(&e));
             ExitCode::from(Exit::Failed as u8)
         }
     }
+}
+
+/// An error and its causes on one line, as `{:#}` prints them, except that an API server's
+/// answer is said once: kube's `Error::Api` repeats the message, the reason and the whole
+/// `Status` in its Display, and the `Status` again as its source.
+pub(crate) fn causes(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        if let Some(kube::Error::Api(s)) = cause.downcast_ref::<kube::Error>() {
+            parts.push(format!(
+                "the API server answered {} {}: {}",
+                s.code, s.reason, s.message
+            ));
+            break;
+        }
+        let text = cause.to_string();
+        // A wrapper that only repeats its source adds nothing.
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }

@@ -314,7 +314,121 @@ fn without_the_plugins_service_account_install_fails_before_the_conflist() {
         out.contains("asking for a token of the service account reef-system/reef-cni"),
         "{out}"
     );
+    // The API server's answer is said once (kube's error repeats its message, reason and
+    // the whole Status in its Display).
+    assert_eq!(out.matches("not found").count(), 1, "{out}");
+    assert!(!out.contains("ErrorResponse"), "{out}");
     assert!(!h.p("net.d/10-reef.conflist").exists());
     assert!(!h.p("etc/cni.token").exists());
     assert!(!h.p("etc/cni.kubeconfig").exists());
+}
+
+/// The agent (`reef node run --install`, as the DaemonSet's agent container runs it) renews the
+/// plugin's token before it expires. The API-server stand-in grants 10 s tokens here (its
+/// `--service-account-max-token-expiration` knob; a real API server grants no less than 10
+/// minutes), so renewals are seen within seconds: each new token is in the file before the
+/// previous one expires, and it authenticates.
+#[test]
+fn the_agent_renews_the_plugins_token_before_it_expires() {
+    let h = Host::new("inst-renew");
+    let api = h.api();
+    api.put_service_account("reef-system", "reef-cni");
+    api.cap_token_seconds(10);
+    let url = api.url();
+    h.ns.in_ns(move || {
+        use reef_ipam::StoreExt as _;
+        let store =
+            reef_ipam::kubernetes::KubeStore::connect_url(&url).map_err(std::io::Error::other)?;
+        let pool = reef_config::crds::IpPoolSpec::new("10.244.0.0/16".parse().unwrap());
+        store
+            .create_typed(&reef_ipam::Typed::new("default", pool))
+            .map_err(std::io::Error::other)
+    })
+    .unwrap();
+    let kubeconfig = api.write_kubeconfig(h.dir.path()).unwrap();
+    // The agent's own node config (what the DaemonSet's node.yaml says, with this test's
+    // socket and files instead of /run/reef).
+    let config = h.p("agent.yaml");
+    fs::write(
+        &config,
+        format!(
+            "nodeName: node-a\n\
+             datastore:\n  kubernetes: {{ kubeconfig: {} }}\n\
+             address: 192.0.2.10/24\n\
+             interface: ens3\n\
+             agentSocket: {}\n\
+             mtuFile: {}\n",
+            kubeconfig.display(),
+            h.p("agent.sock").display(),
+            h.p("mtu").display(),
+        ),
+    )
+    .unwrap();
+    let env = [
+        "NODE_NAME=node-a".to_string(),
+        "HOST_IP=192.0.2.10".to_string(),
+        "POD_NAMESPACE=reef-system".to_string(),
+        format!("REEF_CNI_BIN_DIR={}", h.p("bin").display()),
+        format!("REEF_CNI_CONF_DIR={}", h.p("net.d").display()),
+        format!("REEF_ETC_DIR={}", h.p("etc").display()),
+        format!("REEF_HOST_ETC_DIR={}", h.p("etc").display()),
+        format!("REEF_CNI_SOURCE_DIR={}", h.p("src").display()),
+        format!("REEF_INSTALL_KUBECONFIG={}", kubeconfig.display()),
+    ];
+    let config_s = config.to_string_lossy().into_owned();
+    let mut args: Vec<&str> = env.iter().map(String::as_str).collect();
+    args.extend([REEF, "--config", &config_s, "node", "run", "--install"]);
+    let log = h.p("agent.log");
+    let _agent = h.ns.spawn("reef agent", "env", &args, Some(&log)).unwrap();
+    let agent_log = || fs::read_to_string(&log).unwrap_or_default();
+
+    // The install at start, then a renewal at 80 % of each 10 s lifetime: three tokens within
+    // 25 s (with a floor of a minute, as before, there was one).
+    let token_path = h.p("etc/cni.token");
+    let t0 = std::time::Instant::now();
+    let mut seen: Vec<(String, std::time::Duration)> = Vec::new();
+    while seen.len() < 3 && t0.elapsed() < std::time::Duration::from_secs(25) {
+        if let Ok(t) = fs::read_to_string(&token_path) {
+            if seen.last().map(|(s, _)| s) != Some(&t) {
+                seen.push((t, t0.elapsed()));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let times: Vec<_> = seen.iter().map(|(_, at)| *at).collect();
+    assert!(
+        seen.len() >= 3,
+        "token file changed {} times in 25 s ({times:?})\nagent log:\n{}",
+        seen.len(),
+        agent_log()
+    );
+    // Each token replaced its predecessor before that one's 10 s ran out.
+    for w in times.windows(2) {
+        assert!(
+            w[1] - w[0] < std::time::Duration::from_secs(10),
+            "a renewal came late: {times:?}"
+        );
+    }
+    let issued = api.issued_tokens();
+    let latest = &seen.last().unwrap().0;
+    assert_eq!(
+        issued.last(),
+        Some(latest),
+        "the file holds the newest token"
+    );
+    assert!(
+        agent_log().contains("renewed the plugin's token"),
+        "{}",
+        agent_log()
+    );
+    // The plugin's kubeconfig authenticates with what is in the file now.
+    let mut cmd = h.ns.command(REEF);
+    cmd.env_clear()
+        .arg("--config")
+        .arg(h.p("etc/node.yaml"))
+        .args(["ipam", "show"]);
+    let before = api.requests_with_token(latest);
+    let (code, out) = run(cmd);
+    assert_eq!(code, 0, "{out}");
+    assert!(api.requests_with_token(latest) > before);
 }

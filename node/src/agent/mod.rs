@@ -24,6 +24,7 @@ mod follow;
 mod forwarding;
 mod http;
 mod secrets;
+pub mod services;
 pub mod snapshot;
 pub mod view;
 
@@ -181,6 +182,9 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     let kept = forwarding::load(&state_file, restart_window);
     scfg.graceful_restart.restarting = kept.is_some();
     let scfg_pools = scfg.cluster_pools.clone();
+    // Both Service export policies exist from the start, so a peer may name either at any time.
+    scfg.policy = services::policies(&services::Ranges::default(), None);
+    let scfg_policies = scfg.policy.clone();
     let (speaker, mut events) = Speaker::start(scfg)
         .await
         .context("starting the BGP speaker")?;
@@ -235,7 +239,16 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
         }),
         datastore_read: true,
         first_chance: started + BGP_FIRST_CHANCE,
+        svc: ServiceState {
+            client: service_client(&cfg).await,
+            ranges: watch::channel(services::Ranges::default()).0,
+            adverts: None,
+            policies: scfg_policies,
+            originated: BTreeSet::new(),
+            shown: services::ServiceAdverts::default(),
+        },
     };
+    st.sync_services(&speaker).await;
     st.keep_installed().await;
     st.sync_peers(&speaker).await;
     if let Some(d) = &mut st.deferral {
@@ -275,8 +288,11 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
                 let (ipam2, cfg2) = (ipam.clone(), st.cfg.clone());
                 match blocking(move || register(&ipam2, &cfg2)).await {
                     Ok((_, view)) => dirty |= st.on_view(view, &speaker).await,
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "writing the node's labels"),
+                    Err(e) => tracing::warn!(error = %crate::causes(&e), "writing the node's labels"),
                 }
+            }
+            Some(adverts) = service_adverts(&mut st.svc.adverts) => {
+                st.apply_service_adverts(adverts, &speaker).await;
             }
             Some(kind) = changes.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
@@ -372,6 +388,20 @@ struct AgentState {
     datastore_read: bool,
     /// Until then a BGP session that is not up holds readiness.
     first_chance: Instant,
+    /// Service advertisement (see `services`).
+    svc: ServiceState,
+}
+
+/// The agent loop's side of Service advertisement: the ranges it hands the watch task, the
+/// export policies it gave the speaker, and the Service routes it originates.
+struct ServiceState {
+    /// The Kubernetes client (Kubernetes datastore only; the watch starts when first needed).
+    client: Option<kube::Client>,
+    ranges: watch::Sender<services::Ranges>,
+    adverts: Option<watch::Receiver<services::ServiceAdverts>>,
+    policies: reef_bgp::policy::PolicySet,
+    originated: BTreeSet<IpNetwork>,
+    shown: services::ServiceAdverts,
 }
 
 /// The CNI install the agent keeps: done once, then checked, and the token renewed.
@@ -411,10 +441,18 @@ impl AgentState {
         match result {
             Ok(()) => i.done = true,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "CNI install");
-                self.problems.push(format!("CNI install: {e:#}"));
+                let e = crate::causes(&e);
+                tracing::warn!(error = %e, "CNI install");
+                self.problems.push(format!("CNI install: {e}"));
                 i.done = false;
             }
+        }
+        // A token due before the next check is renewed when due, not up to a check late.
+        if let Some(due) = i.renew_at.filter(|_| i.done) {
+            let left = due
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            i.next = i.next.min(Instant::now() + left);
         }
     }
 
@@ -482,7 +520,8 @@ impl AgentState {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the datastore");
-                self.problems.push(format!("datastore: {e:#}"));
+                self.problems
+                    .push(format!("datastore: {}", crate::causes(&e)));
                 false
             }
         }
@@ -522,14 +561,104 @@ impl AgentState {
                 Err(e) => tracing::warn!(error = %e, "updating the ownership of blocks"),
             }
         }
+        self.sync_services(speaker).await;
         self.sync_peers(speaker).await;
         // Pods come and go between readings; the plan compares itself to the last one.
         true
     }
 
+    /// Service advertisement follows BGPConfiguration and the pools: the ranges go to the
+    /// watch task (started when first needed), the export policies to the speaker.
+    async fn sync_services(&mut self, speaker: &SpeakerHandle) {
+        let pools: Vec<IpNetwork> = self.view.pools.iter().map(|p| p.spec.cidr).collect();
+        let (ranges, problems) = services::ranges(self.view.bgp.as_ref(), &pools);
+        self.problems.retain(|p| !p.starts_with("services:"));
+        self.problems.extend(problems);
+        let policies = services::policies(&ranges, self.view.bgp.as_ref());
+        if policies != self.svc.policies {
+            match speaker.set_policies(policies.clone()).await {
+                Ok(()) => self.svc.policies = policies,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Service route export policies");
+                    self.problems.push(format!("services: export policies: {e}"));
+                }
+            }
+        }
+        if ranges.is_empty() {
+            self.svc.shown.note = Some(
+                "not configured (BGPConfiguration serviceClusterIPs, serviceExternalIPs, \
+                 serviceLoadBalancerIPs)"
+                    .into(),
+            );
+        } else if self.svc.client.is_none() {
+            let note = "the embedded datastore has no Services: Service advertisement needs \
+                        the Kubernetes datastore";
+            self.svc.shown.note = Some(note.into());
+            self.problems.push(format!("services: {note}"));
+        } else {
+            self.svc.shown.note = None;
+            if self.svc.adverts.is_none() {
+                if let Some(c) = &self.svc.client {
+                    self.svc.adverts = Some(services::spawn(
+                        c.clone(),
+                        self.cfg.node_name.clone(),
+                        self.svc.ranges.subscribe(),
+                    ));
+                }
+            }
+        }
+        let active = if self.svc.client.is_some() {
+            ranges.clone()
+        } else {
+            services::Ranges::default()
+        };
+        self.svc.ranges.send_if_modified(|r| {
+            let changed = *r != active;
+            *r = active;
+            changed
+        });
+    }
+
+    /// The watch task published new Service routes: originate and withdraw the difference.
+    async fn apply_service_adverts(
+        &mut self,
+        adverts: services::ServiceAdverts,
+        speaker: &SpeakerHandle,
+    ) {
+        let want = adverts.prefixes();
+        let gone: Vec<IpNetwork> = self.svc.originated.difference(&want).copied().collect();
+        let new: Vec<IpNetwork> = want.difference(&self.svc.originated).copied().collect();
+        if !gone.is_empty() {
+            match speaker.withdraw(gone.clone()).await {
+                Ok(()) => {
+                    tracing::info!(routes = ?gone, "Service routes withdrawn");
+                    for p in &gone {
+                        self.svc.originated.remove(p);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "withdrawing Service routes"),
+            }
+        }
+        if !new.is_empty() {
+            match speaker.originate(new.clone()).await {
+                Ok(()) => {
+                    tracing::info!(routes = ?new, "Service routes originated");
+                    self.svc.originated.extend(new);
+                }
+                Err(e) => tracing::warn!(error = %e, "originating Service routes"),
+            }
+        }
+        let note = self.svc.shown.note.take();
+        self.svc.shown = adverts;
+        self.svc.shown.note = note;
+    }
+
     async fn sync_peers(&mut self, speaker: &SpeakerHandle) {
         let passwords = self.secrets.read_all(&self.view).await;
-        let (want, problems) = view::desired_peers(&self.cfg, &self.view, &passwords);
+        let (mut want, problems) = view::desired_peers(&self.cfg, &self.view, &passwords);
+        if !self.svc.ranges.borrow().is_empty() {
+            services::attach_policies(&mut want, &self.view.peers);
+        }
         self.problems.retain(|p| !view::is_peer_problem(p));
         self.problems.extend(problems);
         for addr in self.peers.keys().copied().collect::<Vec<_>>() {
@@ -704,6 +833,7 @@ impl AgentState {
             reconcile_seconds_sum: rs.durations.sum_micros as f64 / 1e6,
             reconcile_failed_passes: rs.failed_passes,
             problems: self.problems.clone(),
+            services: self.svc.shown.clone(),
             userspace_tunnel: tstats.map(|s| snapshot::TunnelCounters {
                 tx: s.tx,
                 rx: s.rx,
@@ -711,6 +841,36 @@ impl AgentState {
             }),
         }
     }
+}
+
+/// The next Service routes the watch task publishes; never when it does not run.
+async fn service_adverts(
+    rx: &mut Option<watch::Receiver<services::ServiceAdverts>>,
+) -> Option<services::ServiceAdverts> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// A Kubernetes client for the Services watch (Kubernetes datastore only).
+async fn service_client(cfg: &NodeConfig) -> Option<kube::Client> {
+    let reef_config::node_config::Datastore::Kubernetes { kubeconfig } = &cfg.datastore else {
+        return None;
+    };
+    let config = match reef_ipam::kubernetes::client_config(kubeconfig.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "Kubernetes client for Services");
+            return None;
+        }
+    };
+    kube::Client::try_from(config)
+        .map_err(|e| tracing::warn!(error = %e, "Kubernetes client for Services"))
+        .ok()
 }
 
 /// Waits until `t`, or forever.

@@ -174,7 +174,7 @@ async fn read_api(api: &Api<Secret>, ns: &str, name: &str, key: &str) -> Result<
             return Err(if denied {
                 forbidden(ns, name)
             } else {
-                format!("reading Secret {ns}/{name}: {e:#}")
+                format!("reading Secret {ns}/{name}: {}", crate::causes(&e))
             });
         }
     };
