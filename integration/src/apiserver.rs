@@ -159,8 +159,14 @@ impl std::fmt::Debug for State {
 impl StandIn {
     /// Listens on a free port of 127.0.0.1 and serves until dropped.
     pub fn start() -> Result<StandIn, Error> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| Error::Other(format!("API-server stand-in: bind 127.0.0.1:0: {e}")))?;
+        StandIn::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Listens on `bind` (port 0: a free one), e.g. a lab router's address that every node
+    /// namespace reaches, and serves until dropped.
+    pub fn start_on(bind: SocketAddr) -> Result<StandIn, Error> {
+        let listener = TcpListener::bind(bind)
+            .map_err(|e| Error::Other(format!("API-server stand-in: bind {bind}: {e}")))?;
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Other(format!("API-server stand-in: local address: {e}")))?;
