@@ -4,6 +4,8 @@
 //! packet encoder.
 #![allow(dead_code)] // each bench uses a different part
 
+pub mod table;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -155,16 +157,6 @@ pub fn birdcl(d: &Daemon, cmd: &str) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
-}
-
-/// Routes in BIRD's `master4` table (`show route count`).
-pub fn bird_route_count(d: &Daemon) -> u64 {
-    let out = birdcl(d, "show route count").unwrap_or_default();
-    // "1000000 of 1000000 routes for 1000000 networks in table master4"
-    out.lines()
-        .find(|l| l.contains("routes for"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 pub fn wait<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
