@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS="iproute2 iputils-ping bird2 frr containernetworking-plugins nftables qemu-system-x86
       busybox-static cpio kmod procps psmisc file bc tcpdump sqlite3 ca-certificates curl
-      containerd runc"
+      containerd runc gobgpd"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -22,7 +22,7 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 # The packaged daemons may have been started by the package's scripts anyway; tests need none.
-for svc in bird frr containerd; do
+for svc in bird frr containerd gobgpd; do
   command -v systemctl >/dev/null && systemctl stop "$svc" >/dev/null 2>&1 || true
 done
 pkill -x bird 2>/dev/null || true
