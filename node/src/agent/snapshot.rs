@@ -45,6 +45,9 @@ pub struct Snapshot {
     /// Configuration or datastore problems the agent works around.
     pub problems: Vec<String>,
     pub userspace_tunnel: Option<TunnelCounters>,
+    /// The Service routes this node advertises and why, and the addresses it withholds.
+    #[serde(default)]
+    pub services: super::services::ServiceAdverts,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

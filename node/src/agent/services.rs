@@ -1,0 +1,1053 @@
+//! Service address advertisement (Kubernetes datastore only): which Service routes this node
+//! sends to the routers it peers with, and why.
+//!
+//! ```text
+//!  API server ── list once, then watch from resourceVersion ──┐  (one task, owns the cache)
+//!    Services (all namespaces)                                ▼
+//!    EndpointSlices labelled kubernetes.io/service-name ─▶ Advertiser (pure) ─▶ watch<ServiceAdverts>
+//!  agent loop ── Ranges (BGPConfiguration, pools) ──────────────▲                    │
+//!                                                                                    ▼
+//!                 agent loop: originate / withdraw the difference, export policies per peer
+//! ```
+//!
+//! What is advertised (BGPConfiguration `serviceClusterIPs`, `serviceExternalIPs`,
+//! `serviceLoadBalancerIPs`):
+//! - each cluster IP CIDR, whole, from every node (routers spread the load with ECMP);
+//! - a Service's external IPs and LoadBalancer addresses (`status.loadBalancer.ingress[].ip`)
+//!   as /32 (/128): with `externalTrafficPolicy: Cluster` from every node, with `Local` only
+//!   from a node holding a ready endpoint of it (EndpointSlice endpoints whose `nodeName` is
+//!   this node; `conditions.ready` unset counts as ready, as the API says);
+//! - only addresses inside the configured CIDRs: others are ignored and listed, with the
+//!   reason, in `reef status`.
+//!
+//! The routes go to explicit BGP peers only (never to the mesh or to reef nodes peered by
+//! selector), and to a peer only when its BGPPeer's `advertiseServiceRoutes` is not false:
+//! each peer gets an export policy ([`policies`]) that rejects or tags (communities per kind)
+//! Service routes. reef does not forward Service traffic: that is kube-proxy's job (or its
+//! replacement's) on the node the router picks.
+//!
+//! Scale: one list per resource at start (and after a watch ends with an error), then watches
+//! resumed from the last resourceVersion; each event changes the state of one Service. The
+//! agent loop never waits on the API: it reads the latest [`ServiceAdverts`] when it changes.
+//! `internalTrafficPolicy` and `spec.loadBalancerSourceRanges` play no part (they concern
+//! traffic inside the node, which is kube-proxy's).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use reef_bgp::policy::{
+    Action, Community, DefaultAction, Match, Policy, PolicySet, PrefixMatch, Rule,
+};
+use reef_config::crds::{parse_community, BgpConfigurationSpec};
+use serde::{Deserialize, Serialize};
+
+/// The label EndpointSlices carry naming their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Export policy of peers that get Service routes (tagged with the configured communities).
+pub const POLICY_SERVICES: &str = "reef-service-routes";
+/// Export policy of peers that must not get Service routes (mesh, reef nodes, opted out).
+pub const POLICY_NO_SERVICES: &str = "reef-no-service-routes";
+
+/// `namespace/name` of a Service.
+pub type SvcKey = (String, String);
+
+/// The kinds of Service route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    ClusterIpRange,
+    ExternalIp,
+    LoadBalancerIp,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::ClusterIpRange => "cluster IP",
+            Kind::ExternalIp => "external IP",
+            Kind::LoadBalancerIp => "LoadBalancer IP",
+        }
+    }
+    fn field(self) -> &'static str {
+        match self {
+            Kind::ClusterIpRange => "serviceClusterIPs",
+            Kind::ExternalIp => "serviceExternalIPs",
+            Kind::LoadBalancerIp => "serviceLoadBalancerIPs",
+        }
+    }
+}
+
+/// The CIDRs Service addresses must lie in, from BGPConfiguration (those overlapping a pod
+/// pool left out, see [`ranges`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ranges {
+    pub cluster: Vec<IpNetwork>,
+    pub external: Vec<IpNetwork>,
+    pub load_balancer: Vec<IpNetwork>,
+}
+
+impl Ranges {
+    fn of(&self, kind: Kind) -> &[IpNetwork] {
+        match kind {
+            Kind::ClusterIpRange => &self.cluster,
+            Kind::ExternalIp => &self.external,
+            Kind::LoadBalancerIp => &self.load_balancer,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cluster.is_empty() && self.external.is_empty() && self.load_balancer.is_empty()
+    }
+}
+
+/// The ranges BGPConfiguration gives, and problems for those that overlap a pod pool (left
+/// out: a pod block and a Service route must never be the same prefix).
+pub fn ranges(bgp: Option<&BgpConfigurationSpec>, pools: &[IpNetwork]) -> (Ranges, Vec<String>) {
+    let mut r = Ranges::default();
+    let mut problems = Vec::new();
+    let Some(b) = bgp else { return (r, problems) };
+    for (field, list, out) in [
+        ("serviceClusterIPs", &b.service_cluster_ips, &mut r.cluster),
+        (
+            "serviceExternalIPs",
+            &b.service_external_ips,
+            &mut r.external,
+        ),
+        (
+            "serviceLoadBalancerIPs",
+            &b.service_load_balancer_ips,
+            &mut r.load_balancer,
+        ),
+    ] {
+        for c in list {
+            let c = c.cidr;
+            if let Some(p) = pools.iter().find(|p| overlaps(p, &c)) {
+                problems.push(format!(
+                    "services: BGPConfiguration {field} {c} overlaps IPPool {p}; not advertised \
+                     (give the Service range outside the pod pools)"
+                ));
+            } else if c.ip() != c.network() {
+                problems.push(format!(
+                    "services: BGPConfiguration {field} {c} has host bits set; not advertised"
+                ));
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    (r, problems)
+}
+
+fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// What the derivation needs of a Service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Svc {
+    pub cluster_ips: Vec<IpAddr>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `externalTrafficPolicy: Local`.
+    pub local: bool,
+}
+
+impl Svc {
+    pub fn from_k8s(s: &k8s_openapi::api::core::v1::Service) -> Svc {
+        let spec = s.spec.clone().unwrap_or_default();
+        let ips = |v: Option<&Vec<String>>| -> Vec<IpAddr> {
+            v.into_iter()
+                .flatten()
+                .filter_map(|a| a.parse().ok())
+                .collect()
+        };
+        let mut cluster_ips = ips(spec.cluster_ips.as_ref());
+        if cluster_ips.is_empty() {
+            // "None" (headless) parses as no address.
+            cluster_ips = spec
+                .cluster_ip
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect();
+        }
+        let load_balancer_ips = s
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref().and_then(|a| a.parse().ok()))
+            .collect();
+        Svc {
+            cluster_ips,
+            external_ips: ips(spec.external_ips.as_ref()),
+            load_balancer_ips,
+            local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        }
+    }
+}
+
+/// Whether an EndpointSlice holds a ready endpoint on `node`; `None` when the slice names no
+/// Service.
+pub fn slice_of(
+    s: &k8s_openapi::api::discovery::v1::EndpointSlice,
+    node: &str,
+) -> Option<(SvcKey, bool)> {
+    let ns = s.metadata.namespace.clone().unwrap_or_default();
+    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
+    let local = s.endpoints.iter().any(|e| {
+        e.node_name.as_deref() == Some(node)
+            && e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+    });
+    Some(((ns, svc), local))
+}
+
+/// One route this node advertises, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRoute {
+    pub prefix: IpNetwork,
+    pub kind: Kind,
+    pub why: String,
+}
+
+/// A Service address this node does not advertise, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Withheld {
+    /// `namespace/name`
+    pub service: String,
+    pub address: IpAddr,
+    pub why: String,
+}
+
+/// What `reef status` shows of Service advertisement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAdverts {
+    /// Why nothing is advertised at all (embedded datastore, nothing configured), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub routes: Vec<ServiceRoute>,
+    #[serde(default)]
+    pub withheld: Vec<Withheld>,
+    /// Services and EndpointSlices in the watch cache.
+    #[serde(default)]
+    pub services_seen: usize,
+    #[serde(default)]
+    pub slices_seen: usize,
+}
+
+impl ServiceAdverts {
+    pub fn prefixes(&self) -> BTreeSet<IpNetwork> {
+        self.routes.iter().map(|r| r.prefix).collect()
+    }
+}
+
+/// What one Service contributes.
+#[derive(Debug, Default)]
+struct Contribution {
+    routes: Vec<(IpNetwork, Kind)>,
+    withheld: Vec<(IpAddr, String)>,
+}
+
+/// The pure core: Services, EndpointSlices and ranges in, this node's Service routes out.
+/// Each change recomputes the one Service it concerns.
+#[derive(Debug, Default)]
+pub struct Advertiser {
+    ranges: Ranges,
+    services: HashMap<SvcKey, Svc>,
+    /// slice (namespace, name) → its Service and whether it holds a ready endpoint here.
+    slices: HashMap<SvcKey, (SvcKey, bool)>,
+    /// Service → how many of its slices hold a ready endpoint here.
+    local: HashMap<SvcKey, usize>,
+    out: HashMap<SvcKey, Contribution>,
+    /// /32 and /128 routes → their kind and the Services that want them.
+    routes: BTreeMap<IpNetwork, (Kind, BTreeSet<SvcKey>)>,
+}
+
+impl Advertiser {
+    pub fn set_ranges(&mut self, r: Ranges) {
+        if r == self.ranges {
+            return;
+        }
+        self.ranges = r;
+        let keys: Vec<SvcKey> = self.services.keys().cloned().collect();
+        for k in keys {
+            self.recompute(&k);
+        }
+    }
+
+    pub fn upsert_service(&mut self, key: SvcKey, svc: Svc) {
+        if self.services.get(&key) == Some(&svc) {
+            return;
+        }
+        self.services.insert(key.clone(), svc);
+        self.recompute(&key);
+    }
+
+    pub fn remove_service(&mut self, key: &SvcKey) {
+        if self.services.remove(key).is_some() {
+            self.recompute(key);
+        }
+    }
+
+    /// Replaces every Service (after a list).
+    pub fn reset_services(&mut self, all: Vec<(SvcKey, Svc)>) {
+        let keep: BTreeSet<SvcKey> = all.iter().map(|(k, _)| k.clone()).collect();
+        let gone: Vec<SvcKey> = self
+            .services
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove_service(&k);
+        }
+        for (k, s) in all {
+            self.upsert_service(k, s);
+        }
+    }
+
+    /// A slice changed: `of` is its Service and whether it holds a ready endpoint here (None:
+    /// it names no Service).
+    pub fn upsert_slice(&mut self, slice: SvcKey, of: Option<(SvcKey, bool)>) {
+        let old = match &of {
+            Some(v) => self.slices.insert(slice, v.clone()),
+            None => self.slices.remove(&slice),
+        };
+        self.slice_changed(old, of);
+    }
+
+    pub fn remove_slice(&mut self, slice: &SvcKey) {
+        let old = self.slices.remove(slice);
+        self.slice_changed(old, None);
+    }
+
+    /// Replaces every slice (after a list).
+    pub fn reset_slices(&mut self, all: Vec<(SvcKey, Option<(SvcKey, bool)>)>) {
+        let keep: BTreeSet<SvcKey> = all.iter().map(|(k, _)| k.clone()).collect();
+        let gone: Vec<SvcKey> = self
+            .slices
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove_slice(&k);
+        }
+        for (k, of) in all {
+            self.upsert_slice(k, of);
+        }
+    }
+
+    fn slice_changed(&mut self, old: Option<(SvcKey, bool)>, new: Option<(SvcKey, bool)>) {
+        if old == new {
+            return;
+        }
+        let mut touched = BTreeSet::new();
+        if let Some((svc, true)) = old {
+            if let Some(n) = self.local.get_mut(&svc) {
+                *n -= 1;
+                if *n == 0 {
+                    self.local.remove(&svc);
+                }
+            }
+            touched.insert(svc);
+        }
+        if let Some((svc, true)) = new {
+            *self.local.entry(svc.clone()).or_default() += 1;
+            touched.insert(svc);
+        }
+        for k in touched {
+            self.recompute(&k);
+        }
+    }
+
+    fn recompute(&mut self, key: &SvcKey) {
+        if let Some(old) = self.out.remove(key) {
+            for (p, _) in old.routes {
+                if let Some((_, svcs)) = self.routes.get_mut(&p) {
+                    svcs.remove(key);
+                    if svcs.is_empty() {
+                        self.routes.remove(&p);
+                    }
+                }
+            }
+        }
+        let Some(svc) = self.services.get(key) else {
+            return;
+        };
+        let mut c = Contribution::default();
+        let has_local = self.local.contains_key(key);
+        for ip in &svc.cluster_ips {
+            if !self.ranges.cluster.is_empty()
+                && !self.ranges.cluster.iter().any(|r| r.contains(*ip))
+            {
+                c.withheld.push((
+                    *ip,
+                    "cluster IP outside serviceClusterIPs: routers do not reach it".into(),
+                ));
+            }
+        }
+        for (kind, ips) in [
+            (Kind::ExternalIp, &svc.external_ips),
+            (Kind::LoadBalancerIp, &svc.load_balancer_ips),
+        ] {
+            for ip in ips {
+                if !self.ranges.of(kind).iter().any(|r| r.contains(*ip)) {
+                    c.withheld.push((
+                        *ip,
+                        format!("{} outside {}: ignored", kind.noun(), kind.field()),
+                    ));
+                } else if svc.local && !has_local {
+                    c.withheld.push((
+                        *ip,
+                        "externalTrafficPolicy Local and no ready endpoint on this node".into(),
+                    ));
+                } else {
+                    c.routes.push((host(*ip), kind));
+                }
+            }
+        }
+        for (p, kind) in &c.routes {
+            self.routes
+                .entry(*p)
+                .or_insert((*kind, BTreeSet::new()))
+                .1
+                .insert(key.clone());
+        }
+        self.out.insert(key.clone(), c);
+    }
+
+    /// This node's Service routes (cluster ranges first, then /32 and /128 by prefix), with
+    /// what is withheld.
+    pub fn adverts(&self) -> ServiceAdverts {
+        let mut routes: Vec<ServiceRoute> = self
+            .ranges
+            .cluster
+            .iter()
+            .map(|c| ServiceRoute {
+                prefix: *c,
+                kind: Kind::ClusterIpRange,
+                why: "serviceClusterIPs: from every node".into(),
+            })
+            .collect();
+        for (p, (kind, svcs)) in &self.routes {
+            let names: Vec<String> = svcs
+                .iter()
+                .map(|(ns, n)| {
+                    let policy = if self
+                        .services
+                        .get(&(ns.clone(), n.clone()))
+                        .is_some_and(|s| s.local)
+                    {
+                        "Local, ready endpoint here"
+                    } else {
+                        "Cluster, every node"
+                    };
+                    format!("{ns}/{n} ({policy})")
+                })
+                .collect();
+            routes.push(ServiceRoute {
+                prefix: *p,
+                kind: *kind,
+                why: format!("{} of {}", kind.noun(), names.join(", ")),
+            });
+        }
+        let mut withheld: Vec<Withheld> = self
+            .out
+            .iter()
+            .flat_map(|((ns, n), c)| {
+                c.withheld.iter().map(move |(a, why)| Withheld {
+                    service: format!("{ns}/{n}"),
+                    address: *a,
+                    why: why.clone(),
+                })
+            })
+            .collect();
+        withheld.sort();
+        ServiceAdverts {
+            note: None,
+            routes,
+            withheld,
+            services_seen: self.services.len(),
+            slices_seen: self.slices.len(),
+        }
+    }
+}
+
+fn host(ip: IpAddr) -> IpNetwork {
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(ip, len).expect("a host prefix length is valid")
+}
+
+/// The export policies every peer of this node uses while Service routes are configured:
+/// [`POLICY_SERVICES`] tags Service routes with the communities of their kind,
+/// [`POLICY_NO_SERVICES`] drops them; both pass everything else unchanged.
+pub fn policies(ranges: &Ranges, bgp: Option<&BgpConfigurationSpec>) -> PolicySet {
+    let mut set = PolicySet::default();
+    let comms = bgp
+        .map(|b| b.service_communities.clone())
+        .unwrap_or_default();
+    let mut tag = Vec::new();
+    let mut drop = Vec::new();
+    for (kind, list_name, communities) in [
+        (
+            Kind::ClusterIpRange,
+            "reef-service-cluster-ips",
+            &comms.cluster_ips,
+        ),
+        (
+            Kind::ExternalIp,
+            "reef-service-external-ips",
+            &comms.external_ips,
+        ),
+        (
+            Kind::LoadBalancerIp,
+            "reef-service-load-balancer-ips",
+            &comms.load_balancer_ips,
+        ),
+    ] {
+        let cidrs = ranges.of(kind);
+        if cidrs.is_empty() {
+            continue;
+        }
+        let entries = cidrs
+            .iter()
+            .map(|c| {
+                let max = if c.is_ipv4() { 32 } else { 128 };
+                match kind {
+                    Kind::ClusterIpRange => PrefixMatch {
+                        prefix: *c,
+                        ge: None,
+                        le: None,
+                    },
+                    _ => PrefixMatch {
+                        prefix: *c,
+                        ge: Some(max),
+                        le: Some(max),
+                    },
+                }
+            })
+            .collect();
+        set.prefix_lists.insert(list_name.to_string(), entries);
+        let m = Match {
+            prefix_list: Some(list_name.to_string()),
+            ..Default::default()
+        };
+        let mut actions: Vec<Action> = communities
+            .iter()
+            // validate() refused a malformed one; a newer reef's spelling is skipped.
+            .filter_map(|c| parse_community(c).ok())
+            .map(|c| Action::AddCommunity(Community(c)))
+            .collect();
+        actions.push(Action::Accept);
+        tag.push(Rule {
+            name: Some(format!("{} routes", kind.noun())),
+            conditions: m.clone(),
+            actions,
+        });
+        drop.push(Rule {
+            name: Some(format!("no {} routes", kind.noun())),
+            conditions: m,
+            actions: vec![Action::Reject],
+        });
+    }
+    set.policies.insert(
+        POLICY_SERVICES.into(),
+        Policy {
+            rules: tag,
+            default: DefaultAction::Accept,
+        },
+    );
+    set.policies.insert(
+        POLICY_NO_SERVICES.into(),
+        Policy {
+            rules: drop,
+            default: DefaultAction::Accept,
+        },
+    );
+    set
+}
+
+/// Gives every wanted peer its export policy: Service routes to explicit peers whose
+/// BGPPeer does not opt out, to no one else.
+pub fn attach_policies(
+    peers: &mut BTreeMap<IpAddr, reef_bgp::speaker::PeerConfig>,
+    bgp_peers: &[reef_ipam::Typed<reef_config::crds::BgpPeerSpec>],
+) {
+    for (addr, p) in peers.iter_mut() {
+        let takes = bgp_peers
+            .iter()
+            .any(|b| b.spec.peer_ip == Some(*addr) && b.spec.takes_service_routes());
+        let explicit = matches!(
+            p.peer_type,
+            reef_bgp::PeerType::Global | reef_bgp::PeerType::Node
+        );
+        p.export_policy = Some(
+            if takes && explicit {
+                POLICY_SERVICES
+            } else {
+                POLICY_NO_SERVICES
+            }
+            .into(),
+        );
+    }
+}
+
+// ---- the watch task ------------------------------------------------------------------------
+
+/// How long one watch request lasts before it is resumed from the last resourceVersion.
+const WATCH_SECONDS: u32 = 290;
+/// Wait before listing again after the API failed.
+const RETRY: Duration = Duration::from_secs(2);
+
+enum Delta {
+    Services(Vec<(SvcKey, Svc)>),
+    Service(SvcKey, Option<Svc>),
+    Slices(Vec<(SvcKey, Option<(SvcKey, bool)>)>),
+    Slice(SvcKey, Option<(SvcKey, bool)>),
+}
+
+fn key_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> SvcKey {
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Starts the task that keeps the Services and EndpointSlices cache and publishes this
+/// node's Service routes whenever they change. `ranges` comes from the agent loop.
+pub fn spawn(
+    client: kube::Client,
+    node: String,
+    mut ranges: tokio::sync::watch::Receiver<Ranges>,
+) -> tokio::sync::watch::Receiver<ServiceAdverts> {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let (tx, rx) = tokio::sync::watch::channel(ServiceAdverts::default());
+    let (dtx, mut drx) = tokio::sync::mpsc::channel::<Delta>(1024);
+    let svc_api: kube::Api<Service> = kube::Api::all(client.clone());
+    let slice_api: kube::Api<EndpointSlice> = kube::Api::all(client);
+    tokio::spawn(reflect(
+        svc_api,
+        String::new(),
+        dtx.clone(),
+        |list| {
+            Delta::Services(
+                list.iter()
+                    .map(|s| (key_of(&s.metadata), Svc::from_k8s(s)))
+                    .collect(),
+            )
+        },
+        |s, deleted| Delta::Service(key_of(&s.metadata), (!deleted).then(|| Svc::from_k8s(s))),
+    ));
+    let node2 = node.clone();
+    let node3 = node.clone();
+    // Only slices managed for a Service (they carry its name).
+    tokio::spawn(reflect(
+        slice_api,
+        SERVICE_NAME_LABEL.to_string(),
+        dtx,
+        move |list| {
+            Delta::Slices(
+                list.iter()
+                    .map(|s| (key_of(&s.metadata), slice_of(s, &node2)))
+                    .collect(),
+            )
+        },
+        move |s, deleted| {
+            Delta::Slice(
+                key_of(&s.metadata),
+                if deleted { None } else { slice_of(s, &node3) },
+            )
+        },
+    ));
+    tokio::spawn(async move {
+        let mut a = Advertiser::default();
+        a.set_ranges(ranges.borrow_and_update().clone());
+        loop {
+            tokio::select! {
+                d = drx.recv() => {
+                    let Some(d) = d else { return };
+                    apply(&mut a, d);
+                    // Everything already queued, then publish once.
+                    while let Ok(d) = drx.try_recv() {
+                        apply(&mut a, d);
+                    }
+                }
+                r = ranges.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    a.set_ranges(ranges.borrow_and_update().clone());
+                }
+            }
+            let new = a.adverts();
+            tx.send_if_modified(|cur| {
+                let changed = *cur != new;
+                if changed {
+                    *cur = new;
+                }
+                changed
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn apply(a: &mut Advertiser, d: Delta) {
+    match d {
+        Delta::Services(all) => a.reset_services(all),
+        Delta::Service(k, Some(s)) => a.upsert_service(k, s),
+        Delta::Service(k, None) => a.remove_service(&k),
+        Delta::Slices(all) => a.reset_slices(all),
+        Delta::Slice(k, of) => match of {
+            Some(v) => a.upsert_slice(k, Some(v)),
+            None => a.remove_slice(&k),
+        },
+    }
+}
+
+/// List once, then watch from the list's resourceVersion, resuming each watch where the last
+/// ended; list again only when the API says the version is gone (410) or a request failed.
+async fn reflect<K>(
+    api: kube::Api<K>,
+    labels: String,
+    tx: tokio::sync::mpsc::Sender<Delta>,
+    on_list: impl Fn(&[K]) -> Delta,
+    on_event: impl Fn(&K, bool) -> Delta,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    use futures_util::{StreamExt, TryStreamExt};
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    let kind = K::kind(&()).to_string();
+    loop {
+        let mut lp = ListParams::default();
+        let mut wp = WatchParams::default().timeout(WATCH_SECONDS);
+        if !labels.is_empty() {
+            lp = lp.labels(&labels);
+            wp = wp.labels(&labels);
+        }
+        let list = match api.list(&lp).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%kind, error = %e, "listing for Service advertisement");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let mut rv = list.metadata.resource_version.clone().unwrap_or_default();
+        tracing::debug!(%kind, items = list.items.len(), %rv, "listed");
+        if tx.send(on_list(&list.items)).await.is_err() {
+            return;
+        }
+        'watch: loop {
+            let stream = match api.watch(&wp, &rv).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%kind, error = %e, "watching for Service advertisement");
+                    tokio::time::sleep(RETRY).await;
+                    break 'watch;
+                }
+            };
+            let mut stream = stream.boxed();
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(ev)) => {
+                        let (obj, deleted) = match ev {
+                            WatchEvent::Added(o) | WatchEvent::Modified(o) => (o, false),
+                            WatchEvent::Deleted(o) => (o, true),
+                            WatchEvent::Bookmark(b) => {
+                                rv = b.metadata.resource_version;
+                                continue;
+                            }
+                            WatchEvent::Error(e) => {
+                                // 410 Gone: the version was compacted away; list again.
+                                tracing::info!(%kind, code = e.code, message = %e.message, "watch ended; listing again");
+                                break 'watch;
+                            }
+                        };
+                        if let Some(v) = obj.meta().resource_version.clone() {
+                            rv = v;
+                        }
+                        if tx.send(on_event(&obj, deleted)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The watch timed out: resume from where it was.
+                    Ok(None) => continue 'watch,
+                    Err(e) => {
+                        tracing::warn!(%kind, error = %e, "watch stream failed; resuming");
+                        tokio::time::sleep(RETRY).await;
+                        continue 'watch;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+    fn key(n: &str) -> SvcKey {
+        ("default".into(), n.into())
+    }
+    fn ranges() -> Ranges {
+        Ranges {
+            cluster: vec![net("10.96.0.0/12"), net("fd00:96::/108")],
+            external: vec![net("192.0.2.0/24"), net("2001:db8:e::/64")],
+            load_balancer: vec![net("198.51.100.0/24"), net("2001:db8:1b::/64")],
+        }
+    }
+    fn svc(external: &[&str], lb: &[&str], local: bool) -> Svc {
+        Svc {
+            cluster_ips: vec![ip("10.96.0.10")],
+            external_ips: external.iter().map(|a| ip(a)).collect(),
+            load_balancer_ips: lb.iter().map(|a| ip(a)).collect(),
+            local,
+        }
+    }
+    fn prefixes(a: &Advertiser) -> Vec<String> {
+        a.adverts()
+            .prefixes()
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn cluster_policy_advertises_from_every_node_inside_the_ranges_only() {
+        let mut a = Advertiser::default();
+        a.set_ranges(ranges());
+        a.upsert_service(
+            key("web"),
+            svc(
+                &["192.0.2.7", "203.0.113.9"],
+                &["198.51.100.4", "2001:db8:1b::4"],
+                false,
+            ),
+        );
+        assert_eq!(
+            prefixes(&a),
+            [
+                "10.96.0.0/12",
+                "192.0.2.7/32",
+                "198.51.100.4/32",
+                "2001:db8:1b::4/128",
+                "fd00:96::/108"
+            ]
+        );
+        let ad = a.adverts();
+        assert_eq!(ad.withheld.len(), 1, "{ad:?}");
+        assert_eq!(ad.withheld[0].address, ip("203.0.113.9"));
+        assert_eq!(ad.withheld[0].service, "default/web");
+        assert!(
+            ad.withheld[0].why.contains("outside serviceExternalIPs"),
+            "{ad:?}"
+        );
+        let r = ad
+            .routes
+            .iter()
+            .find(|r| r.prefix == net("198.51.100.4/32"))
+            .unwrap();
+        assert_eq!(r.kind, Kind::LoadBalancerIp);
+        assert_eq!(
+            r.why,
+            "LoadBalancer IP of default/web (Cluster, every node)"
+        );
+    }
+
+    #[test]
+    fn local_policy_follows_ready_endpoints_on_this_node() {
+        let mut a = Advertiser::default();
+        a.set_ranges(ranges());
+        a.upsert_service(
+            key("db"),
+            svc(&[], &["198.51.100.5", "2001:db8:1b::5"], true),
+        );
+        // No endpoint here: withheld, with the reason.
+        assert_eq!(prefixes(&a), ["10.96.0.0/12", "fd00:96::/108"]);
+        assert!(a
+            .adverts()
+            .withheld
+            .iter()
+            .all(|w| w.why.contains("no ready endpoint")));
+        // A ready endpoint on n2 only: still nothing here.
+        a.upsert_slice(key("db-abc"), Some((key("db"), false)));
+        assert_eq!(prefixes(&a).len(), 2);
+        // The endpoint moves here: advertised (v4 and v6).
+        a.upsert_slice(key("db-abc"), Some((key("db"), true)));
+        assert_eq!(
+            prefixes(&a),
+            [
+                "10.96.0.0/12",
+                "198.51.100.5/32",
+                "2001:db8:1b::5/128",
+                "fd00:96::/108"
+            ]
+        );
+        // Two slices hold local endpoints; one goes: still advertised; the last goes: withdrawn.
+        a.upsert_slice(key("db-def"), Some((key("db"), true)));
+        a.remove_slice(&key("db-abc"));
+        assert_eq!(prefixes(&a).len(), 4);
+        a.upsert_slice(key("db-def"), Some((key("db"), false)));
+        assert_eq!(prefixes(&a).len(), 2);
+        // The policy turns to Cluster: from every node, endpoints or not.
+        a.upsert_service(key("db"), svc(&[], &["198.51.100.5"], false));
+        assert_eq!(prefixes(&a).len(), 3);
+    }
+
+    #[test]
+    fn a_deleted_service_is_withdrawn_and_a_shared_address_stays_while_one_wants_it() {
+        let mut a = Advertiser::default();
+        a.set_ranges(ranges());
+        a.upsert_service(key("a"), svc(&["192.0.2.9"], &[], false));
+        a.upsert_service(key("b"), svc(&["192.0.2.9"], &[], true));
+        let r = a.adverts();
+        let why = &r
+            .routes
+            .iter()
+            .find(|r| r.prefix == net("192.0.2.9/32"))
+            .unwrap()
+            .why;
+        assert_eq!(why, "external IP of default/a (Cluster, every node)");
+        a.remove_service(&key("a"));
+        assert!(!a.adverts().prefixes().contains(&net("192.0.2.9/32")));
+        a.upsert_slice(key("b-1"), Some((key("b"), true)));
+        assert!(a.adverts().prefixes().contains(&net("192.0.2.9/32")));
+        a.remove_service(&key("b"));
+        assert_eq!(prefixes(&a), ["10.96.0.0/12", "fd00:96::/108"]);
+        assert!(a.adverts().withheld.is_empty());
+        // A list after a broken watch replaces everything: what it lacks goes.
+        a.upsert_service(key("c"), svc(&["192.0.2.1"], &[], false));
+        a.reset_services(vec![(key("d"), svc(&["192.0.2.2"], &[], false))]);
+        assert_eq!(
+            prefixes(&a),
+            ["10.96.0.0/12", "192.0.2.2/32", "fd00:96::/108"]
+        );
+    }
+
+    #[test]
+    fn ranges_changing_rejudge_every_service_and_overlaps_with_pools_are_left_out() {
+        let mut a = Advertiser::default();
+        a.upsert_service(key("web"), svc(&["192.0.2.7"], &[], false));
+        assert!(prefixes(&a).is_empty());
+        a.set_ranges(ranges());
+        assert_eq!(prefixes(&a).len(), 3);
+        a.set_ranges(Ranges::default());
+        assert!(prefixes(&a).is_empty());
+
+        let bgp: BgpConfigurationSpec = serde_yaml::from_str(
+            "serviceClusterIPs: [{cidr: 10.244.0.0/16}, {cidr: 10.96.0.0/12}]\n",
+        )
+        .unwrap();
+        let (r, problems) = super::ranges(Some(&bgp), &[net("10.244.0.0/16")]);
+        assert_eq!(r.cluster, [net("10.96.0.0/12")]);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].contains("overlaps IPPool 10.244.0.0/16"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn export_policies_tag_service_routes_for_routers_and_drop_them_for_the_rest() {
+        let bgp: BgpConfigurationSpec = serde_yaml::from_str(
+            "serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n\
+             serviceLoadBalancerIPs: [{cidr: 198.51.100.0/24}]\n\
+             serviceCommunities: {loadBalancerIPs: ['65000:300', no-export]}\n",
+        )
+        .unwrap();
+        let (r, _) = super::ranges(Some(&bgp), &[]);
+        let set = policies(&r, Some(&bgp));
+        set.validate().unwrap();
+        let attrs = reef_bgp::attrs::PathAttributes::default();
+        let eval = |name: &str, p: &str| {
+            let pol = set
+                .compile(name, reef_bgp::policy::Direction::Export)
+                .unwrap();
+            pol.evaluate(&net(p), &attrs)
+        };
+        use reef_bgp::policy::Verdict;
+        // Routers: a LoadBalancer /32 tagged, the cluster range untagged, a block untouched.
+        let Verdict::Accept(m) = eval(POLICY_SERVICES, "198.51.100.4/32") else {
+            panic!("LB route rejected")
+        };
+        let mut a = attrs.clone();
+        m.apply(&mut a);
+        assert_eq!(a.communities, [(65000 << 16) | 300, 0xFFFF_FF01]);
+        assert!(matches!(
+            eval(POLICY_SERVICES, "10.96.0.0/12"),
+            Verdict::Accept(_)
+        ));
+        // Mesh and opted-out peers: no Service route, blocks as before.
+        assert!(matches!(
+            eval(POLICY_NO_SERVICES, "198.51.100.4/32"),
+            Verdict::Reject
+        ));
+        assert!(matches!(
+            eval(POLICY_NO_SERVICES, "10.96.0.0/12"),
+            Verdict::Reject
+        ));
+        assert!(matches!(
+            eval(POLICY_NO_SERVICES, "10.244.1.0/26"),
+            Verdict::Accept(_)
+        ));
+        // The whole LB range itself is no Service route (only /32s inside it are).
+        assert!(matches!(
+            eval(POLICY_NO_SERVICES, "198.51.100.0/24"),
+            Verdict::Accept(_)
+        ));
+    }
+
+    #[test]
+    fn endpoint_slices_count_ready_endpoints_on_this_node() {
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "db-x", "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": "IPv4",
+                "endpoints": [
+                    {"addresses": ["10.244.0.5"], "nodeName": "n1", "conditions": {"ready": false}},
+                    {"addresses": ["10.244.1.5"], "nodeName": "n2"}
+                ]
+            }))
+            .unwrap();
+        let k = ("shop".to_string(), "db".to_string());
+        assert_eq!(slice_of(&slice, "n1"), Some((k.clone(), false)));
+        // Unset `ready` counts as ready, as the API documents.
+        assert_eq!(slice_of(&slice, "n2"), Some((k, true)));
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::a"],
+                     "externalIPs": ["192.0.2.1"], "externalTrafficPolicy": "Local",
+                     "type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.4"}, {"hostname": "lb.example"}]}}
+        }))
+        .unwrap();
+        let s = Svc::from_k8s(&svc);
+        assert_eq!(s.cluster_ips, [ip("10.96.0.10"), ip("fd00:96::a")]);
+        assert_eq!(s.external_ips, [ip("192.0.2.1")]);
+        assert_eq!(s.load_balancer_ips, [ip("198.51.100.4")]);
+        assert!(s.local);
+    }
+}
