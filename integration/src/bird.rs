@@ -70,8 +70,12 @@ pub struct BirdConfig {
     /// Calico's BIRD does in IPIP mode). Otherwise BGP routes go to the kernel as plain routes
     /// when `kernel_export` is set.
     pub kernel_via_tunl0: bool,
-    /// Export BGP routes to the kernel (plain next hops).
+    /// Export BGP routes to the kernel (plain next hops), both families.
     pub kernel_export: bool,
+    /// `protocol direct`: the connected subnets, so BGP next hops resolve through them (a
+    /// multihop session's next hop is resolved recursively in the IGP table; without the
+    /// connected routes every learned route is `unreachable`).
+    pub direct: bool,
     /// Extra top-level configuration, verbatim.
     pub extra: String,
 }
@@ -84,8 +88,34 @@ impl BirdConfig {
             peers: Vec::new(),
             kernel_via_tunl0: false,
             kernel_export: false,
+            direct: false,
             extra: String::new(),
         }
+    }
+
+    /// A router that peers with a reef cluster and routes to its pods, as `deploy/PEERING.md`
+    /// shows it and `reef lab` runs it: one eBGP session per node (from the router's loopback
+    /// `router_id`, multihop), learning both families over it and sending nothing back; the
+    /// connected subnets from `protocol direct` resolve the nodes' next hops, and the learned
+    /// routes go to the kernel, so the router forwards to pods.
+    pub fn cluster_router(
+        router_id: Ipv4Addr,
+        router_as: u32,
+        cluster_as: u32,
+        nodes: &[(String, IpAddr)],
+    ) -> BirdConfig {
+        let mut cfg = BirdConfig::new(router_id);
+        cfg.direct = true;
+        cfg.kernel_export = true;
+        for (name, addr) in nodes {
+            let mut p = BirdPeer::new(name, router_as, *addr, cluster_as);
+            p.multihop = true;
+            p.ipv4 = Some(("all".into(), "none".into()));
+            p.ipv6 = Some(("all".into(), "none".into()));
+            p.extra = format!("  source address {router_id};\n");
+            cfg.peers.push(p);
+        }
+        cfg
     }
 
     /// The configuration file text. Timers are short so sessions come up in a second or two.
@@ -93,6 +123,9 @@ impl BirdConfig {
         let mut s = String::new();
         let _ = writeln!(s, "router id {};", self.router_id);
         let _ = writeln!(s, "protocol device {{ scan time 2; }}");
+        if self.direct {
+            let _ = writeln!(s, "protocol direct {{ ipv4; ipv6; }}");
+        }
         // Learn the kernel's routes so iBGP next hops on other subnets resolve via the default.
         let export = if self.kernel_via_tunl0 {
             "filter { if source = RTS_BGP then { onlink = true; ifname = \"tunl0\"; gw = bgp_next_hop; accept; } reject; }"

@@ -1,7 +1,8 @@
 //! FRR (zebra + bgpd) run by a test inside a namespace, without systemd: private config, pid,
 //! zserv and vty paths per instance; state read back as JSON through `vtysh`.
 
-use std::net::IpAddr;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,6 +12,42 @@ use crate::cmd::{self, Process};
 use crate::netns::Netns;
 use crate::wait::wait_for;
 use crate::Error;
+
+/// bgpd's configuration for a router that peers with a reef cluster and routes to its pods, as
+/// `deploy/PEERING.md` shows it: one eBGP session per node from the router's loopback
+/// `router_id` (multihop), IPv4 and IPv6 unicast over it, everything from the nodes accepted and
+/// nothing sent back (route-maps, as RFC 8212 asks of eBGP). zebra installs the best paths in
+/// the kernel, their next hops (the nodes) resolved through the connected subnets.
+pub fn cluster_router_config(
+    router_id: Ipv4Addr,
+    router_as: u32,
+    cluster_as: u32,
+    nodes: &[IpAddr],
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "frr defaults traditional");
+    let _ = writeln!(s, "route-map reef-in permit 10");
+    let _ = writeln!(s, "route-map reef-out deny 10");
+    let _ = writeln!(s, "router bgp {router_as}");
+    let _ = writeln!(s, " bgp router-id {router_id}");
+    let _ = writeln!(s, " timers bgp 3 9");
+    for n in nodes {
+        let _ = writeln!(s, " neighbor {n} remote-as {cluster_as}");
+        let _ = writeln!(s, " neighbor {n} ebgp-multihop 255");
+        let _ = writeln!(s, " neighbor {n} update-source {router_id}");
+        let _ = writeln!(s, " neighbor {n} timers connect 2");
+    }
+    for afi in ["ipv4", "ipv6"] {
+        let _ = writeln!(s, " address-family {afi} unicast");
+        for n in nodes {
+            let _ = writeln!(s, "  neighbor {n} activate");
+            let _ = writeln!(s, "  neighbor {n} route-map reef-in in");
+            let _ = writeln!(s, "  neighbor {n} route-map reef-out out");
+        }
+        let _ = writeln!(s, " exit-address-family");
+    }
+    s
+}
 
 /// A running FRR instance (zebra + bgpd); both are killed when dropped.
 #[derive(Debug)]

@@ -11,6 +11,11 @@
 //! `10.100.<k+1>.0/24` and `fd00:100:<k+1>::/64`; the router is `.1` / `::1` on each; nodes are
 //! spread evenly, in order, and numbered from `.10` in their subnet. Each node has a default
 //! route via its router address; forwarding is on in the router and the nodes.
+//!
+//! With [`TopologyBuilder::outside`], a host that is not a node ("outside", e.g. a client in
+//! another part of the network) hangs off the router on its own link: `10.100.254.10/24` and
+//! `fd00:100:fe::10/64`, the router `.1` / `::1`, default route via the router. It reaches pods
+//! only through routes the router has.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -25,6 +30,20 @@ pub struct TopologyBuilder {
     ipv6: bool,
     /// Fixed names `<prefix>router`, `<prefix>n<i>`, `<prefix>p<i>` instead of unique ones.
     prefix: Option<String>,
+    outside: bool,
+}
+
+/// The outside host's IPv4 address (see the module docs).
+pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 100, 254, 10);
+/// The outside host's IPv6 address (with [`TopologyBuilder::ipv6`]).
+pub const OUTSIDE_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0xfe, 0, 0, 0, 0, 0x10);
+
+/// A host behind the router that is not a node.
+#[derive(Debug)]
+pub struct Outside {
+    pub ns: Netns,
+    pub addr: Ipv4Addr,
+    pub addr6: Option<Ipv6Addr>,
 }
 
 /// One node: a namespace with `eth0` on its subnet.
@@ -62,6 +81,7 @@ pub struct Topology {
     // Field order is drop order.
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
+    pub outside: Option<Outside>,
     pub router: Netns,
     prefix: Option<String>,
 }
@@ -73,6 +93,7 @@ impl Default for TopologyBuilder {
             subnets: 2,
             ipv6: false,
             prefix: None,
+            outside: false,
         }
     }
 }
@@ -100,6 +121,12 @@ impl TopologyBuilder {
     /// instead of unique test names; for a lab that other commands find again.
     pub fn named(mut self, prefix: &str) -> Self {
         self.prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// Also a host behind the router that is not a node (see [`Outside`]).
+    pub fn outside(mut self, on: bool) -> Self {
+        self.outside = on;
         self
     }
 
@@ -142,9 +169,33 @@ impl TopologyBuilder {
         let mut topo = Topology {
             pods: Vec::new(),
             nodes: Vec::new(),
+            outside: None,
             router,
             prefix: self.prefix.clone(),
         };
+        if self.outside {
+            let ns = self.netns("outside")?;
+            veth_pair(&ns, "out0", topo.router.name())?;
+            let r = &topo.router;
+            r.ip(["addr", "add", "10.100.254.1/24", "dev", "out0"])?;
+            ns.ip(["addr", "add", &format!("{OUTSIDE_ADDR}/24"), "dev", "eth0"])?;
+            if self.ipv6 {
+                r.ip(["addr", "add", "fd00:100:fe::1/64", "dev", "out0", "nodad"])?;
+                let a6 = format!("{OUTSIDE_ADDR6}/64");
+                ns.ip(["addr", "add", &a6, "dev", "eth0", "nodad"])?;
+            }
+            r.ip(["link", "set", "out0", "up"])?;
+            ns.ip(["link", "set", "eth0", "up"])?;
+            ns.ip(["route", "add", "default", "via", "10.100.254.1"])?;
+            if self.ipv6 {
+                ns.ip(["-6", "route", "add", "default", "via", "fd00:100:fe::1"])?;
+            }
+            topo.outside = Some(Outside {
+                ns,
+                addr: OUTSIDE_ADDR,
+                addr6: self.ipv6.then_some(OUTSIDE_ADDR6),
+            });
+        }
         let mut per_subnet = vec![0u8; self.subnets];
         for i in 0..self.nodes {
             let subnet = i * self.subnets / self.nodes;
@@ -305,6 +356,7 @@ impl Topology {
     /// All namespace names of the topology (router, nodes, pods).
     pub fn namespace_names(&self) -> Vec<String> {
         let mut v = vec![self.router.name().to_string()];
+        v.extend(self.outside.iter().map(|o| o.ns.name().to_string()));
         v.extend(self.nodes.iter().map(|n| n.ns.name().to_string()));
         v.extend(self.pods.iter().map(|p| p.ns.name().to_string()));
         v
@@ -315,11 +367,13 @@ impl Topology {
         let Topology {
             pods,
             nodes,
+            outside,
             router,
             ..
         } = self;
         let mut names: Vec<String> = pods.into_iter().map(|p| p.ns.persist()).collect();
         names.extend(nodes.into_iter().map(|n| n.ns.persist()));
+        names.extend(outside.into_iter().map(|o| o.ns.persist()));
         names.push(router.persist());
         names
     }

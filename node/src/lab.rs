@@ -4,13 +4,18 @@
 //!   reef-lab-n0 10.100.1.10 ─┐                          ┌─ reef-lab-n2 10.100.2.10
 //!                            br0 ─[ reef-lab-router ]─ br1
 //!   reef-lab-n1 10.100.1.11 ─┘  BIRD on 10.100.0.1      └─ reef-lab-n3 10.100.2.11
-//!        │ pods made by reef-cni (reef-lab-p0-0, …)
+//!        │ pods made by reef-cni       │
+//!        │ (reef-lab-p0-0, …)          └─ reef-lab-outside 10.100.254.10 (not a node)
 //! ```
 //!
 //! Every node is a network namespace running a real `reef node run` on one embedded
-//! datastore; a BIRD lab router (when BIRD is installed) peers with every node over eBGP;
-//! pods are created by calling `reef-cni` exactly as a container runtime does. Cross-subnet
-//! traffic uses kernel ipip where the kernel has it, reef's userspace ipip where it does not.
+//! datastore; a BIRD lab router (when BIRD is installed) peers with every node over eBGP and
+//! installs the pod routes it learns, so the outside host reaches every pod through it;
+//! pods are created by calling `reef-cni` exactly as a container runtime does. The lab is dual
+//! stack (nodes `fd00:100:<subnet>::<host>`, pods from `fd00:244::/48`). Cross-subnet IPv4
+//! uses kernel ipip where the kernel has it, reef's userspace ipip where it does not; IP-in-IP
+//! carries IPv4 only, so the IPv6 pool says Never: IPv6 to a node on the same subnet goes
+//! direct, to another subnet through the router's BGP-learned routes.
 //! State (datastore, node configs, logs, pids) lives in `/run/reef-lab`.
 
 use std::io::Write as _;
@@ -23,7 +28,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use reef_config::crds::{BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec, DEFAULT_NAME};
 use reef_config::IpipMode;
-use reef_integration::bird::{BirdConfig, BirdPeer};
+use reef_integration::bird::BirdConfig;
 use reef_integration::Topology;
 use reef_ipam::{StoreExt, Typed};
 use serde::{Deserialize, Serialize};
@@ -35,6 +40,7 @@ use crate::Exit;
 const PREFIX: &str = "reef-lab-";
 const STATE: &str = "/run/reef-lab";
 const POOL: &str = "10.244.0.0/16";
+const POOL6: &str = "fd00:244::/48";
 const CLUSTER_AS: u32 = 64512;
 const ROUTER_AS: u32 = 64513;
 const ROUTER_ID: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
@@ -79,6 +85,16 @@ struct LabState {
     nodes: Vec<LabNode>,
     pods: Vec<LabPod>,
     router: bool,
+    /// The host behind the router that is not a node.
+    #[serde(default)]
+    outside: Option<LabOutside>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LabOutside {
+    ns: String,
+    address: Ipv4Addr,
+    address6: Option<std::net::Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +102,8 @@ struct LabNode {
     name: String,
     ns: String,
     address: Ipv4Addr,
+    #[serde(default)]
+    address6: Option<std::net::Ipv6Addr>,
     subnet: usize,
     config: PathBuf,
 }
@@ -96,6 +114,8 @@ struct LabPod {
     ns: String,
     node: String,
     address: IpAddr,
+    #[serde(default)]
+    address6: Option<IpAddr>,
     container_id: String,
 }
 
@@ -180,10 +200,17 @@ fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
     let topo = Topology::builder()
         .nodes(nodes)
         .subnets(subnets)
+        .ipv6(true)
+        .outside(true)
         .named(PREFIX)
         .build()?;
     let mut st = LabState {
         namespaces: topo.namespace_names(),
+        outside: topo.outside.as_ref().map(|o| LabOutside {
+            ns: o.ns.name().to_string(),
+            address: o.addr,
+            address6: o.addr6,
+        }),
         ..Default::default()
     };
     // From here on, a failure tears down what was built.
@@ -200,6 +227,11 @@ fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
     // As deploy/ippool-default.yaml: pods reach the world behind their node's address.
     pool.nat_outgoing = true;
     ipam.put_pool("default-ipv4", pool)?;
+    // IP-in-IP carries IPv4 only: IPv6 to another subnet is the routers' job (they learn the
+    // blocks over BGP), to the same subnet it goes direct.
+    let mut pool6 = IpPoolSpec::new(POOL6.parse()?);
+    pool6.ipip_mode = IpipMode::Never;
+    ipam.put_pool("default-ipv6", pool6)?;
     // Short timers so a dead node's routes go within seconds; an agent restart takes ~1 s.
     let bgp = BgpConfigurationSpec {
         as_number: CLUSTER_AS,
@@ -309,11 +341,14 @@ fn lab_node(n: &reef_integration::topo::Node) -> Result<LabNode> {
     std::fs::write(
         &config,
         format!(
-            "nodeName: {name}\ndatastore:\n  embedded: {{ path: {} }}\naddress: {}/{}\ninterface: eth0\n\
+            "nodeName: {name}\ndatastore:\n  embedded: {{ path: {} }}\naddress: {}/{}\n{}interface: eth0\n\
              agentSocket: {}\nmtuFile: {}\nlogLevel: info\n",
             Path::new(STATE).join("store.db").display(),
             n.addr,
             n.prefix_len,
+            n.addr6
+                .map(|a| format!("addressV6: {a}/64\n"))
+                .unwrap_or_default(),
             dir.join("agent.sock").display(),
             dir.join("mtu").display()
         ),
@@ -322,22 +357,20 @@ fn lab_node(n: &reef_integration::topo::Node) -> Result<LabNode> {
         name,
         ns: n.ns.name().to_string(),
         address: n.addr,
+        address6: n.addr6,
         subnet: n.subnet,
         config,
     })
 }
 
-/// The lab router's BIRD: one eBGP session per node; it learns the blocks and sends nothing.
+/// The lab router's BIRD, the configuration `deploy/PEERING.md` shows: one eBGP session per
+/// node; it learns both families' blocks, installs them in its kernel and sends nothing.
 fn router_config(nodes: &[LabNode]) -> BirdConfig {
-    let mut cfg = BirdConfig::new(ROUTER_ID);
-    for n in nodes {
-        let mut p = BirdPeer::new(&n.name, ROUTER_AS, IpAddr::V4(n.address), CLUSTER_AS);
-        p.multihop = true;
-        p.ipv4 = Some(("all".into(), "none".into()));
-        p.extra = format!("  source address {ROUTER_ID};\n");
-        cfg.peers.push(p);
-    }
-    cfg
+    let nodes: Vec<(String, IpAddr)> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), IpAddr::V4(n.address)))
+        .collect();
+    BirdConfig::cluster_router(ROUTER_ID, ROUTER_AS, CLUSTER_AS, &nodes)
 }
 
 fn start_agent(reef: &Path, n: &LabNode) -> Result<u32> {
@@ -357,9 +390,8 @@ fn join(subnet: usize) -> Result<()> {
     let host = 10 + st.nodes.iter().filter(|n| n.subnet == subnet).count() as u8;
     let router = reef_integration::Netns::adopt(&format!("{PREFIX}router"));
     let ns = reef_integration::Netns::create(&format!("{PREFIX}n{index}"));
-    let node = ns.and_then(|ns| {
-        reef_integration::topo::attach_node(&router, ns, index, subnet, host, false)
-    });
+    let node = ns
+        .and_then(|ns| reef_integration::topo::attach_node(&router, ns, index, subnet, host, true));
     router.persist();
     let node = node.with_context(|| format!("attaching node {index} to subnet {subnet}"))?;
     let n = lab_node(&node)?;
@@ -453,6 +485,7 @@ fn cni_call(
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "reef", "type": "reef-cni",
         "nodeConfig": path(&n.config),
+        "ipam": {"assignIpv4": true, "assignIpv6": true},
     });
     let mut child = Command::new("ip")
         .args(["netns", "exec", &n.ns])
@@ -494,16 +527,22 @@ fn add_pod(cni: &Path, n: &LabNode, i: usize, j: usize) -> Result<LabPod> {
         );
     }
     let res: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let address = res["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| anyhow!("reef-cni returned no address: {res}"))?;
+    let addrs: Vec<IpAddr> = res["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect();
+    let address = *addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| anyhow!("reef-cni returned no IPv4 address: {res}"))?;
     Ok(LabPod {
         name: format!("pod-{i}-{j}"),
         ns,
         node: n.name.clone(),
         address,
+        address6: addrs.iter().copied().find(IpAddr::is_ipv6),
         container_id,
     })
 }
@@ -542,7 +581,12 @@ fn status(out: Output) -> Result<Exit> {
                 Err(e) => serde_json::json!({ "node": n.name, "error": e.to_string() }),
             })
             .collect();
-        out.print_json(&serde_json::json!({ "nodes": v, "pods": st.pods.iter().map(|p| serde_json::json!({"name": p.name, "node": p.node, "address": p.address})).collect::<Vec<_>>() }))?;
+        let pods: Vec<serde_json::Value> = st
+            .pods
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "node": p.node, "address": p.address, "address6": p.address6}))
+            .collect();
+        out.print_json(&serde_json::json!({ "nodes": v, "pods": pods, "outside": st.outside.as_ref().map(|o| serde_json::json!({"namespace": o.ns, "address": o.address, "address6": o.address6})) }))?;
         return Ok(Exit::Ok);
     }
     let mut t = Table::new(&["NODE", "ADDRESS", "PEERS UP", "TUNNEL", "BLOCKS", "ROUTES"]);
@@ -571,12 +615,13 @@ fn status(out: Output) -> Result<Exit> {
         }
     }
     print!("{}", t.render());
-    let mut p = Table::new(&["POD", "NODE", "ADDRESS"]);
+    let mut p = Table::new(&["POD", "NODE", "ADDRESS", "IPV6"]);
     for pod in &st.pods {
         p.row(vec![
             pod.name.clone(),
             pod.node.clone(),
             pod.address.to_string(),
+            pod.address6.map(|a| a.to_string()).unwrap_or_default(),
         ]);
     }
     println!();
@@ -635,9 +680,16 @@ fn demo() -> Result<Exit> {
     println!("\n== BGP peers of {} (reef status)", st.nodes[0].name);
     let s0 = snapshot_of(&st.nodes[0])?;
     print!("{}", crate::status_cmd::render_status(&s0));
-    // Routes converge within a BGP round after the pods appear; wait for the remote blocks.
-    let blocks: usize = st.nodes.len();
+    // Routes converge within a BGP round after the pods appear; wait for the remote blocks:
+    // every other node's IPv4 block (direct or ipip) and the IPv6 blocks of nodes on the same
+    // subnet (direct; the others are the router's).
     for n in &st.nodes {
+        let same_subnet = st
+            .nodes
+            .iter()
+            .filter(|o| o.subnet == n.subnet && o.name != n.name)
+            .count();
+        let want_remote = st.nodes.len() - 1 + same_subnet;
         wait(
             &format!("routes on {}", n.name),
             Duration::from_secs(30),
@@ -649,8 +701,13 @@ fn demo() -> Result<Exit> {
                     .filter(|r| matches!(r.reason.as_str(), "direct" | "ipip" | "userspace ipip"))
                     .count();
                 let pods = s.routes.iter().filter(|r| r.reason == "local pod").count();
-                let want_pods = st.pods.iter().filter(|p| p.node == n.name).count();
-                (remote >= blocks - 1
+                let want_pods: usize = st
+                    .pods
+                    .iter()
+                    .filter(|p| p.node == n.name)
+                    .map(|p| 1 + usize::from(p.address6.is_some()))
+                    .sum();
+                (remote >= want_remote
                     && pods == want_pods
                     && s.routes_programmed >= s.routes_desired)
                     .then_some(())
@@ -664,39 +721,92 @@ fn demo() -> Result<Exit> {
     }
     print!("{}", t.render());
     if st.router {
+        // Every node's two blocks (IPv4 and IPv6), resolved through the connected subnets.
+        let want = 2 * st.nodes.len();
+        let routes = wait(
+            "the lab router's routes to every block",
+            Duration::from_secs(30),
+            || {
+                let r = router_routes().ok()?;
+                let usable = r
+                    .iter()
+                    .filter(|r| {
+                        r.prefix.starts_with("10.244.") || r.prefix.starts_with("fd00:244:")
+                    })
+                    .filter(|r| r.kind == "unicast" && r.primary && !r.next_hops.is_empty())
+                    .count();
+                (usable >= want).then_some(())
+            },
+        );
         println!("\n== the BIRD lab router's routes (birdcl show route)");
         let out = Command::new("birdcl")
             .args(["-s", &format!("{STATE}/router/bird.ctl"), "show", "route"])
             .output()?;
         print!("{}", String::from_utf8_lossy(&out.stdout));
+        routes?;
     }
-    println!("\n== ping matrix (ms, one echo each; '-' = no reply)");
-    let mut header = vec!["FROM \\ TO".to_string()];
-    header.extend(st.pods.iter().map(|p| p.address.to_string()));
-    let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
-    let mut m = Table::new(&hdr);
     let mut failures = 0;
-    for a in &st.pods {
-        let mut row = vec![format!("{} ({})", a.address, a.node)];
-        for b in &st.pods {
-            if a.address == b.address {
-                row.push("·".into());
-                continue;
+    let mut pairs = 0;
+    for (family, v6) in [("IPv4", false), ("IPv6", true)] {
+        println!(
+            "\n== {family} ping matrix (ms, one echo each; '-' = no reply{})",
+            if st.router {
+                ""
+            } else {
+                ", n/r = needs the lab router"
             }
-            match ping(&a.ns, b.address) {
-                Some(ms) => row.push(format!("{ms:.2}")),
-                None => {
-                    failures += 1;
-                    row.push("-".into());
-                }
+        );
+        let addr = |p: &LabPod| if v6 { p.address6 } else { Some(p.address) };
+        let targets: Vec<(&LabPod, IpAddr)> =
+            st.pods.iter().filter_map(|p| Some((p, addr(p)?))).collect();
+        let mut header = vec!["FROM \\ TO".to_string()];
+        header.extend(targets.iter().map(|(_, a)| a.to_string()));
+        let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
+        let mut m = Table::new(&hdr);
+        // (label, namespace, the source pod's node)
+        let mut sources: Vec<(String, String, Option<&str>)> = targets
+            .iter()
+            .map(|(p, a)| (format!("{a} ({})", p.node), p.ns.clone(), Some(&*p.node)))
+            .collect();
+        // The host behind the router reaches pods only through the router's routes.
+        if let (Some(o), true) = (&st.outside, st.router) {
+            let from = if v6 {
+                o.address6.map(IpAddr::V6)
+            } else {
+                Some(IpAddr::V4(o.address))
+            };
+            if let Some(from) = from {
+                sources.push((format!("{from} (outside)"), o.ns.clone(), None));
             }
         }
-        m.row(row);
+        let subnet = |node: &str| st.nodes.iter().find(|n| n.name == node).map(|n| n.subnet);
+        for (label, ns, node) in &sources {
+            let mut row = vec![label.clone()];
+            for (b, dst) in &targets {
+                if b.ns == *ns {
+                    row.push("·".into());
+                    continue;
+                }
+                // Without a router nothing carries IPv6 between subnets (IP-in-IP is IPv4).
+                if v6 && !st.router && node.and_then(subnet) != subnet(&b.node) {
+                    row.push("n/r".into());
+                    continue;
+                }
+                pairs += 1;
+                match ping(ns, *dst) {
+                    Some(ms) => row.push(format!("{ms:.2}")),
+                    None => {
+                        failures += 1;
+                        row.push("-".into());
+                    }
+                }
+            }
+            m.row(row);
+        }
+        print!("{}", m.render());
     }
-    print!("{}", m.render());
-    let pairs = st.pods.len() * (st.pods.len() - 1);
     println!(
-        "\n{} of {pairs} pod pairs reachable; tearing the lab down",
+        "\n{} of {pairs} pairs reachable (pod to pod and outside to pod, IPv4 and IPv6); tearing the lab down",
         pairs - failures
     );
     Ok(if failures == 0 {
@@ -704,6 +814,16 @@ fn demo() -> Result<Exit> {
     } else {
         Exit::Problems
     })
+}
+
+/// The lab router's `show route`, parsed.
+fn router_routes() -> Result<Vec<reef_integration::bird::BirdRoute>> {
+    let out = Command::new("birdcl")
+        .args(["-s", &format!("{STATE}/router/bird.ctl"), "show", "route"])
+        .output()?;
+    Ok(reef_integration::bird::parse_routes(
+        &String::from_utf8_lossy(&out.stdout),
+    ))
 }
 
 fn ping(ns: &str, dst: IpAddr) -> Option<f64> {

@@ -1,5 +1,5 @@
 //! End to end on the local lab: real `reef node run` agents in namespaces, a BIRD lab router,
-//! pods made by reef-cni. Needs root. The lab uses fixed names (`reef-lab-*`), so this file
+//! an outside host behind it, dual-stack pods made by reef-cni. Needs root. The lab uses fixed names (`reef-lab-*`), so this file
 //! holds one test that walks through every check in order.
 
 use std::net::IpAddr;
@@ -55,6 +55,17 @@ fn ping(ns: &str, dst: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The node's IPv4 block in `reef status -o json`.
+fn v4_block(s: &serde_json::Value) -> String {
+    s["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .find(|b| !b.contains(':'))
+        .unwrap_or_else(|| panic!("no IPv4 block: {s}"))
+}
+
 #[test]
 fn lab_fabric_end_to_end() {
     let _ = reef(&["lab", "down"]); // a lab left by a killed earlier run
@@ -78,6 +89,17 @@ fn lab_fabric_end_to_end() {
         })
         .collect();
     assert_eq!(pods.len(), 8);
+    let pods6: Vec<String> = lab["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["address6"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        pods6.iter().all(|a| a.starts_with("fd00:244:")),
+        "{pods6:?}"
+    );
+    assert_eq!(lab["outside"]["namespace"], "reef-lab-outside", "{lab}");
     let mut blocks = Vec::new();
     for n in ["n0", "n1", "n2", "n3"] {
         let s = status_json(n);
@@ -101,25 +123,60 @@ fn lab_fabric_end_to_end() {
                 .map(|b| b.as_str().unwrap().to_string()),
         );
     }
-    assert_eq!(blocks.len(), 4);
+    // One IPv4 and one IPv6 block per node.
+    assert_eq!(blocks.len(), 8, "{blocks:?}");
+    assert_eq!(blocks.iter().filter(|b| b.contains(':')).count(), 4);
 
-    // BIRD has every node's block.
-    let bird = Command::new("birdcl")
-        .args(["-s", "/run/reef-lab/router/bird.ctl", "show", "route"])
-        .output()
-        .unwrap();
-    let bird = String::from_utf8_lossy(&bird.stdout);
+    // BIRD has every node's blocks, resolved (a unicast route via the node on the router's
+    // bridge, not `unreachable`) and installed in the router's kernel.
+    wait_until("BIRD resolves every block", Duration::from_secs(20), || {
+        let bird = Command::new("birdcl")
+            .args(["-s", "/run/reef-lab/router/bird.ctl", "show", "route"])
+            .output()
+            .unwrap();
+        let routes = reef_integration::bird::parse_routes(&String::from_utf8_lossy(&bird.stdout));
+        blocks.iter().all(|b| {
+            routes.iter().any(|r| {
+                r.prefix == *b
+                    && r.primary
+                    && r.kind == "unicast"
+                    && r.next_hops.len() == 1
+                    && r.next_hops[0].1.starts_with("br")
+            })
+        })
+    });
+    let kernel = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let router_kernel = kernel(&["-n", "reef-lab-router", "route", "show"])
+        + &kernel(&["-n", "reef-lab-router", "-6", "route", "show"]);
     for b in &blocks {
-        assert!(bird.contains(b.as_str()), "BIRD lacks {b}:\n{bird}");
+        let line = router_kernel
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(b.as_str()))
+            .unwrap_or_else(|| panic!("the router's kernel lacks {b}:\n{router_kernel}"));
+        assert!(
+            line.contains(" via ") && line.contains("proto bird"),
+            "{line}"
+        );
     }
 
-    // Every pod reaches every other pod (same node, same subnet, across subnets).
-    for (i, (_, src)) in pods.iter().enumerate() {
+    // Every pod reaches every other pod (same node, same subnet, across subnets), over IPv4
+    // and IPv6 (IPv6 across subnets through the router), and the outside host reaches every
+    // pod through the router's routes.
+    for (i, ((_, src), src6)) in pods.iter().zip(&pods6).enumerate() {
         let ns = format!("reef-lab-p{}-{}", i / 2, i % 2);
-        for (_, dst) in pods.iter().filter(|(_, d)| d != src) {
+        for ((_, dst), dst6) in pods.iter().zip(&pods6).filter(|((_, d), _)| d != src) {
             let ok = (0..3).any(|_| ping(&ns, dst));
             assert!(ok, "{ns} cannot reach {dst}");
+            let ok = (0..3).any(|_| ping(&ns, dst6));
+            assert!(ok, "{ns} ({src6}) cannot reach {dst6}");
         }
+    }
+    for dst in pods.iter().map(|(_, a)| a).chain(&pods6) {
+        let ok = (0..3).any(|_| ping("reef-lab-outside", dst));
+        assert!(ok, "the outside host cannot reach {dst}");
     }
 
     // natOutgoing (the lab's pool asks for it, as deploy's default pool does): a pod reaching
@@ -193,7 +250,7 @@ fn lab_fabric_end_to_end() {
             .count()
     };
     wait_until("n0 plans its 2 local pods", Duration::from_secs(5), || {
-        local_pods(&status_json("n0")) == 2
+        local_pods(&status_json("n0")) == 4
     });
     let s0 = status_json("n0");
     let reasons: Vec<&str> = s0["routes"]
@@ -202,14 +259,17 @@ fn lab_fabric_end_to_end() {
         .iter()
         .map(|r| r["reason"].as_str().unwrap())
         .collect();
+    // Two local pods and one block per family; IPv4 to n1 direct and to n2, n3 over ipip;
+    // IPv6 to n1 direct, to n2 and n3 no route here (the router's).
     assert_eq!(
         reasons.iter().filter(|r| **r == "local pod").count(),
-        2,
+        4,
         "{s0}"
     );
-    assert_eq!(reasons.iter().filter(|r| **r == "own block").count(), 1);
-    assert_eq!(reasons.iter().filter(|r| **r == "direct").count(), 1);
+    assert_eq!(reasons.iter().filter(|r| **r == "own block").count(), 2);
+    assert_eq!(reasons.iter().filter(|r| **r == "direct").count(), 2);
     assert_eq!(reasons.iter().filter(|r| r.ends_with("ipip")).count(), 2);
+    assert_eq!(reasons.len(), 10, "{s0}");
 
     // Prometheus metrics from n0's agent: sessions by state, reconcile durations.
     let metrics = Command::new("ip")
@@ -302,7 +362,7 @@ fn lab_fabric_end_to_end() {
     // A fifth node joins: the mesh grows on every node without touching their config.
     let (code, out, err) = reef(&["lab", "join", "--subnet", "1"]);
     assert_eq!(code, 0, "lab join: {out}\n{err}");
-    let n4_block = status_json("n4")["blocks"][0].as_str().unwrap().to_string();
+    let n4_block = v4_block(&status_json("n4"));
     for n in ["n0", "n1", "n2", "n3", "n4"] {
         wait_until(
             &format!("{n} peers with all 4 others and the router"),
@@ -322,7 +382,7 @@ fn lab_fabric_end_to_end() {
             .any(|r| r["destination"] == n4_block.as_str())
     });
 
-    // IPAM is consistent: 8 pods + 5 tunnel addresses, no problem.
+    // IPAM is consistent: 8 pods with two addresses each + 5 tunnel addresses, no problem.
     let (code, out, err) = reef(&[
         "--config",
         "/run/reef-lab/n0/node.yaml",
@@ -333,11 +393,11 @@ fn lab_fabric_end_to_end() {
     ]);
     assert_eq!(code, 0, "{out} {err}");
     let check: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(check["allocations"], 13, "{check}");
+    assert_eq!(check["allocations"], 21, "{check}");
 
     // An agent killed with SIGKILL: its block disappears from the other nodes' kernels within
     // the hold time plus the graceful-restart time the lab configures (9 s + 9 s).
-    let n3_block = status_json("n3")["blocks"][0].as_str().unwrap().to_string();
+    let n3_block = v4_block(&status_json("n3"));
     let pids = Command::new("ip")
         .args(["netns", "pids", "reef-lab-n3"])
         .output()

@@ -161,6 +161,8 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
         view::v4(cfg.address.ip()).unwrap_or([0, 0, 0, 0].into()),
     );
     scfg.graceful_restart.enabled = true;
+    // IPv6 blocks ride the IPv4 sessions (MP-BGP) with the node's IPv6 address as next hop.
+    scfg.next_hop_v6 = cfg.address_v6.and_then(|a| view::v6(a.ip()));
     scfg.cluster_pools = view.pools.iter().map(|p| p.spec.cidr).collect();
     if let Some(b) = &view.bgp {
         scfg.listen_port = b.listen_port;

@@ -290,6 +290,14 @@ pub fn v4(addr: IpAddr) -> Option<Ipv4Addr> {
     }
 }
 
+/// The node's IPv6 address as an `Ipv6Addr`.
+pub fn v6(addr: IpAddr) -> Option<std::net::Ipv6Addr> {
+    match addr {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
