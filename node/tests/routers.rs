@@ -335,13 +335,34 @@ impl Fabric {
                         .lines()
                         .find(|l| l.split_whitespace().next() == Some(b.as_str()))
                         .ok_or_else(|| format!("no route for {b}:\n{r}"))?;
-                    if !line.contains(" via ") {
-                        return Err(format!("{line}\n{}", self.router.log()));
+                    // Straight to the block's node, one hop away on its subnet's bridge: the
+                    // router forwards plain packets, it never encapsulates.
+                    let n = &self.topo.nodes[self.owner(b)];
+                    let node = if b.contains(':') {
+                        n.addr6.unwrap().to_string()
+                    } else {
+                        n.addr.to_string()
+                    };
+                    let want = format!(" via {node} dev br{} ", n.subnet);
+                    if !line.contains(&want) {
+                        return Err(format!("{line} (want{want})\n{}", self.router.log()));
                     }
                 }
                 Ok(())
             },
         );
+    }
+
+    /// The node whose agent lists `block`.
+    fn owner(&self, block: &str) -> usize {
+        self.agents
+            .iter()
+            .position(|a| {
+                a.status()
+                    .map(|s| s["blocks"].as_array().unwrap().iter().any(|b| b == block))
+                    .unwrap_or(false)
+            })
+            .unwrap_or_else(|| panic!("no node owns {block}"))
     }
 
     fn ping(&self, ns: &Netns, dst: IpAddr) -> Result<(), String> {
