@@ -1,7 +1,7 @@
 //! Desired vs kernel: the operations that make the kernel's reef routes equal to the desired
 //! ones. Pure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::kernel::{KernelRoute, RouteKey};
@@ -52,9 +52,11 @@ pub fn diff(
 /// writes a new pod's route (with reef's protocol) before the agent hears of the pod, and that
 /// route must not be deleted in the meantime. `unwanted_since` remembers when each key was
 /// first seen unwanted (the caller forgets keys that became wanted or vanished). Returns the
-/// operations to run now and when the earliest held-back delete falls due.
+/// operations to run now and when the earliest held-back delete falls due. Routes in
+/// `withdrawn` (the caller wanted them before) are deleted at once.
 pub fn hold_back_deletes(
     ops: Vec<Op>,
+    withdrawn: &HashSet<RouteKey>,
     unwanted_since: &mut HashMap<RouteKey, Instant>,
     now: Instant,
     grace: Duration,
@@ -62,7 +64,8 @@ pub fn hold_back_deletes(
     let mut due: Option<Instant> = None;
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
-        if let Op::Delete(r) = &op {
+        let held = matches!(&op, Op::Delete(r) if !withdrawn.contains(&r.key()));
+        if let (true, Op::Delete(r)) = (held, &op) {
             let since = *unwanted_since.entry(r.key()).or_insert(now);
             if now.saturating_duration_since(since) < grace {
                 let at = since + grace;
@@ -163,16 +166,34 @@ mod tests {
         let add = r("10.0.1.0/26", Some("10.1.0.2"), 2);
         let mut seen = HashMap::new();
         let ops = vec![Op::Add(add.clone()), Op::Delete(stale.clone())];
-        let (now_ops, due) = hold_back_deletes(ops.clone(), &mut seen, t0, grace);
+        let (now_ops, due) = hold_back_deletes(ops.clone(), &HashSet::new(), &mut seen, t0, grace);
         assert_eq!(now_ops, vec![Op::Add(add.clone())], "adds never wait");
         assert_eq!(due, Some(t0 + grace));
-        let (now_ops, _) = hold_back_deletes(ops.clone(), &mut seen, t0 + grace / 2, grace);
+        let (now_ops, _) = hold_back_deletes(
+            ops.clone(),
+            &HashSet::new(),
+            &mut seen,
+            t0 + grace / 2,
+            grace,
+        );
         assert_eq!(now_ops.len(), 1, "still within the grace period");
-        let (now_ops, due) = hold_back_deletes(ops.clone(), &mut seen, t0 + grace, grace);
+        let (now_ops, due) =
+            hold_back_deletes(ops.clone(), &HashSet::new(), &mut seen, t0 + grace, grace);
         assert_eq!(now_ops, ops);
         assert_eq!(due, None);
+        // A route the caller wanted before (withdrawn) goes at once, whatever the grace.
+        let withdrawn: HashSet<RouteKey> = [stale.key()].into_iter().collect();
+        let (now_ops, due) =
+            hold_back_deletes(ops.clone(), &withdrawn, &mut HashMap::new(), t0, grace);
+        assert_eq!((now_ops, due), (ops.clone(), None));
         // No grace: immediate.
-        let (now_ops, _) = hold_back_deletes(ops.clone(), &mut HashMap::new(), t0, Duration::ZERO);
+        let (now_ops, _) = hold_back_deletes(
+            ops.clone(),
+            &HashSet::new(),
+            &mut HashMap::new(),
+            t0,
+            Duration::ZERO,
+        );
         assert_eq!(now_ops, ops);
     }
 }

@@ -11,7 +11,7 @@
 //! Failures: an operation that fails is retried once at once; if it fails again a full resync
 //! (dump, diff, apply) is scheduled after a back-off, and the error is kept in the status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -129,6 +129,11 @@ pub struct Reconciler<N> {
     desired_dirty: bool,
     /// Unwanted reef routes and when they were first seen so (see `stale_grace`).
     unwanted_since: HashMap<RouteKey, std::time::Instant>,
+    /// The desired routes' keys at the last pass.
+    prev_desired: HashSet<RouteKey>,
+    /// Routes this reconciler wanted and no longer does (a BGP withdraw, a deleted node):
+    /// deleted at once, without `stale_grace`, which is for routes it never wanted.
+    withdrawn: HashSet<RouteKey>,
     /// When the earliest held-back delete falls due.
     grace_due: Option<std::time::Instant>,
     resync_due: bool,
@@ -150,6 +155,8 @@ impl<N: Netlink> Reconciler<N> {
             links: HashMap::new(),
             desired_dirty: true,
             unwanted_since: HashMap::new(),
+            prev_desired: HashSet::new(),
+            withdrawn: HashSet::new(),
             grace_due: None,
             resync_due: true,
             resyncs: 0,
@@ -259,8 +266,18 @@ impl<N: Netlink> Reconciler<N> {
         let (desired, kernel) = (&self.desired_k, &self.kernel);
         self.unwanted_since
             .retain(|k, _| kernel.contains_key(k) && !desired.contains_key(k));
+        self.withdrawn.extend(
+            self.prev_desired
+                .iter()
+                .filter(|k| !desired.contains_key(k))
+                .cloned(),
+        );
+        self.withdrawn
+            .retain(|k| kernel.contains_key(k) && !desired.contains_key(k));
+        self.prev_desired = desired.keys().cloned().collect();
         let (ops, due) = hold_back_deletes(
             ops,
+            &self.withdrawn,
             &mut self.unwanted_since,
             std::time::Instant::now(),
             self.cfg.stale_grace,
@@ -360,6 +377,7 @@ impl<N: Netlink> Reconciler<N> {
                 };
                 let (ops, due) = hold_back_deletes(
                     vec![op],
+                    &self.withdrawn,
                     &mut self.unwanted_since,
                     std::time::Instant::now(),
                     self.cfg.stale_grace,

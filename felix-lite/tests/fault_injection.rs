@@ -341,3 +341,28 @@ async fn a_route_the_cni_plugin_wrote_first_is_left_alone_for_the_grace_period()
     drop(tx);
     task.await.unwrap().unwrap();
 }
+
+/// A route the agent wanted and no longer does (a BGP withdraw, a deleted node's block) goes at
+/// once: the grace period is for routes it never wanted (the CNI plugin's, above). Before, every
+/// delete waited the grace (10 s by default), so a withdrawn route stayed in the kernel 10 s.
+#[tokio::test]
+async fn a_route_no_longer_wanted_is_deleted_at_once_not_after_the_grace() {
+    let f = fake();
+    let cfg = ReconcilerConfig {
+        stale_grace: Duration::from_secs(3600),
+        resync_interval: Duration::from_secs(3600),
+        ..ReconcilerConfig::default()
+    };
+    let (tx, rx) = watch::channel(desired());
+    let task = tokio::spawn(Reconciler::new(f.clone(), cfg).run(rx, None));
+    eventually("installed", || ours(&f).len() == 3).await;
+    let mut d = desired();
+    let withdrawn = d.pop().unwrap();
+    tx.send_replace(d);
+    eventually("the withdrawn route deleted", || {
+        ours(&f).len() == 2 && !ours(&f).contains(&kernel(&withdrawn))
+    })
+    .await;
+    drop(tx);
+    task.await.unwrap().unwrap();
+}
