@@ -23,7 +23,17 @@
 //!   (namespaced, `/apis/coordination.k8s.io/v1/namespaces/{ns}/leases`) with the same verbs
 //!   as the custom resources (Nodes with their status subresource; Leases have none); tests
 //!   register and delete Nodes as the kubelet and `kubectl delete node` would with
-//!   [`StandIn::put_node`] and [`StandIn::delete_node`].
+//!   [`StandIn::put_node`] and [`StandIn::delete_node`];
+//! - core/v1 Services (`/api/v1/namespaces/{ns}/services[/{name}[/status]]`, and
+//!   `/api/v1/services` to list and watch across namespaces) with the same verbs and the
+//!   status subresource: `status` in a create or a main-resource replace is ignored, as the
+//!   real server does, so `status.loadBalancer.ingress` is written through `/status` (as a
+//!   LoadBalancer controller does). No cluster IP is allocated and no field is defaulted:
+//!   tests give `spec.clusterIP`;
+//! - discovery.k8s.io/v1 EndpointSlices (`/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices`
+//!   and `/apis/discovery.k8s.io/v1/endpointslices`), no status subresource; selected by their
+//!   `kubernetes.io/service-name` label as the real ones are. Nothing writes them for the test
+//!   (no endpoint controller runs): [`StandIn::put_endpoint_slice`] plays that part.
 //!
 //! Lists and watches take label selectors (`k=v`, `k!=v`, `k`, `!k`) and the field selectors
 //! every resource has (`metadata.name`, `metadata.namespace`); a watch started without a
@@ -65,6 +75,8 @@ use crate::Error;
 const CRD_PREFIX: &str = "/apis/reef.dev/v1alpha1/";
 /// Where core/v1 namespaced resources live.
 const CORE_PREFIX: &str = "/api/v1/namespaces/";
+/// Where discovery.k8s.io/v1 EndpointSlices live.
+const DISCOVERY_PREFIX: &str = "/apis/discovery.k8s.io/v1/";
 /// Where coordination.k8s.io/v1 Leases live (then `{namespace}/leases[/{name}]`).
 const LEASE_PREFIX: &str = "/apis/coordination.k8s.io/v1/namespaces/";
 /// Request bodies larger than this are refused (413): a test's objects are small.
@@ -392,6 +404,124 @@ impl StandIn {
         true
     }
 
+    /// Stores `obj` under `key` as a write would: a new resourceVersion, ADDED or MODIFIED for
+    /// watches, uid and creation time kept across replaces. Returns the new resourceVersion.
+    fn put_object(&self, key: Key, api_version: &str, kind: &str, mut obj: Value) -> u64 {
+        let mut inner = self.state.lock();
+        inner.rev += 1;
+        let rev = inner.rev;
+        let prev = inner.objects.get(&key).cloned();
+        let (ns, name) = key.1.split_once('/').unwrap_or(("", &key.1));
+        obj["apiVersion"] = json!(api_version);
+        obj["kind"] = json!(kind);
+        obj["metadata"]["name"] = json!(name);
+        if !ns.is_empty() {
+            obj["metadata"]["namespace"] = json!(ns);
+        }
+        obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+        obj["metadata"]["uid"] = prev
+            .as_ref()
+            .map(|p| p["metadata"]["uid"].clone())
+            .unwrap_or_else(|| json!(format!("uid-{rev}")));
+        obj["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        inner.objects.insert(key.clone(), obj.clone());
+        let t = if prev.is_some() { "MODIFIED" } else { "ADDED" };
+        inner.record(rev, key, t, obj, prev);
+        self.state.changed.notify_all();
+        rev
+    }
+
+    fn delete_object(&self, key: Key) -> bool {
+        let mut inner = self.state.lock();
+        let Some(mut o) = inner.objects.remove(&key) else {
+            return false;
+        };
+        inner.rev += 1;
+        let rev = inner.rev;
+        o["metadata"]["resourceVersion"] = json!(rev.to_string());
+        inner.record(rev, key, "DELETED", o, None);
+        self.state.changed.notify_all();
+        true
+    }
+
+    /// Creates or replaces the Service `ns/name` with this `spec` (as `kubectl apply`; its
+    /// status is kept). Returns the resourceVersion written.
+    pub fn put_service(&self, ns: &str, name: &str, spec: Value) -> u64 {
+        let key = ("services".to_string(), format!("{ns}/{name}"));
+        let status = self
+            .state
+            .lock()
+            .objects
+            .get(&key)
+            .map(|o| o["status"].clone())
+            .unwrap_or_else(|| json!({"loadBalancer": {}}));
+        self.put_object(
+            key,
+            "v1",
+            "Service",
+            json!({"metadata": {}, "spec": spec, "status": status}),
+        )
+    }
+
+    /// Writes the Service's `status.loadBalancer.ingress` IPs, as a LoadBalancer controller
+    /// does through the status subresource; false when the Service does not exist.
+    pub fn set_load_balancer_ips(&self, ns: &str, name: &str, ips: &[&str]) -> bool {
+        let key = ("services".to_string(), format!("{ns}/{name}"));
+        let Some(mut o) = self.state.lock().objects.get(&key).cloned() else {
+            return false;
+        };
+        let ingress: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+        o["status"] = json!({"loadBalancer": {"ingress": ingress}});
+        self.put_object(key, "v1", "Service", o);
+        true
+    }
+
+    /// Deletes the Service `ns/name`; false when it was absent.
+    pub fn delete_service(&self, ns: &str, name: &str) -> bool {
+        self.delete_object(("services".to_string(), format!("{ns}/{name}")))
+    }
+
+    /// Creates or replaces the EndpointSlice `ns/name` of Service `service`, as the endpoint
+    /// slice controller does: `endpoints` are (address, nodeName, ready).
+    pub fn put_endpoint_slice(
+        &self,
+        ns: &str,
+        name: &str,
+        service: &str,
+        endpoints: &[(&str, &str, bool)],
+    ) -> u64 {
+        let family = match endpoints.first() {
+            Some((a, _, _)) if a.contains(':') => "IPv6",
+            _ => "IPv4",
+        };
+        let eps: Vec<Value> = endpoints
+            .iter()
+            .map(|(a, node, ready)| {
+                json!({"addresses": [a], "nodeName": node,
+                       "conditions": {"ready": ready, "serving": ready, "terminating": false}})
+            })
+            .collect();
+        self.put_object(
+            ("endpointslices".to_string(), format!("{ns}/{name}")),
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            json!({
+                "metadata": {"labels": {
+                    "kubernetes.io/service-name": service,
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                }},
+                "addressType": family,
+                "endpoints": eps,
+                "ports": [{"name": "", "port": 80, "protocol": "TCP"}],
+            }),
+        )
+    }
+
+    /// Deletes the EndpointSlice `ns/name`; false when it was absent.
+    pub fn delete_endpoint_slice(&self, ns: &str, name: &str) -> bool {
+        self.delete_object(("endpointslices".to_string(), format!("{ns}/{name}")))
+    }
+
     /// The stored object `plural/name` (`name` is `namespace/name` for namespaced kinds), as
     /// a client would GET it; for tests' assertions.
     pub fn object(&self, plural: &str, name: &str) -> Option<Value> {
@@ -566,6 +696,8 @@ struct Resource {
     kind: &'static str,
     /// The resource has a status subresource: a main-resource PUT leaves `status` alone.
     has_status: bool,
+    /// A namespaced kind addressed across every namespace (`/api/v1/services`).
+    all_namespaces: bool,
 }
 
 impl Resource {
@@ -614,6 +746,7 @@ fn route(path: &str) -> Option<Resource> {
             api_version,
             kind,
             has_status,
+            all_namespaces: false,
         })
     }
     if let Some(rest) = path.strip_prefix(CRD_PREFIX) {
@@ -641,6 +774,48 @@ fn route(path: &str) -> Option<Resource> {
         );
     }
     None
+}
+
+/// Services and EndpointSlices: namespaced, and listed or watched across namespaces too.
+fn route_namespaced(path: &str) -> Option<Resource> {
+    let (rest, plural, api_version, kind, has_status) =
+        if let Some(r) = path.strip_prefix("/api/v1/") {
+            (r, "services", "v1", "Service", true)
+        } else if let Some(r) = path.strip_prefix(DISCOVERY_PREFIX) {
+            (
+                r,
+                "endpointslices",
+                "discovery.k8s.io/v1",
+                "EndpointSlice",
+                false,
+            )
+        } else {
+            return None;
+        };
+    let seg: Vec<&str> = rest.split('/').collect();
+    let (namespace, tail) = match seg.as_slice() {
+        [p] if *p == plural => (None, &seg[..]),
+        ["namespaces", ns, t @ ..] if !ns.is_empty() && t.first() == Some(&plural) => {
+            (Some(ns.to_string()), t)
+        }
+        _ => return None,
+    };
+    let (name, status) = match tail {
+        [_] => (None, false),
+        [_, n] if !n.is_empty() => (Some(n.to_string()), false),
+        [_, n, "status"] if !n.is_empty() && has_status => (Some(n.to_string()), true),
+        _ => return None,
+    };
+    Some(Resource {
+        plural: plural.to_string(),
+        all_namespaces: namespace.is_none(),
+        namespace,
+        name,
+        status,
+        api_version,
+        kind,
+        has_status,
+    })
 }
 
 /// One parsed request.
@@ -741,6 +916,21 @@ fn serve(mut s: TcpStream, st: &State) {
         if !valid {
             return respond(&mut s, 401, &status(401, "Unauthorized", "Unauthorized"));
         }
+    }
+    if let Some(res) = route_namespaced(&req.path) {
+        // A collection across namespaces is read-only (list and watch), as on the real server.
+        if res.all_namespaces && req.method != "GET" {
+            return respond(
+                &mut s,
+                405,
+                &status(
+                    405,
+                    "MethodNotAllowed",
+                    &format!("{} {}", req.method, req.path),
+                ),
+            );
+        }
+        return serve_object(s, st, req, res);
     }
     if let Some(rest) = req.path.strip_prefix(CORE_PREFIX) {
         return serve_core(s, st, &req, rest);
@@ -974,6 +1164,10 @@ fn serve_object(mut s: TcpStream, st: &State, req: Request, res: Resource) {
             let mut o = req.body;
             o["apiVersion"] = json!(res.api_version);
             o["kind"] = json!(res.kind);
+            if res.plural == "services" {
+                // The real server resets a new Service's status (its strategy does).
+                o["status"] = json!({"loadBalancer": {}});
+            }
             if let Some(ns) = &res.namespace {
                 o["metadata"]["namespace"] = json!(ns);
             }
@@ -1298,7 +1492,11 @@ mod tests {
         let mut out = Vec::new();
         let mut line = String::new();
         while out.len() < n && r.read_line(&mut line).unwrap_or(0) > 0 {
-            if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
+            // Chunk-size lines are hex; all-decimal ones ("145") also parse as JSON.
+            if let Some(v) = serde_json::from_str::<Value>(line.trim())
+                .ok()
+                .filter(|v| v.get("type").is_some())
+            {
                 let name = v["object"]["metadata"]["name"]
                     .as_str()
                     .unwrap_or("")
@@ -1475,5 +1673,129 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains(&format!("server: {}", api.url())), "{text}");
         assert!(text.contains("current-context: reef-standin"));
+    }
+
+    #[test]
+    fn services_and_endpoint_slices_behave_like_the_real_api() {
+        let api = StandIn::start().unwrap();
+        let p = "/api/v1/namespaces/shop/services";
+        let svc = json!({"metadata": {"name": "web", "labels": {"app": "web"}},
+                         "spec": {"clusterIP": "10.96.0.10", "type": "LoadBalancer",
+                                  "externalTrafficPolicy": "Local"},
+                         "status": {"loadBalancer": {"ingress": [{"ip": "6.6.6.6"}]}}});
+        let (code, created) = call(&api, "POST", p, Some(&svc));
+        assert_eq!(code, 201, "{created}");
+        // Status in a create is ignored, as the real server's strategy does.
+        assert_eq!(created["status"], json!({"loadBalancer": {}}));
+        assert_eq!(created["metadata"]["namespace"], "shop");
+        let rev: u64 = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // The status subresource writes status only; a main PUT leaves it alone.
+        let mut st = created.clone();
+        st["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.4"}]}});
+        st["spec"]["clusterIP"] = json!("10.96.0.99");
+        let (code, after) = call(&api, "PUT", &format!("{p}/web/status"), Some(&st));
+        assert_eq!(code, 200, "{after}");
+        assert_eq!(
+            after["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "198.51.100.4"
+        );
+        assert_eq!(after["spec"]["clusterIP"], "10.96.0.10");
+        let mut main = after.clone();
+        main["status"] = json!({});
+        main["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        let (code, after2) = call(&api, "PUT", &format!("{p}/web"), Some(&main));
+        assert_eq!(code, 200, "{after2}");
+        assert_eq!(
+            after2["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "198.51.100.4"
+        );
+        // A stale resourceVersion conflicts.
+        assert_eq!(call(&api, "PUT", &format!("{p}/web"), Some(&main)).0, 409);
+        // Listed in its namespace and across namespaces, not in another namespace.
+        api.put_service("other", "db", json!({"clusterIP": "10.96.0.11"}));
+        let names = |path: &str| -> Vec<String> {
+            let (code, l) = call(&api, "GET", path, None);
+            assert_eq!(code, 200, "{l}");
+            l["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{}/{}",
+                        o["metadata"]["namespace"].as_str().unwrap(),
+                        o["metadata"]["name"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(names(p), ["shop/web"]);
+        assert_eq!(names("/api/v1/services"), ["other/db", "shop/web"]);
+        assert_eq!(
+            names("/api/v1/services?labelSelector=app%3Dweb"),
+            ["shop/web"]
+        );
+        // Across namespaces is read-only.
+        assert_eq!(call(&api, "POST", "/api/v1/services", Some(&svc)).0, 405);
+        // A watch from the create's version sees the status write, the replace, the other
+        // Service and the deletion, in order.
+        assert!(api.delete_service("shop", "web"));
+        let ev = watch_events(
+            &api,
+            &format!("/api/v1/services?watch=true&resourceVersion={rev}&timeoutSeconds=1"),
+            4,
+        );
+        assert_eq!(
+            ev,
+            [
+                ("MODIFIED".to_string(), "web".to_string()),
+                ("MODIFIED".into(), "web".into()),
+                ("ADDED".into(), "db".into()),
+                ("DELETED".into(), "web".into()),
+            ]
+        );
+        // EndpointSlices: selected by their Service's name label; no status subresource.
+        let r0 = api.put_endpoint_slice("shop", "web-a", "web", &[("10.244.0.5", "n1", true)]);
+        api.put_endpoint_slice("shop", "db-a", "db", &[("10.244.1.5", "n2", true)]);
+        let es = "/apis/discovery.k8s.io/v1/endpointslices";
+        let (_, l) = call(
+            &api,
+            "GET",
+            &format!("{es}?labelSelector=kubernetes.io%2Fservice-name%3Dweb"),
+            None,
+        );
+        assert_eq!(l["kind"], "EndpointSliceList");
+        assert_eq!(l["items"].as_array().unwrap().len(), 1);
+        assert_eq!(l["items"][0]["endpoints"][0]["nodeName"], "n1");
+        assert_eq!(
+            call(
+                &api,
+                "GET",
+                "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices/web-a/status",
+                None
+            )
+            .0,
+            404
+        );
+        // The endpoint moves to n2: one MODIFIED for a watch from the first version.
+        api.put_endpoint_slice("shop", "web-a", "web", &[("10.244.1.6", "n2", true)]);
+        assert!(api.delete_endpoint_slice("shop", "db-a"));
+        let ev = watch_events(
+            &api,
+            &format!("{es}?watch=true&resourceVersion={r0}&labelSelector=kubernetes.io%2Fservice-name&timeoutSeconds=1"),
+            3,
+        );
+        assert_eq!(
+            ev,
+            [
+                ("ADDED".to_string(), "db-a".to_string()),
+                ("MODIFIED".into(), "web-a".into()),
+                ("DELETED".into(), "db-a".into()),
+            ]
+        );
     }
 }
