@@ -70,6 +70,38 @@ fn v4_block(s: &serde_json::Value) -> String {
 fn lab_fabric_end_to_end() {
     let _ = reef(&["lab", "down"]); // a lab left by a killed earlier run
     let _guard = LabGuard;
+
+    // `reef lab demo` (what ./lab.sh runs): its ping matrices, IPv4 and IPv6, each with a row
+    // from the outside host, all answered; the router's routes are resolved, not unreachable.
+    let (code, out, err) = reef(&["lab", "demo"]);
+    assert_eq!(code, 0, "lab demo: {out}\n{err}");
+    for want in [
+        "== IPv4 ping matrix",
+        "== IPv6 ping matrix",
+        "10.100.254.10 (outside)",
+        "fd00:100:fe::10 (outside)",
+        "128 of 128 pairs reachable",
+    ] {
+        assert!(out.contains(want), "lab demo lacks {want:?}:\n{out}");
+    }
+    let matrix_rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("== IPv4 ping matrix"))
+        .filter(|l| l.contains(" (n") || l.contains("(outside)"))
+        .collect();
+    assert_eq!(matrix_rows.len(), 18, "8 pods + outside, twice:\n{out}");
+    assert!(
+        matrix_rows
+            .iter()
+            .all(|r| !r.split_whitespace().any(|c| c == "-")),
+        "{out}"
+    );
+    assert!(!out.contains("unreachable"), "{out}");
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("reef-lab-"),
+        "lab demo left namespaces behind"
+    );
     let (code, out, err) = reef(&["lab", "up", "--nodes", "4", "--subnets", "2", "--pods", "2"]);
     assert_eq!(code, 0, "lab up: {out}\n{err}");
 
