@@ -626,6 +626,14 @@ fn status(out: Output) -> Result<Exit> {
     }
     println!();
     print!("{}", p.render());
+    if let Some(o) = &st.outside {
+        println!(
+            "\noutside host (not a node, behind the router): {} {}{}",
+            o.ns,
+            o.address,
+            o.address6.map(|a| format!(" {a}")).unwrap_or_default()
+        );
+    }
     Ok(if ok { Exit::Ok } else { Exit::Problems })
 }
 
