@@ -3,6 +3,7 @@
 use anyhow::Result;
 use reef_config::node_config::NodeConfig;
 
+use crate::agent::services::{Kind, ServiceAdverts};
 use crate::agent::snapshot::{PeerRow, Snapshot};
 use crate::output::{Output, Table};
 use crate::{control, Exit};
@@ -68,11 +69,50 @@ pub fn render_status(s: &Snapshot) -> String {
         count("ipip"),
         count("userspace ipip"),
     ));
+    o.push_str(&render_services(&s.services));
     for p in &s.not_ready {
         o.push_str(&format!("Not ready: {p}\n"));
     }
     for p in s.problems.iter().chain(s.reconcile_errors.iter()) {
         o.push_str(&format!("Problem: {p}\n"));
+    }
+    o
+}
+
+/// The Service routes this node advertises and why, and the addresses it holds back; nothing
+/// when Service advertisement was never looked at (an older agent's snapshot).
+fn render_services(v: &ServiceAdverts) -> String {
+    if let Some(note) = &v.note {
+        return format!("Service routes: none: {note}\n");
+    }
+    if v.routes.is_empty() && v.withheld.is_empty() && v.services_seen == 0 {
+        return String::new();
+    }
+    let mut o = format!(
+        "\nService routes (to BGP peers that take them; watching {} Services, {} EndpointSlices):\n",
+        v.services_seen, v.slices_seen
+    );
+    let mut t = Table::new(&["PREFIX", "KIND", "WHY"]);
+    for r in &v.routes {
+        let kind = match r.kind {
+            Kind::ClusterIpRange => "cluster IPs",
+            Kind::ExternalIp => "external IP",
+            Kind::LoadBalancerIp => "LoadBalancer IP",
+        };
+        t.row(vec![r.prefix.to_string(), kind.into(), r.why.clone()]);
+    }
+    o.push_str(&t.render());
+    if !v.withheld.is_empty() {
+        o.push_str("Not advertised:\n");
+        let mut t = Table::new(&["SERVICE", "ADDRESS", "WHY"]);
+        for w in &v.withheld {
+            t.row(vec![
+                w.service.clone(),
+                w.address.to_string(),
+                w.why.clone(),
+            ]);
+        }
+        o.push_str(&t.render());
     }
     o
 }
@@ -258,6 +298,73 @@ mod tests {
             std::fs::write(&path, &got).unwrap();
         }
         assert_eq!(got, std::fs::read_to_string(&path).unwrap());
+    }
+
+    /// The Service routes section; regenerate with REEF_UPDATE_GOLDEN=1.
+    #[test]
+    fn status_services_golden() {
+        use crate::agent::services::{Kind, ServiceAdverts, ServiceRoute, Withheld};
+        let route = |p: &str, kind, why: &str| ServiceRoute {
+            prefix: p.parse().unwrap(),
+            kind,
+            why: why.into(),
+        };
+        let s = Snapshot {
+            node: "n0".into(),
+            address: "10.100.1.10/24".into(),
+            ready: true,
+            tunnel_mode: "kernel ipip (tunl0)".into(),
+            mtu: 1480,
+            services: ServiceAdverts {
+                note: None,
+                routes: vec![
+                    route(
+                        "10.96.0.0/12",
+                        Kind::ClusterIpRange,
+                        "serviceClusterIPs: from every node",
+                    ),
+                    route(
+                        "198.51.100.4/32",
+                        Kind::LoadBalancerIp,
+                        "LoadBalancer IP of shop/web (Cluster, every node)",
+                    ),
+                    route(
+                        "2001:db8:1b::5/128",
+                        Kind::LoadBalancerIp,
+                        "LoadBalancer IP of shop/db (Local, ready endpoint here)",
+                    ),
+                ],
+                withheld: vec![Withheld {
+                    service: "shop/web".into(),
+                    address: "203.0.113.9".parse().unwrap(),
+                    why: "external IP outside serviceExternalIPs: ignored".into(),
+                }],
+                services_seen: 2,
+                slices_seen: 3,
+            },
+            ..Default::default()
+        };
+        let got = render_status(&s);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/status-services.txt");
+        if std::env::var_os("REEF_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &got).unwrap();
+        }
+        assert_eq!(got, std::fs::read_to_string(&path).unwrap());
+        // JSON carries the same, for scripts.
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["services"]["routes"][1]["kind"], "load-balancer-ip");
+        assert_eq!(j["services"]["withheld"][0]["address"], "203.0.113.9");
+        // With the embedded datastore: said plainly.
+        let e = Snapshot {
+            services: ServiceAdverts {
+                note: Some("the embedded datastore has no Services: Service advertisement needs the Kubernetes datastore".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(render_status(&e)
+            .contains("Service routes: none: the embedded datastore has no Services"));
     }
 
     #[test]
