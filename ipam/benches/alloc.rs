@@ -1,10 +1,17 @@
 //! Allocation figures on the embedded store (not a timed test: it prints, it does not judge).
 //!
-//! `cargo bench -p reef-ipam --bench alloc` prints, for one node in-process (with block
-//! claims, then steady state), for the CNI plugin's pattern (open the store, allocate, exit),
-//! and for 8 concurrent node processes: allocations per second, p50 / p99 latency, and
-//! store writes per allocation. Targets: >= 2,000/s for one node, p99 < 5 ms, <= 2 writes.
-//! Arguments `one-node`, `cni`, `eight` run only those parts (`-- one-node`).
+//! `cargo bench -p reef-ipam --bench alloc` prints allocations per second, p50 / p99 latency
+//! and store writes per allocation, with the load average:
+//! - the headline, the CNI plugin's pattern: each pod's allocation opens the store, allocates
+//!   and closes it, while the node's agent holds the store open in a process of its own (as
+//!   on a node), and with no agent at all (every open is the first);
+//! - secondary: one node allocating in-process on one open store (block claims, then steady
+//!   churn counting releases and allocations alike), and the CNI pattern with the "agent"
+//!   connection in the bench's own process;
+//! - 8 concurrent node processes on one store.
+//!
+//! Targets: >= 2,000/s for one node, p99 < 5 ms, <= 2 writes.
+//! Arguments `one-node`, `cni`, `eight` run only those parts (`-- cni`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,6 +25,8 @@ use reef_ipam::store::{Kind, Labels, Object, Revision, Store, Watcher};
 use reef_ipam::{AutoAssignArgs, EmbeddedStore, Error, HandleId, Ipam};
 
 const STORM_BIN: &str = env!("CARGO_BIN_EXE_reef-ipam-storm");
+/// Set in the environment of this bench started again as the stand-in agent process.
+const AGENT_ENV: &str = "REEF_BENCH_IPAM_AGENT_STORE";
 
 /// The embedded store, counting writes.
 #[derive(Debug, Clone)]
@@ -166,7 +175,11 @@ fn one_node(dir: &Path) {
     for i in 0..LIVE {
         ipam.auto_assign(&args(format!("b-{i}"), "node-1")).unwrap();
     }
-    let (mut lat, mut rel_lat) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    let (mut lat, mut rel_lat, mut pair_lat) = (
+        Vec::with_capacity(N),
+        Vec::with_capacity(N),
+        Vec::with_capacity(N),
+    );
     let (mut aw, mut rw) = (0, 0);
     let (mut alloc_wall, mut rel_wall) = (Duration::ZERO, Duration::ZERO);
     let c0 = cpu_time();
@@ -184,12 +197,22 @@ fn one_node(dir: &Path) {
         ipam.auto_assign(&args(format!("b-{i}"), "node-1")).unwrap();
         let d = t.elapsed();
         lat.push(d);
+        pair_lat.push(d + rel_lat[rel_lat.len() - 1]);
         alloc_wall += d;
         aw += writes() - w;
     }
     let cpu = cpu_time() - c0;
+    // A pod that comes is a pod that went: the rate counts both halves of the churn.
     report(
-        "1 node, steady churn (110 pods alive): allocate",
+        "1 node, steady churn (110 alive): release+alloc",
+        N,
+        alloc_wall + rel_wall,
+        pair_lat,
+        Some(aw + rw),
+        None,
+    );
+    report(
+        "1 node, steady churn: allocate alone",
         N,
         alloc_wall,
         lat,
@@ -205,26 +228,85 @@ fn one_node(dir: &Path) {
         None,
     );
     println!(
-        "  (churn: {:.0} allocate+release pairs per CPU-second)",
+        "  (churn: {:.0} release+allocate pairs/s = {:.0} store operations/s by the clock, \
+         {:.0} pairs per CPU-second)",
+        N as f64 / (alloc_wall + rel_wall).as_secs_f64(),
+        2.0 * N as f64 / (alloc_wall + rel_wall).as_secs_f64(),
         N as f64 / cpu.as_secs_f64().max(1e-3)
     );
 }
 
-/// What the CNI plugin does per pod: open the store, allocate once, close. With `agent`, a
-/// long-lived connection stays open meanwhile, as the node's agent keeps one.
-fn cni_pattern(dir: &Path, agent: bool) {
+/// Who else holds the store open while the CNI pattern runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Agent {
+    /// The node's agent, in a process of its own (as on a node).
+    Process,
+    /// Nobody: every call is the store's first and only opener.
+    None,
+    /// A long-lived connection in the bench's own process (the old, flattering setup).
+    InProcess,
+}
+
+/// The stand-in agent: this bench started again with [`AGENT_ENV`] set. It holds the store
+/// open with its checkpointer running, as the agent does, says `ready`, and exits when its
+/// stdin closes.
+fn agent_main(path: &str) {
+    let s = EmbeddedStore::open(Path::new(path)).unwrap();
+    s.start_checkpointer().unwrap();
+    println!("ready");
+    let mut sink = String::new();
+    while std::io::stdin().read_line(&mut sink).unwrap_or(0) > 0 {}
+    drop(s);
+}
+
+struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    fn start(path: &Path) -> AgentProcess {
+        let mut c = Command::new(std::env::current_exe().unwrap())
+            .env(AGENT_ENV, path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the agent process did not start");
+        AgentProcess(c)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// What the CNI plugin does per pod: open the store, allocate once, close, with the agent
+/// holding the store open as `agent` says.
+fn cni_pattern(dir: &Path, agent: Agent) {
     const N: usize = 1000;
-    let path = fresh_store(dir, if agent { "cni-agent.db" } else { "cni.db" });
-    let _agent = agent.then(|| {
+    let (file, what) = match agent {
+        Agent::Process => (
+            "cni-agent.db",
+            "CNI: open + allocate per call, agent process",
+        ),
+        Agent::None => ("cni.db", "CNI: open + allocate per call, no agent"),
+        Agent::InProcess => (
+            "cni-inproc.db",
+            "CNI: open + allocate, agent in-process (2nd)",
+        ),
+    };
+    let path = fresh_store(dir, file);
+    let _agent_process = (agent == Agent::Process).then(|| AgentProcess::start(&path));
+    let _agent_here = (agent == Agent::InProcess).then(|| {
         let s = EmbeddedStore::open(&path).unwrap();
         s.start_checkpointer().unwrap();
         s
     });
-    let what = if agent {
-        "CNI: open + allocate per call, agent running"
-    } else {
-        "CNI: open + allocate per call, store closed"
-    };
     let (mut lat, mut open_lat) = (Vec::with_capacity(N), Vec::with_capacity(N));
     let (t0, c0) = (Instant::now(), cpu_time());
     for i in 0..N {
@@ -300,12 +382,16 @@ fn eight_processes(dir: &Path) {
 }
 
 fn main() {
+    if let Ok(path) = std::env::var(AGENT_ENV) {
+        agent_main(&path);
+        return;
+    }
     // `cargo test --benches` runs bench binaries with `--bench` absent; keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
     let dir = Dir(std::env::temp_dir().join(format!("reeft-ipam-bench-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     if quick {
-        cni_pattern(&dir.0, true);
+        cni_pattern(&dir.0, Agent::Process);
         return;
     }
     // `cargo bench -p reef-ipam --bench alloc -- one-node` runs one part (one-node, cni, eight).
@@ -321,12 +407,17 @@ fn main() {
             .unwrap_or_else(|_| "unknown".into())
     };
     println!("load average at start: {}", load());
+    if run("cni") {
+        println!("headline: the CNI plugin's pattern (a process per pod opens the store)");
+        cni_pattern(&dir.0, Agent::Process);
+        cni_pattern(&dir.0, Agent::None);
+    }
     if run("one-node") {
+        println!("secondary: in-process, one store opened once");
         one_node(&dir.0);
     }
     if run("cni") {
-        cni_pattern(&dir.0, true);
-        cni_pattern(&dir.0, false);
+        cni_pattern(&dir.0, Agent::InProcess);
     }
     if run("eight") {
         eight_processes(&dir.0);
