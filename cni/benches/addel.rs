@@ -315,6 +315,19 @@ fn main() {
         rd / pd,
         verdict(rd / pd)
     );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let load1: f64 = loadavg()
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0.0);
+    if load1 > cores as f64 * 0.75 {
+        println!(
+            "  the machine is busy (load {load1:.1} on {cores} cores): waiting for a CPU favours \
+             the side that starts fewer processes (reef-cni: one; the reference: ptp, then \
+             host-local); judge the ratios on an idle machine"
+        );
+    }
     println!(
         "reading the pod's annotations (stand-in API server) adds {:.2} ms to the ADD p50",
         ka - ra
