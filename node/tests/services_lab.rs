@@ -51,8 +51,10 @@ struct Node {
 }
 
 /// Prefix → the BIRD protocols (nodes) it is learned from.
-fn learned(bird: &Bird) -> BTreeMap<String, BTreeSet<String>> {
-    let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+type Learned = BTreeMap<String, BTreeSet<String>>;
+
+fn learned(bird: &Bird) -> Learned {
+    let mut m = Learned::new();
     for r in bird.routes().unwrap_or_default() {
         m.entry(r.prefix).or_default().insert(r.proto);
     }
@@ -199,15 +201,14 @@ fn services_are_advertised_to_the_router_by_policy_and_follow_endpoints() {
             .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     }
     let all = set(&["n1", "n2", "n3"]);
-    let wait_routes =
-        |what: &str, secs: u64, want: &dyn Fn(&BTreeMap<String, BTreeSet<String>>) -> bool| {
-            wait_for(what, Duration::from_secs(secs), |last| {
-                let l = learned(&bird);
-                *last = format!("{l:?}");
-                want(&l).then_some(())
-            })
-            .unwrap_or_else(|e| panic!("{e}\n{}", logs()))
-        };
+    let wait_routes = |what: &str, secs: u64, want: &dyn Fn(&Learned) -> bool| {
+        wait_for(what, Duration::from_secs(secs), |last| {
+            let l = learned(&bird);
+            *last = format!("{l:?}");
+            want(&l).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs()))
+    };
 
     // The cluster IP range from every node (ECMP at the router).
     wait_routes("10.96.0.0/12 from every node", 20, &|l| {
