@@ -582,7 +582,8 @@ impl AgentState {
                 Ok(()) => self.svc.policies = policies,
                 Err(e) => {
                     tracing::warn!(error = %e, "Service route export policies");
-                    self.problems.push(format!("services: export policies: {e}"));
+                    self.problems
+                        .push(format!("services: export policies: {e}"));
                 }
             }
         }
