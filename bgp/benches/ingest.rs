@@ -195,7 +195,17 @@ fn start(which: Which, lab: &Lab, peers: usize) -> Running {
             let out_path = dir.path().join("out.jsonl");
             let out = std::fs::File::create(&out_path).expect("out file");
             let err = std::fs::File::create(dir.path().join("err.log")).expect("err file");
-            let mut c = lab.dut.command(env!("CARGO_BIN_EXE_reef-bgp"));
+            // INGEST_REEF_WRAP="valgrind --tool=callgrind …" runs reef-bgp under a profiler.
+            let wrap = std::env::var("INGEST_REEF_WRAP").unwrap_or_default();
+            let mut words = wrap.split_whitespace();
+            let mut c = match words.next() {
+                Some(w) => {
+                    let mut c = lab.dut.command(w);
+                    c.args(words).arg(env!("CARGO_BIN_EXE_reef-bgp"));
+                    c
+                }
+                None => lab.dut.command(env!("CARGO_BIN_EXE_reef-bgp")),
+            };
             c.arg("--config")
                 .arg(&conf)
                 .args(["--no-routes", "--status-interval", "20"])
@@ -211,7 +221,7 @@ fn start(which: Which, lab: &Lab, peers: usize) -> Running {
                     .find_map(|l| serde_json::from_str(l).ok())
             };
             let ready = status.clone();
-            wait("reef-bgp status", 10, which.poll(), ready);
+            wait("reef-bgp status", 60, which.poll(), ready);
             Running {
                 pid: p.pid(),
                 probe: Box::new(move || {
