@@ -272,6 +272,9 @@ pub(crate) fn decode_attributes(buf: &[u8], cxt: &DecodeCxt) -> Decoded {
     } else {
         merge_as4(&mut d.attrs, as4);
     }
+    // Interned sets live as long as their routes: no spare capacity (a first push reserves
+    // room for four).
+    d.attrs.unknown.shrink_to_fit();
     d
 }
 
@@ -481,7 +484,8 @@ fn afi_safi(r: &mut Reader<'_>) -> Option<(u16, u8)> {
 /// ```
 fn decode_as_path(v: &[u8], as_len: usize) -> Result<Vec<AsSegment>, &'static str> {
     let mut r = Reader::new(v);
-    let mut path = Vec::new();
+    // Almost every path is one segment; the spare room of a longer one goes at the end.
+    let mut path = Vec::with_capacity(1);
     while !r.is_empty() {
         let t = r.u8("").map_err(|_| "AS_PATH segment type missing")?;
         let n = usize::from(r.u8("").map_err(|_| "AS_PATH segment length missing")?);
@@ -508,6 +512,7 @@ fn decode_as_path(v: &[u8], as_len: usize) -> Result<Vec<AsSegment>, &'static st
             _ => return Err("AS_PATH segment type is not 1 to 4"),
         });
     }
+    path.shrink_to_fit();
     Ok(path)
 }
 

@@ -15,7 +15,9 @@ use tracing::{debug, info, warn};
 
 use super::deferral::Deferral;
 use super::net;
-use super::session::{self, Established, SessionCmd, SessionEvent, SessionEventKind, Settings};
+use super::session::{
+    self, Established, Routes, SessionCmd, SessionEvent, SessionEventKind, Settings,
+};
 use super::{Command, PeerStatus, Shutdown, SpeakerError, SpeakerEvent};
 use crate::config::{ConfigError, PeerConfig, SpeakerConfig};
 use crate::packet::error::codes;
@@ -494,6 +496,12 @@ impl Core {
         }
     }
 
+    /// `dispatch`, with the best-path changes appended to `best` instead of sent.
+    fn dispatch_into(&mut self, mut out: RibOutput, best: &mut Vec<BestPathChange>) {
+        best.append(&mut out.best_changes);
+        self.dispatch(out);
+    }
+
     fn session_event(&mut self, ev: SessionEvent) {
         let Some(e) = self.peers.get_mut(&ev.address) else {
             return;
@@ -520,24 +528,35 @@ impl Core {
                 Ok(())
             }
             SessionEventKind::Up(est) => self.peer_up(ev.address, est),
-            SessionEventKind::Routes { withdraw, announce } => {
+            SessionEventKind::Routes(batch) => {
                 if !self.rib.is_established(id).unwrap_or(false) {
                     return;
                 }
+                // The best-path changes of the whole batch go out as one event, in order.
+                let mut best = Vec::new();
                 let mut r = Ok(());
-                if !withdraw.is_empty() {
-                    r = self.rib.withdraw(id, &withdraw).map(|o| self.dispatch(o));
-                }
-                for (attrs, prefixes) in announce {
-                    let e = self.peers.get(&ev.address);
-                    if e.is_none_or(|e| e.max_prefix_exceeded) {
-                        break;
+                for Routes { withdraw, announce } in batch {
+                    if !withdraw.is_empty() {
+                        r = r.and(
+                            self.rib
+                                .withdraw(id, &withdraw)
+                                .map(|o| self.dispatch_into(o, &mut best)),
+                        );
                     }
-                    r = r.and(
-                        self.rib
-                            .announce(id, &prefixes, attrs)
-                            .map(|o| self.dispatch(o)),
-                    );
+                    for (attrs, prefixes) in announce {
+                        let e = self.peers.get(&ev.address);
+                        if e.is_none_or(|e| e.max_prefix_exceeded) {
+                            break;
+                        }
+                        r = r.and(
+                            self.rib
+                                .announce(id, &prefixes, attrs)
+                                .map(|o| self.dispatch_into(o, &mut best)),
+                        );
+                    }
+                }
+                if !best.is_empty() && self.deferral.is_none() {
+                    let _ = self.events.send(SpeakerEvent::BestPaths(best));
                 }
                 r.map_err(SpeakerError::from)
             }

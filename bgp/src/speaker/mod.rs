@@ -53,7 +53,8 @@ use crate::{BestPathChange, PeerType, SessionState};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpeakerEvent {
     /// The best paths of these prefixes changed: program these next hops (none = remove).
-    /// One event per RIB operation (an UPDATE can change thousands of prefixes), in order.
+    /// In order; one event per RIB operation, or per batch of a peer's UPDATEs read
+    /// together (an UPDATE can change thousands of prefixes).
     BestPaths(Vec<BestPathChange>),
     /// The peer finished sending its routes of `family` (End-of-RIB, RFC 4724): every best
     /// path they produced came before this event. A restarted agent waits for these before

@@ -100,10 +100,9 @@ pub(crate) struct Established {
 pub(crate) enum SessionEventKind {
     State(SessionState, Option<String>),
     Up(Established),
-    Routes {
-        withdraw: Vec<IpNetwork>,
-        announce: Vec<(PathAttributes, Vec<IpNetwork>)>,
-    },
+    /// The routes of every UPDATE decoded from one read, in the order they came: one
+    /// hand-off to the core per read instead of one per UPDATE.
+    Routes(Vec<Routes>),
     EndOfRib(Family),
     RouteRefresh(Family),
     /// The established session ended. `graceful`: the peer negotiated graceful restart and
@@ -113,6 +112,13 @@ pub(crate) enum SessionEventKind {
         graceful: Option<Duration>,
         reason: String,
     },
+}
+
+/// The routes of one UPDATE: the withdrawals apply before the announcements.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    pub withdraw: Vec<IpNetwork>,
+    pub announce: Vec<(PathAttributes, Vec<IpNetwork>)>,
 }
 
 #[derive(Debug)]
@@ -147,6 +153,7 @@ pub(crate) fn spawn(
         timers: Timers::default(),
         negotiated: None,
         verdict: Verdict::Ok,
+        batch: Vec::new(),
         first_open: true,
         exit: false,
     };
@@ -188,7 +195,19 @@ struct Conn {
     outgoing: bool,
     local: Option<IpAddr>,
     buf: BytesMut,
+    /// How much room the next read gets: doubles (up to `MAX_READ`) while reads fill the
+    /// buffer, so a peer sending a full table is read in large chunks and a quiet one keeps a
+    /// small buffer.
+    want: usize,
 }
+
+/// The largest read of one session.
+const MAX_READ: usize = 64 * 1024;
+
+/// UPDATEs per hand-off to the core at most: the core's queue holds `SESSION_QUEUE` events,
+/// so this bounds the decoded routes waiting there (what waits in the socket buffer costs
+/// the process nothing).
+const MAX_BATCH: usize = 64;
 
 impl Conn {
     fn new(stream: TcpStream, outgoing: bool) -> Conn {
@@ -203,6 +222,7 @@ impl Conn {
             local,
             // Grows when a peer sends a lot; most sessions stay small.
             buf: BytesMut::with_capacity(4096),
+            want: 4096,
         }
     }
 
@@ -282,6 +302,8 @@ struct Session {
     negotiated: Option<Negotiated>,
     /// The RFC 7606 verdict of the UPDATE being fed to the FSM.
     verdict: Verdict,
+    /// Routes of the UPDATEs decoded so far from the current read, not yet sent to the core.
+    batch: Vec<Routes>,
     /// No session reached Established yet in this process: our OPEN carries the graceful
     /// restart R and F bits when the speaker is restarting.
     first_open: bool,
@@ -332,7 +354,20 @@ async fn pre_open(mut stream: TcpStream, ours: Bytes) -> Option<PreOpened> {
 }
 
 impl Session {
+    /// Sends an event to the core, after the routes decoded before it.
     async fn emit(&mut self, kind: SessionEventKind) {
+        self.flush_routes().await;
+        self.send_event(kind).await;
+    }
+
+    async fn flush_routes(&mut self) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.send_event(SessionEventKind::Routes(batch)).await;
+        }
+    }
+
+    async fn send_event(&mut self, kind: SessionEventKind) {
         let ev = SessionEvent {
             key: self.key,
             address: self.cfg.address,
@@ -351,7 +386,17 @@ impl Session {
                 let timer = self.timers.next();
                 let read = async {
                     match self.conn.as_mut() {
-                        Some(c) => c.rd.read_buf(&mut c.buf).await,
+                        Some(c) => {
+                            if c.buf.capacity() - c.buf.len() < c.want / 2 {
+                                c.buf.reserve(c.want);
+                            }
+                            let room = c.buf.capacity() - c.buf.len();
+                            let r = c.rd.read_buf(&mut c.buf).await;
+                            if matches!(r, Ok(n) if n == room) {
+                                c.want = (c.want * 2).min(MAX_READ);
+                            }
+                            r
+                        }
                         None => std::future::pending().await,
                     }
                 };
@@ -427,8 +472,14 @@ impl Session {
         debug!(peer = %self.cfg.address, "{what}");
     }
 
-    /// Decodes every whole message in the read buffer and feeds it to the FSM.
+    /// Decodes every whole message in the read buffer and feeds it to the FSM; the routes
+    /// of its UPDATEs go to the core together.
     async fn process_input(&mut self) {
+        self.decode_input().await;
+        self.flush_routes().await;
+    }
+
+    async fn decode_input(&mut self) {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return;
@@ -482,6 +533,9 @@ impl Session {
             self.feed(ev).await;
             if self.exit {
                 return;
+            }
+            if self.batch.len() >= MAX_BATCH {
+                self.flush_routes().await;
             }
         }
     }
@@ -844,20 +898,27 @@ impl Session {
             }
             Verdict::AttributeDiscard(issues) => {
                 info!(peer = %self.cfg.address, ?issues, "malformed attributes discarded (RFC 7606)");
-                collect_announcements(&u, &mut announce);
+                collect_announcements(u, &mut announce);
             }
             // Session resets never get here (UpdateMsgErr).
-            Verdict::Ok | Verdict::SessionReset(_) => collect_announcements(&u, &mut announce),
+            Verdict::Ok | Verdict::SessionReset(_) => collect_announcements(u, &mut announce),
         }
         if withdraw.is_empty() && announce.is_empty() {
             return;
         }
-        self.emit(SessionEventKind::Routes { withdraw, announce })
-            .await;
+        self.batch.push(Routes { withdraw, announce });
     }
 }
 
-fn collect_announcements(u: &Update, announce: &mut Vec<(PathAttributes, Vec<IpNetwork>)>) {
+fn collect_announcements(mut u: Update, announce: &mut Vec<(PathAttributes, Vec<IpNetwork>)>) {
+    // The usual UPDATE (IPv4 NLRI, no MP_REACH): its attributes move, no copy.
+    if u.mp_reach.is_none() {
+        if !u.nlri.is_empty() {
+            let a = u.attrs.take().unwrap_or_default();
+            announce.push((a, u.nlri.iter().map(|p| IpNetwork::V4(*p)).collect()));
+        }
+        return;
+    }
     if !u.nlri.is_empty() {
         if let Some(a) = u.attributes_for(Family::Ipv4Unicast) {
             announce.push((a, u.nlri.iter().map(|p| IpNetwork::V4(*p)).collect()));
