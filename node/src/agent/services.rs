@@ -1050,4 +1050,48 @@ mod tests {
         assert_eq!(s.load_balancer_ips, [ip("198.51.100.4")]);
         assert!(s.local);
     }
+
+    #[test]
+    fn service_routes_go_to_routers_that_take_them_only() {
+        use reef_bgp::speaker::PeerConfig;
+        use reef_bgp::PeerType;
+        let bgp_peer = |name: &str, yaml: &str| {
+            reef_ipam::Typed::new(
+                name.to_string(),
+                serde_yaml::from_str::<reef_config::crds::BgpPeerSpec>(yaml).unwrap(),
+            )
+        };
+        let peers = vec![
+            bgp_peer("tor", "peerIP: 192.168.0.1\nasNumber: 65000\n"),
+            bgp_peer(
+                "mgmt",
+                "peerIP: 192.168.0.2\nasNumber: 65000\nadvertiseServiceRoutes: false\n",
+            ),
+        ];
+        let mut want = BTreeMap::new();
+        for (a, t) in [
+            ("192.168.0.1", PeerType::Global),
+            ("192.168.0.2", PeerType::Global),
+            ("10.100.0.12", PeerType::Mesh),
+            ("10.100.0.13", PeerType::RouteReflector),
+        ] {
+            let mut p = PeerConfig::new(ip(a), 64512);
+            p.peer_type = t;
+            want.insert(ip(a), p);
+        }
+        attach_policies(&mut want, &peers);
+        let got: Vec<(String, &str)> = want
+            .iter()
+            .map(|(a, p)| (a.to_string(), p.export_policy.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.100.0.12".to_string(), POLICY_NO_SERVICES),
+                ("10.100.0.13".to_string(), POLICY_NO_SERVICES),
+                ("192.168.0.1".to_string(), POLICY_SERVICES),
+                ("192.168.0.2".to_string(), POLICY_NO_SERVICES),
+            ]
+        );
+    }
 }
