@@ -40,9 +40,12 @@ out="target/image/reef-$version.tar"
 echo "== static binaries ($profile, $triple)"
 start=$(date +%s)
 # With an explicit --target, RUSTFLAGS apply to reef's binaries only, not to build scripts
-# and proc-macros (those stay dynamic host programs).
+# and proc-macros (those stay dynamic host programs). Without default features: the image's
+# reef has no containerd lab (`reef lab --runtime containerd` and its CRI client); reef-cni
+# has no features.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-  cargo build --profile "$profile" --target "$triple" -p reef -p reef-cni --bins
+  cargo build --profile "$profile" --target "$triple" -p reef -p reef-cni --bins \
+  --no-default-features
 echo "   built in $(( $(date +%s) - start )) s"
 for b in reef reef-cni reef-ipam; do
   if ! file -L "$bins/$b" | grep -Eq 'static-pie linked|statically linked'; then

@@ -23,6 +23,8 @@ pub mod bird;
 pub mod cmd;
 #[cfg(feature = "cri")]
 pub mod containerd;
+#[cfg(all(feature = "cri", feature = "image"))]
+pub mod containerd_lab;
 #[cfg(feature = "cri")]
 pub mod cri;
 pub mod frr;

@@ -9,9 +9,7 @@
 //! builds it (`--profile dev`, the quickest) when it is missing or older than the workspace's
 //! binaries, and is skipped only when this machine lacks what the build needs.
 
-mod common;
-
-use common::{cri_log, reef_image_archive};
+use reef_integration::containerd_lab::{cri_log, reef_image_archive};
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -115,7 +113,7 @@ fn in_use(ipam: &Ipam<EmbeddedStore>) -> u64 {
 #[test]
 fn reef_image_installs_through_cri_and_cri_pods_get_reef_addresses() {
     let started = Instant::now();
-    let (archive, built) = match reef_image_archive() {
+    let (archive, built) = match reef_image_archive().unwrap() {
         Ok(a) => a,
         Err(why) => {
             eprintln!("SKIPPED: reef's image cannot be built on this machine: {why}");

@@ -10,6 +10,8 @@ mod datastore;
 mod install;
 mod ipam_cmd;
 mod lab;
+#[cfg(feature = "containerd-lab")]
+mod lab_containerd;
 mod output;
 mod status_cmd;
 mod sys;
@@ -66,8 +68,13 @@ enum Command {
     #[command(subcommand)]
     Ipam(ipam_cmd::IpamCmd),
     /// The local lab: nodes, a BIRD router and pods in network namespaces on this machine.
+    #[cfg(not(feature = "containerd-lab"))]
     #[command(subcommand)]
     Lab(lab::LabCmd),
+    /// The local lab: nodes, a BIRD router and pods in network namespaces on this machine
+    /// (`--runtime containerd`: each node runs containerd and reef's image, as on a cluster).
+    #[cfg(feature = "containerd-lab")]
+    Lab(lab_containerd::LabArgs),
     /// Create or update IPPools, BGPPeers, BGPConfiguration and IPAMConfig from YAML, as
     /// `kubectl apply -f` on a cluster (embedded datastore; all documents or none).
     Apply(apply_cmd::ApplyArgs),
@@ -152,7 +159,10 @@ fn main() -> ExitCode {
         Command::Routes => config().and_then(|c| status_cmd::routes(&c, out)),
         Command::Ipam(cmd) => config().and_then(|c| ipam_cmd::run(&c, cmd, out)),
         // The lab writes its own node configs; it reads none.
+        #[cfg(not(feature = "containerd-lab"))]
         Command::Lab(cmd) => lab::run(cmd, out),
+        #[cfg(feature = "containerd-lab")]
+        Command::Lab(args) => lab_containerd::run(args, out),
         Command::Apply(args) => config().and_then(|c| apply_cmd::apply(&c, &args)),
         Command::Get(args) => {
             let format = match cli.output {
