@@ -154,6 +154,7 @@ pub(crate) fn spawn(
         negotiated: None,
         verdict: Verdict::Ok,
         batch: Vec::new(),
+        batch_prefixes: 0,
         first_open: true,
         exit: false,
     };
@@ -208,6 +209,8 @@ const MAX_READ: usize = 64 * 1024;
 /// so this bounds the decoded routes waiting there (what waits in the socket buffer costs
 /// the process nothing).
 const MAX_BATCH: usize = 64;
+/// Prefixes per hand-off at most, for the same reason (an UPDATE can carry a thousand).
+const MAX_BATCH_PREFIXES: usize = 1024;
 
 impl Conn {
     fn new(stream: TcpStream, outgoing: bool) -> Conn {
@@ -304,6 +307,8 @@ struct Session {
     verdict: Verdict,
     /// Routes of the UPDATEs decoded so far from the current read, not yet sent to the core.
     batch: Vec<Routes>,
+    /// Prefixes withdrawn or announced in `batch`.
+    batch_prefixes: usize,
     /// No session reached Established yet in this process: our OPEN carries the graceful
     /// restart R and F bits when the speaker is restarting.
     first_open: bool,
@@ -362,6 +367,7 @@ impl Session {
 
     async fn flush_routes(&mut self) {
         if !self.batch.is_empty() {
+            self.batch_prefixes = 0;
             let batch = std::mem::take(&mut self.batch);
             self.send_event(SessionEventKind::Routes(batch)).await;
         }
@@ -534,7 +540,7 @@ impl Session {
             if self.exit {
                 return;
             }
-            if self.batch.len() >= MAX_BATCH {
+            if self.batch.len() >= MAX_BATCH || self.batch_prefixes >= MAX_BATCH_PREFIXES {
                 self.flush_routes().await;
             }
         }
@@ -906,6 +912,8 @@ impl Session {
         if withdraw.is_empty() && announce.is_empty() {
             return;
         }
+        self.batch_prefixes +=
+            withdraw.len() + announce.iter().map(|(_, p)| p.len()).sum::<usize>();
         self.batch.push(Routes { withdraw, announce });
     }
 }
