@@ -589,30 +589,11 @@ fn status(out: Output) -> Result<Exit> {
         out.print_json(&serde_json::json!({ "nodes": v, "pods": pods, "outside": st.outside.as_ref().map(|o| serde_json::json!({"namespace": o.ns, "address": o.address, "address6": o.address6})) }))?;
         return Ok(Exit::Ok);
     }
-    let mut t = Table::new(&["NODE", "ADDRESS", "PEERS UP", "TUNNEL", "BLOCKS", "ROUTES"]);
+    let mut t = Table::new(&NODE_COLUMNS);
     let mut ok = true;
     for (n, s) in &snaps {
-        match s {
-            Ok(s) => t.row(vec![
-                n.name.clone(),
-                n.address.to_string(),
-                format!("{}/{}", s.established(), s.peers.len()),
-                s.tunnel_mode.clone(),
-                s.blocks.join(" "),
-                format!("{}/{}", s.routes_programmed, s.routes_desired),
-            ]),
-            Err(e) => {
-                ok = false;
-                t.row(vec![
-                    n.name.clone(),
-                    n.address.to_string(),
-                    format!("agent down: {e}"),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ])
-            }
-        }
+        ok &= s.is_ok();
+        t.row(node_row(&n.name, &n.address.to_string(), s));
     }
     print!("{}", t.render());
     let mut p = Table::new(&["POD", "NODE", "ADDRESS", "IPV6"]);
@@ -635,6 +616,30 @@ fn status(out: Output) -> Result<Exit> {
         );
     }
     Ok(if ok { Exit::Ok } else { Exit::Problems })
+}
+
+/// The columns of a lab status's node table ([`node_row`]).
+pub const NODE_COLUMNS: [&str; 6] = ["NODE", "ADDRESS", "PEERS UP", "TUNNEL", "BLOCKS", "ROUTES"];
+
+/// A node's row of a lab status: its agent's sessions, tunnel, blocks and routes, or why the
+/// agent did not answer.
+pub fn node_row(name: &str, address: &str, snap: &Result<Snapshot>) -> Vec<String> {
+    match snap {
+        Ok(s) => vec![
+            name.to_string(),
+            address.to_string(),
+            format!("{}/{}", s.established(), s.peers.len()),
+            s.tunnel_mode.clone(),
+            s.blocks.join(" "),
+            format!("{}/{}", s.routes_programmed, s.routes_desired),
+        ],
+        Err(e) => {
+            let mut row = vec![name.to_string(), address.to_string()];
+            row.push(format!("agent down: {e}"));
+            row.resize(NODE_COLUMNS.len(), String::new());
+            row
+        }
+    }
 }
 
 /// Stops every process the lab started and removes its namespaces and state, also for a lab

@@ -486,41 +486,15 @@ fn status(out: Output) -> Result<Exit> {
         )?;
         return Ok(Exit::Ok);
     }
-    let mut t = Table::new(&[
-        "NODE",
-        "ADDRESS",
-        "PEERS UP",
-        "TUNNEL",
-        "BLOCKS",
-        "ROUTES",
-        "CRI SOCKET",
-    ]);
+    let mut columns = crate::lab::NODE_COLUMNS.to_vec();
+    columns.push("CRI SOCKET");
+    let mut t = Table::new(&columns);
     let mut ok = true;
     for (n, s) in st.nodes.iter().zip(&snaps) {
-        let socket = n.cri_socket.display().to_string();
-        match s {
-            Ok(s) => t.row(vec![
-                n.name.clone(),
-                n.address.to_string(),
-                format!("{}/{}", s.established(), s.peers.len()),
-                s.tunnel_mode.clone(),
-                s.blocks.join(" "),
-                format!("{}/{}", s.routes_programmed, s.routes_desired),
-                socket,
-            ]),
-            Err(e) => {
-                ok = false;
-                t.row(vec![
-                    n.name.clone(),
-                    n.address.to_string(),
-                    format!("agent down: {e}"),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    socket,
-                ]);
-            }
-        }
+        ok &= s.is_ok();
+        let mut row = crate::lab::node_row(&n.name, &n.address.to_string(), s);
+        row.push(n.cri_socket.display().to_string());
+        t.row(row);
     }
     print!("{}", t.render());
     let mut p = Table::new(&["POD", "NODE", "ADDRESS"]);
