@@ -18,6 +18,7 @@
 //! network namespace, and everything it creates is removed when its guard drops. Namespace
 //! names start with [`netns::PREFIX`], so a leak is easy to spot (`ip netns list`).
 
+pub mod agent;
 pub mod apiserver;
 pub mod bird;
 pub mod cmd;

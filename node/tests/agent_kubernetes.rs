@@ -8,10 +8,10 @@
 //! stand-in.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use reef_config::crds::{BgpPeerSpec, IpPoolSpec, ReefNodeSpec};
+use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::StandIn;
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
 use reef_integration::{wait_for, Netns};
@@ -40,15 +40,6 @@ fn with_store<T: Send + 'static>(
         f(&store).map_err(io)
     })
     .unwrap()
-}
-
-fn reef_status(ns: &Netns, config: &Path) -> serde_json::Value {
-    let out = ns
-        .command(REEF)
-        .args(["--config", config.to_str().unwrap(), "-o", "json", "status"])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
 #[test]
@@ -110,39 +101,22 @@ fn agent_on_the_kubernetes_datastore_registers_and_peers_with_a_secret_password(
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = api.write_kubeconfig(dir.path()).unwrap();
-    let config = dir.path().join("node.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "nodeName: k8s-node-1\n\
-             datastore:\n  kubernetes: {{ kubeconfig: {} }}\n\
-             address: {NODE_IP}/24\n\
-             interface: eth0\n\
-             agentSocket: {}\n\
-             mtuFile: {}\n",
-            kubeconfig.display(),
-            dir.path().join("agent.sock").display(),
-            dir.path().join("mtu").display(),
-        ),
+    let address = format!("{NODE_IP}/24");
+    let agent = Agent::spawn(
+        &node,
+        &AgentSpec {
+            reef: REEF,
+            node_name: "k8s-node-1",
+            address: &address,
+            interface: "eth0",
+            kubeconfig: &kubeconfig,
+            dir: dir.path(),
+            env: Vec::new(),
+            args: Vec::new(),
+        },
     )
     .unwrap();
-    let log = dir.path().join("agent.log");
-    let _agent = node
-        .spawn(
-            "reef agent",
-            "env",
-            &[
-                "POD_NAMESPACE=reef-system",
-                REEF,
-                "--config",
-                config.to_str().unwrap(),
-                "node",
-                "run",
-            ],
-            Some(&log),
-        )
-        .unwrap();
-    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let agent_log = || agent.log();
 
     // The MD5 session comes up: the password came from the Secret, through the API.
     bird.wait_established("reef", Duration::from_secs(30))
@@ -228,7 +202,7 @@ fn agent_on_the_kubernetes_datastore_registers_and_peers_with_a_secret_password(
     .unwrap();
 
     // The BGPPeer whose Secret does not exist is not configured, and `reef status` says why.
-    let s = reef_status(&node, &config);
+    let s = agent.status();
     let problems = s["problems"].to_string();
     assert!(
         problems.contains("BGPPeer no-secret")

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::StandIn;
 use reef_integration::Netns;
 
@@ -347,27 +348,10 @@ fn the_agent_renews_the_plugins_token_before_it_expires() {
     .unwrap();
     let kubeconfig = api.write_kubeconfig(h.dir.path()).unwrap();
     // The agent's own node config (what the DaemonSet's node.yaml says, with this test's
-    // socket and files instead of /run/reef).
-    let config = h.p("agent.yaml");
-    fs::write(
-        &config,
-        format!(
-            "nodeName: node-a\n\
-             datastore:\n  kubernetes: {{ kubeconfig: {} }}\n\
-             address: 192.0.2.10/24\n\
-             interface: ens3\n\
-             agentSocket: {}\n\
-             mtuFile: {}\n",
-            kubeconfig.display(),
-            h.p("agent.sock").display(),
-            h.p("mtu").display(),
-        ),
-    )
-    .unwrap();
-    let env = [
+    // socket and files instead of /run/reef), and the install's environment.
+    let env = vec![
         "NODE_NAME=node-a".to_string(),
         "HOST_IP=192.0.2.10".to_string(),
-        "POD_NAMESPACE=reef-system".to_string(),
         format!("REEF_CNI_BIN_DIR={}", h.p("bin").display()),
         format!("REEF_CNI_CONF_DIR={}", h.p("net.d").display()),
         format!("REEF_ETC_DIR={}", h.p("etc").display()),
@@ -375,12 +359,22 @@ fn the_agent_renews_the_plugins_token_before_it_expires() {
         format!("REEF_CNI_SOURCE_DIR={}", h.p("src").display()),
         format!("REEF_INSTALL_KUBECONFIG={}", kubeconfig.display()),
     ];
-    let config_s = config.to_string_lossy().into_owned();
-    let mut args: Vec<&str> = env.iter().map(String::as_str).collect();
-    args.extend([REEF, "--config", &config_s, "node", "run", "--install"]);
-    let log = h.p("agent.log");
-    let _agent = h.ns.spawn("reef agent", "env", &args, Some(&log)).unwrap();
-    let agent_log = || fs::read_to_string(&log).unwrap_or_default();
+    let agent_dir = h.p("agent");
+    let agent = Agent::spawn(
+        &h.ns,
+        &AgentSpec {
+            reef: REEF,
+            node_name: "node-a",
+            address: "192.0.2.10/24",
+            interface: "ens3",
+            kubeconfig: &kubeconfig,
+            dir: &agent_dir,
+            env,
+            args: vec!["--install"],
+        },
+    )
+    .unwrap();
+    let agent_log = || agent.log();
 
     // The install at start, then a renewal at 80 % of each 10 s lifetime: three tokens within
     // 25 s (with a floor of a minute, as before, there was one).

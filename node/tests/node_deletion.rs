@@ -16,12 +16,12 @@
 //! stale route go. Then a new node claims the block and is routed.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reef_config::crds::{AllocationAttributes, IpPoolSpec, ReefNodeSpec};
+use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::StandIn;
-use reef_integration::cmd::Process;
 use reef_integration::topo::Node;
 use reef_integration::{wait_for, Netns, Topology};
 use reef_ipam::kubernetes::KubeStore;
@@ -47,19 +47,6 @@ fn with_ipam<T: Send + 'static>(
     .unwrap()
 }
 
-struct Agent {
-    name: String,
-    config: PathBuf,
-    log: PathBuf,
-    process: Option<Process>,
-}
-
-impl Agent {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
 /// Registers node `n`'s Node (as its kubelet would) and starts its agent.
 fn start_agent(api: &StandIn, dir: &Path, n: &Node) -> Agent {
     let name = format!("n{}", n.index);
@@ -67,79 +54,18 @@ fn start_agent(api: &StandIn, dir: &Path, n: &Node) -> Agent {
     let d = dir.join(&name);
     std::fs::create_dir_all(&d).unwrap();
     let kubeconfig = api.write_kubeconfig(&d).unwrap();
-    let config = d.join("node.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "nodeName: {name}\n\
-             datastore:\n  kubernetes: {{ kubeconfig: {} }}\n\
-             address: {}/{}\n\
-             interface: eth0\n\
-             agentSocket: {}\n\
-             mtuFile: {}\n",
-            kubeconfig.display(),
-            n.addr,
-            n.prefix_len,
-            d.join("agent.sock").display(),
-            d.join("mtu").display(),
-        ),
-    )
-    .unwrap();
-    let log = d.join("agent.log");
-    let cfg = config.to_string_lossy().into_owned();
-    let process =
-        n.ns.spawn(
-            &format!("reef agent {name}"),
-            "env",
-            &[
-                "POD_NAMESPACE=reef-system",
-                REEF,
-                "--config",
-                &cfg,
-                "node",
-                "run",
-            ],
-            Some(&log),
-        )
-        .unwrap();
-    Agent {
-        name,
-        config,
-        log,
-        process: Some(process),
-    }
-}
-
-fn status(n: &Node, a: &Agent) -> serde_json::Value {
-    let out =
-        n.ns.command(REEF)
-            .args([
-                "--config",
-                a.config.to_str().unwrap(),
-                "-o",
-                "json",
-                "status",
-            ])
-            .output()
-            .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
-/// The states of `a`'s BGP peers by address.
-fn peers(n: &Node, a: &Agent) -> Vec<(String, String)> {
-    status(n, a)["peers"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .map(|p| {
-                    (
-                        p["address"].as_str().unwrap_or("").to_string(),
-                        p["state"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    let address = format!("{}/{}", n.addr, n.prefix_len);
+    let spec = AgentSpec {
+        reef: REEF,
+        node_name: &name,
+        address: &address,
+        interface: "eth0",
+        kubeconfig: &kubeconfig,
+        dir: &d,
+        env: Vec::new(),
+        args: Vec::new(),
+    };
+    Agent::spawn(&n.ns, &spec).unwrap()
 }
 
 fn has_route(n: &Node, dst: &str) -> bool {
@@ -185,7 +111,7 @@ fn a_deleted_node_is_cleaned_up_by_the_agents_and_its_block_reused() {
     let mut a1 = start_agent(&api, dir.path(), n1);
     let n1_addr = n1.addr.to_string();
     wait_for("n0's mesh session with n1", Duration::from_secs(30), |_| {
-        peers(n0, &a0)
+        a0.peers()
             .contains(&(n1_addr.clone(), "Established".to_string()))
             .then_some(())
     })
@@ -217,7 +143,7 @@ fn a_deleted_node_is_cleaned_up_by_the_agents_and_its_block_reused() {
 
     // n1 is switched off (no clean shutdown: its peers keep its routes as stale under
     // graceful restart), then its Node is deleted.
-    a1.process.take().unwrap().kill();
+    a1.kill();
     let t = Instant::now();
     assert!(api.delete_node("n1"));
     // When each part went, for the figures.
@@ -235,7 +161,7 @@ fn a_deleted_node_is_cleaned_up_by_the_agents_and_its_block_reused() {
                     ipam.gone_nodes()?,
                 ))
             });
-            let peered = peers(n0, &a0).iter().any(|(a, _)| *a == n1_addr);
+            let peered = a0.peers().iter().any(|(a, _)| *a == n1_addr);
             let routed = has_route(n0, &n1_dst);
             let released = !reefnode
                 && blocks.is_empty()
@@ -298,11 +224,7 @@ fn a_deleted_node_is_cleaned_up_by_the_agents_and_its_block_reused() {
     )
     .unwrap_or_else(|e| panic!("{e}\nn0:\n{}\nn2:\n{}", a0.log(), a2.log()));
 
-    for a in [&mut a0, &mut a2] {
-        if let Some(p) = a.process.take() {
-            p.kill();
-        }
-        let _ = &a.name;
-    }
+    a0.kill();
+    a2.kill();
     drop(api);
 }

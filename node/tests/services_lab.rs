@@ -10,13 +10,12 @@
 //! Service route. No kube-proxy runs here: the routes and next hops are the assertions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use reef_config::crds::{BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec};
+use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::StandIn;
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
-use reef_integration::cmd::Process;
 use reef_integration::{wait_for, Netns};
 use reef_ipam::kubernetes::KubeStore;
 use reef_ipam::{StoreExt, Typed};
@@ -34,20 +33,10 @@ fn io(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-fn reef_status(ns: &Netns, config: &Path) -> serde_json::Value {
-    let out = ns
-        .command(REEF)
-        .args(["--config", config.to_str().unwrap(), "-o", "json", "status"])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
+/// Dropped in order: the agent, then its namespace.
 struct Node {
-    ns: Netns,
-    config: PathBuf,
-    log: PathBuf,
-    _agent: Process,
+    agent: Agent,
+    _ns: Netns,
 }
 
 /// Prefix → the BIRD protocols (nodes) it is learned from.
@@ -143,56 +132,24 @@ fn services_are_advertised_to_the_router_by_policy_and_follow_endpoints() {
             .ip(["link", "set", &host_end, "master", "br0", "up"])
             .unwrap();
         let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let config = d.join("node.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "nodeName: {name}\n\
-                 datastore:\n  kubernetes: {{ kubeconfig: {} }}\n\
-                 address: {ip}/24\n\
-                 interface: eth0\n\
-                 agentSocket: {}\n\
-                 mtuFile: {}\n",
-                kubeconfig.display(),
-                d.join("agent.sock").display(),
-                d.join("mtu").display(),
-            ),
-        )
-        .unwrap();
-        let log = d.join("agent.log");
-        let agent = ns
-            .spawn(
-                &format!("reef agent {name}"),
-                "env",
-                &[
-                    "POD_NAMESPACE=reef-system",
-                    REEF,
-                    "--config",
-                    config.to_str().unwrap(),
-                    "node",
-                    "run",
-                ],
-                Some(&log),
-            )
-            .unwrap();
-        nodes.push(Node {
-            ns,
-            config,
-            log,
-            _agent: agent,
-        });
+        let address = format!("{ip}/24");
+        let spec = AgentSpec {
+            reef: REEF,
+            node_name: name,
+            address: &address,
+            interface: "eth0",
+            kubeconfig: &kubeconfig,
+            dir: &d,
+            env: Vec::new(),
+            args: Vec::new(),
+        };
+        let agent = Agent::spawn(&ns, &spec).unwrap();
+        nodes.push(Node { _ns: ns, agent });
     }
     let logs = || {
         nodes
             .iter()
-            .map(|n| {
-                format!(
-                    "--- {}\n{}",
-                    n.log.display(),
-                    std::fs::read_to_string(&n.log).unwrap_or_default()
-                )
-            })
+            .map(|n| format!("--- {}\n{}", n.agent.log.display(), n.agent.log()))
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -275,7 +232,7 @@ fn services_are_advertised_to_the_router_by_policy_and_follow_endpoints() {
     });
 
     // The node says what it advertises, why, and what it holds back.
-    let s = reef_status(&nodes[0].ns, &nodes[0].config);
+    let s = nodes[0].agent.status();
     let routes = s["services"]["routes"].to_string();
     assert!(
         routes.contains("198.51.100.4/32") && routes.contains("shop/web (Cluster, every node)"),
