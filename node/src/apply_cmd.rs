@@ -1090,7 +1090,8 @@ mod tests {
         assert_eq!(
             e,
             "spec.password.namespace: unknown field, expected one of `key`, `name`; \
-             spec.ttl: unknown field, expected one of `asNumber`, `keepOriginalNextHop`, \
+             spec.ttl: unknown field, expected one of `advertiseServiceRoutes`, `asNumber`, \
+             `keepOriginalNextHop`, \
              `maxPrefix`, `node`, `nodeSelector`, `password`, `peerIP`, `peerPort`, \
              `peerSelector`, `routeReflectorClient`, `ttlSecurity`"
         );
