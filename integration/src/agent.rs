@@ -26,6 +26,28 @@ pub struct AgentSpec<'a> {
     pub args: Vec<&'a str>,
 }
 
+impl<'a> AgentSpec<'a> {
+    /// An agent on `eth0` with no extra environment or arguments.
+    pub fn new(
+        reef: &'a str,
+        node_name: &'a str,
+        address: &'a str,
+        kubeconfig: &'a Path,
+        dir: &'a Path,
+    ) -> AgentSpec<'a> {
+        AgentSpec {
+            reef,
+            node_name,
+            address,
+            interface: "eth0",
+            kubeconfig,
+            dir,
+            env: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Agent {
     pub name: String,

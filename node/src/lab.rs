@@ -150,7 +150,7 @@ pub fn run(cmd: LabCmd, out: Output) -> Result<Exit> {
     }
 }
 
-fn not_root() -> bool {
+pub(crate) fn not_root() -> bool {
     // Reading our own uid needs no libc: /proc/self/status has it.
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -452,7 +452,7 @@ fn restart(node: &str) -> Result<()> {
 }
 
 /// Whether `pid` still runs (an exited agent may linger as a zombie until init reaps it).
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

@@ -33,7 +33,7 @@ use reef_integration::Topology;
 use reef_ipam::{EmbeddedStore, Ipam, StoreExt, Typed};
 use serde::{Deserialize, Serialize};
 
-use crate::lab::LabCmd;
+use crate::lab::{alive, LabCmd};
 use crate::output::{Output, Table};
 use crate::Exit;
 
@@ -91,7 +91,7 @@ pub fn run(args: LabArgs, out: Output) -> Result<Exit> {
         (Runtime::Direct, LabTop::Keep { .. }) => bail!("`lab keep` needs --runtime containerd"),
         (Runtime::Containerd, cmd) => cmd,
     };
-    if !nix_is_root() {
+    if crate::lab::not_root() {
         bail!("the lab builds network namespaces and runs containerd: run it as root (sudo)");
     }
     match cmd {
@@ -116,17 +116,6 @@ pub fn run(args: LabArgs, out: Output) -> Result<Exit> {
              lab (without --runtime) for them"
         ),
     }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// The image archive: given, or where deploy/image/build.sh writes it for this binary's
@@ -203,13 +192,6 @@ fn load() -> Result<State> {
         )
     })?;
     serde_json::from_slice(&text).with_context(|| format!("reading {}", p.display()))
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
 }
 
 /// A running lab: dropped in field order — containerds (their pods, mounts, cgroups), then

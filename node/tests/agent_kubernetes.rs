@@ -104,16 +104,7 @@ fn agent_on_the_kubernetes_datastore_registers_and_peers_with_a_secret_password(
     let address = format!("{NODE_IP}/24");
     let agent = Agent::spawn(
         &node,
-        &AgentSpec {
-            reef: REEF,
-            node_name: "k8s-node-1",
-            address: &address,
-            interface: "eth0",
-            kubeconfig: &kubeconfig,
-            dir: dir.path(),
-            env: Vec::new(),
-            args: Vec::new(),
-        },
+        &AgentSpec::new(REEF, "k8s-node-1", &address, &kubeconfig, dir.path()),
     )
     .unwrap();
     let agent_log = || agent.log();

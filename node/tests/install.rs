@@ -363,14 +363,10 @@ fn the_agent_renews_the_plugins_token_before_it_expires() {
     let agent = Agent::spawn(
         &h.ns,
         &AgentSpec {
-            reef: REEF,
-            node_name: "node-a",
-            address: "192.0.2.10/24",
             interface: "ens3",
-            kubeconfig: &kubeconfig,
-            dir: &agent_dir,
             env,
             args: vec!["--install"],
+            ..AgentSpec::new(REEF, "node-a", "192.0.2.10/24", &kubeconfig, &agent_dir)
         },
     )
     .unwrap();

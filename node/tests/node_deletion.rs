@@ -55,16 +55,7 @@ fn start_agent(api: &StandIn, dir: &Path, n: &Node) -> Agent {
     std::fs::create_dir_all(&d).unwrap();
     let kubeconfig = api.write_kubeconfig(&d).unwrap();
     let address = format!("{}/{}", n.addr, n.prefix_len);
-    let spec = AgentSpec {
-        reef: REEF,
-        node_name: &name,
-        address: &address,
-        interface: "eth0",
-        kubeconfig: &kubeconfig,
-        dir: &d,
-        env: Vec::new(),
-        args: Vec::new(),
-    };
+    let spec = AgentSpec::new(REEF, &name, &address, &kubeconfig, &d);
     Agent::spawn(&n.ns, &spec).unwrap()
 }
 

@@ -133,16 +133,7 @@ fn services_are_advertised_to_the_router_by_policy_and_follow_endpoints() {
             .unwrap();
         let d = dir.path().join(name);
         let address = format!("{ip}/24");
-        let spec = AgentSpec {
-            reef: REEF,
-            node_name: name,
-            address: &address,
-            interface: "eth0",
-            kubeconfig: &kubeconfig,
-            dir: &d,
-            env: Vec::new(),
-            args: Vec::new(),
-        };
+        let spec = AgentSpec::new(REEF, name, &address, &kubeconfig, &d);
         let agent = Agent::spawn(&ns, &spec).unwrap();
         nodes.push(Node { _ns: ns, agent });
     }
