@@ -33,7 +33,11 @@
 //! - discovery.k8s.io/v1 EndpointSlices (`/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices`
 //!   and `/apis/discovery.k8s.io/v1/endpointslices`), no status subresource; selected by their
 //!   `kubernetes.io/service-name` label as the real ones are. Nothing writes them for the test
-//!   (no endpoint controller runs): [`StandIn::put_endpoint_slice`] plays that part.
+//!   (no endpoint controller runs): [`StandIn::put_endpoint_slice`] plays that part;
+//! - core/v1 Events (`/api/v1/namespaces/{ns}/events[/{name}]`, `/api/v1/events` across
+//!   namespaces) and events.k8s.io/v1 Events (`/apis/events.k8s.io/v1/namespaces/{ns}/events`,
+//!   stored apart as on the server), with the same verbs (`metadata.generateName` honoured on
+//!   create); [`StandIn::events`] lists both for assertions.
 //!
 //! Lists and watches take label selectors (`k=v`, `k!=v`, `k`, `!k`) and the field selectors
 //! every resource has (`metadata.name`, `metadata.namespace`); a watch started without a
@@ -77,6 +81,8 @@ const CRD_PREFIX: &str = "/apis/reef.dev/v1alpha1/";
 const CORE_PREFIX: &str = "/api/v1/namespaces/";
 /// Where discovery.k8s.io/v1 EndpointSlices live.
 const DISCOVERY_PREFIX: &str = "/apis/discovery.k8s.io/v1/";
+/// Where events.k8s.io/v1 Events live (core/v1 Events under `/api/v1/`).
+const EVENTS_PREFIX: &str = "/apis/events.k8s.io/v1/";
 /// Where coordination.k8s.io/v1 Leases live (then `{namespace}/leases[/{name}]`).
 const LEASE_PREFIX: &str = "/apis/coordination.k8s.io/v1/namespaces/";
 /// Request bodies larger than this are refused (413): a test's objects are small.
@@ -144,6 +150,62 @@ struct State {
     stop: AtomicBool,
     conflicts_sent: AtomicU64,
     requests: AtomicU64,
+    /// Requests per (verb, resource, labelSelector, bearer token or not).
+    by_kind: Mutex<BTreeMap<RequestKey, u64>>,
+}
+
+/// What [`StandIn::request_counts`] counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestKey {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch` or `delete` (as the API server's
+    /// audit log names them).
+    pub verb: String,
+    /// The resource's plural, with `/status` (or another subresource) when addressed.
+    pub resource: String,
+    /// The `labelSelector` query value, decoded; empty when none.
+    pub label_selector: String,
+    /// Whether the request presented a bearer token (tests tell clients apart this way: the
+    /// stand-in's kubeconfig has none).
+    pub with_token: bool,
+}
+
+impl RequestKey {
+    fn of(req: &Request) -> RequestKey {
+        // /api/v1/[namespaces/NS/]PLURAL[/NAME[/SUB]] or /apis/G/V/[namespaces/NS/]PLURAL...
+        let rest = req
+            .path
+            .strip_prefix("/api/v1/")
+            .or_else(|| {
+                let r = req.path.strip_prefix("/apis/")?;
+                r.splitn(3, '/').nth(2)
+            })
+            .unwrap_or(&req.path);
+        let mut seg: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        if seg.len() >= 3 && seg[0] == "namespaces" {
+            seg.drain(..2);
+        }
+        let named = seg.len() >= 2;
+        let verb = match req.method.as_str() {
+            "GET" if req.query.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+            "GET" if named => "get",
+            "GET" => "list",
+            "POST" => "create",
+            "PUT" => "update",
+            "PATCH" => "patch",
+            "DELETE" => "delete",
+            other => other,
+        };
+        let mut resource = seg.first().copied().unwrap_or("").to_string();
+        if let Some(sub) = seg.get(2) {
+            resource = format!("{resource}/{sub}");
+        }
+        RequestKey {
+            verb: verb.to_lowercase(),
+            resource,
+            label_selector: req.query.get("labelSelector").cloned().unwrap_or_default(),
+            with_token: req.bearer.is_some(),
+        }
+    }
 }
 
 impl State {
@@ -522,6 +584,18 @@ impl StandIn {
         self.delete_object(("endpointslices".to_string(), format!("{ns}/{name}")))
     }
 
+    /// Every Event stored, core/v1 and events.k8s.io/v1, in key order (as `kubectl get events
+    /// -A` would list them).
+    pub fn events(&self) -> Vec<Value> {
+        self.state
+            .lock()
+            .objects
+            .iter()
+            .filter(|(k, _)| k.0 == "events" || k.0 == "events.k8s.io")
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// The stored object `plural/name` (`name` is `namespace/name` for namespaced kinds), as
     /// a client would GET it; for tests' assertions.
     pub fn object(&self, plural: &str, name: &str) -> Option<Value> {
@@ -548,6 +622,16 @@ impl StandIn {
             .lock()
             .conflicts
             .insert((plural.into(), name.into()), n);
+    }
+
+    /// Requests served so far, per verb, resource, label selector and whether a token came
+    /// with them (a test's own client can use a token to be told apart from the agent's).
+    pub fn request_counts(&self) -> BTreeMap<RequestKey, u64> {
+        self.state
+            .by_kind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many injected conflicts were answered so far.
@@ -776,10 +860,22 @@ fn route(path: &str) -> Option<Resource> {
     None
 }
 
-/// Services and EndpointSlices: namespaced, and listed or watched across namespaces too.
+/// Services, EndpointSlices and Events: namespaced, and listed or watched across namespaces
+/// too.
 fn route_namespaced(path: &str) -> Option<Resource> {
+    let is_events = path.strip_prefix("/api/v1/").is_some_and(|r| {
+        let seg: Vec<&str> = r.split('/').collect();
+        matches!(
+            seg.as_slice(),
+            ["events", ..] | ["namespaces", _, "events", ..]
+        )
+    });
     let (rest, plural, api_version, kind, has_status) =
-        if let Some(r) = path.strip_prefix("/api/v1/") {
+        if let Some(r) = path.strip_prefix(EVENTS_PREFIX) {
+            (r, "events.k8s.io", "events.k8s.io/v1", "Event", false)
+        } else if let Some(r) = path.strip_prefix("/api/v1/").filter(|_| is_events) {
+            (r, "events", "v1", "Event", false)
+        } else if let Some(r) = path.strip_prefix("/api/v1/") {
             (r, "services", "v1", "Service", true)
         } else if let Some(r) = path.strip_prefix(DISCOVERY_PREFIX) {
             (
@@ -793,9 +889,15 @@ fn route_namespaced(path: &str) -> Option<Resource> {
             return None;
         };
     let seg: Vec<&str> = rest.split('/').collect();
+    // events.k8s.io Events are stored apart from core/v1 ones (two kinds, as on the server).
+    let in_path = if plural == "events.k8s.io" {
+        "events"
+    } else {
+        plural
+    };
     let (namespace, tail) = match seg.as_slice() {
-        [p] if *p == plural => (None, &seg[..]),
-        ["namespaces", ns, t @ ..] if !ns.is_empty() && t.first() == Some(&plural) => {
+        [p] if *p == in_path => (None, &seg[..]),
+        ["namespaces", ns, t @ ..] if !ns.is_empty() && t.first() == Some(&in_path) => {
             (Some(ns.to_string()), t)
         }
         _ => return None,
@@ -903,6 +1005,11 @@ fn serve(mut s: TcpStream, st: &State) {
         Some(Ok(r)) => r,
     };
     st.requests.fetch_add(1, Ordering::Relaxed);
+    *st.by_kind
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(RequestKey::of(&req))
+        .or_default() += 1;
     if let Some(token) = &req.bearer {
         let mut inner = st.lock();
         let valid = match inner.tokens.get_mut(token) {
@@ -1105,7 +1212,7 @@ impl Selectors {
     }
 }
 
-fn serve_object(mut s: TcpStream, st: &State, req: Request, res: Resource) {
+fn serve_object(mut s: TcpStream, st: &State, mut req: Request, res: Resource) {
     let q = &req.query;
     let name = res.name.clone().unwrap_or_default();
     let mut inner = st.lock();
@@ -1138,10 +1245,18 @@ fn serve_object(mut s: TcpStream, st: &State, req: Request, res: Resource) {
             None => respond(&mut s, 404, &not_found(&res.plural, &name)),
         },
         ("POST", false) => {
-            let name = req.body["metadata"]["name"]
+            let mut name = req.body["metadata"]["name"]
                 .as_str()
                 .unwrap_or("")
                 .to_string();
+            if let Some(prefix) = req.body["metadata"]["generateName"]
+                .as_str()
+                .filter(|_| name.is_empty())
+            {
+                // The real server appends five random characters; the counter is unique too.
+                name = format!("{prefix}{:05x}", inner.rev + 1);
+            }
+            req.body["metadata"]["name"] = json!(name);
             if name.is_empty() {
                 return respond(
                     &mut s,
@@ -1797,5 +1912,67 @@ mod tests {
                 ("DELETED".into(), "db-a".into()),
             ]
         );
+    }
+
+    #[test]
+    fn events_are_created_listed_and_kept_apart_by_api_group() {
+        let api = StandIn::start().unwrap();
+        let p = "/api/v1/namespaces/shop/events";
+        let ev = json!({"metadata": {"name": "web.reef-1"},
+                        "involvedObject": {"kind": "Service", "namespace": "shop", "name": "web"},
+                        "reason": "AddressNotAdvertised", "type": "Warning", "count": 1});
+        let (code, o) = call(&api, "POST", p, Some(&ev));
+        assert_eq!(code, 201, "{o}");
+        assert_eq!(o["kind"], "Event");
+        assert_eq!(o["apiVersion"], "v1");
+        assert_eq!(o["metadata"]["namespace"], "shop");
+        // The same name again: 409 AlreadyExists (how an emitter dedupes by name).
+        let (code, o) = call(&api, "POST", p, Some(&ev));
+        assert_eq!(code, 409, "{o}");
+        assert_eq!(o["reason"], "AlreadyExists");
+        // generateName gives a fresh name each time.
+        let gen = json!({"metadata": {"generateName": "web."}, "reason": "Other"});
+        let (code, a) = call(&api, "POST", p, Some(&gen));
+        assert_eq!(code, 201, "{a}");
+        let (_, b) = call(&api, "POST", p, Some(&gen));
+        let (na, nb) = (
+            a["metadata"]["name"].as_str().unwrap(),
+            b["metadata"]["name"].as_str().unwrap(),
+        );
+        assert!(na.starts_with("web.") && na != nb, "{na} {nb}");
+        // A count bump is a replace with the resourceVersion read.
+        let (_, mut cur) = call(&api, "GET", &format!("{p}/web.reef-1"), None);
+        cur["count"] = json!(2);
+        assert_eq!(
+            call(&api, "PUT", &format!("{p}/web.reef-1"), Some(&cur)).0,
+            200
+        );
+        // events.k8s.io/v1 Events are a kind of their own.
+        let (code, o) = call(
+            &api,
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
+            Some(&json!({"metadata": {"name": "x"}, "reason": "R", "regarding": {"name": "web"}})),
+        );
+        assert_eq!(code, 201, "{o}");
+        assert_eq!(o["apiVersion"], "events.k8s.io/v1");
+        let (_, l) = call(&api, "GET", "/api/v1/events", None);
+        assert_eq!(l["kind"], "EventList");
+        assert_eq!(l["items"].as_array().unwrap().len(), 3);
+        let (_, l) = call(&api, "GET", "/apis/events.k8s.io/v1/events", None);
+        assert_eq!(l["items"].as_array().unwrap().len(), 1);
+        let all = api.events();
+        assert_eq!(all.len(), 4);
+        let web = all
+            .iter()
+            .find(|e| e["metadata"]["name"] == "web.reef-1")
+            .unwrap();
+        assert_eq!(web["count"], 2);
+        // A Service in a namespace called "events" is still a Service.
+        api.put_service("events", "svc", json!({"clusterIP": "10.96.0.1"}));
+        let (code, o) = call(&api, "GET", "/api/v1/namespaces/events/services/svc", None);
+        assert_eq!((code, o["kind"].as_str()), (200, Some("Service")), "{o}");
+        // Across namespaces is read-only, as for Services.
+        assert_eq!(call(&api, "POST", "/api/v1/events", Some(&ev)).0, 405);
     }
 }
