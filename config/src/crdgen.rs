@@ -15,6 +15,7 @@ pub fn manifests() -> Vec<(String, String)> {
         BgpConfiguration::crd(),
         BgpPeer::crd(),
         ReefNode::crd(),
+        LoadBalancerIpPool::crd(),
     ];
     crds.into_iter()
         .map(|crd| {

@@ -992,6 +992,236 @@ impl ReefNodeStatus {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// LoadBalancerIPPool
+
+/// The `spec.loadBalancerClass` reef's LoadBalancer IP assignment answers to. Services without
+/// a class are reef's too; any other class belongs to another implementation and is left alone.
+pub const LOAD_BALANCER_CLASS: &str = "reef.dev/lb";
+/// Service annotation requesting specific LoadBalancer addresses (comma-separated, one per
+/// family), the dual-stack form of `spec.loadBalancerIP`.
+pub const LOAD_BALANCER_IPS_ANNOTATION: &str = "reef.dev/loadBalancerIPs";
+
+/// Addresses reef hands to Services of type LoadBalancer. The allocations live in the pool's
+/// status, written with a compare-and-swap on its resourceVersion (see
+/// `reef_ipam::loadbalancer`).
+#[derive(CustomResource, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "reef.dev",
+    version = "v1alpha1",
+    kind = "LoadBalancerIPPool",
+    root = "LoadBalancerIpPool"
+)]
+#[kube(
+    plural = "loadbalancerippools",
+    shortname = "lbpool",
+    category = "reef"
+)]
+#[kube(status = "LoadBalancerIpPoolStatus")]
+#[kube(printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidrs"))]
+#[kube(printcolumn(name = "Used", type_ = "integer", json_path = ".status.used"))]
+#[kube(printcolumn(name = "Free", type_ = "integer", json_path = ".status.free"))]
+#[kube(printcolumn(name = "Auto", type_ = "boolean", json_path = ".spec.autoAssign"))]
+#[kube(printcolumn(name = "Problem", type_ = "string", json_path = ".status.problem"))]
+#[kube(printcolumn(
+    name = "Age",
+    type_ = "date",
+    json_path = ".metadata.creationTimestamp"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerIpPoolSpec {
+    /// IPv4 and IPv6 prefixes (`198.51.100.0/28`) and inclusive ranges
+    /// (`198.51.100.10-198.51.100.20`) the pool hands out.
+    pub cidrs: Vec<String>,
+    /// The Services (by label) that may get addresses from the pool; empty: all.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_selector: LabelSelector,
+    /// Whether Services that request no address get one from this pool (default true);
+    /// false: only `spec.loadBalancerIP` / the annotation can take its addresses.
+    #[serde(default = "default_true")]
+    pub auto_assign: bool,
+}
+
+/// What reef records and reports about a LoadBalancer pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerIpPoolStatus {
+    /// Every address handed out, with its Service (the compare-and-swap on the pool guards it).
+    #[serde(default)]
+    pub allocations: Vec<LoadBalancerAllocation>,
+    /// Addresses handed out.
+    #[serde(default)]
+    pub used: u64,
+    /// Addresses left (saturating at 2^64-1 for large IPv6 pools).
+    #[serde(default)]
+    pub free: u64,
+    /// Why the pool hands nothing out (bad entry, overlap with another pool); none when usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// One LoadBalancer address and the Service holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerAllocation {
+    #[schemars(schema_with = "schema::ip")]
+    pub ip: IpAddr,
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// The Service's UID: a Service deleted and created again under the same name is another.
+    pub uid: String,
+    /// Seconds since the Unix epoch when the address was handed out.
+    #[serde(default)]
+    pub allocated_at: u64,
+}
+
+/// One entry of a LoadBalancer pool's `spec.cidrs`: the inclusive range of addresses it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LbRange {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+fn ip_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+impl LbRange {
+    /// Parses `a.b.c.d/n`, `x::/n` or `first-last` (same family, first ≤ last). A prefix with
+    /// host bits set is refused (almost always a typo).
+    pub fn parse(s: &str) -> Result<LbRange, String> {
+        let s = s.trim();
+        if let Some((a, b)) = s.split_once('-') {
+            let first: IpAddr = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("{:?} is not an IP address", a.trim()))?;
+            let last: IpAddr = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("{:?} is not an IP address", b.trim()))?;
+            if first.is_ipv4() != last.is_ipv4() {
+                return Err(format!("{s}: the two ends are of different families"));
+            }
+            if ip_bits(first) > ip_bits(last) {
+                return Err(format!("{s}: the first address is after the last"));
+            }
+            return Ok(LbRange { first, last });
+        }
+        let net: IpNetwork = s.parse().map_err(|_| {
+            format!("{s:?} is neither a CIDR (10.0.0.0/24) nor a range (10.0.0.1-10.0.0.9)")
+        })?;
+        if !s.contains('/') {
+            // A lone address is a /32 (/128): accept it as a range of one.
+            return Ok(LbRange {
+                first: net.ip(),
+                last: net.ip(),
+            });
+        }
+        if net.network() != net.ip() {
+            return Err(format!(
+                "{net} has host bits set (use {}/{})",
+                net.network(),
+                net.prefix()
+            ));
+        }
+        Ok(LbRange {
+            first: net.network(),
+            last: net.broadcast(),
+        })
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.first.is_ipv4()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.is_ipv4()
+            && (ip_bits(self.first)..=ip_bits(self.last)).contains(&ip_bits(ip))
+    }
+
+    pub fn overlaps(&self, o: &LbRange) -> bool {
+        self.is_ipv4() == o.is_ipv4()
+            && ip_bits(self.first) <= ip_bits(o.last)
+            && ip_bits(o.first) <= ip_bits(self.last)
+    }
+
+    /// Number of addresses (saturating for a whole IPv6 space).
+    pub fn size(&self) -> u128 {
+        (ip_bits(self.last) - ip_bits(self.first)).saturating_add(1)
+    }
+
+    /// The address `offset` after `first` (None past `last`).
+    pub fn nth(&self, offset: u128) -> Option<IpAddr> {
+        let v = ip_bits(self.first).checked_add(offset)?;
+        if v > ip_bits(self.last) {
+            return None;
+        }
+        Some(match self.first {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(v as u32)),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(v)),
+        })
+    }
+
+    /// Offset of `ip` from `first` (only meaningful when `contains(ip)`).
+    pub fn offset(&self, ip: IpAddr) -> u128 {
+        ip_bits(ip).wrapping_sub(ip_bits(self.first))
+    }
+}
+
+impl std::fmt::Display for LbRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl LoadBalancerIpPoolSpec {
+    /// The pool's entries, parsed; the first problem names its field.
+    pub fn ranges(&self) -> Result<Vec<LbRange>, Error> {
+        self.validate()?;
+        Ok(self
+            .cidrs
+            .iter()
+            .filter_map(|c| LbRange::parse(c).ok())
+            .collect())
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut p = Problems::default();
+        if self.cidrs.is_empty() {
+            p.add(
+                "spec.cidrs",
+                "no addresses",
+                "give at least one CIDR (198.51.100.0/28) or range (198.51.100.10-198.51.100.20)",
+            );
+        }
+        let mut seen: Vec<(usize, LbRange)> = Vec::new();
+        for (i, c) in self.cidrs.iter().enumerate() {
+            match LbRange::parse(c) {
+                Ok(r) => {
+                    if let Some((j, o)) = seen.iter().find(|(_, o)| o.overlaps(&r)) {
+                        p.add(
+                            format!("spec.cidrs[{i}]"),
+                            format!("{c} overlaps spec.cidrs[{j}] ({o})"),
+                            "give each address once",
+                        );
+                    }
+                    seen.push((i, r));
+                }
+                Err(e) => p.add(
+                    format!("spec.cidrs[{i}]"),
+                    e,
+                    "use a CIDR (198.51.100.0/28, fd00:lb::/120) or a range first-last of one family",
+                ),
+            }
+        }
+        p.finish("LoadBalancerIPPool")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1118,5 +1348,70 @@ mod tests {
                 .unwrap();
         let e = bad.validate().unwrap_err();
         assert_eq!(fields(&e), ["spec.advertiseServiceRoutes"]);
+    }
+}
+
+#[cfg(test)]
+mod lb_tests {
+    use super::*;
+
+    fn pool(cidrs: &[&str]) -> LoadBalancerIpPoolSpec {
+        LoadBalancerIpPoolSpec {
+            cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+            service_selector: LabelSelector::new(),
+            auto_assign: true,
+        }
+    }
+
+    #[test]
+    fn load_balancer_pool_entries_parse_as_cidrs_ranges_and_addresses() {
+        let r = LbRange::parse("198.51.100.0/30").unwrap();
+        assert_eq!(r.size(), 4);
+        assert_eq!(r.nth(3), Some("198.51.100.3".parse().unwrap()));
+        assert_eq!(r.nth(4), None);
+        let r = LbRange::parse("198.51.100.10 - 198.51.100.12").unwrap();
+        assert_eq!(r.size(), 3);
+        assert!(r.contains("198.51.100.12".parse().unwrap()));
+        assert!(!r.contains("198.51.100.13".parse().unwrap()));
+        assert!(!r.contains("::1".parse().unwrap()));
+        let r = LbRange::parse("fd00:1b::/120").unwrap();
+        assert_eq!(r.size(), 256);
+        assert_eq!(LbRange::parse("192.0.2.7").unwrap().size(), 1);
+        assert!(LbRange::parse("10.0.0.0/8")
+            .unwrap()
+            .overlaps(&LbRange::parse("10.1.0.0-10.1.0.4").unwrap()));
+        assert!(!LbRange::parse("10.0.0.0/8")
+            .unwrap()
+            .overlaps(&LbRange::parse("::/0").unwrap()));
+    }
+
+    #[test]
+    fn load_balancer_pool_validation_names_the_entry() {
+        assert!(pool(&["198.51.100.0/28", "fd00::/120"]).validate().is_ok());
+        let e = pool(&[]).validate().unwrap_err();
+        assert_eq!(e.problems()[0].field, "spec.cidrs");
+        let e = pool(&[
+            "198.51.100.0/28",
+            "198.51.100.1/28",
+            "nonsense",
+            "10.0.0.9-10.0.0.1",
+        ])
+        .validate()
+        .unwrap_err();
+        let fields: Vec<&str> = e.problems().iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["spec.cidrs[1]", "spec.cidrs[2]", "spec.cidrs[3]"]);
+        assert!(e.to_string().contains("host bits"), "{e}");
+        let e = pool(&["10.0.0.0/24", "10.0.0.5-10.0.0.9"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.problems()[0].problem.contains("overlaps spec.cidrs[0]"),
+            "{e}"
+        );
+        let e = pool(&["10.0.0.1-fd00::1"]).validate().unwrap_err();
+        assert!(
+            e.problems()[0].problem.contains("different families"),
+            "{e}"
+        );
     }
 }

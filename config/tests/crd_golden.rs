@@ -37,7 +37,7 @@ fn committed_crds_match_the_types() {
 #[test]
 fn manifests_are_cluster_scoped_with_validation() {
     let all = reef_config::crdgen::manifests();
-    assert_eq!(all.len(), 8);
+    assert_eq!(all.len(), 9);
     for (name, yaml) in &all {
         let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(
