@@ -96,12 +96,17 @@ pub struct IpPoolSpec {
 }
 
 impl IpPoolSpec {
-    /// A pool of `cidr` with the default block size and settings.
+    /// A pool of `cidr` with the default block size and settings (an IPv6 pool's ipipMode
+    /// is Never: IP-in-IP carries IPv4 only).
     pub fn new(cidr: IpNetwork) -> Self {
         IpPoolSpec {
             cidr,
             block_size: None,
-            ipip_mode: IpipMode::default(),
+            ipip_mode: if cidr.is_ipv6() {
+                IpipMode::Never
+            } else {
+                IpipMode::default()
+            },
             nat_outgoing: false,
             disabled: false,
             node_selector: LabelSelector::new(),
@@ -150,6 +155,19 @@ impl IpPoolSpec {
                     "use a prefix of at least /{} (at most 65536 addresses per block)",
                     max - 16
                 ),
+            );
+        }
+        if self.cidr.is_ipv6() && self.ipip_mode != IpipMode::Never {
+            // The tunnel would only report every remote IPv6 block as unroutable.
+            p.add(
+                "spec.ipipMode",
+                format!(
+                    "{:?} on an IPv6 pool: IP-in-IP carries IPv4 only",
+                    self.ipip_mode
+                ),
+                "set ipipMode: Never (IPv6 pods on other subnets are reached through BGP-learned \
+                 routes, or directly on one subnet)"
+                    .to_string(),
             );
         }
         p.finish("IPPool")
