@@ -358,6 +358,14 @@ fn parse_doc(d: &Doc) -> Result<Parsed, String> {
     };
     let spec = match kind {
         Kind::IpPool => {
+            let mut spec = spec;
+            // An IPv6 pool's ipipMode defaults to Never (IP-in-IP carries IPv4 only); one
+            // written out is validated (and refused unless Never).
+            if spec["cidr"].as_str().is_some_and(|c| c.contains(':'))
+                && spec.get("ipipMode").is_none()
+            {
+                spec["ipipMode"] = json!("Never");
+            }
             let (t, v) = decode_spec::<IpPoolSpec, IpPool>(&spec)?;
             t.validate().map_err(problems)?;
             v

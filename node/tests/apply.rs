@@ -428,3 +428,43 @@ fn with_the_kubernetes_datastore_it_says_to_use_kubectl_and_writes_nothing() {
     assert!(err.contains("use kubectl delete ippool x"), "{err}");
     assert!(!env.db.exists());
 }
+
+#[test]
+fn an_ipv6_pool_asking_for_ip_in_ip_is_refused_and_one_without_gets_never() {
+    let env = Env::new();
+    let text = "\
+apiVersion: reef.dev/v1alpha1
+kind: IPPool
+metadata: { name: v4 }
+spec: { cidr: 10.1.0.0/16 }
+---
+apiVersion: reef.dev/v1alpha1
+kind: IPPool
+metadata: { name: v6 }
+spec: { cidr: 'fd00:244::/48', ipipMode: CrossSubnet }
+";
+    let (code, out, err) = env.apply(text);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        err.contains("document 2 (IPPool v6): spec.ipipMode"),
+        "{err}"
+    );
+    assert!(
+        err.contains("IPv4 only") && err.contains("ipipMode: Never"),
+        "{err}"
+    );
+    assert!(env.names(Kind::IpPool).is_empty(), "nothing is written");
+    let (code, _, err) = env.apply(&text.replace("CrossSubnet", "Always"));
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("spec.ipipMode: Always on an IPv6 pool"),
+        "{err}"
+    );
+    // Left out: Never for IPv6, CrossSubnet (the default) for IPv4.
+    let (code, out, err) = env.apply(&text.replace(", ipipMode: CrossSubnet", ""));
+    assert_eq!(code, 0, "{out}{err}");
+    let v6 = env.store().get_typed::<IpPoolSpec>("v6").unwrap().unwrap();
+    assert_eq!(v6.spec.ipip_mode, reef_config::IpipMode::Never);
+    let v4 = env.store().get_typed::<IpPoolSpec>("v4").unwrap().unwrap();
+    assert_eq!(v4.spec.ipip_mode, reef_config::IpipMode::CrossSubnet);
+}
