@@ -9,7 +9,8 @@ use ipnetwork::IpNetwork;
 use reef_bgp::attrs::{AsSegment, NextHop, Origin, PathAttributes};
 use reef_bgp::policy::{Direction, PolicySet, NO_EXPORT};
 use reef_bgp::rib::{
-    Family, PeerConfig, PeerId, PeerSession, PeerUpdate, Rib, RibConfig, RibError, RouteSource,
+    Family, PeerConfig, PeerId, PeerRoutes, PeerSession, PeerUpdate, Rib, RibConfig, RibError,
+    RouteSource,
 };
 use reef_bgp::{Asn, BestPathChange, PeerType};
 
@@ -1055,6 +1056,80 @@ fn max_prefix_stops_at_the_limit_and_says_so() {
     // The driver stops the session; the flag clears with it.
     rib.peer_down(p).unwrap();
     assert_eq!(rib.counters(p).unwrap(), Default::default());
+}
+
+/// The session hands over the UPDATEs of a read as one `apply`: the same best-path changes,
+/// in the same order, as the UPDATEs one by one; past `max_prefix` the rest of the batch
+/// announces nothing, its withdrawals still apply.
+#[test]
+fn apply_is_the_updates_one_by_one_and_stops_announcing_at_max_prefix() {
+    let a = net("192.0.2.0/24");
+    let b = net("198.51.100.0/24");
+    let c = net("203.0.113.0/24");
+    let d = net("10.9.0.0/16");
+    let attrs = |asn| path(&[65001, asn], "10.0.1.2");
+    let setup = || {
+        let mut rib = rib();
+        let mut cfg = PeerConfig::new(ip("10.0.1.2"), Asn(65001), PeerType::Global);
+        cfg.max_prefix = Some(2);
+        let p = up_with(&mut rib, cfg, "1.1.1.1");
+        (rib, p)
+    };
+    let (mut one_by_one, p) = setup();
+    let mut best = Vec::new();
+    best.extend(
+        one_by_one
+            .announce(p, &[a, b], attrs(1))
+            .unwrap()
+            .best_changes,
+    );
+    best.extend(one_by_one.withdraw(p, &[a]).unwrap().best_changes);
+    best.extend(one_by_one.announce(p, &[b], attrs(2)).unwrap().best_changes);
+    let (mut batched, p) = setup();
+    let out = batched
+        .apply(
+            p,
+            [
+                PeerRoutes::Announce(&[a, b], attrs(1)),
+                PeerRoutes::Withdraw(&[a]),
+                PeerRoutes::Announce(&[b], attrs(2)),
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.best_changes, best);
+    assert_eq!(out.max_prefix_exceeded, None);
+    assert_eq!(batched.loc_rib(), one_by_one.loc_rib());
+
+    // c and d exceed the limit of 2 (b is there): announcing stops at c, the withdrawal of
+    // b after it still applies and the announcement of d after that is not taken.
+    let out = batched
+        .apply(
+            p,
+            [
+                PeerRoutes::Announce(&[c], attrs(3)),
+                PeerRoutes::Announce(&[a], attrs(3)),
+                PeerRoutes::Withdraw(&[b]),
+                PeerRoutes::Announce(&[d], attrs(3)),
+            ],
+        )
+        .unwrap();
+    let ex = out.max_prefix_exceeded.expect("limit reported");
+    assert_eq!((ex.peer, ex.limit), (p, 2));
+    let prefixes: Vec<IpNetwork> = batched.loc_rib().iter().map(|e| e.prefix).collect();
+    assert_eq!(prefixes, vec![c]);
+    assert_eq!(
+        out.best_changes,
+        vec![
+            BestPathChange {
+                prefix: c,
+                next_hops: vec![ip("10.0.1.2")],
+            },
+            BestPathChange {
+                prefix: b,
+                next_hops: vec![],
+            },
+        ]
+    );
 }
 
 #[test]

@@ -247,6 +247,14 @@ pub struct PeerUpdate {
     pub announce: Vec<Announcement>,
 }
 
+/// Routes one UPDATE brought, for [`Rib::apply`]: the withdrawals of an UPDATE come before
+/// its announcements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRoutes<'a> {
+    Withdraw(&'a [IpNetwork]),
+    Announce(&'a [IpNetwork], PathAttributes),
+}
+
 /// A peer sent more prefixes than its `max_prefix`; the driver stops the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPrefixExceeded {
@@ -1001,35 +1009,54 @@ impl Rib {
         prefixes: &[IpNetwork],
         attrs: PathAttributes,
     ) -> Result<RibOutput, RibError> {
+        self.apply(id, [PeerRoutes::Announce(prefixes, attrs)])
+    }
+
+    /// The peer withdrew `prefixes`.
+    pub fn withdraw(&mut self, id: PeerId, prefixes: &[IpNetwork]) -> Result<RibOutput, RibError> {
+        self.apply(id, [PeerRoutes::Withdraw(prefixes)])
+    }
+
+    /// What the peer sent in several UPDATEs, applied in order as one operation with one
+    /// output (the session hands over all UPDATEs of a read at once). Once the peer exceeds
+    /// its `max_prefix`, its further announcements are ignored; withdrawals still apply.
+    pub fn apply<'a>(
+        &mut self,
+        id: PeerId,
+        routes: impl IntoIterator<Item = PeerRoutes<'a>>,
+    ) -> Result<RibOutput, RibError> {
         self.established(id)?;
-        let attrs = self.interner.intern(attrs);
         let mut exceeded = None;
-        for prefix in prefixes {
-            let r = match prefix {
-                IpNetwork::V4(_) => self.announce_one::<Prefix4>(id.0, prefix, &attrs),
-                IpNetwork::V6(_) => self.announce_one::<Prefix6>(id.0, prefix, &attrs),
-            };
-            if r.is_err() {
-                let limit = self.peer(id)?.cfg.max_prefix.unwrap_or(0);
-                exceeded = Some(MaxPrefixExceeded { peer: id, limit });
-                break;
+        for r in routes {
+            match r {
+                PeerRoutes::Withdraw(prefixes) => {
+                    for prefix in prefixes {
+                        match prefix {
+                            IpNetwork::V4(_) => self.remove_one::<Prefix4>(id.0, prefix),
+                            IpNetwork::V6(_) => self.remove_one::<Prefix6>(id.0, prefix),
+                        }
+                    }
+                }
+                PeerRoutes::Announce(..) if exceeded.is_some() => {}
+                PeerRoutes::Announce(prefixes, attrs) => {
+                    let attrs = self.interner.intern(attrs);
+                    for prefix in prefixes {
+                        let r = match prefix {
+                            IpNetwork::V4(_) => self.announce_one::<Prefix4>(id.0, prefix, &attrs),
+                            IpNetwork::V6(_) => self.announce_one::<Prefix6>(id.0, prefix, &attrs),
+                        };
+                        if r.is_err() {
+                            let limit = self.peer(id)?.cfg.max_prefix.unwrap_or(0);
+                            exceeded = Some(MaxPrefixExceeded { peer: id, limit });
+                            break;
+                        }
+                    }
+                }
             }
         }
         let mut out = self.finish();
         out.max_prefix_exceeded = exceeded;
         Ok(out)
-    }
-
-    /// The peer withdrew `prefixes`.
-    pub fn withdraw(&mut self, id: PeerId, prefixes: &[IpNetwork]) -> Result<RibOutput, RibError> {
-        self.established(id)?;
-        for prefix in prefixes {
-            match prefix {
-                IpNetwork::V4(_) => self.remove_one::<Prefix4>(id.0, prefix),
-                IpNetwork::V6(_) => self.remove_one::<Prefix6>(id.0, prefix),
-            }
-        }
-        Ok(self.finish())
     }
 
     /// This node originates `prefixes` (its blocks, or what the user adds).

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::deferral::Deferral;
 use super::net;
 use super::session::{
-    self, Established, Routes, SessionCmd, SessionEvent, SessionEventKind, Settings,
+    self, Established, RouteStep, Routes, SessionCmd, SessionEvent, SessionEventKind, Settings,
 };
 use super::{Command, PeerStatus, Shutdown, SpeakerError, SpeakerEvent};
 use crate::config::{ConfigError, PeerConfig, SpeakerConfig};
@@ -496,12 +496,6 @@ impl Core {
         }
     }
 
-    /// `dispatch`, with the best-path changes appended to `best` instead of sent.
-    fn dispatch_into(&mut self, mut out: RibOutput, best: &mut Vec<BestPathChange>) {
-        best.append(&mut out.best_changes);
-        self.dispatch(out);
-    }
-
     fn session_event(&mut self, ev: SessionEvent) {
         let Some(e) = self.peers.get_mut(&ev.address) else {
             return;
@@ -532,33 +526,19 @@ impl Core {
                 if !self.rib.is_established(id).unwrap_or(false) {
                     return;
                 }
-                // The best-path changes of the whole batch go out as one event, in order.
-                let mut best = Vec::new();
-                let mut r = Ok(());
-                for Routes { withdraw, announce } in batch {
-                    if !withdraw.is_empty() {
-                        r = r.and(
-                            self.rib
-                                .withdraw(id, &withdraw)
-                                .map(|o| self.dispatch_into(o, &mut best)),
-                        );
-                    }
-                    for (attrs, prefixes) in announce {
-                        let e = self.peers.get(&ev.address);
-                        if e.is_none_or(|e| e.max_prefix_exceeded) {
-                            break;
-                        }
-                        r = r.and(
-                            self.rib
-                                .announce(id, &prefixes, attrs)
-                                .map(|o| self.dispatch_into(o, &mut best)),
-                        );
-                    }
+                // One RIB operation for the whole batch: its best-path changes go out as one
+                // event, in order.
+                let Routes {
+                    prefixes,
+                    mut steps,
+                } = batch;
+                if e.max_prefix_exceeded {
+                    steps.retain(|s| matches!(s, RouteStep::Withdraw(_)));
                 }
-                if !best.is_empty() && self.deferral.is_none() {
-                    let _ = self.events.send(SpeakerEvent::BestPaths(best));
-                }
-                r.map_err(SpeakerError::from)
+                self.rib
+                    .apply(id, Routes::rib_routes(&prefixes, steps))
+                    .map(|o| self.dispatch(o))
+                    .map_err(SpeakerError::from)
             }
             SessionEventKind::EndOfRib(f) => {
                 debug!(peer = %ev.address, ?f, "End-of-RIB");

@@ -49,7 +49,7 @@ use crate::packet::{
     frame, pack_updates, pack_withdrawals, Capability, EncodeCxt, Families, Family, GrFamily,
     GracefulRestart, Message, MessageType, Notification, Open, Update, Verdict,
 };
-use crate::rib::PeerUpdate;
+use crate::rib::{PeerRoutes, PeerUpdate};
 use crate::{Asn, SessionState};
 
 /// Speaker-wide settings every session needs.
@@ -102,7 +102,7 @@ pub(crate) enum SessionEventKind {
     Up(Established),
     /// The routes of every UPDATE decoded from one read, in the order they came: one
     /// hand-off to the core per read instead of one per UPDATE.
-    Routes(Vec<Routes>),
+    Routes(Routes),
     EndOfRib(Family),
     RouteRefresh(Family),
     /// The established session ended. `graceful`: the peer negotiated graceful restart and
@@ -114,11 +114,53 @@ pub(crate) enum SessionEventKind {
     },
 }
 
-/// The routes of one UPDATE: the withdrawals apply before the announcements.
-#[derive(Debug)]
+/// The routes of the UPDATEs of one hand-off, in order: the prefixes of all of them in one
+/// vector, each step taking the next ones (an UPDATE's withdrawals come before its
+/// announcements). One allocation per hand-off, not two per UPDATE.
+#[derive(Debug, Default)]
 pub(crate) struct Routes {
-    pub withdraw: Vec<IpNetwork>,
-    pub announce: Vec<(PathAttributes, Vec<IpNetwork>)>,
+    pub prefixes: Vec<IpNetwork>,
+    pub steps: Vec<RouteStep>,
+}
+
+/// One step of [`Routes`]: how many of the next prefixes it takes.
+#[derive(Debug)]
+pub(crate) enum RouteStep {
+    Withdraw(usize),
+    Announce(PathAttributes, usize),
+}
+
+impl Routes {
+    fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The steps as the RIB takes them.
+    pub fn rib_routes(
+        prefixes: &[IpNetwork],
+        steps: Vec<RouteStep>,
+    ) -> impl Iterator<Item = PeerRoutes<'_>> {
+        let mut at = 0;
+        steps.into_iter().map(move |s| {
+            let n = match &s {
+                RouteStep::Withdraw(n) | RouteStep::Announce(_, n) => *n,
+            };
+            let p = &prefixes[at..at + n];
+            at += n;
+            match s {
+                RouteStep::Withdraw(_) => PeerRoutes::Withdraw(p),
+                RouteStep::Announce(a, _) => PeerRoutes::Announce(p, a),
+            }
+        })
+    }
+
+    /// Adds what the prefixes pushed since `from` hold as one step.
+    fn step(&mut self, from: usize, s: impl FnOnce(usize) -> RouteStep) {
+        let n = self.prefixes.len() - from;
+        if n > 0 {
+            self.steps.push(s(n));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -153,8 +195,7 @@ pub(crate) fn spawn(
         timers: Timers::default(),
         negotiated: None,
         verdict: Verdict::Ok,
-        batch: Vec::new(),
-        batch_prefixes: 0,
+        batch: Routes::default(),
         first_open: true,
         exit: false,
     };
@@ -306,9 +347,7 @@ struct Session {
     /// The RFC 7606 verdict of the UPDATE being fed to the FSM.
     verdict: Verdict,
     /// Routes of the UPDATEs decoded so far from the current read, not yet sent to the core.
-    batch: Vec<Routes>,
-    /// Prefixes withdrawn or announced in `batch`.
-    batch_prefixes: usize,
+    batch: Routes,
     /// No session reached Established yet in this process: our OPEN carries the graceful
     /// restart R and F bits when the speaker is restarting.
     first_open: bool,
@@ -367,7 +406,6 @@ impl Session {
 
     async fn flush_routes(&mut self) {
         if !self.batch.is_empty() {
-            self.batch_prefixes = 0;
             let batch = std::mem::take(&mut self.batch);
             self.send_event(SessionEventKind::Routes(batch)).await;
         }
@@ -540,7 +578,9 @@ impl Session {
             if self.exit {
                 return;
             }
-            if self.batch.len() >= MAX_BATCH || self.batch_prefixes >= MAX_BATCH_PREFIXES {
+            if self.batch.steps.len() >= MAX_BATCH
+                || self.batch.prefixes.len() >= MAX_BATCH_PREFIXES
+            {
                 self.flush_routes().await;
             }
         }
@@ -895,46 +935,52 @@ impl Session {
             self.emit(SessionEventKind::EndOfRib(f)).await;
             return;
         }
-        let mut withdraw: Vec<IpNetwork> = u.withdrawn_prefixes().collect();
-        let mut announce = Vec::new();
+        let b = &mut self.batch;
+        let from = b.prefixes.len();
+        b.prefixes.extend(u.withdrawn_prefixes());
         match verdict {
             Verdict::TreatAsWithdraw(issue) => {
                 info!(peer = %self.cfg.address, ?issue, "malformed UPDATE: treat-as-withdraw (RFC 7606)");
-                withdraw.extend(u.announced_prefixes());
+                b.prefixes.extend(u.announced_prefixes());
+                b.step(from, RouteStep::Withdraw);
             }
             Verdict::AttributeDiscard(issues) => {
                 info!(peer = %self.cfg.address, ?issues, "malformed attributes discarded (RFC 7606)");
-                collect_announcements(u, &mut announce);
+                b.step(from, RouteStep::Withdraw);
+                collect_announcements(u, b);
             }
             // Session resets never get here (UpdateMsgErr).
-            Verdict::Ok | Verdict::SessionReset(_) => collect_announcements(u, &mut announce),
+            Verdict::Ok | Verdict::SessionReset(_) => {
+                b.step(from, RouteStep::Withdraw);
+                collect_announcements(u, b);
+            }
         }
-        if withdraw.is_empty() && announce.is_empty() {
-            return;
-        }
-        self.batch_prefixes +=
-            withdraw.len() + announce.iter().map(|(_, p)| p.len()).sum::<usize>();
-        self.batch.push(Routes { withdraw, announce });
     }
 }
 
-fn collect_announcements(mut u: Update, announce: &mut Vec<(PathAttributes, Vec<IpNetwork>)>) {
+fn collect_announcements(mut u: Update, b: &mut Routes) {
     // The usual UPDATE (IPv4 NLRI, no MP_REACH): its attributes move, no copy.
     if u.mp_reach.is_none() {
         if !u.nlri.is_empty() {
             let a = u.attrs.take().unwrap_or_default();
-            announce.push((a, u.nlri.iter().map(|p| IpNetwork::V4(*p)).collect()));
+            let from = b.prefixes.len();
+            b.prefixes.extend(u.nlri.iter().map(|p| IpNetwork::V4(*p)));
+            b.step(from, |n| RouteStep::Announce(a, n));
         }
         return;
     }
     if !u.nlri.is_empty() {
         if let Some(a) = u.attributes_for(Family::Ipv4Unicast) {
-            announce.push((a, u.nlri.iter().map(|p| IpNetwork::V4(*p)).collect()));
+            let from = b.prefixes.len();
+            b.prefixes.extend(u.nlri.iter().map(|p| IpNetwork::V4(*p)));
+            b.step(from, |n| RouteStep::Announce(a, n));
         }
     }
     if let Some(r) = &u.mp_reach {
         if let Some(a) = u.attributes_for(r.family) {
-            announce.push((a, r.nlri.clone()));
+            let from = b.prefixes.len();
+            b.prefixes.extend_from_slice(&r.nlri);
+            b.step(from, |n| RouteStep::Announce(a, n));
         }
     }
 }
