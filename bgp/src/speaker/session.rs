@@ -196,6 +196,7 @@ pub(crate) fn spawn(
         negotiated: None,
         verdict: Verdict::Ok,
         batch: Routes::default(),
+        hold_due: false,
         first_open: true,
         exit: false,
     };
@@ -348,6 +349,8 @@ struct Session {
     verdict: Verdict,
     /// Routes of the UPDATEs decoded so far from the current read, not yet sent to the core.
     batch: Routes,
+    /// UPDATEs were taken in Established since the hold timer was last restarted.
+    hold_due: bool,
     /// No session reached Established yet in this process: our OPEN carries the graceful
     /// restart R and F bits when the speaker is restarting.
     first_open: bool,
@@ -520,7 +523,19 @@ impl Session {
     /// of its UPDATEs go to the core together.
     async fn process_input(&mut self) {
         self.decode_input().await;
+        self.restart_hold().await;
         self.flush_routes().await;
+    }
+
+    /// Restarts the hold timer for the UPDATEs taken in Established since the last restart:
+    /// the FSM's answer to KeepAliveMsg there is that restart alone, as it is the first half
+    /// of its answer to UpdateMsg (RFC 4271 §8.2.2: either message restarts the
+    /// HoldTimer). Messages of one read arrive at the same time, so one restart per read
+    /// gives the same deadline as one per UPDATE.
+    async fn restart_hold(&mut self) {
+        if std::mem::take(&mut self.hold_due) && self.fsm.state() == SessionState::Established {
+            self.feed(Event::KeepAliveMsg).await;
+        }
     }
 
     async fn decode_input(&mut self) {
@@ -550,6 +565,23 @@ impl Session {
                         warn!(peer = %self.cfg.address, "UPDATE error, resetting: {n}");
                         Event::UpdateMsgErr(n)
                     }
+                    // The usual case by far. The FSM's answer to UpdateMsg in Established
+                    // is always: restart the hold timer, process the UPDATE. The UPDATE is
+                    // processed here and the restart done once per read (`restart_hold`),
+                    // instead of an FSM round (event, actions vector, timer) per UPDATE.
+                    v if self.fsm.state() == SessionState::Established => {
+                        self.hold_due = true;
+                        self.on_update(*u, v).await;
+                        if self.exit {
+                            return;
+                        }
+                        if self.batch.steps.len() >= MAX_BATCH
+                            || self.batch.prefixes.len() >= MAX_BATCH_PREFIXES
+                        {
+                            self.flush_routes().await;
+                        }
+                        continue;
+                    }
                     v => {
                         self.verdict = v;
                         Event::UpdateMsg(u)
@@ -574,6 +606,8 @@ impl Session {
                     }
                 }
             };
+            // In order: the UPDATEs before this message count first.
+            self.restart_hold().await;
             self.feed(ev).await;
             if self.exit {
                 return;
