@@ -31,6 +31,8 @@ use crate::{Asn, SessionState};
 /// The hold time proposed while the OPEN exchange runs (RFC 4271 §8.2.2: "a large value,
 /// 4 minutes is suggested").
 pub const LARGE_HOLD_TIME: u32 = 240;
+/// NOTIFICATION error code Send Hold Timer Expired (RFC 9687 §3), no subcodes.
+pub const SEND_HOLD_TIMER_EXPIRED: u8 = 8;
 
 /// What the FSM needs to know about the local speaker and the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +150,10 @@ pub enum Event {
     HoldTimerExpires,
     /// Event 11, KeepaliveTimer_Expires.
     KeepaliveTimerExpires,
+    /// Event 29, SendHoldTimer_Expires (RFC 9687): the peer has taken nothing we sent for
+    /// the send hold time. Ends the session like HoldTimer_Expires, with Send Hold Timer
+    /// Expired (the NOTIFICATION is attempted; the driver resets the connection).
+    SendHoldTimerExpires,
     /// Event 13, IdleHoldTimer_Expires: the back-off is over; start again (Event 3,
     /// AutomaticStart).
     IdleHoldTimerExpires,
@@ -527,6 +533,9 @@ impl Fsm {
             (OpenSent | OpenConfirm | Established, Event::HoldTimerExpires) => {
                 self.error(out, Some(Notification::new(codes::HOLD_TIMER_EXPIRED, 0)));
             }
+            (OpenSent | OpenConfirm | Established, Event::SendHoldTimerExpires) => {
+                self.error(out, Some(Notification::new(SEND_HOLD_TIMER_EXPIRED, 0)));
+            }
             (
                 OpenSent | OpenConfirm | Established,
                 Event::BgpHeaderErr(n) | Event::BgpOpenMsgErr(n) | Event::UpdateMsgErr(n),
@@ -555,7 +564,12 @@ impl Fsm {
             // RFC 4271: ManualStart outside Idle is ignored; a timer event that raced with
             // its StopTimer is stale and ignored too.
             (_, Event::ManualStart | Event::IdleHoldTimerExpires) => {}
-            (Connect | Active, Event::HoldTimerExpires | Event::KeepaliveTimerExpires) => {}
+            (
+                Connect | Active,
+                Event::HoldTimerExpires
+                | Event::KeepaliveTimerExpires
+                | Event::SendHoldTimerExpires,
+            ) => {}
 
             // Anything else is an FSM error (RFC 4271 §8.2.2; subcodes of RFC 6608).
             (Connect | Active, _) => {

@@ -31,6 +31,7 @@
 mod core;
 mod deferral;
 mod net;
+mod outbound;
 mod session;
 mod writer;
 

@@ -40,14 +40,14 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use super::net;
-use super::writer::{Writer, BULK_CHUNK};
+use super::writer::{SendHoldExpired, Writer};
 use crate::attrs::PathAttributes;
 use crate::config::{GracefulRestartConfig, PeerConfig};
 use crate::fsm::{self, Action, Collision, DownReason, Event, Fsm, FsmConfig, Negotiated, Timer};
 use crate::packet::error::codes;
 use crate::packet::{
-    frame, pack_updates, pack_withdrawals, Capability, EncodeCxt, Families, Family, GrFamily,
-    GracefulRestart, Message, MessageType, Notification, Open, Update, Verdict,
+    frame, Capability, EncodeCxt, Families, Family, GrFamily, GracefulRestart, Message,
+    MessageType, Notification, Open, Update, Verdict,
 };
 use crate::rib::{PeerRoutes, PeerUpdate};
 use crate::{Asn, SessionState};
@@ -234,6 +234,8 @@ struct Conn {
     rd: OwnedReadHalf,
     writer: Writer,
     writer_task: JoinHandle<std::io::Result<()>>,
+    /// The writer's error, when it fails (a send hold expiry among them).
+    writer_failed: tokio::sync::oneshot::Receiver<std::io::Error>,
     /// We initiated it (for collision resolution).
     outgoing: bool,
     local: Option<IpAddr>,
@@ -258,11 +260,12 @@ impl Conn {
     fn new(stream: TcpStream, outgoing: bool) -> Conn {
         let local = net::local_ip(&stream);
         let (rd, wr) = stream.into_split();
-        let (writer, writer_task) = Writer::spawn(wr);
+        let (writer, writer_task, writer_failed) = Writer::spawn(wr);
         Conn {
             rd,
             writer,
             writer_task,
+            writer_failed,
             outgoing,
             local,
             // Grows when a peer sends a lot; most sessions stay small.
@@ -438,7 +441,11 @@ impl Session {
                                 c.buf.reserve(c.want);
                             }
                             let room = c.buf.capacity() - c.buf.len();
-                            let r = c.rd.read_buf(&mut c.buf).await;
+                            // A failed writer ends the connection as a failed read does.
+                            let r = tokio::select! {
+                                r = c.rd.read_buf(&mut c.buf) => r,
+                                Ok(e) = &mut c.writer_failed => Err(e),
+                            };
                             if matches!(r, Ok(n) if n == room) {
                                 c.want = (c.want * 2).min(MAX_READ);
                             }
@@ -474,6 +481,9 @@ impl Session {
                     self.reason_hint("connection closed by the peer");
                 }
                 Wake::Read(Ok(_)) => self.process_input().await,
+                Wake::Read(Err(e)) if e.get_ref().is_some_and(|i| i.is::<SendHoldExpired>()) => {
+                    self.feed(Event::SendHoldTimerExpires).await;
+                }
                 Wake::Read(Err(e)) => {
                     debug!(peer = %self.cfg.address, "read: {e}");
                     self.feed(Event::TcpConnectionFails).await;
@@ -711,17 +721,14 @@ impl Session {
             SessionCmd::Advertise(u) => {
                 if let (Some(conn), Some(n)) = (&self.conn, &self.negotiated) {
                     if self.fsm.state() == SessionState::Established {
-                        send_update(&conn.writer, &u, &n.encode_cxt());
+                        conn.writer.advertise(&u, n.encode_cxt());
                     }
                 }
             }
             SessionCmd::EndOfRib => {
                 if let (Some(conn), Some(n)) = (&self.conn, &self.negotiated) {
                     if self.fsm.state() == SessionState::Established {
-                        for f in n.families.iter() {
-                            conn.writer
-                                .bulk(encode_update(&Update::end_of_rib(f), &n.encode_cxt()));
-                        }
+                        conn.writer.end_of_rib(n.families.iter(), n.encode_cxt());
                     }
                 }
             }
@@ -905,6 +912,10 @@ impl Session {
                     families: n.families,
                     peer_gr: n.graceful_restart.clone(),
                 };
+                if let Some(c) = &self.conn {
+                    c.writer
+                        .send_hold(Duration::from_secs(u64::from(n.hold_time)));
+                }
                 self.negotiated = Some(*n);
                 self.first_open = false;
                 info!(peer = %self.cfg.address, "session established");
@@ -1098,72 +1109,9 @@ fn encode_msg(m: &Message) -> Bytes {
     b.freeze()
 }
 
-fn encode_update(u: &Update, cxt: &EncodeCxt) -> Bytes {
-    let mut b = BytesMut::new();
-    if let Err(e) = u.encode(cxt, &mut b) {
-        warn!("cannot encode an UPDATE: {e}");
-    }
-    b.freeze()
-}
-
-/// Prefixes packed per call: keeps each packed run well under one bulk chunk.
-const PACK_RUN: usize = 512;
-
-/// Packs an Adj-RIB-Out delta into UPDATEs and queues them in chunks of whole messages.
-fn send_update(writer: &Writer, u: &PeerUpdate, cxt: &EncodeCxt) {
-    // Sized for this delta: the queued chunks keep their allocation until written, so a
-    // 64 KiB buffer per small UPDATE would add up across hundreds of sessions.
-    let prefixes = u.withdraw.len() + u.announce.iter().map(|a| a.prefixes.len()).sum::<usize>();
-    let estimate = 64 + 17 * prefixes + 128 * u.announce.len();
-    let mut buf = BytesMut::with_capacity(estimate.min(BULK_CHUNK));
-    let flush = |buf: &mut BytesMut, force: bool| {
-        // A run of PACK_RUN prefixes is at most a few KiB, so a chunk stays near BULK_CHUNK.
-        if buf.len() >= BULK_CHUNK - 8192 || (force && !buf.is_empty()) {
-            writer.bulk(buf.split().freeze());
-        }
-    };
-    let withdraw: Vec<IpNetwork> = u
-        .withdraw
-        .iter()
-        .copied()
-        .filter(|p| cxt.families.contains(Family::of(p.ip())))
-        .collect();
-    for part in withdraw.chunks(PACK_RUN) {
-        if let Err(e) = pack_withdrawals(part, cxt, &mut buf) {
-            warn!("cannot encode withdrawals: {e}");
-        }
-        flush(&mut buf, false);
-    }
-    for a in &u.announce {
-        for fam in Family::ALL {
-            if !cxt.families.contains(fam) {
-                continue;
-            }
-            let of_family: Vec<IpNetwork> = a
-                .prefixes
-                .iter()
-                .copied()
-                .filter(|p| Family::of(p.ip()) == fam)
-                .collect();
-            for part in of_family.chunks(PACK_RUN) {
-                if let Err(e) = pack_updates(&a.attrs, part, cxt, &mut buf) {
-                    warn!("cannot encode an announcement: {e}");
-                }
-                flush(&mut buf, false);
-            }
-        }
-    }
-    flush(&mut buf, true);
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::attrs::NextHop;
-    use crate::packet::{DecodeCxt, PeerKind};
-    use crate::rib::{self, Announcement, PeerId, Rib, RibConfig};
 
     #[test]
     fn rfc8538_hard_reset_wraps_the_notification_and_decides_what_is_graceful() {
@@ -1192,86 +1140,5 @@ mod tests {
         assert!(!graceful_after(&NotificationSent(max.clone()), true));
         // A peer that did not wrap its Cease: only a Hard Reset counts as one.
         assert!(graceful_after(&NotificationReceived(max), true));
-    }
-
-    fn peer_id() -> PeerId {
-        let mut rib = Rib::new(RibConfig::new(Asn(64512), Ipv4Addr::new(10, 0, 0, 1))).unwrap();
-        let p = rib::PeerConfig::new(
-            "10.0.0.2".parse().unwrap(),
-            Asn(64512),
-            crate::PeerType::Global,
-        );
-        rib.add_peer(p).unwrap()
-    }
-
-    fn cxt() -> EncodeCxt {
-        EncodeCxt {
-            four_octet_as: true,
-            peer: PeerKind::Internal,
-            families: Families::BOTH,
-        }
-    }
-
-    #[tokio::test]
-    async fn bulk_chunks_hold_whole_messages_and_every_prefix() {
-        // A writer whose far end we read: check what goes on the wire.
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = l.local_addr().unwrap();
-        let (c, s) = tokio::join!(TcpStream::connect(a), l.accept());
-        let (mut far, _) = s.unwrap();
-        let (_rd, wr) = c.unwrap().into_split();
-        let (writer, task) = Writer::spawn(wr);
-        let attrs = Arc::new(PathAttributes {
-            next_hop: Some(NextHop {
-                address: "10.0.0.1".parse().unwrap(),
-                link_local: None,
-            }),
-            local_pref: Some(100),
-            ..PathAttributes::default()
-        });
-        let prefixes: Vec<IpNetwork> = (0..20_000u32)
-            .map(|i| {
-                IpNetwork::V4(
-                    ipnetwork::Ipv4Network::new((0x0a00_0000 + (i << 8)).into(), 24).unwrap(),
-                )
-            })
-            .collect();
-        let u = PeerUpdate {
-            peer: peer_id(),
-            withdraw: prefixes[..1000].to_vec(),
-            announce: vec![Announcement {
-                attrs,
-                prefixes: prefixes.clone(),
-            }],
-        };
-        send_update(&writer, &u, &cxt());
-        // Read until every prefix has arrived; chunks must hold whole messages.
-        let mut all = Vec::new();
-        let mut announced = 0;
-        let mut withdrawn = 0;
-        let mut chunk = vec![0u8; 65536];
-        while announced + withdrawn < 21_000 {
-            let n = tokio::time::timeout(Duration::from_secs(10), far.read(&mut chunk))
-                .await
-                .expect("the writer sends everything")
-                .unwrap();
-            assert!(n > 0, "closed early");
-            all.extend_from_slice(&chunk[..n]);
-            let mut used = 0;
-            while let Some(len) = frame(&all[used..]).unwrap() {
-                let dc: DecodeCxt = cxt().into();
-                let Message::Update(u) = Message::decode(&all[used..used + len], &dc).unwrap().0
-                else {
-                    panic!("only UPDATEs")
-                };
-                announced += u.nlri.len();
-                withdrawn += u.withdrawn.len();
-                used += len;
-            }
-            all.drain(..used);
-        }
-        drop(writer);
-        task.await.unwrap().unwrap();
-        assert_eq!((announced, withdrawn), (20_000, 1000));
     }
 }
