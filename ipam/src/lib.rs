@@ -21,6 +21,7 @@ pub mod embedded;
 pub mod ipam;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod loadbalancer;
 pub mod store;
 
 pub use crate::ipam::{
