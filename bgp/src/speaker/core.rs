@@ -47,6 +47,8 @@ struct PeerEntry {
     max_prefix_exceeded: bool,
     /// Bumped whenever a stale timer is (re)started, so an old timer's firing is ignored.
     stale_epoch: u64,
+    /// Session tasks of this peer that panicked since it was last Established.
+    crashes: u32,
 }
 
 enum Internal {
@@ -58,6 +60,11 @@ enum Internal {
     },
     /// The selection deferral timer of a restart ran out.
     DeferralTimer,
+    /// Start a fresh session task for a peer whose task panicked.
+    Respawn {
+        address: IpAddr,
+        key: u64,
+    },
 }
 
 struct Core {
@@ -248,6 +255,14 @@ impl Core {
             Command::LocRibLen(r) => {
                 let _ = r.send(self.rib.loc_rib_len());
             }
+            #[cfg(test)]
+            Command::InjectPanic(a, r) => {
+                let res = self
+                    .peers
+                    .get(&a)
+                    .map(|e| e.cmd.send(SessionCmd::Panic).is_ok());
+                let _ = r.send(res.ok_or(SpeakerError::UnknownPeer(a)).map(|_| ()));
+            }
             // `run` takes Shutdown before it gets here.
             Command::Shutdown(..) => {}
         }
@@ -319,6 +334,7 @@ impl Core {
                 last_error: None,
                 max_prefix_exceeded: false,
                 stale_epoch: 0,
+                crashes: 0,
             },
         );
         self.listener_gtsm();
@@ -505,6 +521,7 @@ impl Core {
         }
         let id = e.id;
         let result = match ev.kind {
+            SessionEventKind::Crashed(why) => self.crashed(ev.address, why),
             SessionEventKind::State(s, reason) => {
                 e.state = s;
                 e.since = SystemTime::now();
@@ -589,10 +606,84 @@ impl Core {
         }
     }
 
-    fn peer_up(&mut self, address: IpAddr, est: Established) -> Result<(), SpeakerError> {
-        let Some(e) = self.peers.get(&address) else {
+    /// A session task panicked, and its connection went with it. The peer's routes go as for
+    /// any lost session (withdrawn; stale ones too, since nothing is left to refresh them),
+    /// status says why, and a fresh task starts after a back-off (the connect retry time,
+    /// doubling with each crash in a row, at most a minute) so that a panic the peer's input
+    /// triggers does not spin.
+    fn crashed(&mut self, address: IpAddr, why: String) -> Result<(), SpeakerError> {
+        let key = self.next_key;
+        let Some(e) = self.peers.get_mut(&address) else {
             return Ok(());
         };
+        self.next_key += 1;
+        // Whatever the dead task queued before it died is ignored from now on.
+        e.key = key;
+        e.crashes += 1;
+        e.state = SessionState::Idle;
+        e.since = SystemTime::now();
+        let reason = format!("session task panicked: {why}");
+        if !e.max_prefix_exceeded {
+            e.last_error = Some(reason.clone());
+        }
+        let (id, peer_type, crashes) = (e.id, e.cfg.peer_type, e.crashes);
+        let _ = self.events.send(SpeakerEvent::PeerState {
+            address,
+            peer_type,
+            state: SessionState::Idle,
+            reason: Some(reason),
+        });
+        if let Some(d) = &mut self.deferral {
+            d.peer_down(address);
+        }
+        if self.rib.is_established(id).unwrap_or(false) {
+            let out = self.rib.peer_down(id)?;
+            self.dispatch(out);
+        }
+        if self.rib.counters(id)?.stale > 0 {
+            let out = self.rib.stale_timer_expired(id)?;
+            self.dispatch(out);
+        }
+        let delay = (self.settings.connect_retry * 2u32.pow(crashes.min(6) - 1))
+            .min(Duration::from_secs(60));
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Internal::Respawn { address, key });
+        });
+        Ok(())
+    }
+
+    fn respawn(&mut self, address: IpAddr, key: u64) {
+        let Some(e) = self.peers.get_mut(&address) else {
+            return;
+        };
+        if e.key != key {
+            return;
+        }
+        let (cmd, task) = session::spawn(
+            key,
+            e.cfg.clone(),
+            Arc::clone(&self.settings),
+            self.sess_tx.clone(),
+        );
+        if e.max_prefix_exceeded {
+            // Stopped until reconfigured, as the task that died was.
+            let _ = cmd.send(SessionCmd::Stop {
+                notification: None,
+                exit: false,
+            });
+        }
+        e.cmd = cmd;
+        e.task = task;
+        info!(peer = %address, "session task started again after a panic");
+    }
+
+    fn peer_up(&mut self, address: IpAddr, est: Established) -> Result<(), SpeakerError> {
+        let Some(e) = self.peers.get_mut(&address) else {
+            return Ok(());
+        };
+        e.crashes = 0;
         let id = e.id;
         let counters = self.rib.counters(id)?;
         if counters.stale > 0 {
@@ -738,6 +829,7 @@ impl Core {
                     None => debug!(%remote, "connection from an unconfigured address closed"),
                 }
             }
+            Internal::Respawn { address, key } => self.respawn(address, key),
             Internal::DeferralTimer => {
                 self.finish_deferral("the selection deferral timer expired");
             }

@@ -15,14 +15,19 @@
 //!         connections, Adj-    ▼  │  back on the peers' TCP windows)
 //!         RIB-Out deltas)  ┌────────────────────┐
 //!                          │ session task / peer│  FSM (pure), connect / retry / back-off,
-//!                          │  reads + decodes   │  hold and keepalive timers, collisions
-//!                          └────────────────────┘
-//!                                    │ Outgoing (urgent: OPEN, KEEPALIVE, NOTIFICATION;
-//!                                    ▼            bulk: packed UPDATEs in ≤ 64 KiB chunks)
+//!                          │  reads + decodes   │  hold and keepalive timers, collisions;
+//!                          └────────────────────┘  in a span naming the peer; supervised:
+//!                                    │             a panic ends the session as a loss
+//!                                    │             would, a fresh task starts later
+//!                                    │ urgent: OPEN, KEEPALIVE, NOTIFICATION (a channel);
+//!                                    ▼ bulk: Adj-RIB-Out deltas merged per prefix (outbound.rs)
 //!                          ┌────────────────────┐
 //!                          │ writer task / conn │  urgent first, and checked again between
-//!                          └────────────────────┘  bulk chunks, so a flush never starves
-//!                                                  KEEPALIVEs
+//!                          └────────────────────┘  bulk chunks (whole UPDATEs, ≤ 64 KiB,
+//!                                                  encoded as the socket takes them), so
+//!                                                  a flush never starves KEEPALIVEs; a
+//!                                                  peer that takes nothing for the hold
+//!                                                  time is reset (RFC 9687)
 //! ```
 //!
 //! The core task never waits on a session (its channels to them are unbounded); sessions
@@ -179,6 +184,9 @@ pub(crate) enum Command {
     BestPaths(oneshot::Sender<BTreeMap<IpNetwork, Vec<IpAddr>>>),
     LocRibLen(oneshot::Sender<usize>),
     Shutdown(Shutdown, oneshot::Sender<()>),
+    /// Make the peer's session task panic (tests of the supervision).
+    #[cfg(test)]
+    InjectPanic(IpAddr, oneshot::Sender<Result<(), SpeakerError>>),
 }
 
 /// The entry point.
@@ -281,6 +289,12 @@ impl SpeakerHandle {
     /// Number of prefixes in the Loc-RIB.
     pub async fn loc_rib_len(&self) -> Result<usize, SpeakerError> {
         self.ask(Command::LocRibLen).await
+    }
+
+    /// Makes the peer's session task panic, as a bug would.
+    #[cfg(test)]
+    pub(crate) async fn inject_panic(&self, address: IpAddr) -> Result<(), SpeakerError> {
+        self.ask(|r| Command::InjectPanic(address, r)).await?
     }
 
     /// Stops every session (see [`Shutdown`]) and the speaker; returns when the sockets are

@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::net;
 use super::writer::{SendHoldExpired, Writer};
@@ -82,6 +82,9 @@ pub(crate) enum SessionCmd {
     Start,
     /// New transport settings: the running session (if any) is reset.
     Reconfigure(PeerConfig),
+    /// Panic in the session task (tests of the supervision).
+    #[cfg(test)]
+    Panic,
 }
 
 /// The session reached Established.
@@ -112,6 +115,8 @@ pub(crate) enum SessionEventKind {
         graceful: Option<Duration>,
         reason: String,
     },
+    /// The session task panicked (with this message) and is gone, its connection with it.
+    Crashed(String),
 }
 
 /// The routes of the UPDATEs of one hand-off, in order: the prefixes of all of them in one
@@ -178,6 +183,7 @@ pub(crate) fn spawn(
     events: mpsc::Sender<SessionEvent>,
 ) -> (mpsc::UnboundedSender<SessionCmd>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (address, asn) = (cfg.address, cfg.asn);
     let fsm = Fsm::new(fsm_config(&cfg, &settings));
     let s = Session {
         key,
@@ -200,7 +206,38 @@ pub(crate) fn spawn(
         first_open: true,
         exit: false,
     };
-    (tx, tokio::spawn(s.run()))
+    // Every line the session and its writer log names the peer.
+    let span = tracing::info_span!("peer", peer = %address, asn);
+    let events = s.events.clone();
+    let inner = tokio::spawn(s.run().instrument(span.clone()));
+    let task = tokio::spawn(supervise(key, address, inner, events).instrument(span));
+    (tx, task)
+}
+
+/// Waits for a session task. A panic in it (a bug) becomes [`SessionEventKind::Crashed`], on
+/// which the core ends the session as for any other loss and starts a fresh task, so no peer
+/// is left without a task while its routes stay in the RIB.
+async fn supervise(
+    key: u64,
+    address: IpAddr,
+    inner: JoinHandle<()>,
+    events: mpsc::Sender<SessionEvent>,
+) {
+    let Err(e) = inner.await else {
+        return;
+    };
+    if !e.is_panic() {
+        return;
+    }
+    let p = e.into_panic();
+    let why = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    tracing::error!("session task panicked: {why}; resetting the session");
+    let kind = SessionEventKind::Crashed(why);
+    let _ = events.send(SessionEvent { key, address, kind }).await;
 }
 
 /// The FSM's view of a peer.
@@ -751,10 +788,13 @@ impl Session {
                     self.feed(Event::ManualStart).await;
                 }
             }
+            #[cfg(test)]
+            SessionCmd::Panic => panic!("injected panic (test hook)"),
             SessionCmd::Reconfigure(cfg) => {
                 let n = Notification::new(codes::CEASE, codes::OTHER_CONFIGURATION_CHANGE);
                 self.feed(Event::AutomaticStop(n)).await;
                 self.cfg = cfg;
+                tracing::Span::current().record("asn", self.cfg.asn);
                 self.fsm = Fsm::new(fsm_config(&self.cfg, &self.settings));
                 self.timers = Timers::default();
                 self.feed(Event::ManualStart).await;
@@ -780,7 +820,10 @@ impl Session {
             // this connection too; `pending_opened` decides which one stays.
             _ => {
                 let ours = encode_msg(&Message::Open(self.our_open()));
-                if let Some(old) = self.pending.replace(tokio::spawn(pre_open(s, ours))) {
+                if let Some(old) = self
+                    .pending
+                    .replace(tokio::spawn(pre_open(s, ours).in_current_span()))
+                {
                     old.abort();
                 }
             }

@@ -797,3 +797,78 @@ async fn policies_replaced_at_runtime_apply_to_every_peer_at_once() {
     a.handle.set_policies(accept_all).await.unwrap();
     has_route(&b, "10.96.0.0/12", via).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_session_task_withdraws_the_peers_routes_and_reconnects() {
+    let (a, b) = pair(64512, 64512, |_, _| {}).await;
+    b.handle.originate(vec![net("10.2.0.0/24")]).await.unwrap();
+    has_route(&a, "10.2.0.0/24", IpAddr::V4(b.addr)).await;
+    a.handle.inject_panic(IpAddr::V4(b.addr)).await.unwrap();
+    // The peer's routes leave the RIB (the fresh task waits a connect retry time, 1 s here,
+    // before it connects again), and status says why.
+    no_route(&a, "10.2.0.0/24", 1).await;
+    let s = status_of(&a, b.addr).await;
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("session task panicked")),
+        "{s:?}"
+    );
+    // No zombie: a fresh task reconnects and the routes come back.
+    established(&a, b.addr).await;
+    has_route(&a, "10.2.0.0/24", IpAddr::V4(b.addr)).await;
+}
+
+/// A `MakeWriter` into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+// One thread (current_thread runtime): every task logs to this test's subscriber.
+#[tokio::test]
+async fn every_log_line_of_a_session_names_its_peer() {
+    let logs = Captured::default();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let (a, b) = pair(64512, 64513, |_, _| {}).await;
+    established(&a, b.addr).await;
+    established(&b, a.addr).await;
+    a.handle.shutdown(Shutdown::Hard).await.unwrap();
+    b.handle.shutdown(Shutdown::Hard).await.unwrap();
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let session: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("speaker::session") || l.contains("speaker::writer"))
+        .collect();
+    assert!(
+        session.iter().any(|l| l.contains("session established")),
+        "{text}"
+    );
+    let (pa, pb) = (
+        format!("peer{{peer={} asn=64513}}", b.addr),
+        format!("peer{{peer={} asn=64512}}", a.addr),
+    );
+    for l in session {
+        assert!(l.contains(&pa) || l.contains(&pb), "no peer span: {l}");
+    }
+}
