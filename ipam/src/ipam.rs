@@ -73,6 +73,10 @@ pub fn handle_name(handle: &HandleId) -> String {
 /// finds a block to allocate from with one list instead of reading each of its blocks.
 pub const FREE_LABEL: &str = "reef.dev/has-free";
 
+/// Label (`"true"`) on blocks holding an address allocated to a node other than the block's
+/// affine node: what each agent needs of other nodes' blocks (see `with_block_labels`).
+pub const LENT_LABEL: &str = "reef.dev/lent";
+
 /// A block object with its index labels (owner node, has-free) set from its spec; every
 /// block write goes through here so the labels never disagree with the spec.
 fn with_block_labels(mut t: Typed<IpamBlockSpec>) -> Typed<IpamBlockSpec> {
@@ -86,6 +90,20 @@ fn with_block_labels(mut t: Typed<IpamBlockSpec>) -> Typed<IpamBlockSpec> {
         "true"
     };
     t.labels.insert(FREE_LABEL.to_string(), free.to_string());
+    // Lent: some address is held by a node other than the block's (borrowed, or left in a
+    // released block). Every agent follows these blocks (their /32s are other nodes' routes)
+    // besides its own, and no one else's: another node's pod start costs it nothing.
+    let lent = t.spec.allocations.iter().any(|a| {
+        a.attributes
+            .node
+            .as_ref()
+            .is_some_and(|n| Some(n) != t.spec.affinity.as_ref())
+    });
+    if lent {
+        t.labels.insert(LENT_LABEL.to_string(), "true".to_string());
+    } else {
+        t.labels.remove(LENT_LABEL);
+    }
     t
 }
 

@@ -326,6 +326,21 @@ impl Store for KubeStore {
         Ok(self.spawn_watch(api, WatchParams::default(), kind, since))
     }
 
+    /// The selector goes to the API server: changes to other objects cost nothing here.
+    fn watch_selected(
+        &self,
+        kind: Kind,
+        sel: &Labels,
+        since: &Revision,
+    ) -> Result<Box<dyn Watcher>, Error> {
+        let (api, _) = self.api(kind);
+        let mut wp = WatchParams::default();
+        if let Some(s) = selector(sel) {
+            wp = wp.labels(&s);
+        }
+        Ok(self.spawn_watch(api, wp, kind, since))
+    }
+
     fn has_nodes(&self) -> bool {
         true
     }

@@ -150,6 +150,28 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Changes to `kind` after `since` (a revision from [`Store::list`]).
     fn watch(&self, kind: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error>;
 
+    /// Changes after `since` to the objects of `kind` whose labels include all of `selector`
+    /// (a revision from [`Store::list`] with the same selector). As a Kubernetes selector
+    /// watch: an object that stops matching is reported `Deleted`. A backend that can filter
+    /// at the source overrides it (the API server then sends nothing for other objects); this
+    /// default filters [`Store::watch`]'s events, reporting every non-matching change as
+    /// `Deleted` (a cache holding only matching objects removes the name or finds it absent).
+    fn watch_selected(
+        &self,
+        kind: Kind,
+        selector: &Labels,
+        since: &Revision,
+    ) -> Result<Box<dyn Watcher>, Error> {
+        let inner = self.watch(kind, since)?;
+        if selector.is_empty() {
+            return Ok(inner);
+        }
+        Ok(Box::new(Selected {
+            inner,
+            selector: selector.clone(),
+        }))
+    }
+
     /// The names of every object of `kind`, in name order. A backend that can answer without
     /// reading (and decoding) the objects overrides it: a block claim asks for every block's
     /// name, and a full pool has thousands of large blocks.
@@ -214,6 +236,32 @@ pub trait Store: Send + Sync + fmt::Debug {
         let _ = lease;
         Err(no_cluster("update a Lease"))
     }
+}
+
+/// [`Store::watch_selected`]'s default: a whole-kind watch seen through a label selector.
+#[derive(Debug)]
+struct Selected {
+    inner: Box<dyn Watcher>,
+    selector: Labels,
+}
+
+impl Watcher for Selected {
+    fn next(&mut self, timeout: Duration) -> Result<Option<WatchEvent>, Error> {
+        Ok(match self.inner.next(timeout)? {
+            Some(WatchEvent::Put(o)) if !matches(&o.labels, &self.selector) => {
+                Some(WatchEvent::Deleted {
+                    name: o.name,
+                    revision: o.revision,
+                })
+            }
+            other => other,
+        })
+    }
+}
+
+/// Whether `labels` include all of `selector`.
+pub fn matches(labels: &Labels, selector: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 fn no_cluster(what: &str) -> Error {
@@ -374,7 +422,8 @@ impl<T: Spec> Typed<T> {
         self
     }
 
-    fn decode(o: Object) -> Result<Self, Error> {
+    /// Decodes a stored object's spec (a watch event's, or a cached list's).
+    pub fn decode(o: Object) -> Result<Self, Error> {
         let spec = serde_json::from_value(o.spec).map_err(|e| Error::Decode {
             kind: T::KIND,
             name: o.name.clone(),
@@ -462,6 +511,9 @@ macro_rules! forward_store {
             }
             fn watch(&self, kind: Kind, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
                 (**self).watch(kind, since)
+            }
+            fn watch_selected(&self, kind: Kind, selector: &Labels, since: &Revision) -> Result<Box<dyn Watcher>, Error> {
+                (**self).watch_selected(kind, selector, since)
             }
             fn names(&self, kind: Kind) -> Result<Vec<String>, Error> {
                 (**self).names(kind)

@@ -1,5 +1,6 @@
-//! What the agent reads from the datastore each round, and how it turns it into BGP peers,
-//! pools and local pods. Pure functions over the records, so they are tested without a store.
+//! What the agent knows of the datastore (the sync task's cache, see `sync`), and how it
+//! turns it into BGP peers, pools, ownership and local pods. Pure functions over the records,
+//! so they are tested without a store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -8,18 +9,24 @@ use ipnetwork::IpNetwork;
 use reef_bgp::speaker::{NodeOwnership, Ownership, PeerConfig};
 use reef_bgp::PeerType;
 use reef_config::crds::{
-    BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec, IpamBlockSpec, ReefNodeSpec,
+    AffinityState, BgpConfigurationSpec, BgpPeerSpec, BlockAffinitySpec, IpPoolSpec, IpamBlockSpec,
+    ReefNodeSpec,
 };
 use reef_config::node_config::NodeConfig;
 use reef_ipam::Typed;
 
-/// One round's reading of the datastore.
+/// The datastore as the agent plans with it.
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub bgp: Option<BgpConfigurationSpec>,
     pub nodes: Vec<Typed<ReefNodeSpec>>,
     pub peers: Vec<Typed<BgpPeerSpec>>,
     pub pools: Vec<Typed<IpPoolSpec>>,
+    /// Every node's claims on blocks: which node owns which block (small, and changed only
+    /// by a claim or a release).
+    pub affinities: Vec<Typed<BlockAffinitySpec>>,
+    /// Blocks with their allocations: only this node's own and the lent ones (holding an
+    /// address of another node than the block's), never the rest of the cluster's.
     pub blocks: Vec<Typed<IpamBlockSpec>>,
 }
 
@@ -179,7 +186,9 @@ fn lookup(
 
 /// Who owns what, for the speaker's import checks on mesh and route-reflector routes: this
 /// node's addresses and blocks, and for every other ReefNode its addresses, the blocks affine
-/// to it and the addresses it borrowed from blocks affine to someone else (or to no one).
+/// to it (from its block affinities, confirmed or being released, and from the blocks at
+/// hand) and the addresses it borrowed from blocks affine to someone else (or to no one; the
+/// lent blocks at hand).
 /// Blocks and allocations of names with no ReefNode belong to no one, and so does a broken
 /// block whose CIDR has host bits set (the speaker would refuse the whole ownership over it,
 /// and one bad record must not turn the checks off on every node).
@@ -201,11 +210,27 @@ pub fn ownership(cfg: &NodeConfig, view: &View) -> Ownership {
             (n.name.as_str(), o)
         })
         .collect();
+    let claimed = view
+        .affinities
+        .iter()
+        .filter(|a| a.spec.state != AffinityState::Pending)
+        .map(|a| (a.spec.node.as_str(), a.spec.cidr));
+    let affine = view
+        .blocks
+        .iter()
+        .filter_map(|b| Some((b.spec.affinity.as_deref()?, b.spec.cidr)));
+    for (node, cidr) in claimed.chain(affine).filter(|(_, c)| sound(c)) {
+        if let Some(o) = nodes.get_mut(node) {
+            if !o.blocks.contains(&cidr) {
+                o.blocks.push(cidr);
+            }
+        }
+    }
+    for o in nodes.values_mut() {
+        o.blocks.sort();
+    }
     for b in view.blocks.iter().filter(|b| sound(&b.spec.cidr)) {
         let affinity = b.spec.affinity.as_deref();
-        if let Some(o) = affinity.and_then(|a| nodes.get_mut(a)) {
-            o.blocks.push(b.spec.cidr);
-        }
         for a in &b.spec.allocations {
             let Some(holder) = a.attributes.node.as_deref() else {
                 continue;
@@ -409,6 +434,48 @@ mod tests {
         assert_eq!(n2.blocks, nets(&["10.244.0.128/26", "10.244.1.0/26"]));
         assert_eq!(n2.borrowed, ips(&["10.244.2.7"]));
         assert!(o.nodes.iter().all(|n| n.name != "gone" && n.name != "n0"));
+    }
+
+    /// What the agent follows (its own blocks, the lent ones and every affinity) gives the
+    /// same ownership as every block of the cluster: other nodes' blocks come from their
+    /// affinities. A pending affinity (a claim not won yet) gives nothing.
+    #[test]
+    fn ownership_from_affinities_and_the_blocks_a_node_follows() {
+        let (cfg, all) = three_nodes();
+        let affinity = |node: &str, cidr: &str, state| {
+            Typed::new(
+                format!("{node}-{cidr}").replace(['.', '/'], "-"),
+                BlockAffinitySpec {
+                    node: node.into(),
+                    cidr: cidr.parse().unwrap(),
+                    state,
+                },
+            )
+        };
+        let mut view = all.clone();
+        // Followed: n0's own block, the released block n2 holds an address in, the gone
+        // node's block lent to n1. Not followed: n1's and n2's own blocks.
+        view.blocks.retain(|b| {
+            b.spec.affinity.as_deref() == Some("n0")
+                || b.spec
+                    .allocations
+                    .iter()
+                    .any(|a| a.attributes.node != b.spec.affinity)
+        });
+        assert_eq!(view.blocks.len(), 3);
+        view.affinities = vec![
+            affinity("n0", "10.244.0.0/26", AffinityState::Confirmed),
+            affinity("n1", "10.244.0.64/26", AffinityState::Confirmed),
+            affinity("n2", "10.244.1.0/26", AffinityState::Confirmed),
+            affinity("n2", "10.244.0.128/26", AffinityState::PendingDeletion),
+            affinity("n1", "10.244.5.0/26", AffinityState::Pending),
+        ];
+        assert_eq!(ownership(&cfg, &view), ownership(&cfg, &all));
+        // Without the affinities, n1's and n2's blocks are no one's.
+        view.affinities.clear();
+        let o = ownership(&cfg, &view);
+        assert!(o.nodes.iter().all(|n| n.blocks.is_empty()), "{o:?}");
+        assert_eq!(o.nodes[0].borrowed, ownership(&cfg, &all).nodes[0].borrowed);
     }
 
     /// A block record with host bits set belongs to no one: the speaker takes the rest.
