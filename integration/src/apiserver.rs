@@ -763,6 +763,7 @@ fn kind_of(plural: &str) -> Option<&'static str> {
         "bgpconfigurations" => "BGPConfiguration",
         "bgppeers" => "BGPPeer",
         "reefnodes" => "ReefNode",
+        "loadbalancerippools" => "LoadBalancerIPPool",
         _ => return None,
     })
 }
