@@ -1,32 +1,41 @@
 //! `reef node run`: the node agent.
 //!
 //! ```text
-//!  datastore (watched; read on a change, every 30 s)        SIGTERM / SIGINT
-//!    ReefNodes, BGPPeers, BGPConfiguration, pools, blocks        │
-//!          │ View                                               ▼
-//!          ▼                                         ┌──────────────────────┐
-//!   ┌────────────────┐  add/update/remove peers,     │ shutdown: graceful   │
-//!   │  agent loop    │──originate/withdraw blocks──▶ │ restart (peers keep  │
-//!   │  (this task)   │                               │ our routes), kernel  │
-//!   │                │◀──BestPath / PeerState────────│ routes stay          │
-//!   └────────────────┘       SpeakerEvent            └──────────────────────┘
-//!     │ plan (pure)                 ▲ speaker = reef_bgp::speaker (owns the RIB)
+//!  datastore (Kubernetes API or embedded SQLite)
+//!    │ list once, then watch from its revision (re-list only when a watch expires or fails):
+//!    │  cluster-wide  BGPConfiguration, ReefNodes, BGPPeers, IPPools, BlockAffinities
+//!    │  IPAMBlocks    only reef.dev/node=<this node> and reef.dev/lent=true
+//!    ▼ one thread per stream ──mpsc<(stream, Delta)>──▶ sync task (owns the cache)
+//!                                                          │ watch<Reading> (View, problems;
+//!                                                          ▼  spec/label changes only)
+//!   ┌────────────────┐  add/update/remove peers,   ┌───────────────────┐
+//!   │  agent loop    │──originate/withdraw,──────▶ │ speaker           │ SIGTERM / SIGINT:
+//!   │  (this task;   │  ownership, pools, policies │ (reef_bgp, owns   │ graceful restart,
+//!   │  never waits   │◀──BestPaths / PeerState─────│ the RIB)          │ kernel routes stay
+//!   │  on the API)   │       SpeakerEvent          └───────────────────┘
+//!   └────────────────┘
+//!     │ plan (pure)
 //!     │   ├─▶ tunnel.sync (tunl0 or userspace ipip, MTU file, nat table)
 //!     │   └─▶ watch<Vec<Route>> ─▶ felix-lite reconciler task ─▶ rtnetlink
+//!     ├─▶ watch<Option<status::Input>> ─▶ status task ─▶ ReefNode status (coalesced,
+//!     │                                   written only when changed, at most every 5 s)
 //!     └─▶ watch<Snapshot> ─▶ control socket (reef status / routes) and HTTP (/healthz,
 //!                            /readyz, /metrics)
 //! ```
 //!
-//! The loop is the single owner of the agent's state; everything else gets snapshots.
+//! The loop is the single owner of the agent's state; everything else gets snapshots. Its
+//! datastore reads are the sync task's cached view; the one-shot reads left are start-up's
+//! registration and a node-label change's rewrite of the ReefNode.
 
 mod cleanup;
-mod follow;
 mod forwarding;
 mod http;
 pub mod loadbalancer;
 mod secrets;
 pub mod services;
 pub mod snapshot;
+mod status;
+mod sync;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,10 +49,7 @@ use ipnetwork::IpNetwork;
 use reef_bgp::speaker::{
     PeerConfig, Shutdown, Speaker, SpeakerConfig, SpeakerEvent, SpeakerHandle,
 };
-use reef_config::crds::{
-    BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec, IpamBlockSpec, ReefNodeSpec, ReefNodeStatus,
-    DEFAULT_NAME,
-};
+use reef_config::crds::ReefNodeSpec;
 use reef_config::node_config::NodeConfig;
 use reef_ipam::{Ipam, Labels, Store, StoreExt, Typed};
 use tokio::sync::watch;
@@ -56,14 +62,12 @@ const SECRETS_DIR: &str = "/etc/reef/secrets";
 /// How often the plan is checked against the pods' veths (a pod's veth appears after its
 /// allocation) — no datastore read.
 const POLL: Duration = Duration::from_secs(1);
-/// How often the datastore is read whole even when no watch said anything changed.
-const FULL_READ: Duration = Duration::from_secs(30);
-/// Changes that come together (a pod's block and handle) are read once.
-const DEBOUNCE: Duration = Duration::from_millis(20);
+/// How long start-up waits for the first complete datastore reading.
+const FIRST_READING: Duration = Duration::from_secs(30);
 /// The longest a restarted agent keeps routes BGP has not confirmed (RFC 4724's selection
 /// deferral); the graceful-restart time when that is shorter.
 const MAX_DEFERRAL: Duration = Duration::from_secs(60);
-/// How often the node resource's status is written.
+/// How often at most the node resource's status is written (only when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// How long BGP sessions get to come up before a peer that stays down no longer holds the
 /// node's readiness (a router being down must not keep every node unready).
@@ -103,12 +107,16 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
 
     // 1. Register: the tunnel address (which claims this node's first block) and the node
     //    resource the other nodes build their mesh from.
-    let (tunnel_addr, view) = {
+    let tunnel_addr = {
         let ipam = ipam.clone();
         let cfg = cfg.clone();
         blocking(move || register(&ipam, &cfg)).await?
     };
     tracing::info!(node = %cfg.node_name, address = %cfg.address, tunnel = %tunnel_addr, "registered");
+    // The datastore from here on: the sync task's cache (see the diagram).
+    let mut readings = sync::spawn(ipam.clone(), sync::streams(&cfg.node_name));
+    let first = first_reading(&mut readings).await?;
+    let view = View::clone(&first.view);
     // One agent of the cluster (the Lease holder) releases what deleted nodes and vanished
     // pods held (Kubernetes datastore only).
     let cleaner = {
@@ -245,6 +253,7 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
             renew_at: None,
         }),
         datastore_read: true,
+        datastore_problems: first.problems.clone(),
         first_chance: started + BGP_FIRST_CHANCE,
         svc: ServiceState {
             client: service_client(&cfg).await,
@@ -263,12 +272,9 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     }
     st.replan(&mut tunnel, &desired_tx).await;
 
-    let (changes_tx, mut changes) = tokio::sync::mpsc::channel(1);
-    follow::start(ipam.clone(), changes_tx);
+    let status_tx = status::spawn(ipam.clone(), st.cfg.node_name.clone(), STATUS_EVERY);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut poll = tokio::time::interval(POLL);
-    let mut last_read = Instant::now();
-    let mut last_status = Instant::now() - STATUS_EVERY;
     let mut dirty = false;
     loop {
         tokio::select! {
@@ -291,45 +297,28 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
                 let labels = labels_rx.borrow_and_update().clone();
                 tracing::info!(?labels, "node labels changed");
                 st.cfg.labels = labels;
-                // The ReefNode carries them for BGPPeer peer selectors on other nodes.
+                // The ReefNode carries them for BGPPeer peer selectors on other nodes (the
+                // sync task brings the rewritten ReefNode back).
                 let (ipam2, cfg2) = (ipam.clone(), st.cfg.clone());
-                match blocking(move || register(&ipam2, &cfg2)).await {
-                    Ok((_, view)) => dirty |= st.on_view(view, &speaker).await,
-                    Err(e) => tracing::warn!(error = %crate::causes(&e), "writing the node's labels"),
+                if let Err(e) = blocking(move || register(&ipam2, &cfg2)).await {
+                    tracing::warn!(error = %crate::causes(&e), "writing the node's labels");
                 }
+                dirty |= st.sync_peers_now(&speaker).await;
             }
             Some(adverts) = service_adverts(&mut st.svc.adverts) => {
                 st.apply_service_adverts(adverts, &speaker).await;
             }
-            Some(kind) = changes.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                while changes.try_recv().is_ok() {}
-                tracing::debug!(?kind, "datastore changed");
-                dirty |= st.read(&ipam, &speaker).await;
-                last_read = Instant::now();
+            Ok(()) = readings.changed() => {
+                let r = readings.borrow_and_update().clone();
+                tracing::debug!(problems = r.problems.len(), "datastore changed");
+                dirty |= st.on_reading(r, &speaker).await;
             }
             _ = poll.tick() => {
                 // Pods' veths come and go without a datastore change: the plan compares
                 // itself with the last one, so this costs nothing when nothing changed.
                 dirty = true;
-                if last_read.elapsed() >= FULL_READ {
-                    st.read(&ipam, &speaker).await;
-                    last_read = Instant::now();
-                }
                 if st.install.as_ref().is_some_and(|i| i.next <= Instant::now()) {
                     st.keep_installed().await;
-                }
-                if last_status.elapsed() >= STATUS_EVERY {
-                    last_status = Instant::now();
-                    let peers = speaker.status().await.unwrap_or_default();
-                    let ipam2 = ipam.clone();
-                    let name = st.cfg.node_name.clone();
-                    let blocks: Vec<IpNetwork> = st.own.iter().copied().collect();
-                    let rs = rstatus_rx.borrow().clone();
-                    let routes = (rs.desired, rs.programmed);
-                    if let Err(e) = blocking(move || write_status(&ipam2, &name, &peers, blocks, routes)).await {
-                        tracing::warn!(error = %e, "writing the node status");
-                    }
                 }
             }
         }
@@ -340,6 +329,17 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
         let peers = speaker.status().await.unwrap_or_default();
         let rs = rstatus_rx.borrow().clone();
         let _ = snap_tx.send(st.snapshot(&peers, &rs, tunnel.stats()));
+        let input = status::Input {
+            peers,
+            blocks: st.own.iter().copied().collect(),
+            routes_desired: rs.desired,
+            routes_programmed: rs.programmed,
+        };
+        status_tx.send_if_modified(|s| {
+            let changed = s.as_ref() != Some(&input);
+            *s = Some(input);
+            changed
+        });
     }
 
     tracing::info!("shutting down: graceful restart, kernel routes kept");
@@ -393,6 +393,8 @@ struct AgentState {
     install: Option<InstallState>,
     /// The datastore has been read (readiness).
     datastore_read: bool,
+    /// The sync task's problems (failed lists, records that do not decode).
+    datastore_problems: Vec<String>,
     /// Until then a BGP session that is not up holds readiness.
     first_chance: Instant,
     /// Service advertisement (see `services`).
@@ -515,23 +517,31 @@ impl AgentState {
         changed
     }
 
-    /// Reads the datastore and takes the reading; returns whether the plan's inputs changed.
-    async fn read(&mut self, ipam: &SharedIpam, speaker: &SpeakerHandle) -> bool {
-        let ipam = ipam.clone();
-        let reading = blocking(move || read_view(&ipam)).await;
-        self.problems.retain(|p| !p.starts_with("datastore"));
-        match reading {
-            Ok(v) => {
-                self.datastore_read = true;
-                self.on_view(v, speaker).await
+    /// Takes the sync task's latest reading; returns whether the plan's inputs changed.
+    async fn on_reading(&mut self, r: sync::Reading, speaker: &SpeakerHandle) -> bool {
+        if r.problems != self.datastore_problems {
+            for p in r
+                .problems
+                .iter()
+                .filter(|p| !self.datastore_problems.contains(p))
+            {
+                tracing::warn!(problem = %p, "reading the datastore");
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the datastore");
-                self.problems
-                    .push(format!("datastore: {}", crate::causes(&e)));
-                false
-            }
+            self.datastore_problems = r.problems.clone();
         }
+        self.problems.retain(|p| !p.starts_with("datastore"));
+        self.problems.extend(r.problems);
+        if !r.complete {
+            return false;
+        }
+        self.datastore_read = true;
+        self.on_view(View::clone(&r.view), speaker).await
+    }
+
+    /// After the node's own labels changed: BGPPeers select by them.
+    async fn sync_peers_now(&mut self, speaker: &SpeakerHandle) -> bool {
+        self.sync_peers(speaker).await;
+        true
     }
 
     /// Takes a new datastore reading; returns whether the plan's inputs changed.
@@ -915,7 +925,34 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| anyhow!("datastore task failed: {e}"))?
 }
 
-fn register(ipam: &SharedIpam, cfg: &NodeConfig) -> Result<(IpAddr, View)> {
+/// The sync task's first complete reading (start-up cannot plan without one).
+async fn first_reading(rx: &mut watch::Receiver<sync::Reading>) -> Result<sync::Reading> {
+    let wait = async {
+        loop {
+            {
+                let r = rx.borrow_and_update();
+                if r.complete {
+                    return Ok(r.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(anyhow!("the datastore sync task ended"));
+            }
+        }
+    };
+    match tokio::time::timeout(FIRST_READING, wait).await {
+        Ok(r) => r,
+        Err(_) => {
+            let problems = rx.borrow().problems.join("; ");
+            Err(anyhow!(
+                "reading the datastore: no complete reading within {FIRST_READING:?}: {problems}"
+            ))
+        }
+    }
+}
+
+/// Allocates the tunnel address and writes the node's ReefNode; returns the tunnel address.
+fn register(ipam: &SharedIpam, cfg: &NodeConfig) -> Result<IpAddr> {
     let labels: Labels = cfg.labels.clone();
     let tunnel = ipam
         .ensure_tunnel_address(&cfg.node_name, &labels, true)
@@ -958,49 +995,5 @@ fn register(ipam: &SharedIpam, cfg: &NodeConfig) -> Result<(IpAddr, View)> {
             }
         }
     }
-    Ok((tunnel, read_view(ipam)?))
-}
-
-fn read_view(ipam: &SharedIpam) -> Result<View> {
-    let s = ipam.store();
-    let all = Labels::new();
-    Ok(View {
-        bgp: s
-            .get_typed::<BgpConfigurationSpec>(DEFAULT_NAME)?
-            .map(|t| t.spec),
-        nodes: s.list_typed::<ReefNodeSpec>(&all)?,
-        peers: s.list_typed::<BgpPeerSpec>(&all)?,
-        pools: s.list_typed::<IpPoolSpec>(&all)?,
-        blocks: s.list_typed::<IpamBlockSpec>(&all)?,
-    })
-}
-
-fn write_status(
-    ipam: &SharedIpam,
-    node: &str,
-    peers: &[reef_bgp::speaker::PeerStatus],
-    blocks: Vec<IpNetwork>,
-    (desired, programmed): (usize, usize),
-) -> Result<()> {
-    let s = ipam.store();
-    for _ in 0..3 {
-        let Some(mut obj) = s.get_typed::<ReefNodeSpec>(node)? else {
-            return Ok(());
-        };
-        let mut status = ReefNodeStatus {
-            blocks: blocks.clone(),
-            routes_desired: u32::try_from(desired).unwrap_or(u32::MAX),
-            routes_programmed: u32::try_from(programmed).unwrap_or(u32::MAX),
-            ..Default::default()
-        };
-        status.set_peers(peers.iter().map(snapshot::crd_peer_status).collect());
-        status.last_updated = Some(snapshot::rfc3339(SystemTime::now()));
-        obj.status = Some(serde_json::to_value(&status)?);
-        match s.update_status_typed(&obj) {
-            Ok(_) => return Ok(()),
-            Err(reef_ipam::Error::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    Ok(tunnel)
 }
