@@ -186,7 +186,14 @@ impl RequestKey {
         }
         let named = seg.len() >= 2;
         let verb = match req.method.as_str() {
-            "GET" if req.query.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+            "GET"
+                if req
+                    .query
+                    .get("watch")
+                    .is_some_and(|w| w == "true" || w == "1") =>
+            {
+                "watch"
+            }
             "GET" if named => "get",
             "GET" => "list",
             "POST" => "create",
