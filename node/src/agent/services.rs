@@ -18,7 +18,11 @@
 //!   from a node holding a ready endpoint of it (EndpointSlice endpoints whose `nodeName` is
 //!   this node; `conditions.ready` unset counts as ready, as the API says);
 //! - only addresses inside the configured CIDRs: others are ignored and listed, with the
-//!   reason, in `reef status`.
+//!   reason, in `reef status`, and reported once as a Warning Event on the Service (reason
+//!   [`EVENT_REASON`]). Every agent sees the same Service, so the Event's name is derived from
+//!   the Service's uid, the address and its kind: the first agent creates it, the others get
+//!   409 AlreadyExists and stop there (one Event per Service and address, not one per node);
+//!   each agent also remembers what it reported, so it asks at most once per process.
 //!
 //! The routes go to explicit BGP peers only (never to the mesh or to reef nodes peered by
 //! selector), and to a peer only when its BGPPeer's `advertiseServiceRoutes` is not false:
@@ -29,8 +33,14 @@
 //! Scale: one list per resource at start (and after a watch ends with an error), then watches
 //! resumed from the last resourceVersion; each event changes the state of one Service. The
 //! agent loop never waits on the API: it reads the latest [`ServiceAdverts`] when it changes.
-//! `internalTrafficPolicy` and `spec.loadBalancerSourceRanges` play no part (they concern
-//! traffic inside the node, which is kube-proxy's).
+//! `internalTrafficPolicy` plays no part, by design: it governs traffic to the cluster IP that
+//! starts inside the cluster (pods and nodes), which kube-proxy steers on the sending node
+//! before any router sees it; the addresses routers reach from outside are the external and
+//! LoadBalancer IPs, which Kubernetes defines to follow `externalTrafficPolicy` only. Cluster
+//! IPs go to routers as whole `serviceClusterIPs` CIDRs from every node, never per Service,
+//! so there is no per-Service route a `Local` internal policy could narrow (a router sending
+//! cluster-IP traffic in is "external" traffic to kube-proxy anyway).
+//! `spec.loadBalancerSourceRanges` plays no part either (filtering on the node, kube-proxy's).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -49,6 +59,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const POLICY_SERVICES: &str = "reef-service-routes";
 /// Export policy of peers that must not get Service routes (mesh, reef nodes, opted out).
 pub const POLICY_NO_SERVICES: &str = "reef-no-service-routes";
+/// The reason of the Event a Service gets when one of its addresses is ignored.
+pub const EVENT_REASON: &str = "AddressNotAdvertised";
 
 /// `namespace/name` of a Service.
 pub type SvcKey = (String, String);
@@ -151,6 +163,8 @@ pub struct Svc {
     pub load_balancer_ips: Vec<IpAddr>,
     /// `externalTrafficPolicy: Local`.
     pub local: bool,
+    /// `metadata.uid` (names the Event about an ignored address).
+    pub uid: String,
 }
 
 impl Svc {
@@ -185,6 +199,7 @@ impl Svc {
             external_ips: ips(spec.external_ips.as_ref()),
             load_balancer_ips,
             local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            uid: s.metadata.uid.clone().unwrap_or_default(),
         }
     }
 }
@@ -244,6 +259,37 @@ impl ServiceAdverts {
     }
 }
 
+/// A Service address outside the configured ranges: reported by an Event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ignored {
+    pub service: SvcKey,
+    pub uid: String,
+    pub address: IpAddr,
+    pub kind: Kind,
+}
+
+impl Ignored {
+    /// The Event's name: the same on every node (FNV-1a of uid, address and kind; a stable
+    /// hash, unlike std's), so the API refuses the second node's copy.
+    pub fn event_name(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in format!("{}|{}|{:?}", self.uid, self.address, self.kind).bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{}.reef-{h:016x}", self.service.1)
+    }
+
+    pub fn message(&self) -> String {
+        format!(
+            "{} {} is outside BGPConfiguration {}: not advertised to BGP peers",
+            self.kind.noun(),
+            self.address,
+            self.kind.field()
+        )
+    }
+}
+
 /// What one Service contributes.
 #[derive(Debug, Default)]
 struct Contribution {
@@ -264,6 +310,8 @@ pub struct Advertiser {
     out: HashMap<SvcKey, Contribution>,
     /// /32 and /128 routes → their kind and the Services that want them.
     routes: BTreeMap<IpNetwork, (Kind, BTreeSet<SvcKey>)>,
+    /// Ignored addresses found since [`Advertiser::take_ignored`] (repeats included).
+    ignored: Vec<Ignored>,
 }
 
 impl Advertiser {
@@ -396,6 +444,12 @@ impl Advertiser {
         ] {
             for ip in ips {
                 if !self.ranges.of(kind).iter().any(|r| r.contains(*ip)) {
+                    self.ignored.push(Ignored {
+                        service: key.clone(),
+                        uid: svc.uid.clone(),
+                        address: *ip,
+                        kind,
+                    });
                     c.withheld.push((
                         *ip,
                         format!("{} outside {}: ignored", kind.noun(), kind.field()),
@@ -418,6 +472,11 @@ impl Advertiser {
                 .insert(key.clone());
         }
         self.out.insert(key.clone(), c);
+    }
+
+    /// The ignored addresses found since the last call (to report as Events).
+    pub fn take_ignored(&mut self) -> Vec<Ignored> {
+        std::mem::take(&mut self.ignored)
     }
 
     /// This node's Service routes (cluster ranges first, then /32 and /128 by prefix), with
@@ -629,7 +688,11 @@ pub fn spawn(
     let (tx, rx) = tokio::sync::watch::channel(ServiceAdverts::default());
     let (dtx, mut drx) = tokio::sync::mpsc::channel::<Delta>(1024);
     let svc_api: kube::Api<Service> = kube::Api::all(client.clone());
-    let slice_api: kube::Api<EndpointSlice> = kube::Api::all(client);
+    let slice_api: kube::Api<EndpointSlice> = kube::Api::all(client.clone());
+    // Reporting is best effort and never holds the routes up: a full queue drops (the next
+    // recompute of that Service finds the address again).
+    let (etx, erx) = tokio::sync::mpsc::channel::<Ignored>(1024);
+    tokio::spawn(report_ignored(client, node.clone(), erx));
     tokio::spawn(reflect(
         svc_api,
         String::new(),
@@ -684,6 +747,9 @@ pub fn spawn(
                     a.set_ranges(ranges.borrow_and_update().clone());
                 }
             }
+            for ig in a.take_ignored() {
+                let _ = etx.try_send(ig);
+            }
             let new = a.adverts();
             tx.send_if_modified(|cur| {
                 let changed = *cur != new;
@@ -698,6 +764,76 @@ pub fn spawn(
         }
     });
     rx
+}
+
+/// Creates one Warning Event per ignored address (see the module doc: named so that the
+/// first node's create wins and the others' are refused).
+async fn report_ignored(
+    client: kube::Client,
+    node: String,
+    mut rx: tokio::sync::mpsc::Receiver<Ignored>,
+) {
+    use k8s_openapi::api::core::v1::Event;
+    use std::collections::HashSet;
+    let mut done: HashSet<Ignored> = HashSet::new();
+    while let Some(ig) = rx.recv().await {
+        if ig.uid.is_empty() || done.contains(&ig) {
+            continue;
+        }
+        let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), &ig.service.0);
+        match api
+            .create(&kube::api::PostParams::default(), &event(&ig, &node))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(service = %format!("{}/{}", ig.service.0, ig.service.1),
+                    address = %ig.address, "Event: address not advertised");
+                done.insert(ig);
+            }
+            // Another node reported it first.
+            Err(kube::Error::Api(e)) if e.is_already_exists() || e.code == 409 => {
+                done.insert(ig);
+            }
+            // Left out of `done`: tried again when the Service is next recomputed.
+            Err(e) => tracing::warn!(error = %e, "creating the Event about an ignored address"),
+        }
+    }
+}
+
+/// The core/v1 Event about an ignored address of a Service.
+fn event(ig: &Ignored, node: &str) -> k8s_openapi::api::core::v1::Event {
+    use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Event {
+        metadata: ObjectMeta {
+            name: Some(ig.event_name()),
+            namespace: Some(ig.service.0.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(ig.service.0.clone()),
+            name: Some(ig.service.1.clone()),
+            uid: Some(ig.uid.clone()),
+            ..Default::default()
+        },
+        reason: Some(EVENT_REASON.into()),
+        message: Some(ig.message()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some("reef-node".into()),
+            host: Some(node.into()),
+        }),
+        reporting_component: Some("reef.dev/node".into()),
+        reporting_instance: Some(node.into()),
+        action: Some("Advertise".into()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        count: Some(1),
+        ..Default::default()
+    }
 }
 
 fn apply(a: &mut Advertiser, d: Delta) {
@@ -824,6 +960,7 @@ mod tests {
             external_ips: external.iter().map(|a| ip(a)).collect(),
             load_balancer_ips: lb.iter().map(|a| ip(a)).collect(),
             local,
+            uid: "uid-1".into(),
         }
     }
     fn prefixes(a: &Advertiser) -> Vec<String> {
@@ -944,6 +1081,69 @@ mod tests {
             prefixes(&a),
             ["10.96.0.0/12", "192.0.2.2/32", "fd00:96::/108"]
         );
+    }
+
+    #[test]
+    fn ignored_addresses_are_reported_with_a_name_every_node_derives_alike() {
+        let mut a = Advertiser::default();
+        a.set_ranges(ranges());
+        a.upsert_service(
+            key("web"),
+            svc(&["192.0.2.7", "203.0.113.9"], &["203.0.113.10"], false),
+        );
+        let ig = a.take_ignored();
+        let got: Vec<(String, Kind)> = ig.iter().map(|i| (i.address.to_string(), i.kind)).collect();
+        assert_eq!(
+            got,
+            [
+                ("203.0.113.9".to_string(), Kind::ExternalIp),
+                ("203.0.113.10".to_string(), Kind::LoadBalancerIp)
+            ]
+        );
+        assert!(a.take_ignored().is_empty(), "taken once");
+        // The name: the Service's, then a hash of uid, address and kind; stable (a fixed
+        // vector: another build or node must derive the same) and different per address.
+        assert_eq!(ig[0].event_name(), ig[0].clone().event_name());
+        assert!(
+            ig[0].event_name().starts_with("web.reef-"),
+            "{}",
+            ig[0].event_name()
+        );
+        assert_eq!(ig[0].event_name().len(), "web.reef-".len() + 16);
+        assert_ne!(ig[0].event_name(), ig[1].event_name());
+        let other_uid = Ignored {
+            uid: "uid-2".into(),
+            ..ig[0].clone()
+        };
+        assert_ne!(ig[0].event_name(), other_uid.event_name());
+        assert_eq!(
+            Ignored {
+                service: key("x"),
+                uid: String::new(),
+                address: ip("0.0.0.0"),
+                kind: Kind::ExternalIp
+            }
+            .event_name(),
+            format!("x.reef-{:016x}", fnv1a(b"|0.0.0.0|ExternalIp"))
+        );
+        assert_eq!(
+            ig[0].message(),
+            "external IP 203.0.113.9 is outside BGPConfiguration serviceExternalIPs: not \
+             advertised to BGP peers"
+        );
+        let ev = event(&ig[1], "n1");
+        assert_eq!(ev.reason.as_deref(), Some(EVENT_REASON));
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert_eq!(ev.involved_object.uid.as_deref(), Some("uid-1"));
+        assert_eq!(ev.metadata.namespace.as_deref(), Some("default"));
+    }
+
+    /// FNV-1a, written out independently of `event_name` (offset basis and prime from the
+    /// FNV spec).
+    fn fnv1a(data: &[u8]) -> u64 {
+        data.iter().fold(14695981039346656037u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(1099511628211)
+        })
     }
 
     #[test]
