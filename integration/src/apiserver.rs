@@ -545,6 +545,24 @@ impl StandIn {
         true
     }
 
+    /// Creates or replaces the LoadBalancerIPPool `name` with this `spec` (as `kubectl apply`;
+    /// its status, which holds the allocations, is kept). Returns the resourceVersion written.
+    pub fn put_load_balancer_pool(&self, name: &str, spec: Value) -> u64 {
+        let key = ("loadbalancerippools".to_string(), name.to_string());
+        let status = self
+            .state
+            .lock()
+            .objects
+            .get(&key)
+            .map(|o| o["status"].clone())
+            .unwrap_or(Value::Null);
+        let mut obj = json!({"metadata": {}, "spec": spec});
+        if !status.is_null() {
+            obj["status"] = status;
+        }
+        self.put_object(key, "reef.dev/v1alpha1", "LoadBalancerIPPool", obj)
+    }
+
     /// Deletes the Service `ns/name`; false when it was absent.
     pub fn delete_service(&self, ns: &str, name: &str) -> bool {
         self.delete_object(("services".to_string(), format!("{ns}/{name}")))

@@ -68,6 +68,9 @@ const DEFAULT_NAMESPACE: &str = "reef-system";
 pub struct Controller {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    /// Without a Lease (every agent assigns), the sender of the always-true leadership: the
+    /// controller ends when its sender is gone.
+    _leading: Option<watch::Sender<bool>>,
 }
 
 impl Drop for Controller {
@@ -84,7 +87,10 @@ pub fn spawn(client: kube::Client, ipam: Arc<Ipam<Box<dyn Store>>>, node: String
     let stop = Arc::new(AtomicBool::new(false));
     let every = std::env::var(EVERY_AGENT_ENV).is_ok_and(|v| v == "1");
     let (lead_tx, lead_rx) = watch::channel(every);
-    if !every {
+    let mut kept = None;
+    if every {
+        kept = Some(lead_tx);
+    } else {
         let stop = stop.clone();
         let namespace =
             std::env::var("POD_NAMESPACE").unwrap_or_else(|_| DEFAULT_NAMESPACE.to_string());
@@ -120,7 +126,11 @@ pub fn spawn(client: kube::Client, ipam: Arc<Ipam<Box<dyn Store>>>, node: String
         tokio::spawn(follow(services, poke.clone())),
         tokio::spawn(run(client, lead_rx, poke, node)),
     ];
-    Controller { tasks, stop }
+    Controller {
+        tasks,
+        stop,
+        _leading: kept,
+    }
 }
 
 /// Wakes the controller on every change of `K`.
