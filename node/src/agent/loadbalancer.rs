@@ -30,6 +30,13 @@
 //! released, so no two Services ever show one address; an agent dying between the two writes
 //! leaves an allocation that the next pass finds and writes to its Service.
 //!
+//! Without any LoadBalancerIPPool reef assigns nothing and changes no Service: a cluster
+//! whose LoadBalancer addresses come from another controller (MetalLB, a cloud) keeps them,
+//! even on Services without a `loadBalancerClass`, and reef still advertises them. Once a pool
+//! exists, reef is the implementation for Services of no class: an address such a Service
+//! shows without reef's allocation is taken away (give the other controller's Services its
+//! `loadBalancerClass`). Deleting the last pool leaves the addresses shown as they are.
+//!
 //! Who runs it: only the agent holding the `reef-loadbalancer` Lease (in the agent's
 //! namespace, as the cleaner's). Every agent could race safely — the CAS above makes it so,
 //! and the race test runs two agents with `REEF_LB_EVERY_AGENT=1` to prove it — but with N
@@ -229,6 +236,11 @@ async fn pass(
 ) -> Result<bool, kube::Error> {
     // Pools first: see the module doc.
     let pools = pools_api.list(&ListParams::default()).await?.items;
+    if pools.is_empty() {
+        // No pool: reef is not the cluster's LoadBalancer implementation (see the module
+        // doc); another controller's addresses stay as they are.
+        return Ok(true);
+    }
     let svcs = svc_api.list(&ListParams::default()).await?.items;
     let lb_pools: Vec<LbPool> = pools
         .iter()
