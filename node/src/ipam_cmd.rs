@@ -77,6 +77,9 @@ struct CheckJson {
     allocations: usize,
     handles: usize,
     leaked: usize,
+    /// LoadBalancer addresses allocated in LoadBalancerIPPools (absent without any pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_balancer_addresses: Option<usize>,
     problems: Vec<String>,
 }
 
@@ -196,22 +199,29 @@ pub fn run(cfg: &NodeConfig, cmd: IpamCmd, out: Output) -> Result<Exit> {
                 .iter()
                 .filter(|p| matches!(p, Problem::Leaked { .. }))
                 .count();
-            let clean = r.is_clean() && gone.is_empty();
+            let (lb_addresses, lb_problems) = check_load_balancer(cfg)?;
+            let clean = r.is_clean() && gone.is_empty() && lb_problems.is_empty();
             let mut problems: Vec<String> = r.problems.drain(..).map(|p| p.to_string()).collect();
             problems.extend(gone.iter().map(ToString::to_string));
+            problems.extend(lb_problems);
             let j = CheckJson {
                 clean,
                 blocks: r.blocks,
                 allocations: r.allocations,
                 handles: r.handles,
                 leaked,
+                load_balancer_addresses: lb_addresses,
                 problems,
             };
             if out.json {
                 out.print_json(&j)?;
             } else {
+                let lb = j
+                    .load_balancer_addresses
+                    .map(|n| format!(", {n} LoadBalancer addresses"))
+                    .unwrap_or_default();
                 println!(
-                    "checked {} blocks, {} allocations, {} handles: {}",
+                    "checked {} blocks, {} allocations, {} handles{lb}: {}",
                     j.blocks,
                     j.allocations,
                     j.handles,
@@ -314,4 +324,60 @@ fn percent(used: f64, size: f64) -> String {
         return "-".into();
     }
     format!("{:.1}%", used * 100.0 / size)
+}
+
+/// LoadBalancer addresses (Kubernetes datastore only): every allocation in a LoadBalancerIPPool
+/// belongs to an existing LoadBalancer Service that shows it, no Service shows an address reef
+/// did not allocate, no address is allocated twice ([`reef_ipam::loadbalancer::check`]).
+/// Returns the number of allocations and the problems; nothing to check (None, none) with the
+/// embedded datastore, without the LoadBalancerIPPool CRD or without any pool.
+fn check_load_balancer(cfg: &NodeConfig) -> Result<(Option<usize>, Vec<String>)> {
+    use anyhow::Context;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, ListParams};
+    use reef_config::crds::LoadBalancerIpPool;
+    use reef_config::node_config::Datastore;
+    use reef_ipam::loadbalancer::{check, LbPool};
+
+    let Datastore::Kubernetes { kubeconfig } = &cfg.datastore else {
+        return Ok((None, Vec::new()));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the Kubernetes API")?;
+    rt.block_on(async {
+        let config = reef_ipam::kubernetes::client_config(kubeconfig.as_deref()).await?;
+        let client = kube::Client::try_from(config).context("a Kubernetes client")?;
+        let pools: Api<LoadBalancerIpPool> = Api::all(client.clone());
+        let pools = match pools.list(&ListParams::default()).await {
+            Ok(l) => l.items,
+            // The CRD is not installed: reef hands out no LoadBalancer addresses.
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok((None, Vec::new())),
+            Err(e) => return Err(e).context("listing LoadBalancerIPPools"),
+        };
+        if pools.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let services: Api<Service> = Api::all(client);
+        let services = services
+            .list(&ListParams::default())
+            .await
+            .context("listing Services")?
+            .items;
+        let pools: Vec<LbPool> = pools
+            .into_iter()
+            .map(|p| LbPool {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                spec: p.spec,
+                status: p.status.unwrap_or_default(),
+            })
+            .collect();
+        let services: Vec<_> = services
+            .iter()
+            .map(crate::agent::loadbalancer::service_of)
+            .collect();
+        let n = pools.iter().map(|p| p.status.allocations.len()).sum();
+        Ok((Some(n), check(&pools, &services)))
+    })
 }

@@ -326,4 +326,34 @@ fn load_balancer_addresses_are_assigned_once_advertised_released_and_refused_whe
         "{allocs:?}"
     );
     assert!(ingress(&api, "foreign").is_empty());
+
+    // 6. `reef ipam check` covers LoadBalancer addresses: clean now; once the agents are gone
+    //    (nothing repairs), a Service showing an address reef never allocated is reported.
+    let ipam_check = |config: &std::path::Path| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", router.name(), REEF, "--config"])
+            .arg(config)
+            .args(["-o", "json", "ipam", "check"])
+            .output()
+            .unwrap();
+        let j: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            out.status.code(),
+            j,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let config = nodes[0].agent.config.clone();
+    let (code, j, err) = ipam_check(&config);
+    assert_eq!(code, Some(0), "{j} {err}");
+    assert_eq!(j["load_balancer_addresses"], json!(64), "{j}");
+    for n in &mut nodes {
+        n.agent.kill();
+    }
+    assert!(api.set_load_balancer_ips("default", "s8", &["198.51.100.200"]));
+    let (code, j, err) = ipam_check(&config);
+    assert_eq!(code, Some(1), "{j} {err}");
+    let problems = j["problems"].to_string();
+    assert!(problems.contains("198.51.100.200"), "{j}");
+    eprintln!("reef ipam check after a Service was given an address by hand: {problems}");
 }
