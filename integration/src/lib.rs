@@ -31,6 +31,7 @@ pub mod cri;
 pub mod frr;
 #[cfg(feature = "image")]
 pub mod image;
+pub mod lan;
 pub mod netns;
 mod sys;
 pub mod topo;

@@ -23,7 +23,7 @@ use reef_config::crds::{BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec};
 use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::StandIn;
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
-use reef_integration::Netns;
+use reef_integration::lan;
 use reef_ipam::kubernetes::KubeStore;
 use reef_ipam::{StoreExt, Typed};
 use serde_json::json;
@@ -109,13 +109,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let router = Netns::new("sb-r").unwrap();
-    router.ip(["link", "set", "lo", "up"]).unwrap();
-    router.ip(["link", "add", "br0", "type", "bridge"]).unwrap();
-    router
-        .ip(["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "br0"])
-        .unwrap();
-    router.ip(["link", "set", "br0", "up"]).unwrap();
+    let router = lan::router("sb-r", &format!("{ROUTER_IP}/24")).unwrap();
     let api = router
         .in_ns(|| StandIn::start_on(format!("{ROUTER_IP}:0").parse().unwrap()).map_err(io))
         .unwrap();
@@ -162,27 +156,7 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = api.write_kubeconfig(dir.path()).unwrap();
-    let ns = Netns::new("sb-n1").unwrap();
-    ns.ip(["link", "set", "lo", "up"]).unwrap();
-    ns.ip([
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "v-n1",
-        "netns",
-        router.name(),
-    ])
-    .unwrap();
-    ns.ip(["addr", "add", &format!("{NODE_IP}/24"), "dev", "eth0"])
-        .unwrap();
-    ns.ip(["link", "set", "eth0", "up"]).unwrap();
-    router
-        .ip(["link", "set", "v-n1", "master", "br0", "up"])
-        .unwrap();
+    let ns = lan::node(&router, "sb-n1", "n1", &format!("{NODE_IP}/24")).unwrap();
     let address = format!("{NODE_IP}/24");
     let d = dir.path().join("n1");
     let spec = AgentSpec::new(REEF, "n1", &address, &kubeconfig, &d);

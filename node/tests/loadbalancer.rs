@@ -16,7 +16,7 @@ use reef_config::crds::{BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec};
 use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::StandIn;
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
-use reef_integration::{wait_for, Netns};
+use reef_integration::{lan, wait_for, Netns};
 use reef_ipam::kubernetes::KubeStore;
 use reef_ipam::{StoreExt, Typed};
 use serde_json::{json, Value};
@@ -75,13 +75,7 @@ fn in_pool(ip: &str) -> bool {
 
 #[test]
 fn load_balancer_addresses_are_assigned_once_advertised_released_and_refused_when_exhausted() {
-    let router = Netns::new("lb-r").unwrap();
-    router.ip(["link", "set", "lo", "up"]).unwrap();
-    router.ip(["link", "add", "br0", "type", "bridge"]).unwrap();
-    router
-        .ip(["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "br0"])
-        .unwrap();
-    router.ip(["link", "set", "br0", "up"]).unwrap();
+    let router = lan::router("lb-r", &format!("{ROUTER_IP}/24")).unwrap();
 
     let api = router
         .in_ns(|| StandIn::start_on(format!("{ROUTER_IP}:0").parse().unwrap()).map_err(io))
@@ -127,28 +121,7 @@ fn load_balancer_addresses_are_assigned_once_advertised_released_and_refused_whe
     let kubeconfig = api.write_kubeconfig(dir.path()).unwrap();
     let mut nodes = Vec::new();
     for (name, ip) in NODES {
-        let ns = Netns::new(&format!("lb-{name}")).unwrap();
-        ns.ip(["link", "set", "lo", "up"]).unwrap();
-        let host_end = format!("v-{name}");
-        ns.ip([
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &host_end,
-            "netns",
-            router.name(),
-        ])
-        .unwrap();
-        ns.ip(["addr", "add", &format!("{ip}/24"), "dev", "eth0"])
-            .unwrap();
-        ns.ip(["link", "set", "eth0", "up"]).unwrap();
-        router
-            .ip(["link", "set", &host_end, "master", "br0", "up"])
-            .unwrap();
+        let ns = lan::node(&router, &format!("lb-{name}"), name, &format!("{ip}/24")).unwrap();
         let d = dir.path().join(name);
         let address = format!("{ip}/24");
         let mut spec = AgentSpec::new(REEF, name, &address, &kubeconfig, &d);

@@ -27,7 +27,7 @@ use reef_config::crds::{BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec};
 use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::StandIn;
 use reef_integration::frr::{self, Frr};
-use reef_integration::{wait_for, Netns};
+use reef_integration::{lan, wait_for, Netns};
 use reef_ipam::kubernetes::KubeStore;
 use reef_ipam::{StoreExt, Typed};
 use serde_json::json;
@@ -88,13 +88,7 @@ fn set(addrs: &[&str]) -> BTreeSet<String> {
 
 #[test]
 fn services_at_an_frr_router_ecmp_local_moves_withdrawal_events_and_the_datapath() {
-    let router = Netns::new("sfr-r").unwrap();
-    router.ip(["link", "set", "lo", "up"]).unwrap();
-    router.ip(["link", "add", "br0", "type", "bridge"]).unwrap();
-    router
-        .ip(["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "br0"])
-        .unwrap();
-    router.ip(["link", "set", "br0", "up"]).unwrap();
+    let router = lan::router("sfr-r", &format!("{ROUTER_IP}/24")).unwrap();
     router.sysctl("net.ipv4.ip_forward", "1").unwrap();
 
     // The outside host: behind the router, not a node.
@@ -169,30 +163,9 @@ fn services_at_an_frr_router_ecmp_local_moves_withdrawal_events_and_the_datapath
     let kubeconfig = api.write_kubeconfig(dir.path()).unwrap();
     let mut nodes = Vec::new();
     for (name, ip) in NODES {
-        let ns = Netns::new(&format!("sfr-{name}")).unwrap();
-        ns.ip(["link", "set", "lo", "up"]).unwrap();
-        let host_end = format!("v-{name}");
-        ns.ip([
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &host_end,
-            "netns",
-            router.name(),
-        ])
-        .unwrap();
-        ns.ip(["addr", "add", &format!("{ip}/24"), "dev", "eth0"])
-            .unwrap();
-        ns.ip(["link", "set", "eth0", "up"]).unwrap();
+        let ns = lan::node(&router, &format!("sfr-{name}"), name, &format!("{ip}/24")).unwrap();
         // Replies to the outside host go back through the router.
         ns.ip(["route", "add", "default", "via", &ROUTER_IP.to_string()])
-            .unwrap();
-        router
-            .ip(["link", "set", &host_end, "master", "br0", "up"])
             .unwrap();
         let d = dir.path().join(name);
         let address = format!("{ip}/24");
