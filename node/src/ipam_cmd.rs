@@ -366,12 +366,8 @@ fn check_load_balancer(cfg: &NodeConfig) -> Result<(Option<usize>, Vec<String>)>
             .context("listing Services")?
             .items;
         let pools: Vec<LbPool> = pools
-            .into_iter()
-            .map(|p| LbPool {
-                name: p.metadata.name.clone().unwrap_or_default(),
-                spec: p.spec,
-                status: p.status.unwrap_or_default(),
-            })
+            .iter()
+            .map(crate::agent::loadbalancer::pool_of)
             .collect();
         let services: Vec<_> = services
             .iter()

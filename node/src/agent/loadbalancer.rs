@@ -242,14 +242,7 @@ async fn pass(
         return Ok(true);
     }
     let svcs = svc_api.list(&ListParams::default()).await?.items;
-    let lb_pools: Vec<LbPool> = pools
-        .iter()
-        .map(|p| LbPool {
-            name: p.metadata.name.clone().unwrap_or_default(),
-            spec: p.spec.clone(),
-            status: p.status.clone().unwrap_or_default(),
-        })
-        .collect();
+    let lb_pools: Vec<LbPool> = pools.iter().map(pool_of).collect();
     let lb_svcs: Vec<LbService> = svcs.iter().map(service_of).collect();
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -410,6 +403,15 @@ fn key_of(s: &Service) -> String {
         s.metadata.namespace.as_deref().unwrap_or_default(),
         s.metadata.name.as_deref().unwrap_or_default()
     )
+}
+
+/// A LoadBalancerIPPool as the allocator takes it.
+pub fn pool_of(p: &LoadBalancerIpPool) -> LbPool {
+    LbPool {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        spec: p.spec.clone(),
+        status: p.status.clone().unwrap_or_default(),
+    }
 }
 
 /// What a Service asks of reef's LoadBalancer assignment. The annotation
