@@ -9,6 +9,16 @@ bash .ci/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR=never
 
+# A full disk shows up as a linker killed by SIGBUS, far from its cause: say how much room
+# there is before building and how much the build took.
+room() { df -h --output=avail,used . | tail -1 | awk '{print "disk: " $1 " free"}'; du -sh target 2>/dev/null | sed 's/^/target: /' || true; }
+room
+need_gb=12
+free_gb=$(df --output=avail -BG . | tail -1 | tr -dc 0-9)
+if [ "$free_gb" -lt "$need_gb" ] && [ ! -d target/debug ]; then
+  echo "test.sh: warning: ${free_gb} GB free; a cold build and the tests need about ${need_gb} GB" >&2
+fi
+
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
@@ -20,6 +30,9 @@ echo "== image"
 # The containerd lab tests import reef's image; built once here (dev profile: the quickest),
 # not inside a test where it would compete with the timing-sensitive ones.
 deploy/image/build.sh --profile dev
+# CI: the tests need the image archive, not the static build behind it (1.5 GB).
+[ -z "${REEF_CI_DROP_IMAGE_BUILD:-}" ] || rm -rf "target/$(uname -m)-unknown-linux-gnu"
+room
 
 echo "== tests"
 status=0
@@ -31,6 +44,7 @@ else
   cargo test "${sel[@]}" --no-fail-fast || status=$?
 fi
 
+room
 echo "== leftovers"
 # The lab's containerd instances live under reeft-* directories and cgroups.
 left=$(ip netns list | grep -oE '^(reeft-|reef-lab-)[^ ]*' || true)
