@@ -44,6 +44,15 @@ else
   cargo test "${sel[@]}" --no-fail-fast || status=$?
 fi
 
+echo "== fuzz corpus"
+# The decoders' fuzz targets (bgp/fuzz, their own workspace): every committed seed, then a
+# short deterministic run of the stable driver. A crash input is saved under bgp/fuzz/artifacts.
+# Dev profile (debug assertions and overflow checks on) without debug info: a release build
+# would compile the whole dependency tree (reef-config's kube types) once more, optimised.
+CARGO_PROFILE_DEV_DEBUG=false cargo run -q --no-default-features \
+  --manifest-path bgp/fuzz/Cargo.toml --target-dir target/fuzz \
+  --bin stable-fuzz -- --runs 2000000 --seed 1 || status=$?
+
 room
 echo "== leftovers"
 # The lab's containerd instances live under reeft-* directories and cgroups.

@@ -5,6 +5,8 @@
 //! `artifacts/<target>/` and makes the run fail.
 //!
 //! cargo run --release --no-default-features --bin stable-fuzz -- --runs 10000000 [--target update] [--seed 1]
+//!
+//! Every committed seed is first run as it is (`--runs 0` does only that: CI's replay).
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -185,12 +187,20 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], target: &str) 
     }
 }
 
-fn load_corpus(dir: &Path) -> Vec<Vec<u8>> {
+/// The seed files of one target, sorted by name, with their contents.
+fn seed_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     files.sort();
-    files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+    files
+        .into_iter()
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect()
+}
+
+fn load_corpus(dir: &Path) -> Vec<Vec<u8>> {
+    seed_files(dir).into_iter().map(|(_, b)| b).collect()
 }
 
 fn main() {
@@ -225,6 +235,13 @@ fn main() {
         assert!(!corpus.is_empty(), "no seeds in corpus/{target}");
         let mut seen: HashSet<u64> = corpus.iter().map(|c| signature(target, c)).collect();
         let seeds = corpus.len();
+        // Every committed seed as it is first: a regression on a known input shows by name.
+        for (path, input) in seed_files(&root.join("corpus").join(target)) {
+            if catch_unwind(AssertUnwindSafe(|| run_target(target, &input))).is_err() {
+                crashes += 1;
+                eprintln!("{target}: panic on corpus seed {}", path.display());
+            }
+        }
         let start = Instant::now();
         let mut input = Vec::with_capacity(4200);
         for i in 0..per_target {
@@ -254,6 +271,10 @@ fn main() {
             }
         }
         let secs = start.elapsed().as_secs_f64();
+        if per_target == 0 {
+            println!("{target}: {seeds} corpus seeds replayed");
+            continue;
+        }
         println!(
             "{target}: {per_target} executions in {secs:.1} s ({:.0}/s), corpus {seeds} seeds -> {} inputs",
             per_target as f64 / secs,
