@@ -284,7 +284,7 @@ fn security_set_ownership_rejudges_what_mesh_peers_sent_both_ways() {
     let changes: Vec<(IpNetwork, Vec<IpAddr>)> = out
         .best_changes
         .iter()
-        .map(|c| (c.prefix, c.next_hops.clone()))
+        .map(|c| (c.prefix, c.next_hops.to_vec()))
         .collect();
     assert_eq!(changes, vec![(net("10.244.2.0/26"), vec![ip("10.0.0.2")])]);
     let c = counters(&rib, b);

@@ -389,7 +389,7 @@ fn originated_prefix_beats_learned_and_yields_no_next_hop() {
         out.best_changes,
         vec![BestPathChange {
             prefix: net("10.244.0.0/26"),
-            next_hops: vec![ip("10.0.1.2")]
+            next_hops: vec![ip("10.0.1.2")].into()
         }]
     );
     let out = rib.originate(&[net("10.244.0.0/26")]);
@@ -399,7 +399,7 @@ fn originated_prefix_beats_learned_and_yields_no_next_hop() {
         out.best_changes,
         vec![BestPathChange {
             prefix: net("10.244.0.0/26"),
-            next_hops: vec![]
+            next_hops: vec![].into()
         }]
     );
     let out = rib.withdraw_originated(&[net("10.244.0.0/26")]);
@@ -422,7 +422,7 @@ fn ecmp_set_is_the_paths_tied_through_ebgp_over_ibgp() {
         out.best_changes,
         vec![BestPathChange {
             prefix: pfx[0],
-            next_hops: vec![ip("10.0.1.2"), ip("10.0.1.3")]
+            next_hops: vec![ip("10.0.1.2"), ip("10.0.1.3")].into()
         }]
     );
     let e = rib.lookup(&pfx[0]).unwrap();
@@ -495,7 +495,7 @@ fn decision_settings_change_at_runtime() {
         out.best_changes,
         vec![BestPathChange {
             prefix: pfx[0],
-            next_hops: vec![ip("10.0.1.3")]
+            next_hops: vec![ip("10.0.1.3")].into()
         }],
         "lowest router id alone"
     );
@@ -842,7 +842,7 @@ fn default_route_is_refused_both_ways_unless_configured() {
         out.best_changes,
         vec![BestPathChange {
             prefix: net("::/0"),
-            next_hops: vec![ip("10.0.1.2")]
+            next_hops: vec![ip("10.0.1.2")].into()
         }]
     );
     assert!(sent(&rib, e, "0.0.0.0/0").is_some());
@@ -987,7 +987,7 @@ fn graceful_restart_keeps_stale_routes_until_end_of_rib() {
         out.best_changes,
         vec![BestPathChange {
             prefix: pfx[2],
-            next_hops: vec![]
+            next_hops: vec![].into()
         }]
     );
     assert!(
@@ -999,7 +999,7 @@ fn graceful_restart_keeps_stale_routes_until_end_of_rib() {
         out.best_changes,
         vec![BestPathChange {
             prefix: v6[0],
-            next_hops: vec![]
+            next_hops: vec![].into()
         }]
     );
     let c = rib.counters(p).unwrap();
@@ -1122,11 +1122,11 @@ fn apply_is_the_updates_one_by_one_and_stops_announcing_at_max_prefix() {
         vec![
             BestPathChange {
                 prefix: c,
-                next_hops: vec![ip("10.0.1.2")],
+                next_hops: vec![ip("10.0.1.2")].into(),
             },
             BestPathChange {
                 prefix: b,
-                next_hops: vec![],
+                next_hops: vec![].into(),
             },
         ]
     );

@@ -231,7 +231,7 @@ impl Model {
             if c.next_hops.is_empty() {
                 self.best.remove(&c.prefix);
             } else {
-                self.best.insert(c.prefix, c.next_hops);
+                self.best.insert(c.prefix, c.next_hops.into());
             }
         }
         for u in out.updates {

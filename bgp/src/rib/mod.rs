@@ -54,7 +54,7 @@ use crate::attrs::{AsSegment, NextHop, PathAttributes};
 use crate::policy::{
     self, CompiledPolicy, Modifications, Verdict, NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED,
 };
-use crate::{Asn, BestPathChange, PeerType};
+use crate::{Asn, BestPathChange, NextHops, PeerType};
 use decision::Candidate;
 use intern::{Hasher, Interner};
 pub use prefix::Family;
@@ -1117,13 +1117,13 @@ impl Rib {
         for (k, d) in self.v4.routes.iter() {
             let nh = next_hops(d.multipath(), &self.peers);
             if !nh.is_empty() {
-                m.insert(k.to_net(), nh);
+                m.insert(k.to_net(), nh.into());
             }
         }
         for (k, d) in self.v6.routes.iter() {
             let nh = next_hops(d.multipath(), &self.peers);
             if !nh.is_empty() {
-                m.insert(k.to_net(), nh);
+                m.insert(k.to_net(), nh.into());
             }
         }
         m
@@ -1547,7 +1547,7 @@ impl Rib {
                 })
                 .collect(),
             multipath: multipath.len(),
-            next_hops: next_hops(multipath, &self.peers),
+            next_hops: next_hops(multipath, &self.peers).into(),
         })
     }
 
@@ -1881,16 +1881,12 @@ impl Snapshot {
         }
     }
 
-    fn next_hops(&self) -> Vec<IpAddr> {
+    fn next_hops(&self) -> NextHops {
         match self.snaps() {
-            [] => Vec::new(),
-            [s, ..] if s.source == LOCAL => Vec::new(),
-            set => {
-                let mut v: Vec<IpAddr> = set.iter().filter_map(|s| s.next_hop).collect();
-                v.sort();
-                v.dedup();
-                v
-            }
+            [] => NextHops::default(),
+            [s, ..] if s.source == LOCAL => NextHops::default(),
+            [s] => s.next_hop.into(),
+            set => sorted(set.iter().filter_map(|s| s.next_hop).collect()),
         }
     }
 }
@@ -1987,18 +1983,19 @@ fn next_hop_of(p: &Path, peers: &[Option<Peer>]) -> Option<IpAddr> {
 }
 
 /// The next hops route programming gets for an ECMP set: none when the best path is local.
-fn next_hops(set: &[Path], peers: &[Option<Peer>]) -> Vec<IpAddr> {
+fn next_hops(set: &[Path], peers: &[Option<Peer>]) -> NextHops {
     match set {
-        [] => Vec::new(),
-        [p, ..] if p.source == LOCAL => Vec::new(),
-        [p] => next_hop_of(p, peers).into_iter().collect(),
-        _ => {
-            let mut v: Vec<IpAddr> = set.iter().filter_map(|p| next_hop_of(p, peers)).collect();
-            v.sort();
-            v.dedup();
-            v
-        }
+        [] => NextHops::default(),
+        [p, ..] if p.source == LOCAL => NextHops::default(),
+        [p] => next_hop_of(p, peers).into(),
+        _ => sorted(set.iter().filter_map(|p| next_hop_of(p, peers)).collect()),
     }
+}
+
+fn sorted(mut v: Vec<IpAddr>) -> NextHops {
+    v.sort();
+    v.dedup();
+    v.into()
 }
 
 /// What `best` looks like when sent to peer `target`, or `None` when it must not be sent.

@@ -776,7 +776,10 @@ impl Core {
             .rib
             .best_next_hops()
             .into_iter()
-            .map(|(prefix, next_hops)| BestPathChange { prefix, next_hops })
+            .map(|(prefix, next_hops)| BestPathChange {
+                prefix,
+                next_hops: next_hops.into(),
+            })
             .collect();
         if !best.is_empty() {
             let _ = self.events.send(SpeakerEvent::BestPaths(best));

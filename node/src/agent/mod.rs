@@ -476,7 +476,8 @@ impl AgentState {
                     changed |= if c.next_hops.is_empty() {
                         self.remote.remove(&c.prefix).is_some()
                     } else {
-                        self.remote.insert(c.prefix, c.next_hops.clone()) != Some(c.next_hops)
+                        let nh = c.next_hops.to_vec();
+                        self.remote.insert(c.prefix, nh.clone()) != Some(nh)
                     };
                 }
                 changed
