@@ -47,6 +47,10 @@ RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --profile "$profile" --target "$triple" -p reef -p reef-cni --bins \
   --no-default-features
 echo "   built in $(( $(date +%s) - start )) s"
+# The shipped agent must not carry the test lab's library (node's `lab` feature).
+if cargo tree -q -p reef --no-default-features -e normal --prefix none | grep -q '^reef-integration '; then
+  echo "build.sh: the image's reef links reef-integration: check node/Cargo.toml's features" >&2; exit 1
+fi
 for b in reef reef-cni reef-ipam; do
   if ! file -L "$bins/$b" | grep -Eq 'static-pie linked|statically linked'; then
     echo "build.sh: $bins/$b is not static: $(file -L "$bins/$b")" >&2; exit 1

@@ -9,6 +9,7 @@ mod control;
 mod datastore;
 mod install;
 mod ipam_cmd;
+#[cfg(feature = "lab")]
 mod lab;
 #[cfg(feature = "containerd-lab")]
 mod lab_containerd;
@@ -68,7 +69,7 @@ enum Command {
     #[command(subcommand)]
     Ipam(ipam_cmd::IpamCmd),
     /// The local lab: nodes, a BIRD router and pods in network namespaces on this machine.
-    #[cfg(not(feature = "containerd-lab"))]
+    #[cfg(all(feature = "lab", not(feature = "containerd-lab")))]
     #[command(subcommand)]
     Lab(lab::LabCmd),
     /// The local lab: nodes, a BIRD router and pods in network namespaces on this machine
@@ -159,7 +160,7 @@ fn main() -> ExitCode {
         Command::Routes => config().and_then(|c| status_cmd::routes(&c, out)),
         Command::Ipam(cmd) => config().and_then(|c| ipam_cmd::run(&c, cmd, out)),
         // The lab writes its own node configs; it reads none.
-        #[cfg(not(feature = "containerd-lab"))]
+        #[cfg(all(feature = "lab", not(feature = "containerd-lab")))]
         Command::Lab(cmd) => lab::run(cmd, out),
         #[cfg(feature = "containerd-lab")]
         Command::Lab(args) => lab_containerd::run(args, out),
