@@ -618,7 +618,7 @@ impl Session {
                     // instead of an FSM round (event, actions vector, timer) per UPDATE.
                     v if self.fsm.state() == SessionState::Established => {
                         self.hold_due = true;
-                        self.on_update(*u, v).await;
+                        self.on_update(u, v).await;
                         if self.exit {
                             return;
                         }
@@ -986,7 +986,7 @@ impl Session {
             }
             Action::ProcessUpdate(u) => {
                 let verdict = std::mem::replace(&mut self.verdict, Verdict::Ok);
-                self.on_update(*u, verdict).await;
+                self.on_update(u, verdict).await;
             }
             Action::ProcessRouteRefresh(r) => {
                 if let Some(f) = Family::from_afi_safi(r.afi_safi) {
@@ -1017,8 +1017,10 @@ impl Session {
         }
     }
 
-    /// Hands a received UPDATE to the RIB as RFC 7606 says.
-    async fn on_update(&mut self, u: Update, verdict: Verdict) {
+    /// Hands a received UPDATE to the RIB as RFC 7606 says. The UPDATE stays in its box: it
+    /// is a few hundred bytes, and moving it out (into this future, then into
+    /// `collect_announcements`) was 4 % of the full-table ingest's instructions.
+    async fn on_update(&mut self, mut u: Box<Update>, verdict: Verdict) {
         if let Some(f) = u.end_of_rib_family() {
             self.emit(SessionEventKind::EndOfRib(f)).await;
             return;
@@ -1035,18 +1037,18 @@ impl Session {
             Verdict::AttributeDiscard(issues) => {
                 info!(peer = %self.cfg.address, ?issues, "malformed attributes discarded (RFC 7606)");
                 b.step(from, RouteStep::Withdraw);
-                collect_announcements(u, b);
+                collect_announcements(&mut u, b);
             }
             // Session resets never get here (UpdateMsgErr).
             Verdict::Ok | Verdict::SessionReset(_) => {
                 b.step(from, RouteStep::Withdraw);
-                collect_announcements(u, b);
+                collect_announcements(&mut u, b);
             }
         }
     }
 }
 
-fn collect_announcements(mut u: Update, b: &mut Routes) {
+fn collect_announcements(u: &mut Update, b: &mut Routes) {
     // The usual UPDATE (IPv4 NLRI, no MP_REACH): its attributes move, no copy.
     if u.mp_reach.is_none() {
         if !u.nlri.is_empty() {
