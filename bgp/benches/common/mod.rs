@@ -54,9 +54,18 @@ impl Daemon {
 
     /// Peak resident set size (VmHWM) in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
+        self.status_mib("VmHWM:")
+    }
+
+    /// Resident set size now (VmRSS) in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    fn status_mib(&self, field: &str) -> f64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         s.lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
             .map(|kib| kib / 1024.0)
             .unwrap_or(f64::NAN)
@@ -73,6 +82,12 @@ pub fn free_port(addr: Ipv4Addr) -> u16 {
 /// Starts `reef-bgp --config <yaml> --no-routes --status-interval 20`: a status line every
 /// 20 ms, the period `wait` polls BIRD with, so both are seen with the same resolution.
 pub fn reef(config: &str) -> Daemon {
+    reef_with(config, &["--no-routes", "--status-interval", "20"], "")
+}
+
+/// Starts `reef-bgp --config <yaml>` with `args`, under `wrap` (e.g. `heaptrack -o FILE`;
+/// empty: directly).
+pub fn reef_with(config: &str, args: &[&str], wrap: &str) -> Daemon {
     let dir = tempfile::Builder::new()
         .prefix("reef-bench-")
         .tempdir()
@@ -81,10 +96,19 @@ pub fn reef(config: &str) -> Daemon {
     std::fs::write(&conf, config).unwrap();
     let out = std::fs::File::create(dir.path().join("out.jsonl")).unwrap();
     let err = std::fs::File::create(dir.path().join("err.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_reef-bgp"))
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(env!("CARGO_BIN_EXE_reef-bgp"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_reef-bgp")),
+    };
+    let child = cmd
         .arg("--config")
         .arg(&conf)
-        .args(["--no-routes", "--status-interval", "20"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(out)
