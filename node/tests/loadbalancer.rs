@@ -7,7 +7,9 @@
 //! distinct addresses of the pool and the pool records exactly those; their /32s reach the
 //! router from both nodes; a Service of another loadBalancerClass is left alone; an exhausted
 //! pool gives the Service no address and an Event saying why; a deleted Service's address is
-//! released and goes to the waiting Service.
+//! released and goes to the waiting Service; while the 50 Services come, neither agent
+//! lists Services or pools (the controller works from list+watch caches; the stand-in counts
+//! requests).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -66,6 +68,19 @@ fn allocations(api: &StandIn) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// LIST requests of Services and of LoadBalancerIPPools so far (all clients).
+fn lb_lists(api: &StandIn) -> BTreeMap<&'static str, u64> {
+    let mut out = BTreeMap::from([("loadbalancerippools", 0), ("services", 0)]);
+    for (k, n) in api.request_counts() {
+        if k.verb == "list" {
+            if let Some(c) = out.get_mut(k.resource.as_str()) {
+                *c += n;
+            }
+        }
+    }
+    out
 }
 
 fn in_pool(ip: &str) -> bool {
@@ -141,6 +156,19 @@ fn load_balancer_addresses_are_assigned_once_advertised_released_and_refused_whe
             .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     }
 
+    // Both agents' controllers have listed (once, at start) before the window opens.
+    wait_for(
+        "both agents listed the pools and Services",
+        Duration::from_secs(30),
+        |last| {
+            let l = lb_lists(&api);
+            *last = format!("{l:?}");
+            l.values().all(|n| *n >= NODES.len() as u64).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    let before = api.request_counts();
+
     // 1. 50 Services at once, both agents assigning: 50 distinct addresses of the pool, each
     //    recorded once, for its own Service.
     let t0 = Instant::now();
@@ -192,6 +220,31 @@ fn load_balancer_addresses_are_assigned_once_advertised_released_and_refused_whe
     eprintln!(
         "{RACED} Services created at once, two agents racing: all assigned in {} ms",
         assigned_in.as_millis()
+    );
+    // The agents kept caches: no list of Services or pools while 50 Services came, whatever
+    // else they asked (the test's own client sends no HTTP request in this window, so every
+    // request counted here is an agent's).
+    let after = api.request_counts();
+    let grew: BTreeMap<String, u64> = after
+        .iter()
+        .filter_map(|(k, n)| {
+            let d = n - before.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| (format!("{} {}", k.verb, k.resource), d))
+        })
+        .fold(BTreeMap::new(), |mut m, (k, d)| {
+            *m.entry(k).or_default() += d;
+            m
+        });
+    eprintln!("the agents' requests while {RACED} Services were assigned: {grew:?}");
+    let lists: BTreeMap<&String, &u64> = grew
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("list services") || k.starts_with("list loadbalancerippools")
+        })
+        .collect();
+    assert!(
+        lists.is_empty(),
+        "the agents listed Services or pools again while Services came: {lists:?}"
     );
 
     // 2. Their /32s reach the router from both nodes (Cluster policy).

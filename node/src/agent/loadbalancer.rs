@@ -5,13 +5,18 @@
 //! I/O shell around it.
 //!
 //! ```text
-//!  Lease thread: Elector on `reef-loadbalancer` (blocking store) ──watch<bool>──┐
-//!  watch Services (all namespaces) ──poke─┐                                     ▼
-//!  watch LoadBalancerIPPools ────────poke─┴──▶ controller task, while leading, per pass:
-//!        list pools, then Services ─▶ plan (pure) ─▶ 1. Services' status loses addresses
-//!                                                    2. pools' status (CAS on resourceVersion)
-//!                                                    3. Services' status gains addresses
-//!                                                    4. Events (why none; what was assigned)
+//!  Lease thread: Elector on `reef-loadbalancer` (blocking store) ──watch<bool>──────┐
+//!  API server ─ list once, watch from its resourceVersion ─▶ cache of Services  ──┐ │
+//!  API server ─ list once, watch from its resourceVersion ─▶ cache of pools ──────┤ │
+//!        (each change pokes)                                                       ▼ ▼
+//!  controller task, while leading, per pass (reads the caches, never lists):
+//!        plan (pure) ─▶ 0. taking anything away? GET the pools, then those Services;
+//!                          the cache was behind → take what was read, plan again
+//!                       1. Services' status loses addresses  (CAS on resourceVersion)
+//!                       2. pools' status                     (CAS on resourceVersion)
+//!                       3. Services' status gains addresses  (CAS on resourceVersion)
+//!                       4. Events (why none; what was assigned)
+//!        every write's answer goes into the cache; a 409 GETs that object into it
 //! ```
 //!
 //! Where the allocations live: in each pool's status, replaced with its resourceVersion as a
@@ -23,12 +28,30 @@
 //! per address plus a list to count, and a crash between creating it and writing the Service
 //! leaves the same kind of record to adopt.
 //!
-//! Pools are listed before Services, so every allocation a pass sees was made for a Service
-//! that existed before the Service list was taken: an allocation whose Service (name and UID)
-//! is absent from that list really belongs to a deleted Service. Allocations are written
-//! before a Service shows the address, and a Service stops showing an address before it is
-//! released, so no two Services ever show one address; an agent dying between the two writes
-//! leaves an allocation that the next pass finds and writes to its Service.
+//! The caches are filled by one list per kind and then watches resumed from the last
+//! resourceVersion (a new list only on 410 Gone or a failed watch), so a change costs no
+//! list. But the two caches lag the server, each by its own amount, and that matters for
+//! what a pass takes away. Another agent (a Lease handover, or `REEF_LB_EVERY_AGENT=1`)
+//! may have allocated for a Service this cache has not seen yet, or seen only before it
+//! became a LoadBalancer: planned from the cache alone, its allocation would look orphaned
+//! and be released while the Service shows the address. So before a pass writes any release
+//! or takes any address from a Service, it reads (GET) every pool and then each Service
+//! concerned, pools first: every allocation those pools hold was made for a Service that
+//! existed before the Services are read, so a Service that is then absent (404, or another
+//! UID under the name) really was deleted, and one whose resourceVersion is the cached one
+//! was planned with as it is. Anything different goes into the cache and the pass plans
+//! again. The pool write that follows is a compare-and-swap on the version just read, so no
+//! allocation can slip in between. The other way round, a Service showing an address whose
+//! allocation the pool cache has not seen yet, is covered too: the pools are read after the
+//! plan was made from that Service, so they hold the allocation behind it. Assignments need no such check: their pool write and
+//! Service write are compare-and-swaps on the cached versions, and a stale cache only loses
+//! them (409; that object is read again). Releases are rare (a Service deleted or changed),
+//! so a burst of new Services costs no read at all.
+//!
+//! Allocations are written before a Service shows the address, and a Service stops showing
+//! an address before it is released, so no two Services ever show one address; an agent
+//! dying between the two writes leaves an allocation that the next pass finds and writes to
+//! its Service.
 //!
 //! Without any LoadBalancerIPPool reef assigns nothing and changes no Service: a cluster
 //! whose LoadBalancer addresses come from another controller (MetalLB, a cloud) keeps them,
@@ -40,13 +63,13 @@
 //! Who runs it: only the agent holding the `reef-loadbalancer` Lease (in the agent's
 //! namespace, as the cleaner's). Every agent could race safely — the CAS above makes it so,
 //! and the race test runs two agents with `REEF_LB_EVERY_AGENT=1` to prove it — but with N
-//! nodes every Service change would cost N list pairs and up to N-1 conflicts, for nothing.
+//! nodes every Service change would cost N passes and up to N-1 conflicts, for nothing.
 //! A Lease handover can leave two leaders for a moment; the CAS covers that too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Event, LoadBalancerIngress, Service};
@@ -89,7 +112,7 @@ impl Drop for Controller {
     }
 }
 
-/// Starts the controller (its Lease candidate, watches and pass loop).
+/// Starts the controller (its Lease candidate, caches and pass loop).
 pub fn spawn(client: kube::Client, ipam: Arc<Ipam<Box<dyn Store>>>, node: String) -> Controller {
     let stop = Arc::new(AtomicBool::new(false));
     let every = std::env::var(EVERY_AGENT_ENV).is_ok_and(|v| v == "1");
@@ -128,10 +151,14 @@ pub fn spawn(client: kube::Client, ipam: Arc<Ipam<Box<dyn Store>>>, node: String
     let poke = Arc::new(Notify::new());
     let pools: Api<LoadBalancerIpPool> = Api::all(client.clone());
     let services: Api<Service> = Api::all(client.clone());
+    let caches = Caches {
+        pools: shared(),
+        services: shared(),
+    };
     let tasks = vec![
-        tokio::spawn(follow(pools, poke.clone())),
-        tokio::spawn(follow(services, poke.clone())),
-        tokio::spawn(run(client, lead_rx, poke, node)),
+        tokio::spawn(reflect(pools, caches.pools.clone(), poke.clone())),
+        tokio::spawn(reflect(services, caches.services.clone(), poke.clone())),
+        tokio::spawn(run(client, lead_rx, poke, caches, node)),
     ];
     Controller {
         tasks,
@@ -140,41 +167,148 @@ pub fn spawn(client: kube::Client, ipam: Arc<Ipam<Box<dyn Store>>>, node: String
     }
 }
 
-/// Wakes the controller on every change of `K`.
-async fn follow<K>(api: Api<K>, poke: Arc<Notify>)
+/// One kind's cache: filled by its reflector task (one list, then watch events), read by
+/// the pass, and written through with the answers to the controller's own writes and
+/// confirmations.
+struct Cache<K> {
+    /// By `namespace/name` (`name` for cluster-scoped kinds).
+    objects: BTreeMap<String, K>,
+    /// The first list has arrived: until then a pass would take "absent" for "gone".
+    synced: bool,
+}
+
+type Shared<K> = Arc<Mutex<Cache<K>>>;
+
+fn shared<K>() -> Shared<K> {
+    Arc::new(Mutex::new(Cache {
+        objects: BTreeMap::new(),
+        synced: false,
+    }))
+}
+
+/// The cache, also after a task panicked holding it (plain values; a pass that finds
+/// something stale loses a compare-and-swap, nothing worse).
+fn lock<K>(c: &Shared<K>) -> MutexGuard<'_, Cache<K>> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn cache_key<K: kube::Resource>(o: &K) -> String {
+    let m = o.meta();
+    let name = m.name.as_deref().unwrap_or_default();
+    match m.namespace.as_deref() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// Whether `a` is known to be older than `b`. resourceVersions are opaque to clients in
+/// general; every etcd-backed server (and the stand-in) gives integers, and this is used only
+/// to not step back when a write's answer and the watch event of an older write cross.
+fn older<K: kube::Resource>(a: &K, b: &K) -> bool {
+    let rv = |o: &K| o.meta().resource_version.as_deref()?.parse::<u64>().ok();
+    matches!((rv(a), rv(b)), (Some(x), Some(y)) if x < y)
+}
+
+impl<K: kube::Resource + Clone> Cache<K> {
+    fn upsert(&mut self, o: K) {
+        let k = cache_key(&o);
+        if self.objects.get(&k).is_some_and(|cur| older(&o, cur)) {
+            return;
+        }
+        self.objects.insert(k, o);
+    }
+
+    /// A watch's DELETED: gone unless the cache already holds a newer object of that name.
+    fn delete(&mut self, o: &K) {
+        let k = cache_key(o);
+        if !self.objects.get(&k).is_some_and(|cur| older(o, cur)) {
+            self.objects.remove(&k);
+        }
+    }
+
+    fn reset(&mut self, all: Vec<K>) {
+        self.objects = all.into_iter().map(|o| (cache_key(&o), o)).collect();
+        self.synced = true;
+    }
+}
+
+/// The controller's two caches.
+#[derive(Clone)]
+struct Caches {
+    pools: Shared<LoadBalancerIpPool>,
+    services: Shared<Service>,
+}
+
+/// Keeps `cache` equal to the server's `K`s and wakes the controller on each change: one
+/// list, then watches resumed from the last resourceVersion seen; a new list only when the
+/// version is gone (410, or any error event) or a watch cannot be started.
+async fn reflect<K>(api: Api<K>, cache: Shared<K>, poke: Arc<Notify>)
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
 {
     use futures_util::{StreamExt, TryStreamExt};
-    let mut rv = "0".to_string();
+    let kind = K::kind(&()).to_string();
     loop {
-        let wp = WatchParams::default().timeout(WATCH_SECONDS);
-        let mut stream = match api.watch(&wp, &rv).await {
-            Ok(s) => s.boxed(),
+        let list = match api.list(&ListParams::default()).await {
+            Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "LoadBalancer watch");
-                rv = "0".into();
+                tracing::warn!(%kind, error = %e, "LoadBalancer: listing");
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
         };
-        loop {
-            match stream.try_next().await {
-                Ok(Some(
-                    WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o),
-                )) => {
-                    if let Some(v) = o.meta().resource_version.clone() {
-                        rv = v;
-                    }
-                    poke.notify_one();
-                }
-                Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
-                Ok(Some(WatchEvent::Error(_))) | Err(_) => {
-                    rv = "0".into();
+        let mut rv = list.metadata.resource_version.clone().unwrap_or_default();
+        tracing::debug!(%kind, items = list.items.len(), %rv, "LoadBalancer: listed");
+        lock(&cache).reset(list.items);
+        poke.notify_one();
+        'watch: loop {
+            let wp = WatchParams::default().timeout(WATCH_SECONDS);
+            let mut stream = match api.watch(&wp, &rv).await {
+                Ok(s) => s.boxed(),
+                Err(e) => {
+                    tracing::warn!(%kind, error = %e, "LoadBalancer: watching; listing again");
                     tokio::time::sleep(RETRY).await;
-                    break;
+                    break 'watch;
                 }
-                Ok(None) => break,
+            };
+            loop {
+                let (obj, deleted) = match stream.try_next().await {
+                    Ok(Some(WatchEvent::Added(o) | WatchEvent::Modified(o))) => (o, false),
+                    Ok(Some(WatchEvent::Deleted(o))) => (o, true),
+                    Ok(Some(WatchEvent::Bookmark(b))) => {
+                        rv = b.metadata.resource_version;
+                        continue;
+                    }
+                    Ok(Some(WatchEvent::Error(e))) => {
+                        // 410 Gone: the version was compacted away.
+                        tracing::info!(%kind, code = e.code, message = %e.message, "LoadBalancer: watch ended; listing again");
+                        tokio::time::sleep(RETRY).await;
+                        break 'watch;
+                    }
+                    // The watch timed out: resume from where it was.
+                    Ok(None) => continue 'watch,
+                    Err(e) => {
+                        tracing::warn!(%kind, error = %e, "LoadBalancer: watch stream failed; resuming");
+                        tokio::time::sleep(RETRY).await;
+                        continue 'watch;
+                    }
+                };
+                if let Some(v) = obj.meta().resource_version.clone() {
+                    rv = v;
+                }
+                let mut c = lock(&cache);
+                if deleted {
+                    c.delete(&obj);
+                } else {
+                    c.upsert(obj);
+                }
+                drop(c);
+                poke.notify_one();
             }
         }
     }
@@ -184,10 +318,9 @@ async fn run(
     client: kube::Client,
     mut leading: watch::Receiver<bool>,
     poke: Arc<Notify>,
+    caches: Caches,
     node: String,
 ) {
-    let pools: Api<LoadBalancerIpPool> = Api::all(client.clone());
-    let services: Api<Service> = Api::all(client.clone());
     let mut told: HashMap<String, String> = HashMap::new();
     loop {
         tokio::select! {
@@ -200,11 +333,12 @@ async fn run(
         }
         tokio::time::sleep(DEBOUNCE).await;
         for n in 0.. {
-            match pass(&client, &pools, &services, &node, &mut told).await {
+            match pass(&client, &caches, &node, &mut told).await {
                 Ok(true) => break,
-                // Someone wrote first: read again at once (a little later after many).
+                // Someone wrote first, or the cache was behind: plan again from the refreshed
+                // cache at once (a little later after many).
                 Ok(false) if n < CONFLICT_PASSES => {
-                    tracing::debug!(pass = n, "LoadBalancer: conflict, reading again");
+                    tracing::debug!(pass = n, "LoadBalancer: conflict, planning again");
                 }
                 Ok(false) => {
                     tokio::time::sleep(RETRY).await;
@@ -226,38 +360,61 @@ fn conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// One pass; `Ok(false)` when a compare-and-swap lost (nothing after it was written).
+/// One pass over the caches; `Ok(false)` when a compare-and-swap lost or the cache proved
+/// stale (the objects concerned are refreshed; nothing after that point was written).
 async fn pass(
     client: &kube::Client,
-    pools_api: &Api<LoadBalancerIpPool>,
-    svc_api: &Api<Service>,
+    c: &Caches,
     node: &str,
     told: &mut HashMap<String, String>,
 ) -> Result<bool, kube::Error> {
-    // Pools first: see the module doc.
-    let pools = pools_api.list(&ListParams::default()).await?.items;
+    let (pools, lb_svcs) = {
+        let pools = lock(&c.pools);
+        let svcs = lock(&c.services);
+        if !pools.synced || !svcs.synced {
+            // The first lists poke the controller when they arrive.
+            return Ok(true);
+        }
+        let p: Vec<LoadBalancerIpPool> = pools.objects.values().cloned().collect();
+        let s: Vec<LbService> = svcs.objects.values().map(service_of).collect();
+        (p, s)
+    };
     if pools.is_empty() {
         // No pool: reef is not the cluster's LoadBalancer implementation (see the module
         // doc); another controller's addresses stay as they are.
         return Ok(true);
     }
-    let svcs = svc_api.list(&ListParams::default()).await?.items;
     let lb_pools: Vec<LbPool> = pools.iter().map(pool_of).collect();
-    let lb_svcs: Vec<LbService> = svcs.iter().map(service_of).collect();
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let p: Plan = plan(&lb_pools, &lb_svcs, now);
-    let mut by_key: HashMap<String, Service> = svcs.into_iter().map(|s| (key_of(&s), s)).collect();
+
+    // Taking an address away rests on the cache being current: see the module doc.
+    let losing: BTreeSet<String> = p
+        .released
+        .iter()
+        .map(|(_, _, s)| s.clone())
+        .chain(
+            p.services
+                .iter()
+                .filter(|(_, ch)| ch.shrink.is_some())
+                .map(|(k, _)| k.clone()),
+        )
+        .collect();
+    if !losing.is_empty() && !confirm(client, c, &pools, &losing).await? {
+        return Ok(false);
+    }
 
     for (key, ch) in &p.services {
         if let Some(ips) = &ch.shrink {
-            if !write_status(client, &mut by_key, key, ips).await? {
+            if !write_status(client, c, key, ips).await? {
                 return Ok(false);
             }
         }
     }
+    let pools_api: Api<LoadBalancerIpPool> = Api::all(client.clone());
     for (name, st) in &p.pools {
         let Some(mut obj) = pools
             .iter()
@@ -271,8 +428,11 @@ async fn pass(
             .replace_status(name, &PostParams::default(), &obj)
             .await
         {
-            Ok(_) => {}
-            Err(e) if conflict(&e) => return Ok(false),
+            Ok(new) => lock(&c.pools).upsert(new),
+            Err(e) if conflict(&e) => {
+                refresh(&pools_api, &c.pools, name, name).await?;
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         }
     }
@@ -281,11 +441,12 @@ async fn pass(
     }
     for (key, ch) in &p.services {
         if let Some(ips) = &ch.grow {
-            if !write_status(client, &mut by_key, key, ips).await? {
+            if !write_status(client, c, key, ips).await? {
                 return Ok(false);
             }
         }
     }
+    let service = |key: &str| lock(&c.services).objects.get(key).cloned();
     for (key, got) in &p.assigned {
         let what: Vec<String> = got
             .iter()
@@ -293,10 +454,10 @@ async fn pass(
             .collect();
         tracing::info!(service = %key, assigned = %what.join(", "), "LoadBalancer address assigned");
         told.remove(key);
-        if let Some(s) = by_key.get(key) {
+        if let Some(s) = service(key) {
             event(
                 client,
-                s,
+                &s,
                 node,
                 "Normal",
                 "IPAllocated",
@@ -311,10 +472,10 @@ async fn pass(
             continue;
         }
         tracing::info!(service = %key, reason = %why, "LoadBalancer: no address");
-        if let Some(s) = by_key.get(key) {
+        if let Some(s) = service(key) {
             event(
                 client,
-                s,
+                &s,
                 node,
                 "Warning",
                 "AllocationFailed",
@@ -327,15 +488,72 @@ async fn pass(
     Ok(true)
 }
 
-/// Writes the Service's `status.loadBalancer.ingress` (CAS on its resourceVersion); false on
-/// a conflict.
+/// Before a pass takes an address from a Service or releases one: reads every pool, then
+/// each Service concerned, from the server (a GET each; no list). True when the cache held
+/// exactly that; otherwise the cache takes what was read and the pass plans again.
+async fn confirm(
+    client: &kube::Client,
+    c: &Caches,
+    pools: &[LoadBalancerIpPool],
+    services: &BTreeSet<String>,
+) -> Result<bool, kube::Error> {
+    let mut current = true;
+    let pools_api: Api<LoadBalancerIpPool> = Api::all(client.clone());
+    // Pools first: an allocation they hold was made for a Service that existed before the
+    // Services below are read.
+    for p in pools {
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        let seen = p.metadata.resource_version.clone();
+        current &= refresh(&pools_api, &c.pools, name, name).await? == seen;
+    }
+    for key in services {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        let api: Api<Service> = Api::namespaced(client.clone(), ns);
+        let seen = lock(&c.services)
+            .objects
+            .get(key)
+            .and_then(|s| s.metadata.resource_version.clone());
+        current &= refresh(&api, &c.services, key, name).await? == seen;
+    }
+    if !current {
+        tracing::debug!("LoadBalancer: the cache was behind the server; planning again");
+    }
+    Ok(current)
+}
+
+/// Reads `name` from the server into the cache (entry `key`); its resourceVersion, or
+/// `None` when it does not exist.
+async fn refresh<K>(
+    api: &Api<K>,
+    cache: &Shared<K>,
+    key: &str,
+    name: &str,
+) -> Result<Option<String>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await? {
+        Some(o) => {
+            let rv = o.meta().resource_version.clone();
+            lock(cache).upsert(o);
+            Ok(rv)
+        }
+        None => {
+            lock(cache).objects.remove(key);
+            Ok(None)
+        }
+    }
+}
+
+/// Writes the Service's `status.loadBalancer.ingress` (CAS on the cached resourceVersion);
+/// false on a conflict (the Service is read again into the cache).
 async fn write_status(
     client: &kube::Client,
-    by_key: &mut HashMap<String, Service>,
+    c: &Caches,
     key: &str,
     ips: &[IpAddr],
 ) -> Result<bool, kube::Error> {
-    let Some(mut s) = by_key.get(key).cloned() else {
+    let Some(mut s) = lock(&c.services).objects.get(key).cloned() else {
         return Ok(true);
     };
     let ns = s.metadata.namespace.clone().unwrap_or_default();
@@ -353,10 +571,13 @@ async fn write_status(
     let api: Api<Service> = Api::namespaced(client.clone(), &ns);
     match api.replace_status(&name, &PostParams::default(), &s).await {
         Ok(new) => {
-            by_key.insert(key.to_string(), new);
+            lock(&c.services).upsert(new);
             Ok(true)
         }
-        Err(e) if conflict(&e) => Ok(false),
+        Err(e) if conflict(&e) => {
+            refresh(&api, &c.services, key, &name).await?;
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
 }
