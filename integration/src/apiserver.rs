@@ -50,7 +50,10 @@
 //! anonymous were allowed everything); one with a bearer token the stand-in did not issue, or
 //! issued and expired, gets 401 Unauthorized as from the real server; requests per issued
 //! token are counted ([`StandIn::requests_with_token`]). It can inject conflicts: the next N
-//! replaces of an object find it changed by "someone else" and get a 409.
+//! replaces of an object find it changed by "someone else" and get a 409. It can hang
+//! ([`StandIn::hang`]): connections are accepted and requests read, but nothing is answered and
+//! open watch streams send nothing until it is released, as from a server stuck behind etcd.
+//! Large clusters are seeded in one go with [`StandIn::put_custom_resources`].
 //!
 //! ```no_run
 //! use reef_integration::apiserver::StandIn;
@@ -125,6 +128,31 @@ struct Issued {
 }
 
 impl Inner {
+    /// Stores `obj` under `key` as a write would: a new resourceVersion, ADDED or MODIFIED for
+    /// watches, uid and creation time kept across replaces. Returns the new resourceVersion.
+    fn put(&mut self, key: Key, api_version: &str, kind: &str, mut obj: Value) -> u64 {
+        self.rev += 1;
+        let rev = self.rev;
+        let prev = self.objects.get(&key).cloned();
+        let (ns, name) = key.1.split_once('/').unwrap_or(("", &key.1));
+        obj["apiVersion"] = json!(api_version);
+        obj["kind"] = json!(kind);
+        obj["metadata"]["name"] = json!(name);
+        if !ns.is_empty() {
+            obj["metadata"]["namespace"] = json!(ns);
+        }
+        obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+        obj["metadata"]["uid"] = prev
+            .as_ref()
+            .map(|p| p["metadata"]["uid"].clone())
+            .unwrap_or_else(|| json!(format!("uid-{rev}")));
+        obj["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        self.objects.insert(key.clone(), obj.clone());
+        let t = if prev.is_some() { "MODIFIED" } else { "ADDED" };
+        self.record(rev, key, t, obj, prev);
+        rev
+    }
+
     fn record(
         &mut self,
         rev: u64,
@@ -149,6 +177,8 @@ struct State {
     changed: Condvar,
     stop: AtomicBool,
     conflicts_sent: AtomicU64,
+    /// Answer nothing (see [`StandIn::hang`]).
+    hung: AtomicBool,
     requests: AtomicU64,
     /// Requests per (verb, resource, labelSelector, bearer token or not).
     by_kind: Mutex<BTreeMap<RequestKey, u64>>,
@@ -220,6 +250,13 @@ impl State {
     /// values; a half-done request is no worse than a lost one).
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once the server is not hung (or is stopping).
+    fn wait_while_hung(&self) {
+        while self.hung.load(Ordering::Relaxed) && !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
@@ -405,6 +442,25 @@ impl StandIn {
         self.state.lock().max_token_seconds = Some(secs);
     }
 
+    /// A day-long token for service account `namespace/name` (created if absent), issued as a
+    /// TokenRequest would issue it but without a request: a client that presents it is told
+    /// apart in [`StandIn::request_counts`] from one that does not.
+    pub fn issue_token(&self, namespace: &str, name: &str) -> Result<String, Error> {
+        self.put_service_account(namespace, name);
+        let (code, body) = token_request(
+            &self.state,
+            namespace,
+            name,
+            &json!({"spec": {"expirationSeconds": 86_400}}),
+        );
+        match body["status"]["token"].as_str() {
+            Some(t) if code == 201 => Ok(t.to_string()),
+            _ => Err(Error::Other(format!(
+                "API-server stand-in: token for {namespace}/{name}: {code} {body}"
+            ))),
+        }
+    }
+
     /// The tokens issued so far, oldest first.
     pub fn issued_tokens(&self) -> Vec<String> {
         let inner = self.state.lock();
@@ -475,29 +531,53 @@ impl StandIn {
 
     /// Stores `obj` under `key` as a write would: a new resourceVersion, ADDED or MODIFIED for
     /// watches, uid and creation time kept across replaces. Returns the new resourceVersion.
-    fn put_object(&self, key: Key, api_version: &str, kind: &str, mut obj: Value) -> u64 {
-        let mut inner = self.state.lock();
-        inner.rev += 1;
-        let rev = inner.rev;
-        let prev = inner.objects.get(&key).cloned();
-        let (ns, name) = key.1.split_once('/').unwrap_or(("", &key.1));
-        obj["apiVersion"] = json!(api_version);
-        obj["kind"] = json!(kind);
-        obj["metadata"]["name"] = json!(name);
-        if !ns.is_empty() {
-            obj["metadata"]["namespace"] = json!(ns);
-        }
-        obj["metadata"]["resourceVersion"] = json!(rev.to_string());
-        obj["metadata"]["uid"] = prev
-            .as_ref()
-            .map(|p| p["metadata"]["uid"].clone())
-            .unwrap_or_else(|| json!(format!("uid-{rev}")));
-        obj["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-        inner.objects.insert(key.clone(), obj.clone());
-        let t = if prev.is_some() { "MODIFIED" } else { "ADDED" };
-        inner.record(rev, key, t, obj, prev);
+    fn put_object(&self, key: Key, api_version: &str, kind: &str, obj: Value) -> u64 {
+        let rev = self.state.lock().put(key, api_version, kind, obj);
         self.state.changed.notify_all();
         rev
+    }
+
+    /// Creates or replaces many `reef.dev` custom resources at once, as that many writes
+    /// would (one resourceVersion each, ADDED or MODIFIED for watches) but under one lock and
+    /// without HTTP: for seeding a large simulated cluster. Each item is the plural (e.g.
+    /// `ipamblocks`) and the object, which needs `metadata.name` and may carry
+    /// `metadata.labels`, `spec` and `status`. Checked before anything is stored: an unknown
+    /// plural or a missing name is an error naming the item, and nothing is stored. Returns
+    /// the last resourceVersion written.
+    pub fn put_custom_resources(
+        &self,
+        objects: impl IntoIterator<Item = (String, Value)>,
+    ) -> Result<u64, Error> {
+        let mut checked = Vec::new();
+        for (i, (plural, obj)) in objects.into_iter().enumerate() {
+            let Some(kind) = kind_of(&plural) else {
+                return Err(Error::Other(format!(
+                    "API-server stand-in: item {i}: {plural:?} is no reef.dev resource"
+                )));
+            };
+            let Some(name) = obj["metadata"]["name"].as_str().filter(|n| !n.is_empty()) else {
+                return Err(Error::Other(format!(
+                    "API-server stand-in: item {i} ({plural}): metadata.name missing"
+                )));
+            };
+            checked.push(((plural.clone(), name.to_string()), kind, obj));
+        }
+        let mut inner = self.state.lock();
+        for (key, kind, obj) in checked {
+            inner.put(key, "reef.dev/v1alpha1", kind, obj);
+        }
+        let rev = inner.rev;
+        drop(inner);
+        self.state.changed.notify_all();
+        Ok(rev)
+    }
+
+    /// While `on`, the server answers nothing: it accepts connections and reads requests,
+    /// but holds them (no response, connection kept open) and its open watch streams send
+    /// nothing, as a server stuck behind its storage. `hang(false)` serves what waited.
+    pub fn hang(&self, on: bool) {
+        self.state.hung.store(on, Ordering::Relaxed);
+        self.state.changed.notify_all();
     }
 
     fn delete_object(&self, key: Key) -> bool {
@@ -1025,7 +1105,10 @@ fn read_request(s: &TcpStream) -> Option<Result<Request, (u16, Value)>> {
 fn serve(mut s: TcpStream, st: &State) {
     // A client that sends less than it announced must not hold a thread for ever.
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let req = match read_request(&s) {
+    let read = read_request(&s);
+    // A hung server has read the request and answers nothing until released.
+    st.wait_while_hung();
+    let req = match read {
         None => return,
         Some(Err((code, body))) => return respond(&mut s, code, &body),
         Some(Ok(r)) => r,
@@ -1481,10 +1564,18 @@ fn watch(
         },
     };
     while Instant::now() < end && !st.stop.load(Ordering::Relaxed) {
-        let events: Vec<(u64, &'static str, Value)> = inner
-            .log
+        if st.hung.load(Ordering::Relaxed) {
+            drop(inner);
+            st.wait_while_hung();
+            inner = st.lock();
+            continue;
+        }
+        // The log is in revision order: skip what this stream has sent without scanning it
+        // (a seeded cluster's log holds hundreds of thousands of events).
+        let start = inner.log.partition_point(|e| e.rev <= from);
+        let events: Vec<(u64, &'static str, Value)> = inner.log[start..]
             .iter()
-            .filter(|e| e.rev > from && res.holds(&e.key))
+            .filter(|e| res.holds(&e.key))
             .filter_map(|e| seen_through(sel, e).map(|t| (e.rev, t, e.object.clone())))
             .collect();
         from = inner.rev.max(from);
@@ -1506,6 +1597,8 @@ fn watch(
             .unwrap_or_else(|e| e.into_inner().0);
     }
     drop(inner);
+    // Even the end of a stream is an answer.
+    st.wait_while_hung();
     let _ = s.write_all(b"0\r\n\r\n");
 }
 
@@ -1814,6 +1907,105 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains(&format!("server: {}", api.url())), "{text}");
         assert!(text.contains("current-context: reef-standin"));
+    }
+
+    /// Reads what `s` has sent within `wait` (nothing: empty).
+    fn read_for(s: &mut TcpStream, wait: Duration) -> String {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    fn reef_node(name: &str) -> (String, Value) {
+        (
+            "reefnodes".to_string(),
+            json!({"metadata": {"name": name, "labels": {"k": "v"}},
+                   "spec": {"address": "10.0.0.1/24"}}),
+        )
+    }
+
+    #[test]
+    fn a_hung_server_answers_nothing_until_released_then_serves_what_waited() {
+        let api = StandIn::start().unwrap();
+        let rev = api.put_custom_resources([reef_node("n1")]).unwrap();
+        let mut watch = TcpStream::connect(api.addr()).unwrap();
+        write!(
+            watch,
+            "GET /apis/reef.dev/v1alpha1/reefnodes?watch=true&resourceVersion={rev} HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
+        assert!(read_for(&mut watch, Duration::from_millis(300)).starts_with("HTTP/1.1 200"));
+
+        api.hang(true);
+        // Accepted and read, never answered.
+        let mut get = TcpStream::connect(api.addr()).unwrap();
+        write!(
+            get,
+            "GET /apis/reef.dev/v1alpha1/reefnodes/n1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
+        api.put_custom_resources([reef_node("n2")]).unwrap();
+        assert_eq!(read_for(&mut get, Duration::from_millis(500)), "");
+        // The open watch sends nothing either.
+        assert_eq!(read_for(&mut watch, Duration::from_millis(300)), "");
+
+        api.hang(false);
+        let answer = read_for(&mut get, Duration::from_secs(3));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"name\":\"n1\""), "{answer}");
+        let events = read_for(&mut watch, Duration::from_millis(500));
+        assert!(events.contains("\"name\":\"n2\""), "{events}");
+    }
+
+    #[test]
+    fn bulk_seeding_stores_all_or_nothing() {
+        let api = StandIn::start().unwrap();
+        let rev = api
+            .put_custom_resources((0..100).map(|i| reef_node(&format!("n{i}"))))
+            .unwrap();
+        assert_eq!(rev, 100);
+        let (_, l) = call(
+            &api,
+            "GET",
+            "/apis/reef.dev/v1alpha1/reefnodes?labelSelector=k%3Dv",
+            None,
+        );
+        assert_eq!(l["items"].as_array().unwrap().len(), 100);
+        assert_eq!(l["items"][0]["kind"], "ReefNode");
+        let err = api
+            .put_custom_resources([
+                reef_node("x"),
+                ("pods".to_string(), json!({"metadata": {"name": "p"}})),
+            ])
+            .unwrap_err();
+        assert!(err.to_string().contains("item 1: \"pods\""), "{err}");
+        let err = api
+            .put_custom_resources([
+                reef_node("y"),
+                ("reefnodes".to_string(), json!({"spec": {}})),
+            ])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("item 1 (reefnodes): metadata.name"),
+            "{err}"
+        );
+        assert!(api.object("reefnodes", "x").is_none() && api.object("reefnodes", "y").is_none());
+        let t = api.issue_token("reef-system", "bench").unwrap();
+        assert_eq!(
+            call_as(&api, &t, "/apis/reef.dev/v1alpha1/reefnodes/n1"),
+            200
+        );
+        assert_eq!(api.requests_with_token(&t), 1);
     }
 
     #[test]
