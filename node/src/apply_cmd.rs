@@ -55,7 +55,8 @@ pub struct ApplyArgs {
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     /// ippool, bgppeer, bgpconfiguration, ipamconfig, reefnode, ipamblock, blockaffinity,
-    /// ipamhandle (singular, plural or short name, as kubectl takes them).
+    /// ipamhandle, loadbalancerippool (singular, plural or short name, as kubectl takes
+    /// them).
     pub kind: String,
     /// One object; all of the kind when left out.
     pub name: Option<String>,
@@ -791,6 +792,8 @@ fn cell(v: &Value) -> String {
         Value::Null => "<none>".into(),
         Value::String(s) => s.clone(),
         Value::Object(m) if m.is_empty() => "<none>".into(),
+        Value::Array(a) if a.is_empty() => "<none>".into(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
         Value::Object(m) => m
             .iter()
             .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(&v.to_string())))
@@ -856,7 +859,81 @@ fn columns(kind: Kind) -> &'static [(&'static str, &'static str)] {
     }
 }
 
+/// Whether the user names LoadBalancerIPPools (`loadbalancerippool[s]`, the CRD's short name
+/// `lbpool`, or `lbpools`).
+fn is_lb_pool_kind(s: &str) -> bool {
+    let l = s.to_ascii_lowercase();
+    let l = l.strip_suffix(".reef.dev").unwrap_or(&l);
+    matches!(
+        l,
+        "loadbalancerippool" | "loadbalancerippools" | "lbpool" | "lbpools"
+    )
+}
+
+/// The table columns of LoadBalancerIPPools (the CRD's printer columns but Age).
+const LB_POOL_COLUMNS: &[(&str, &str)] = &[
+    ("CIDR", "/spec/cidrs"),
+    ("USED", "/status/used"),
+    ("FREE", "/status/free"),
+    ("AUTO", "/spec/autoAssign"),
+    ("PROBLEM", "/status/problem"),
+];
+
+/// `reef get loadbalancerippools`: they live in the Kubernetes datastore only (reef assigns
+/// LoadBalancer addresses only there), so unlike the other kinds they are read from the API
+/// server, the same as `reef ipam check` reads them.
+fn get_lb_pools(cfg: &NodeConfig, args: &GetArgs, format: GetFormat) -> Result<Exit> {
+    use reef_config::crds::LoadBalancerIpPool;
+    let Datastore::Kubernetes { kubeconfig } = &cfg.datastore else {
+        bail!("LoadBalancerIPPools exist only in the Kubernetes datastore (reef assigns LoadBalancer addresses only there); this node's datastore is embedded");
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the Kubernetes API")?;
+    let objects: Vec<LoadBalancerIpPool> = rt.block_on(async {
+        let config = reef_ipam::kubernetes::client_config(kubeconfig.as_deref()).await?;
+        let client = kube::Client::try_from(config).context("a Kubernetes client")?;
+        let api: kube::Api<LoadBalancerIpPool> = kube::Api::all(client);
+        match &args.name {
+            Some(n) => Ok(vec![api
+                .get_opt(n)
+                .await
+                .with_context(|| format!("reading LoadBalancerIPPool {n}"))?
+                .ok_or_else(|| {
+                    anyhow!("loadbalancerippool.{GROUP} \"{n}\" not found")
+                })?]),
+            None => Ok::<_, anyhow::Error>(
+                api.list(&Default::default())
+                    .await
+                    .context("listing LoadBalancerIPPools")?
+                    .items,
+            ),
+        }
+    })?;
+    let manifests = objects
+        .iter()
+        .map(|o| {
+            let mut m = serde_json::to_value(o)?;
+            if let Some(meta) = m["metadata"].as_object_mut() {
+                meta.remove("managedFields");
+            }
+            Ok(m)
+        })
+        .collect::<Result<Vec<Value>, serde_json::Error>>()?;
+    print_got(
+        "loadbalancerippools",
+        LB_POOL_COLUMNS,
+        args.name.is_some(),
+        manifests,
+        format,
+    )
+}
+
 pub fn get(cfg: &NodeConfig, args: &GetArgs, format: GetFormat) -> Result<Exit> {
+    if is_lb_pool_kind(&args.kind) {
+        return get_lb_pools(cfg, args, format);
+    }
     let kind = parse_kind(&args.kind)?;
     if matches!(kind, Kind::Node | Kind::Lease) {
         bail!("{kind} is not a reef.dev kind");
@@ -883,9 +960,28 @@ pub fn get(cfg: &NodeConfig, args: &GetArgs, format: GetFormat) -> Result<Exit> 
             }
         }
     }
-    let doc = match (&args.name, manifests.len()) {
-        (Some(_), _) => manifests.pop().unwrap_or_default(),
-        (None, _) => json!({"apiVersion": "v1", "kind": "List", "items": manifests}),
+    print_got(
+        kind.plural(),
+        columns(kind),
+        args.name.is_some(),
+        manifests,
+        format,
+    )
+}
+
+/// Prints what `reef get` read: one object, or all of a kind as a `List`, as a table of
+/// `cols` (header, JSON pointer) or as JSON / YAML.
+fn print_got(
+    plural: &str,
+    cols: &[(&str, &str)],
+    one: bool,
+    mut manifests: Vec<Value>,
+    format: GetFormat,
+) -> Result<Exit> {
+    let doc = if one {
+        manifests.pop().unwrap_or_default()
+    } else {
+        json!({"apiVersion": "v1", "kind": "List", "items": manifests})
     };
     match format {
         GetFormat::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
@@ -896,10 +992,9 @@ pub fn get(cfg: &NodeConfig, args: &GetArgs, format: GetFormat) -> Result<Exit> 
                 None => vec![&doc],
             };
             if items.is_empty() {
-                eprintln!("No {} found.", kind.plural());
+                eprintln!("No {plural} found.");
                 return Ok(Exit::Ok);
             }
-            let cols = columns(kind);
             let mut header = vec!["NAME"];
             header.extend(cols.iter().map(|c| c.0));
             let mut t = Table::new(&header);

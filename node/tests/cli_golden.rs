@@ -1,5 +1,8 @@
 //! Golden outputs of `reef ipam show --blocks` and `reef ipam check` on a datastore with known
-//! contents. Regenerate with `REEF_UPDATE_GOLDEN=1 cargo test -p reef --test cli_golden`.
+//! contents, and of `reef get loadbalancerippools` (table, JSON, YAML) on the Kubernetes
+//! datastore (the in-process API-server STAND-IN, `reef_integration::apiserver`; no real API
+//! server runs here). Regenerate with `REEF_UPDATE_GOLDEN=1 cargo test -p reef --test
+//! cli_golden`.
 
 use std::path::Path;
 use std::process::Command;
@@ -112,4 +115,68 @@ fn ipam_show_and_check() {
     let (code, check) = reef(&config, &["ipam", "check"]);
     assert_eq!(code, 1, "{check}");
     golden("ipam-check-problems.txt", &check);
+}
+
+#[test]
+fn get_load_balancer_pools() {
+    use reef_integration::apiserver::StandIn;
+    use serde_json::json;
+
+    let api = StandIn::start().unwrap();
+    api.put_custom_resources([
+        (
+            "loadbalancerippools".to_string(),
+            json!({"metadata": {"name": "lb"},
+                   "spec": {"cidrs": ["198.51.100.64/26", "198.51.100.200-198.51.100.203"],
+                            "autoAssign": true},
+                   "status": {"allocations": [
+                       {"ip": "198.51.100.64", "service": "default/web", "uid": "uid-w",
+                        "allocatedAt": 1767225600},
+                       {"ip": "198.51.100.65", "service": "shop/cart", "uid": "uid-c",
+                        "allocatedAt": 1767225600}],
+                              "used": 2, "free": 66}}),
+        ),
+        (
+            "loadbalancerippools".to_string(),
+            json!({"metadata": {"name": "lb-over"},
+                   "spec": {"cidrs": ["198.51.100.96/28"], "autoAssign": false},
+                   "status": {"allocations": [], "used": 0, "free": 0,
+                              "problem": "overlaps LoadBalancerIPPool lb (198.51.100.96/28 with 198.51.100.64/26)"}}),
+        ),
+    ])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path()).unwrap();
+    let config = dir.path().join("node.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "nodeName: node-a\ndatastore:\n  kubernetes: {{ kubeconfig: {} }}\naddress: 10.0.0.1/24\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+
+    let (code, table) = reef(&config, &["get", "loadbalancerippools"]);
+    assert_eq!(code, 0, "{table}");
+    golden("get-lbpools.txt", &table);
+    // The CRD's short name, and the plural of it, name the same kind.
+    for short in ["lbpool", "lbpools", "LoadBalancerIPPool"] {
+        assert_eq!(
+            reef(&config, &["get", short]),
+            (0, table.clone()),
+            "{short}"
+        );
+    }
+    let (code, json) = reef(&config, &["-o", "json", "get", "lbpool", "lb"]);
+    assert_eq!(code, 0, "{json}");
+    golden("get-lbpool-lb.json", &json);
+    let (code, yaml) = reef(&config, &["-o", "yaml", "get", "lbpools"]);
+    assert_eq!(code, 0, "{yaml}");
+    golden("get-lbpools.yaml", &yaml);
+    let (code, out) = reef(&config, &["get", "lbpool", "nope"]);
+    assert!(
+        code != 0 && out.is_empty(),
+        "a missing pool is an error: {code} {out}"
+    );
 }
