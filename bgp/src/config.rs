@@ -10,7 +10,7 @@
 //! hold_time: 90               # default; 0 or >= 3
 //! connect_retry: 5            # seconds between connection attempts (default 5)
 //! graceful_restart: { enabled: true, restart_time: 120, restarting: false }
-//!                             # selection_deferral: seconds; default restart_time
+//!                             # selection_deferral: seconds; default restart_time, at most 60
 //! originate: [10.244.1.0/26, fd00:244::/122]
 //! next_hop_v6: fd00:100:1::2  # IPv6 next hop on IPv4 sessions (and next_hop_v4 the reverse)
 //! peers:
@@ -117,7 +117,9 @@ pub struct GracefulRestartConfig {
     pub restarting: bool,
     /// When restarting: the longest wait for the peers' End-of-RIB before best paths are
     /// chosen, advertised and handed to route programming (RFC 4724 §4.1 Selection_Deferral
-    /// timer), in seconds. Default: `restart_time`, as long as peers keep our routes.
+    /// timer), in seconds. Default: `restart_time` (as long as peers keep our routes), at most
+    /// 60 s, so a peer that does not come back holds selection (and the removal of what a
+    /// restarted agent kept in the kernel) no longer than a minute.
     #[serde(default)]
     pub selection_deferral: Option<u16>,
 }
@@ -126,7 +128,8 @@ impl GracefulRestartConfig {
     /// The selection deferral timer.
     pub fn selection_deferral(&self) -> Duration {
         Duration::from_secs(u64::from(
-            self.selection_deferral.unwrap_or(self.restart_time),
+            self.selection_deferral
+                .unwrap_or(self.restart_time.min(defaults::SELECTION_DEFERRAL_CAP)),
         ))
     }
 }
@@ -203,6 +206,10 @@ mod defaults {
     use std::net::{IpAddr, Ipv4Addr};
 
     use crate::PeerType;
+
+    /// The longest default selection deferral, in seconds (see
+    /// `GracefulRestartConfig::selection_deferral`).
+    pub const SELECTION_DEFERRAL_CAP: u16 = 60;
 
     pub fn listen_address() -> IpAddr {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)

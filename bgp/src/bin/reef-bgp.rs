@@ -195,6 +195,9 @@ async fn run(args: Args, mut cfg: SpeakerConfig) -> anyhow::Result<()> {
                         SpeakerEvent::EndOfRib { address, family } => {
                             print(&mut out, json!({"event": "end-of-rib", "address": address, "family": format!("{family:?}")}))?;
                         }
+                        SpeakerEvent::SelectionDeferralEnded { why } => {
+                            print(&mut out, json!({"event": "selection-deferral-ended", "why": why.to_string()}))?;
+                        }
                         SpeakerEvent::PeerState { address, peer_type, state, reason } => {
                             print(&mut out, json!({"event": "peer", "address": address, "peer_type": peer_type, "state": state_name(state), "reason": reason}))?;
                         }

@@ -18,7 +18,7 @@ use super::net;
 use super::session::{
     self, Established, RouteStep, Routes, SessionCmd, SessionEvent, SessionEventKind, Settings,
 };
-use super::{Command, PeerStatus, Shutdown, SpeakerError, SpeakerEvent};
+use super::{Command, DeferralEnd, PeerStatus, Shutdown, SpeakerError, SpeakerEvent};
 use crate::config::{ConfigError, PeerConfig, SpeakerConfig};
 use crate::packet::error::codes;
 use crate::packet::{Family, Notification};
@@ -159,6 +159,12 @@ pub(crate) async fn spawn(
         next_key: 0,
         deferral,
     };
+    if core.deferral.is_none() {
+        // Nothing to wait for: selection runs from the start.
+        let _ = core.events.send(SpeakerEvent::SelectionDeferralEnded {
+            why: DeferralEnd::NotRestarting,
+        });
+    }
     for p in peers {
         core.add_peer(p)?;
     }
@@ -760,14 +766,15 @@ impl Core {
     /// Ends a selection deferral whose peers have all sent End-of-RIB.
     fn check_deferral(&mut self) {
         if self.deferral.as_ref().is_some_and(Deferral::done) {
-            self.finish_deferral("every peer sent End-of-RIB");
+            self.finish_deferral(DeferralEnd::EndOfRib);
         }
     }
 
     /// RFC 4724 §4.1: selection runs (the RIB has run it all along; now its result goes
     /// out): every best path to route programming, every Adj-RIB-Out in full followed by
-    /// End-of-RIB, then the End-of-RIB events held back.
-    fn finish_deferral(&mut self, why: &str) {
+    /// End-of-RIB, then the End-of-RIB events held back, then `SelectionDeferralEnded`. Once:
+    /// the deferral is gone afterwards, so the timer's later firing does nothing.
+    fn finish_deferral(&mut self, why: DeferralEnd) {
         let Some(d) = self.deferral.take() else {
             return;
         };
@@ -802,6 +809,9 @@ impl Core {
         for (address, family) in d.held_end_of_rib {
             let _ = self.events.send(SpeakerEvent::EndOfRib { address, family });
         }
+        let _ = self
+            .events
+            .send(SpeakerEvent::SelectionDeferralEnded { why });
     }
 
     fn start_stale_timer(&mut self, address: IpAddr, after: Duration) {
@@ -834,7 +844,7 @@ impl Core {
             }
             Internal::Respawn { address, key } => self.respawn(address, key),
             Internal::DeferralTimer => {
-                self.finish_deferral("the selection deferral timer expired");
+                self.finish_deferral(DeferralEnd::Timer);
             }
             Internal::StaleTimer {
                 address,

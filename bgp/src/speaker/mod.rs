@@ -6,9 +6,11 @@
 //!                                │ Command (mpsc, each with a oneshot reply)
 //!                                ▼
 //!  listener task ─Accepted──▶ ┌──────────────────────────┐ ─SpeakerEvent─▶ events receiver
-//!  (one socket, MD5 keys      │ core task: owns the Rib, │   (best-path changes, peer states)
-//!   per configured peer)      │ the peer table, status,  │
-//!                             │ GR stale timers          │
+//!  (one socket, MD5 keys      │ core task: owns the Rib, │   (best-path changes, peer states,
+//!   per configured peer)      │ the peer table, status,  │    End-of-RIB, selection deferral
+//!                             │ GR stale timers, the     │    ended: once)
+//!                             │ restart's selection      │
+//!                             │ deferral (deferral.rs)   │
 //!                             └──────────────────────────┘
 //!                  SessionCmd  │  ▲  SessionEvent (one bounded mpsc shared by all sessions:
 //!        (unbounded per peer:  │  │  UPDATEs wait here when the RIB is busy, which pushes
@@ -69,6 +71,11 @@ pub enum SpeakerEvent {
         address: IpAddr,
         family: crate::packet::Family,
     },
+    /// Route selection runs from now on (RFC 4724 §4.1): emitted exactly once, after the
+    /// best paths and End-of-RIB markers held back while selection was deferred, or at start
+    /// when nothing was deferred (not restarting). A restarted agent removes what it kept from
+    /// its previous run and BGP has not sent again when this comes.
+    SelectionDeferralEnded { why: DeferralEnd },
     /// A session changed state.
     PeerState {
         address: IpAddr,
@@ -77,6 +84,31 @@ pub enum SpeakerEvent {
         /// Why it left Established or failed to get there, when known.
         reason: Option<String>,
     },
+}
+
+/// Why a selection deferral ended (see [`SpeakerEvent::SelectionDeferralEnded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeferralEnd {
+    /// The speaker did not start as a restart (or without graceful restart): nothing was
+    /// deferred.
+    NotRestarting,
+    /// Every peer waited for sent End-of-RIB for each of its families, was removed, or turned
+    /// out not to be waited for (no graceful restart, restarting itself). Also the end of a
+    /// restart with no peers.
+    EndOfRib,
+    /// The selection deferral timer ran out first
+    /// ([`GracefulRestartConfig::selection_deferral`]).
+    Timer,
+}
+
+impl std::fmt::Display for DeferralEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeferralEnd::NotRestarting => "not restarting: nothing was deferred",
+            DeferralEnd::EndOfRib => "every peer sent End-of-RIB",
+            DeferralEnd::Timer => "the selection deferral timer expired",
+        })
+    }
 }
 
 /// One peer as `reef status` shows it.

@@ -553,7 +553,196 @@ async fn restarting_speaker_defers_selection_until_the_deferral_timer() {
         best_at <= eor_at,
         "best paths come before the held End-of-RIB"
     );
+    // Then, once, the end of the deferral, naming the timer.
+    let (ended, _) = deferral_ended(&mut na, 5).await;
+    assert_eq!(ended, DeferralEnd::Timer);
+    assert_deferral_ends_no_more(&mut na, Duration::from_millis(300)).await;
     drop(nb);
+}
+
+/// Reads `n`'s events until `SelectionDeferralEnded`; returns its reason and the events
+/// before it. Panics after `secs`.
+async fn deferral_ended(n: &mut Node, secs: u64) -> (DeferralEnd, Vec<SpeakerEvent>) {
+    let mut before = Vec::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, n._events.recv()).await {
+            Ok(Some(SpeakerEvent::SelectionDeferralEnded { why })) => return (why, before),
+            Ok(Some(e)) => before.push(e),
+            Ok(None) => panic!("events closed; before: {before:?}"),
+            Err(_) => panic!("no SelectionDeferralEnded within {secs} s; events: {before:?}"),
+        }
+    }
+}
+
+/// No further `SelectionDeferralEnded` from `n` during `d`.
+async fn assert_deferral_ends_no_more(n: &mut Node, d: Duration) {
+    let end = Instant::now() + d;
+    while let Ok(Some(e)) = tokio::time::timeout(
+        end.saturating_duration_since(Instant::now()),
+        n._events.recv(),
+    )
+    .await
+    {
+        assert!(
+            !matches!(e, SpeakerEvent::SelectionDeferralEnded { .. }),
+            "a second {e:?}"
+        );
+    }
+}
+
+/// A restarting A (deferral timer `timer` s) on 127.x.y.1, configured at start with peers
+/// on .2 and .3 that do not run yet; returns A and the three (address, port) pairs.
+async fn restarting_with_two_peers(timer: u16) -> (Node, [(Ipv4Addr, u16); 3]) {
+    let [x, y] = block();
+    let addrs = [1, 2, 3].map(|i| {
+        let a = Ipv4Addr::new(127, x, y, i);
+        (a, free_port(a))
+    });
+    let [(a, pa), ..] = addrs;
+    let mut ca = speaker_cfg(64512, a, pa);
+    ca.graceful_restart.restarting = true;
+    ca.graceful_restart.selection_deferral = Some(timer);
+    ca.originate = vec![net("10.1.0.0/24")];
+    for (addr, port) in &addrs[1..] {
+        let mut p = PeerConfig::new(IpAddr::V4(*addr), 64512);
+        p.port = *port;
+        p.source_address = Some(IpAddr::V4(a));
+        ca.peers.push(p);
+    }
+    (start(ca).await, addrs)
+}
+
+/// A helper peer (not restarting) of A at `me`, originating `prefix`.
+async fn helper_of(a: (Ipv4Addr, u16), me: (Ipv4Addr, u16), prefix: &str) -> Node {
+    let mut c = speaker_cfg(64512, me.0, me.1);
+    c.originate = vec![net(prefix)];
+    let mut to_a = PeerConfig::new(IpAddr::V4(a.0), 64512);
+    to_a.port = a.1;
+    to_a.source_address = Some(IpAddr::V4(me.0));
+    c.peers.push(to_a);
+    start(c).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_peers_defer_selection_until_each_sent_end_of_rib() {
+    // A restarts with the peers B and C in its start configuration and a long timer (30 s):
+    // B's End-of-RIB alone does not end the deferral, C's does, long before the timer.
+    let (mut na, [a, b, c]) = restarting_with_two_peers(30).await;
+    let started = Instant::now();
+    let nb = helper_of(a, b, "10.2.0.0/24").await;
+    established(&na, b.0).await;
+    wait("A received B's route", 10, || async {
+        let s = status_of(&na, b.0).await;
+        (s.prefixes_received == 1)
+            .then_some(())
+            .ok_or(format!("{s:?}"))
+    })
+    .await;
+    sleep(Duration::from_millis(500)).await;
+    let mut seen = Vec::new();
+    while let Ok(e) = na._events.try_recv() {
+        seen.push(e);
+    }
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e,
+            SpeakerEvent::BestPaths(_)
+                | SpeakerEvent::EndOfRib { .. }
+                | SpeakerEvent::SelectionDeferralEnded { .. }
+        )),
+        "C has not sent End-of-RIB, yet: {seen:?}"
+    );
+    assert_eq!(
+        status_of(&nb, a.0).await.prefixes_received,
+        0,
+        "B got A's table early"
+    );
+    let nc = helper_of(a, c, "10.3.0.0/24").await;
+    let (why, before) = deferral_ended(&mut na, 15).await;
+    assert_eq!(why, DeferralEnd::EndOfRib);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "ended by End-of-RIB, not the timer"
+    );
+    // Before it: every best path, and both peers' End-of-RIB.
+    let best: BTreeMap<IpNetwork, Vec<IpAddr>> = before
+        .iter()
+        .filter_map(|e| match e {
+            SpeakerEvent::BestPaths(v) => Some(v.iter().map(|c| (c.prefix, c.next_hops.to_vec()))),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        best,
+        BTreeMap::from([
+            (net("10.2.0.0/24"), vec![IpAddr::V4(b.0)]),
+            (net("10.3.0.0/24"), vec![IpAddr::V4(c.0)]),
+        ])
+    );
+    for peer in [b.0, c.0] {
+        assert!(
+            before.iter().any(|e| matches!(e, SpeakerEvent::EndOfRib { address, .. } if *address == IpAddr::V4(peer))),
+            "{peer}'s End-of-RIB before the end: {before:?}"
+        );
+    }
+    has_route(&nb, "10.1.0.0/24", IpAddr::V4(a.0)).await;
+    has_route(&nc, "10.1.0.0/24", IpAddr::V4(a.0)).await;
+    // Exactly once: a session reset later ends nothing again.
+    nb.handle.shutdown(Shutdown::Hard).await.unwrap();
+    assert_deferral_ends_no_more(&mut na, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_removed_during_the_deferral_no_longer_holds_it() {
+    // C never comes up; B sent End-of-RIB. Removing C ends the deferral at once, long before
+    // the 30 s timer.
+    let (mut na, [a, b, c]) = restarting_with_two_peers(30).await;
+    let _nb = helper_of(a, b, "10.2.0.0/24").await;
+    established(&na, b.0).await;
+    sleep(Duration::from_millis(500)).await;
+    while let Ok(e) = na._events.try_recv() {
+        assert!(
+            !matches!(e, SpeakerEvent::SelectionDeferralEnded { .. }),
+            "C still holds the deferral: {e:?}"
+        );
+    }
+    let removed = Instant::now();
+    na.handle.remove_peer(IpAddr::V4(c.0)).await.unwrap();
+    let (why, before) = deferral_ended(&mut na, 5).await;
+    assert_eq!(why, DeferralEnd::EndOfRib);
+    assert!(removed.elapsed() < Duration::from_secs(2));
+    assert!(
+        before.iter().any(|e| matches!(e, SpeakerEvent::BestPaths(v) if v.iter().any(|c| c.prefix == net("10.2.0.0/24")))),
+        "{before:?}"
+    );
+    assert_deferral_ends_no_more(&mut na, Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferral_end_is_reported_once_also_when_nothing_was_deferred() {
+    let [x, y] = block();
+    let a = Ipv4Addr::new(127, x, y, 1);
+    // Not restarting: the first event says selection runs.
+    let mut fresh = start(speaker_cfg(64512, a, 0)).await;
+    let (why, before) = deferral_ended(&mut fresh, 1).await;
+    assert_eq!((why, before), (DeferralEnd::NotRestarting, vec![]));
+    // Restarting without peers: nobody to wait for.
+    let mut cfg = speaker_cfg(64512, Ipv4Addr::new(127, x, y, 2), 0);
+    cfg.graceful_restart.restarting = true;
+    cfg.graceful_restart.selection_deferral = Some(1);
+    let mut alone = start(cfg).await;
+    assert_eq!(deferral_ended(&mut alone, 1).await.0, DeferralEnd::EndOfRib);
+    // Neither says it again: not for a peer added later, not when the timer would have run out.
+    for n in [&fresh, &alone] {
+        let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(127, x, y, 9)), 64512);
+        p.port = 9;
+        n.handle.add_peer(p).await.unwrap();
+    }
+    assert_deferral_ends_no_more(&mut fresh, Duration::from_millis(200)).await;
+    assert_deferral_ends_no_more(&mut alone, Duration::from_millis(1500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

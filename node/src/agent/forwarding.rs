@@ -1,16 +1,17 @@
 //! Forwarding state kept across a clean agent restart (RFC 4724's "forwarding state
 //! preserved", done by the agent): on SIGTERM the agent writes its BGP best paths to a file;
 //! the next agent starts from them, so the route plan, the kernel routes and the userspace
-//! tunnel's map are what they were, and sweeps the ones BGP does not confirm once every peer
-//! has sent End-of-RIB (or the deferral time is up).
+//! tunnel's map are what they were, and sweeps the ones BGP does not confirm once the
+//! speaker's selection deferral ends (every peer sent End-of-RIB, or its timer ran out).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
+use reef_bgp::speaker::SpeakerEvent;
 
 pub type Routes = BTreeMap<IpNetwork, Vec<IpAddr>>;
 
@@ -55,44 +56,69 @@ pub fn load(path: &Path, window: Duration) -> Option<Routes> {
     }
 }
 
-/// What a restarted agent still waits for.
-#[derive(Debug)]
-pub struct Deferral {
-    /// Kept prefixes BGP has not sent again yet.
-    stale: BTreeSet<IpNetwork>,
-    /// Peers whose IPv4 End-of-RIB has not come yet.
-    waiting: BTreeSet<IpAddr>,
-    pub deadline: Instant,
+/// The remote best paths route programming holds, and after a clean restart the routes the
+/// previous agent left that BGP has not sent again yet. The speaker defers route selection
+/// until its peers have resent their routes (RFC 4724 §4.1, `reef_bgp::speaker`), so during
+/// that time no best path comes and the kept routes stand unchanged; when the speaker says
+/// selection runs, the full table has come and the kept routes it did not confirm go.
+#[derive(Debug, Default)]
+pub struct Remote {
+    /// Prefix → next hops.
+    pub routes: Routes,
+    /// Kept prefixes BGP has not sent (or withdrawn) since the start; `None` once the
+    /// speaker's selection deferral ended (or with nothing kept).
+    unconfirmed: Option<BTreeSet<IpNetwork>>,
 }
 
-impl Deferral {
-    pub fn new(stale: BTreeSet<IpNetwork>, deadline: Instant) -> Self {
-        Deferral {
-            stale,
-            waiting: BTreeSet::new(),
-            deadline,
+impl Remote {
+    /// Starts from what the previous agent left (`None`: a fresh start).
+    pub fn new(kept: Option<Routes>) -> Self {
+        match kept {
+            Some(routes) => Remote {
+                unconfirmed: Some(routes.keys().copied().collect()),
+                routes,
+            },
+            None => Remote::default(),
         }
     }
 
-    /// The peers configured at start: the deferral ends when each has sent End-of-RIB.
-    pub fn expect_from(&mut self, peers: impl IntoIterator<Item = IpAddr>) {
-        self.waiting.extend(peers);
+    /// Whether kept routes still wait for the speaker's selection deferral to end.
+    #[cfg(test)]
+    fn deferring(&self) -> bool {
+        self.unconfirmed.is_some()
     }
 
-    /// BGP sent a best path (or its withdrawal) for `prefix`: it is no longer ours to sweep.
-    pub fn confirmed(&mut self, prefix: &IpNetwork) {
-        self.stale.remove(prefix);
-    }
-
-    /// `peer` sent End-of-RIB; true when no peer is left to wait for.
-    pub fn end_of_rib(&mut self, peer: IpAddr) -> bool {
-        self.waiting.remove(&peer);
-        self.waiting.is_empty()
-    }
-
-    /// The kept prefixes nobody confirmed.
-    pub fn into_stale(self) -> BTreeSet<IpNetwork> {
-        self.stale
+    /// Takes a speaker event; returns whether the routes changed.
+    pub fn apply(&mut self, ev: &SpeakerEvent) -> bool {
+        match ev {
+            SpeakerEvent::BestPaths(cs) => {
+                let mut changed = false;
+                for c in cs {
+                    if let Some(u) = &mut self.unconfirmed {
+                        u.remove(&c.prefix);
+                    }
+                    changed |= if c.next_hops.is_empty() {
+                        self.routes.remove(&c.prefix).is_some()
+                    } else {
+                        self.routes.insert(c.prefix, c.next_hops.to_vec())
+                            != Some(c.next_hops.to_vec())
+                    };
+                }
+                changed
+            }
+            SpeakerEvent::SelectionDeferralEnded { why } => {
+                let Some(stale) = self.unconfirmed.take() else {
+                    return false;
+                };
+                let mut swept = 0;
+                for p in &stale {
+                    swept += usize::from(self.routes.remove(p).is_some());
+                }
+                tracing::info!(%why, swept, "restart complete: kept routes BGP did not send again removed");
+                swept > 0
+            }
+            SpeakerEvent::EndOfRib { .. } | SpeakerEvent::PeerState { .. } => false,
+        }
     }
 }
 
@@ -133,19 +159,84 @@ mod tests {
         assert_eq!(load(&path, Duration::from_secs(60)), None);
     }
 
+    /// The next hops as `BestPathChange` holds them (a `Vec` or a type made from one).
+    fn hops<T: From<Vec<IpAddr>>>(v: Vec<IpAddr>) -> T {
+        T::from(v)
+    }
+
     #[test]
-    fn deferral_ends_when_every_peer_sent_end_of_rib_and_sweeps_the_unconfirmed() {
-        let a: IpAddr = "10.100.1.10".parse().unwrap();
-        let b: IpAddr = "10.100.2.10".parse().unwrap();
-        let mut d = Deferral::new(
-            [net("10.244.1.0/26"), net("10.244.2.0/26")].into(),
-            Instant::now(),
+    fn kept_routes_stand_until_the_deferral_ends_and_the_unconfirmed_are_swept() {
+        use reef_bgp::speaker::DeferralEnd;
+        use reef_bgp::BestPathChange;
+        let (a, b): (IpAddr, IpAddr) = (
+            "10.100.1.10".parse().unwrap(),
+            "10.100.2.10".parse().unwrap(),
         );
-        d.expect_from([a, b]);
-        d.confirmed(&net("10.244.1.0/26"));
-        assert!(!d.end_of_rib(a));
-        assert!(!d.end_of_rib(a), "the same peer twice is not every peer");
-        assert!(d.end_of_rib(b));
-        assert_eq!(d.into_stale(), [net("10.244.2.0/26")].into());
+        let best = |p: &str, nh: &[IpAddr]| BestPathChange {
+            prefix: net(p),
+            next_hops: hops(nh.to_vec()),
+        };
+        let kept: Routes = [
+            (net("10.244.1.0/26"), vec![a]),
+            (net("10.244.2.0/26"), vec![b]),
+            (net("10.244.3.0/26"), vec![b]),
+        ]
+        .into();
+        let mut r = Remote::new(Some(kept.clone()));
+        assert!(r.deferring());
+        // End-of-RIB markers and session changes touch nothing; the kept routes stand.
+        assert!(!r.apply(&SpeakerEvent::EndOfRib {
+            address: a,
+            family: reef_bgp::packet::Family::Ipv4Unicast,
+        }));
+        assert!(!r.apply(&SpeakerEvent::PeerState {
+            address: b,
+            peer_type: reef_bgp::PeerType::Mesh,
+            state: reef_bgp::SessionState::Established,
+            reason: None,
+        }));
+        assert_eq!(r.routes, kept);
+        // The table at the deferral's end: .1 again (unchanged), .3 via a now, and a new one.
+        let table = SpeakerEvent::BestPaths(vec![
+            best("10.244.1.0/26", &[a]),
+            best("10.244.3.0/26", &[a]),
+            best("10.244.4.0/26", &[b]),
+        ]);
+        assert!(r.apply(&table));
+        assert_eq!(
+            r.routes.len(),
+            4,
+            "nothing swept before the end: {:?}",
+            r.routes
+        );
+        assert!(r.apply(&SpeakerEvent::SelectionDeferralEnded {
+            why: DeferralEnd::EndOfRib
+        }));
+        assert!(!r.deferring());
+        assert_eq!(
+            r.routes,
+            [
+                (net("10.244.1.0/26"), vec![a]),
+                (net("10.244.3.0/26"), vec![a]),
+                (net("10.244.4.0/26"), vec![b]),
+            ]
+            .into()
+        );
+        // Once over, a withdrawal removes and nothing else is swept.
+        assert!(!r.apply(&SpeakerEvent::SelectionDeferralEnded {
+            why: DeferralEnd::Timer
+        }));
+        assert!(r.apply(&SpeakerEvent::BestPaths(vec![best("10.244.4.0/26", &[])])));
+        assert_eq!(r.routes.len(), 2);
+    }
+
+    #[test]
+    fn a_fresh_start_keeps_nothing_and_waits_for_nothing() {
+        let mut r = Remote::new(None);
+        assert!(!r.deferring());
+        assert!(!r.apply(&SpeakerEvent::SelectionDeferralEnded {
+            why: reef_bgp::speaker::DeferralEnd::NotRestarting
+        }));
+        assert!(r.routes.is_empty());
     }
 }

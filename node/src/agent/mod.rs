@@ -8,12 +8,16 @@
 //!    ▼ one thread per stream ──mpsc<(stream, Delta)>──▶ sync task (owns the cache)
 //!                                                          │ watch<Reading> (View, problems;
 //!                                                          ▼  spec/label changes only)
-//!   ┌────────────────┐  add/update/remove peers,   ┌───────────────────┐
-//!   │  agent loop    │──originate/withdraw,──────▶ │ speaker           │ SIGTERM / SIGINT:
-//!   │  (this task;   │  ownership, pools, policies │ (reef_bgp, owns   │ graceful restart,
-//!   │  never waits   │◀──BestPaths / PeerState─────│ the RIB)          │ kernel routes stay
-//!   │  on the API)   │       SpeakerEvent          └───────────────────┘
-//!   └────────────────┘
+//!   ┌────────────────┐ start: the first view's peers ┌────────────────────┐
+//!   │  agent loop    │ then add/update/remove peers, │ speaker (reef_bgp, │ SIGTERM / SIGINT:
+//!   │  (this task;   │──originate/withdraw,────────▶ │ owns the RIB; after│ graceful restart,
+//!   │  never waits   │  ownership, pools, policies   │ a restart defers   │ kernel routes stay,
+//!   │  on the API)   │◀──BestPaths / PeerState /─────│ selection until    │ best paths saved
+//!   └────────────────┘   SelectionDeferralEnded      │ every peer's End-  │ for the next agent
+//!     │                  (SpeakerEvent)              │ of-RIB, ≤ 60 s)    │ (forwarding.rs)
+//!     │                                              └────────────────────┘
+//!     │ remote routes (forwarding::Remote): after a restart the saved ones stand until
+//!     │ SelectionDeferralEnded, then those BGP did not send again go
 //!     │ plan (pure)
 //!     │   ├─▶ tunnel.sync (tunl0 or userspace ipip, MTU file, nat table)
 //!     │   └─▶ watch<Vec<Route>> ─▶ felix-lite reconciler task ─▶ rtnetlink
@@ -64,9 +68,6 @@ const SECRETS_DIR: &str = "/etc/reef/secrets";
 const POLL: Duration = Duration::from_secs(1);
 /// How long start-up waits for the first complete datastore reading.
 const FIRST_READING: Duration = Duration::from_secs(30);
-/// The longest a restarted agent keeps routes BGP has not confirmed (RFC 4724's selection
-/// deferral); the graceful-restart time when that is shorter.
-const MAX_DEFERRAL: Duration = Duration::from_secs(60);
 /// How often at most the node resource's status is written (only when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// How long BGP sessions get to come up before a peer that stays down no longer holds the
@@ -191,7 +192,9 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     scfg.originate = own.iter().copied().collect();
     // A clean restart: the previous agent left its BGP best paths and kept its kernel routes.
     // Start from them (stale) so nothing changes in the kernel or the tunnel, tell the peers
-    // we restarted with forwarding state kept, and sweep what they do not send again.
+    // we restarted with forwarding state kept, and sweep what they do not send again once
+    // the speaker's selection deferral ends (every peer sent End-of-RIB, or its timer —
+    // the restart time, at most 60 s — ran out).
     let state_file = forwarding_state_path(&cfg);
     let restart_window = Duration::from_secs(u64::from(scfg.graceful_restart.restart_time));
     let kept = forwarding::load(&state_file, restart_window);
@@ -200,10 +203,23 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     // Both Service export policies exist from the start, so a peer may name either at any time.
     scfg.policy = services::policies(&services::Ranges::default(), None);
     let scfg_policies = scfg.policy.clone();
+    // The peers of the first reading start with the speaker, so that a restart's selection
+    // deferral waits for each of them. One the speaker would refuse is left to `sync_peers`,
+    // which reports it as for a peer added later.
+    let svc_client = service_client(&cfg).await;
+    let mut initial = {
+        let (ranges, _) = services::ranges(view.bgp.as_ref(), &scfg.cluster_pools);
+        let services_on = svc_client.is_some() && !ranges.is_empty();
+        wanted_peers(&cfg, &view, &secrets, services_on).await.0
+    };
+    initial.retain(|a, p| p.validate(&format!("peer {a}"), &scfg).is_ok());
+    scfg.peers = initial.values().cloned().collect();
     let (speaker, mut events) = Speaker::start(scfg)
         .await
         .context("starting the BGP speaker")?;
-    // Before any peer: mesh routes are accepted only from the node that owns them.
+    // Mesh routes are accepted only from the node that owns them. The sessions started with
+    // the speaker have not exchanged a route yet (that takes a connection and an OPEN each
+    // way); what came before this would be judged again.
     let ownership = view::ownership(&cfg, &view);
     speaker
         .set_ownership(Some(ownership.clone()))
@@ -219,27 +235,23 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
         .await
         .context("opening the metrics address")?;
 
-    let deferral = kept.as_ref().map(|k| {
+    if let Some(k) = &kept {
         tracing::info!(
             routes = k.len(),
-            "restart: keeping the previous agent's routes until every peer sent End-of-RIB"
+            peers = initial.len(),
+            "restart: keeping the previous agent's routes until the speaker's selection deferral ends"
         );
-        forwarding::Deferral::new(
-            k.keys().copied().collect(),
-            Instant::now() + restart_window.min(MAX_DEFERRAL),
-        )
-    });
+    }
     let mut st = AgentState {
         cluster_pools: scfg_pools,
         ownership,
-        deferral,
         cfg: cfg.clone(),
         parent: parent.clone(),
         secrets,
         view,
         own: own.clone(),
-        peers: BTreeMap::new(),
-        remote: kept.unwrap_or_default(),
+        peers: initial,
+        remote: forwarding::Remote::new(kept),
         tunnel_mode: describe_tunnel(tunnel.mode()),
         started: SystemTime::now(),
         last_plan: None,
@@ -256,7 +268,7 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
         datastore_problems: first.problems.clone(),
         first_chance: started + BGP_FIRST_CHANCE,
         svc: ServiceState {
-            client: service_client(&cfg).await,
+            client: svc_client,
             ranges: watch::channel(services::Ranges::default()).0,
             adverts: None,
             policies: scfg_policies,
@@ -267,9 +279,6 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     st.sync_services(&speaker).await;
     st.keep_installed().await;
     st.sync_peers(&speaker).await;
-    if let Some(d) = &mut st.deferral {
-        d.expect_from(st.peers.keys().copied());
-    }
     st.replan(&mut tunnel, &desired_tx).await;
 
     let status_tx = status::spawn(ipam.clone(), st.cfg.node_name.clone(), STATUS_EVERY);
@@ -289,9 +298,6 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
                 while let Ok(ev) = events.try_recv() {
                     dirty |= st.on_event(ev);
                 }
-            }
-            _ = sleep_until_opt(st.deferral.as_ref().map(|d| d.deadline)) => {
-                dirty |= st.end_deferral("deferral time is up");
             }
             Ok(()) = labels_rx.changed() => {
                 let labels = labels_rx.borrow_and_update().clone();
@@ -344,7 +350,7 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
 
     tracing::info!("shutting down: graceful restart, kernel routes kept");
     let _ = speaker.shutdown(Shutdown::Graceful).await;
-    if let Err(e) = forwarding::save(&state_file, &st.remote) {
+    if let Err(e) = forwarding::save(&state_file, &st.remote.routes) {
         tracing::warn!(error = %e, file = %state_file.display(), "saving the forwarding state");
     }
     drop(desired_tx);
@@ -370,8 +376,6 @@ struct AgentState {
     /// Who owns which blocks and addresses, as the speaker last took it (followed from the
     /// ReefNodes and blocks).
     ownership: reef_bgp::speaker::Ownership,
-    /// After a clean restart: the kept routes not yet confirmed by BGP.
-    deferral: Option<forwarding::Deferral>,
     cfg: NodeConfig,
     /// The interface carrying the node address, found once at start-up.
     parent: String,
@@ -380,8 +384,9 @@ struct AgentState {
     own: BTreeSet<IpNetwork>,
     /// Sessions configured on the speaker.
     peers: BTreeMap<IpAddr, PeerConfig>,
-    /// Best paths from BGP: prefix → next hops.
-    remote: BTreeMap<IpNetwork, Vec<IpAddr>>,
+    /// Best paths from BGP, and after a clean restart the kept routes until the speaker's
+    /// selection deferral ends.
+    remote: forwarding::Remote,
     tunnel_mode: String,
     started: SystemTime,
     last_plan: Option<reef_tunnel::Plan>,
@@ -465,57 +470,18 @@ impl AgentState {
         }
     }
 
+    /// Takes a speaker event; returns whether the plan's inputs changed.
     fn on_event(&mut self, ev: SpeakerEvent) -> bool {
-        match ev {
-            SpeakerEvent::BestPaths(cs) => {
-                let mut changed = false;
-                for c in cs {
-                    if let Some(d) = &mut self.deferral {
-                        d.confirmed(&c.prefix);
-                    }
-                    changed |= if c.next_hops.is_empty() {
-                        self.remote.remove(&c.prefix).is_some()
-                    } else {
-                        let nh = c.next_hops.to_vec();
-                        self.remote.insert(c.prefix, nh.clone()) != Some(nh)
-                    };
-                }
-                changed
-            }
-            SpeakerEvent::EndOfRib { address, family } => {
-                let done = match &mut self.deferral {
-                    Some(d) if family == reef_bgp::packet::Family::Ipv4Unicast => {
-                        d.end_of_rib(address)
-                    }
-                    _ => false,
-                };
-                done && self.end_deferral("every peer sent End-of-RIB")
-            }
-            SpeakerEvent::PeerState {
-                address,
-                state,
-                reason,
-                ..
-            } => {
-                tracing::info!(peer = %address, state = ?state, reason = ?reason, "BGP session");
-                false
-            }
+        if let SpeakerEvent::PeerState {
+            address,
+            state,
+            reason,
+            ..
+        } = &ev
+        {
+            tracing::info!(peer = %address, state = ?state, reason = ?reason, "BGP session");
         }
-    }
-
-    /// Ends the restart deferral: kept routes BGP did not send again go. Returns whether the
-    /// plan's inputs changed.
-    fn end_deferral(&mut self, why: &str) -> bool {
-        let Some(d) = self.deferral.take() else {
-            return false;
-        };
-        let stale = d.into_stale();
-        tracing::info!(why, swept = stale.len(), "restart complete");
-        let mut changed = false;
-        for p in stale {
-            changed |= self.remote.remove(&p).is_some();
-        }
-        changed
+        self.remote.apply(&ev)
     }
 
     /// Takes the sync task's latest reading; returns whether the plan's inputs changed.
@@ -673,11 +639,9 @@ impl AgentState {
     }
 
     async fn sync_peers(&mut self, speaker: &SpeakerHandle) {
-        let passwords = self.secrets.read_all(&self.view).await;
-        let (mut want, problems) = view::desired_peers(&self.cfg, &self.view, &passwords);
-        if !self.svc.ranges.borrow().is_empty() {
-            services::attach_policies(&mut want, &self.view.peers);
-        }
+        let services_on = !self.svc.ranges.borrow().is_empty();
+        let (want, problems) =
+            wanted_peers(&self.cfg, &self.view, &self.secrets, services_on).await;
         self.problems.retain(|p| !view::is_peer_problem(p));
         self.problems.extend(problems);
         for addr in self.peers.keys().copied().collect::<Vec<_>>() {
@@ -724,6 +688,7 @@ impl AgentState {
             pools: view::plan_pools(&self.view),
             remote_routes: self
                 .remote
+                .routes
                 .iter()
                 .map(|(p, nh)| reef_tunnel::RemoteRoute {
                     prefix: *p,
@@ -892,12 +857,20 @@ async fn service_client(cfg: &NodeConfig) -> Option<kube::Client> {
         .ok()
 }
 
-/// Waits until `t`, or forever.
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
+/// The peers the view asks for, with their passwords (and the Service export policies when
+/// Service advertisement is on), and the problems found on the way.
+async fn wanted_peers(
+    cfg: &NodeConfig,
+    view: &View,
+    secrets: &secrets::Secrets,
+    services_on: bool,
+) -> (BTreeMap<IpAddr, PeerConfig>, Vec<String>) {
+    let passwords = secrets.read_all(view).await;
+    let (mut want, problems) = view::desired_peers(cfg, view, &passwords);
+    if services_on {
+        services::attach_policies(&mut want, &view.peers);
     }
+    (want, problems)
 }
 
 /// Where the agent leaves its best paths for the next agent on a clean shutdown: beside its
