@@ -6,7 +6,8 @@
 //! kubectl would; the pool as `reef apply` would. Checked: 50 Services created at once get 50
 //! distinct addresses of the pool and the pool records exactly those; their /32s reach the
 //! router from both nodes; a Service of another loadBalancerClass is left alone; an exhausted
-//! pool gives the Service no address and an Event saying why; a deleted Service's address is
+//! pool gives the Service no address and an Event saying why, and refused again the same
+//! Event's count rises (no second Event); a deleted Service's address is
 //! released and goes to the waiting Service; while the 50 Services come, neither agent
 //! lists Services or pools (the controller works from list+watch caches; the stand-in counts
 //! requests).
@@ -316,6 +317,48 @@ fn load_balancer_addresses_are_assigned_once_advertised_released_and_refused_whe
     );
     assert!(ingress(&api, "z-late").is_empty());
     assert_eq!(allocations(&api).len(), 64);
+
+    // 4b. Refused again (the Service edited, the pool still full): the same Event counts it
+    //     (count 2), no new Event. Each agent posts as its own source (source.host), as
+    //     client-go's EventCorrelator keys them, so one Event per agent and no more.
+    let refusals = || -> Vec<Value> {
+        api.events()
+            .into_iter()
+            .filter(|e| {
+                e["involvedObject"]["name"] == "z-late" && e["reason"] == "AllocationFailed"
+            })
+            .collect()
+    };
+    api.put_service("default", "z-late", lb_spec());
+    wait_for(
+        "the second refusal raises the count of the Event",
+        Duration::from_secs(20),
+        |last| {
+            let evs = refusals();
+            *last = format!("AllocationFailed Events about z-late: {evs:?}");
+            evs.iter()
+                .any(|e| e["count"].as_i64().unwrap_or(0) >= 2)
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    // Both agents have had time to tell it again.
+    std::thread::sleep(Duration::from_secs(1));
+    let evs = refusals();
+    let hosts: BTreeSet<String> = evs
+        .iter()
+        .map(|e| e["source"]["host"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        evs.len(),
+        hosts.len(),
+        "one Event per agent, counted, not one per refusal: {evs:?}"
+    );
+    eprintln!(
+        "a refusal told twice: {} Event(s) (one per agent), counts {:?}",
+        evs.len(),
+        evs.iter().map(|e| e["count"].clone()).collect::<Vec<_>>()
+    );
     assert!(
         ingress(&api, "foreign").is_empty(),
         "another class's Service was given an address"

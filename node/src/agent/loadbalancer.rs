@@ -15,7 +15,8 @@
 //!                       1. Services' status loses addresses  (CAS on resourceVersion)
 //!                       2. pools' status                     (CAS on resourceVersion)
 //!                       3. Services' status gains addresses  (CAS on resourceVersion)
-//!                       4. Events (why none; what was assigned)
+//!                       4. Events (why none; what was assigned); a repeat raises the
+//!                          count of the Event this agent posted (PUT, CAS) instead
 //!        every write's answer goes into the cache; a 409 GETs that object into it
 //! ```
 //!
@@ -321,7 +322,8 @@ async fn run(
     caches: Caches,
     node: String,
 ) {
-    let mut told: HashMap<String, String> = HashMap::new();
+    let mut told: HashMap<String, (String, Option<String>)> = HashMap::new();
+    let mut posted = Posted::default();
     loop {
         tokio::select! {
             _ = poke.notified() => {}
@@ -333,7 +335,7 @@ async fn run(
         }
         tokio::time::sleep(DEBOUNCE).await;
         for n in 0.. {
-            match pass(&client, &caches, &node, &mut told).await {
+            match pass(&client, &caches, &node, &mut told, &mut posted).await {
                 Ok(true) => break,
                 // Someone wrote first, or the cache was behind: plan again from the refreshed
                 // cache at once (a little later after many).
@@ -366,7 +368,8 @@ async fn pass(
     client: &kube::Client,
     c: &Caches,
     node: &str,
-    told: &mut HashMap<String, String>,
+    told: &mut HashMap<String, (String, Option<String>)>,
+    posted: &mut Posted,
 ) -> Result<bool, kube::Error> {
     let (pools, lb_svcs) = {
         let pools = lock(&c.pools);
@@ -457,6 +460,7 @@ async fn pass(
         if let Some(s) = service(key) {
             event(
                 client,
+                posted,
                 &s,
                 node,
                 "Normal",
@@ -468,22 +472,25 @@ async fn pass(
     }
     told.retain(|k, _| p.refused.contains_key(k));
     for (key, why) in &p.refused {
-        if told.get(key) == Some(why) {
+        let Some(s) = service(key) else { continue };
+        // Once per reason and version of the Service: an edit that leaves it refused is
+        // told again, as the same Event with its count raised.
+        let now = (why.clone(), s.metadata.resource_version.clone());
+        if told.get(key) == Some(&now) {
             continue;
         }
         tracing::info!(service = %key, reason = %why, "LoadBalancer: no address");
-        if let Some(s) = service(key) {
-            event(
-                client,
-                &s,
-                node,
-                "Warning",
-                "AllocationFailed",
-                &format!("no LoadBalancer address: {why}"),
-            )
-            .await;
-        }
-        told.insert(key.clone(), why.clone());
+        event(
+            client,
+            posted,
+            &s,
+            node,
+            "Warning",
+            "AllocationFailed",
+            &format!("no LoadBalancer address: {why}"),
+        )
+        .await;
+        told.insert(key.clone(), now);
     }
     Ok(true)
 }
@@ -582,10 +589,80 @@ async fn write_status(
     }
 }
 
-/// A core/v1 Event on the Service (as `kubectl describe service` shows them); failures are
-/// logged, never fatal.
+/// Events this agent posted that a repeat may still count on.
+const EVENT_CACHE: usize = 512;
+
+/// When two Events are one that happened again (client-go's EventCorrelator: the same
+/// involved object, type, reason and message, from the same source, which is this agent).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EventKey {
+    namespace: String,
+    name: String,
+    uid: String,
+    type_: String,
+    reason: String,
+    message: String,
+}
+
+/// The Events this agent posted, by [`EventKey`], at most [`EVENT_CACHE`] (the one repeated
+/// least recently goes first): a repeat raises the Event's `count` and `lastTimestamp`
+/// instead of posting another, so a Service refused on every edit has one Event, not one
+/// per edit.
+#[derive(Default)]
+struct Posted {
+    events: HashMap<EventKey, (Event, u64)>,
+    tick: u64,
+}
+
+impl Posted {
+    fn get(&self, k: &EventKey) -> Option<&Event> {
+        self.events.get(k).map(|(e, _)| e)
+    }
+
+    fn put(&mut self, k: EventKey, e: Event) {
+        self.tick += 1;
+        self.events.insert(k, (e, self.tick));
+        if self.events.len() > EVENT_CACHE {
+            if let Some(oldest) = self
+                .events
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            {
+                self.events.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// `e` once more: `count` + 1 and `lastTimestamp` now.
+fn repeated(e: &Event, now: &str) -> Result<Event, serde_json::Error> {
+    let mut v = serde_json::to_value(e)?;
+    v["count"] = serde_json::json!(e.count.unwrap_or(1).saturating_add(1));
+    v["lastTimestamp"] = serde_json::json!(now);
+    serde_json::from_value(v)
+}
+
+/// Raises the count of Event `e` this agent posted (PUT, compare-and-swap on its
+/// resourceVersion; after a conflict once more on what the server has).
+async fn recount(api: &Api<Event>, e: &Event, now: &str) -> Result<Event, kube::Error> {
+    let name = e.metadata.name.clone().unwrap_or_default();
+    let bump = |e: &Event| repeated(e, now).map_err(kube::Error::SerdeError);
+    match api.replace(&name, &PostParams::default(), &bump(e)?).await {
+        Err(err) if conflict(&err) => {
+            let cur = api.get(&name).await?;
+            api.replace(&name, &PostParams::default(), &bump(&cur)?)
+                .await
+        }
+        r => r,
+    }
+}
+
+/// A core/v1 Event on the Service (as `kubectl describe service` shows them), or the count of
+/// the same Event raised when this agent posted it before; failures are logged, never fatal.
 async fn event(
     client: &kube::Client,
+    posted: &mut Posted,
     s: &Service,
     node: &str,
     type_: &str,
@@ -595,6 +672,25 @@ async fn event(
     let ns = s.metadata.namespace.clone().unwrap_or_default();
     let name = s.metadata.name.clone().unwrap_or_default();
     let now = reef_config::time::rfc3339(SystemTime::now());
+    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let key = EventKey {
+        namespace: ns.clone(),
+        name: name.clone(),
+        uid: s.metadata.uid.clone().unwrap_or_default(),
+        type_: type_.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+    };
+    if let Some(before) = posted.get(&key).cloned() {
+        match recount(&api, &before, &now).await {
+            Ok(e) => return posted.put(key, e),
+            // Gone (Events expire): post it anew.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                return tracing::warn!(error = %e, service = %format!("{ns}/{name}"), %reason, "counting an Event again")
+            }
+        }
+    }
     let ev: Event = match serde_json::from_value(serde_json::json!({
         "metadata": {"generateName": format!("{name}."), "namespace": ns},
         "involvedObject": {"apiVersion": "v1", "kind": "Service", "namespace": ns, "name": name,
@@ -612,9 +708,11 @@ async fn event(
         Ok(e) => e,
         Err(e) => return tracing::warn!(error = %e, "building an Event"),
     };
-    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-    if let Err(e) = api.create(&PostParams::default(), &ev).await {
-        tracing::warn!(error = %e, service = %format!("{ns}/{name}"), %reason, "posting an Event");
+    match api.create(&PostParams::default(), &ev).await {
+        Ok(e) => posted.put(key, e),
+        Err(e) => {
+            tracing::warn!(error = %e, service = %format!("{ns}/{name}"), %reason, "posting an Event")
+        }
     }
 }
 
@@ -722,5 +820,65 @@ fn wants(s: &Service, spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Want {
         families,
         requested,
         by,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> EventKey {
+        EventKey {
+            namespace: "default".into(),
+            name: format!("s{i}"),
+            uid: format!("uid-{i}"),
+            type_: "Warning".into(),
+            reason: "AllocationFailed".into(),
+            message: "no LoadBalancer address: lb (1 of 1 used) exhausted".into(),
+        }
+    }
+
+    fn ev(name: &str, count: i32) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "7"},
+            "involvedObject": {"kind": "Service", "name": "s0"},
+            "count": count,
+            "firstTimestamp": "2026-01-01T00:00:00Z",
+            "lastTimestamp": "2026-01-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_repeat_raises_count_and_last_timestamp_and_keeps_the_rest() {
+        let e = ev("s0.1", 1);
+        let r = repeated(&e, "2026-01-02T03:04:05Z").unwrap();
+        assert_eq!(r.count, Some(2));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["lastTimestamp"], "2026-01-02T03:04:05Z");
+        assert_eq!(v["firstTimestamp"], "2026-01-01T00:00:00Z");
+        // The resourceVersion read stays: the PUT is a compare-and-swap on it.
+        assert_eq!(r.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(r.metadata.name.as_deref(), Some("s0.1"));
+        assert_eq!(repeated(&r, "2026-01-02T03:04:06Z").unwrap().count, Some(3));
+    }
+
+    #[test]
+    fn posted_events_are_bounded_and_the_least_recently_repeated_goes_first() {
+        let mut p = Posted::default();
+        for i in 0..EVENT_CACHE {
+            p.put(key(i), ev(&format!("s{i}.1"), 1));
+        }
+        // s0 repeated: now the most recent.
+        p.put(key(0), ev("s0.1", 2));
+        p.put(key(EVENT_CACHE), ev("new.1", 1));
+        assert_eq!(p.events.len(), EVENT_CACHE);
+        assert!(p.get(&key(0)).is_some_and(|e| e.count == Some(2)));
+        assert!(p.get(&key(1)).is_none(), "the oldest unrepeated one went");
+        assert!(p.get(&key(EVENT_CACHE)).is_some());
+        // Another message is another Event.
+        let mut other = key(0);
+        other.message.push_str(" again");
+        assert!(p.get(&other).is_none());
     }
 }
