@@ -135,26 +135,40 @@ mod tests {
         s.create_typed(&Typed::new("n0", node)).unwrap();
         // The embedded store's revisions count its writes, and only this object is written.
         let before = rev(s.as_ref());
-        let every = Duration::from_millis(300);
+        let every = Duration::from_millis(500);
         let tx = spawn(ipam.clone(), "n0".into(), every);
-        // The same status ten times, then another (a third in between) ten times.
+        let writes = |n: u64| async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(10);
+            while rev(s.as_ref()) - before < n && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            rev(s.as_ref()) - before
+        };
+        // The same status ten times: one write.
         for _ in 0..10 {
             tx.send_replace(Some(input(&["10.244.0.0/26"])));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(every * 2).await;
         assert_eq!(rev(s.as_ref()) - before, 1, "one write for the same status");
-        for i in 0..10 {
-            if i == 0 {
-                tx.send_replace(Some(input(&["10.244.1.0/26"])));
-            }
+        // A change is written at once; what arrives while the task then waits out its rate
+        // limit (a third status, then the last one ten times) becomes one more write. The
+        // sends start right after the write is seen, so they all fall inside that wait.
+        tx.send_replace(Some(input(&["10.244.1.0/26"])));
+        assert_eq!(writes(2).await, 2, "a change was not written");
+        let seen = tokio::time::Instant::now();
+        tx.send_replace(Some(input(&["10.244.2.0/26"])));
+        for _ in 0..10 {
             tx.send_replace(Some(input(&["10.244.0.0/26", "10.244.0.64/26"])));
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(every * 4).await;
+        assert!(
+            seen.elapsed() < every / 2,
+            "the machine is too slow for this test's timing"
+        );
+        tokio::time::sleep(every * 3).await;
         assert_eq!(
             rev(s.as_ref()) - before,
-            2,
+            3,
             "changes coalesced into one write"
         );
         // The same again: no write.
@@ -162,7 +176,7 @@ mod tests {
         tokio::time::sleep(every * 2).await;
         assert_eq!(
             rev(s.as_ref()) - before,
-            2,
+            3,
             "an unchanged status was written"
         );
         let o = s.get_typed::<ReefNodeSpec>("n0").unwrap().unwrap();
