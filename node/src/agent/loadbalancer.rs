@@ -74,10 +74,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Event, LoadBalancerIngress, Service};
-use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, PostParams};
 use reef_config::crds::{LoadBalancerIpPool, LOAD_BALANCER_CLASS, LOAD_BALANCER_IPS_ANNOTATION};
 use reef_ipam::cleaner::{CleanerConfig, Elector};
 use reef_ipam::loadbalancer::{plan, Family, LbPool, LbService, Plan, Want};
+
+use super::reflector::{reflect, Change};
 use reef_ipam::{Ipam, Store};
 use tokio::sync::{watch, Notify};
 
@@ -91,8 +93,8 @@ const RESYNC: Duration = Duration::from_secs(30);
 const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Passes in a row that may end in a conflict before the controller backs off.
 const CONFLICT_PASSES: u32 = 20;
+/// Wait before listing again after the API failed.
 const RETRY: Duration = Duration::from_secs(1);
-const WATCH_SECONDS: u32 = 290;
 const DEFAULT_NAMESPACE: &str = "reef-system";
 
 /// The running controller; dropping it stops the tasks and gives the Lease up.
@@ -157,8 +159,20 @@ pub fn spawn(client: kube::Client, ipam: Arc<Ipam<Box<dyn Store>>>, node: String
         services: shared(),
     };
     let tasks = vec![
-        tokio::spawn(reflect(pools, caches.pools.clone(), poke.clone())),
-        tokio::spawn(reflect(services, caches.services.clone(), poke.clone())),
+        tokio::spawn(reflect(
+            pools,
+            "",
+            "LoadBalancer",
+            RETRY,
+            follow(caches.pools.clone(), poke.clone()),
+        )),
+        tokio::spawn(reflect(
+            services,
+            "",
+            "LoadBalancer",
+            RETRY,
+            follow(caches.services.clone(), poke.clone()),
+        )),
         tokio::spawn(run(client, lead_rx, poke, caches, node)),
     ];
     Controller {
@@ -240,78 +254,22 @@ struct Caches {
     services: Shared<Service>,
 }
 
-/// Keeps `cache` equal to the server's `K`s and wakes the controller on each change: one
-/// list, then watches resumed from the last resourceVersion seen; a new list only when the
-/// version is gone (410, or any error event) or a watch cannot be started.
-async fn reflect<K>(api: Api<K>, cache: Shared<K>, poke: Arc<Notify>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    use futures_util::{StreamExt, TryStreamExt};
-    let kind = K::kind(&()).to_string();
-    loop {
-        let list = match api.list(&ListParams::default()).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(%kind, error = %e, "LoadBalancer: listing");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        let mut rv = list.metadata.resource_version.clone().unwrap_or_default();
-        tracing::debug!(%kind, items = list.items.len(), %rv, "LoadBalancer: listed");
-        lock(&cache).reset(list.items);
-        poke.notify_one();
-        'watch: loop {
-            let wp = WatchParams::default().timeout(WATCH_SECONDS);
-            let mut stream = match api.watch(&wp, &rv).await {
-                Ok(s) => s.boxed(),
-                Err(e) => {
-                    tracing::warn!(%kind, error = %e, "LoadBalancer: watching; listing again");
-                    tokio::time::sleep(RETRY).await;
-                    break 'watch;
-                }
-            };
-            loop {
-                let (obj, deleted) = match stream.try_next().await {
-                    Ok(Some(WatchEvent::Added(o) | WatchEvent::Modified(o))) => (o, false),
-                    Ok(Some(WatchEvent::Deleted(o))) => (o, true),
-                    Ok(Some(WatchEvent::Bookmark(b))) => {
-                        rv = b.metadata.resource_version;
-                        continue;
-                    }
-                    Ok(Some(WatchEvent::Error(e))) => {
-                        // 410 Gone: the version was compacted away.
-                        tracing::info!(%kind, code = e.code, message = %e.message, "LoadBalancer: watch ended; listing again");
-                        tokio::time::sleep(RETRY).await;
-                        break 'watch;
-                    }
-                    // The watch timed out: resume from where it was.
-                    Ok(None) => continue 'watch,
-                    Err(e) => {
-                        tracing::warn!(%kind, error = %e, "LoadBalancer: watch stream failed; resuming");
-                        tokio::time::sleep(RETRY).await;
-                        continue 'watch;
-                    }
-                };
-                if let Some(v) = obj.meta().resource_version.clone() {
-                    rv = v;
-                }
-                let mut c = lock(&cache);
-                if deleted {
-                    c.delete(&obj);
-                } else {
-                    c.upsert(obj);
-                }
-                drop(c);
-                poke.notify_one();
+/// Keeps `cache` equal to the server's `K`s and wakes the controller on each change.
+fn follow<K: kube::Resource + Clone>(
+    cache: Shared<K>,
+    poke: Arc<Notify>,
+) -> impl FnMut(Change<K>) -> std::future::Ready<bool> {
+    move |c| {
+        {
+            let mut c2 = lock(&cache);
+            match c {
+                Change::Listed(all) => c2.reset(all),
+                Change::Applied(o) => c2.upsert(o),
+                Change::Deleted(o) => c2.delete(&o),
             }
         }
+        poke.notify_one();
+        std::future::ready(true)
     }
 }
 

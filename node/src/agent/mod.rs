@@ -35,6 +35,7 @@ mod cleanup;
 mod forwarding;
 mod http;
 pub mod loadbalancer;
+mod reflector;
 mod secrets;
 pub mod services;
 pub mod snapshot;

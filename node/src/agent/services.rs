@@ -53,6 +53,8 @@ use reef_bgp::policy::{
 use reef_config::crds::{parse_community, BgpConfigurationSpec};
 use serde::{Deserialize, Serialize};
 
+use super::reflector::{reflect, Change};
+
 /// The label EndpointSlices carry naming their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Export policy of peers that get Service routes (tagged with the configured communities).
@@ -657,8 +659,6 @@ pub fn attach_policies(
 
 // ---- the watch task ------------------------------------------------------------------------
 
-/// How long one watch request lasts before it is resumed from the last resourceVersion.
-const WATCH_SECONDS: u32 = 290;
 /// Wait before listing again after the API failed.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -693,38 +693,49 @@ pub fn spawn(
     // recompute of that Service finds the address again).
     let (etx, erx) = tokio::sync::mpsc::channel::<Ignored>(1024);
     tokio::spawn(report_ignored(client, node.clone(), erx));
+    // Each change becomes a delta for the cache task; a full queue holds the watch back.
+    let to = |tx: tokio::sync::mpsc::Sender<Delta>| {
+        move |d: Delta| {
+            let tx = tx.clone();
+            async move { tx.send(d).await.is_ok() }
+        }
+    };
+    let send = to(dtx.clone());
     tokio::spawn(reflect(
         svc_api,
-        String::new(),
-        dtx.clone(),
-        |list| {
-            Delta::Services(
-                list.iter()
-                    .map(|s| (key_of(&s.metadata), Svc::from_k8s(s)))
-                    .collect(),
-            )
+        "",
+        "Service advertisement",
+        RETRY,
+        move |c| {
+            send(match c {
+                Change::Listed(list) => Delta::Services(
+                    list.iter()
+                        .map(|s| (key_of(&s.metadata), Svc::from_k8s(s)))
+                        .collect(),
+                ),
+                Change::Applied(s) => Delta::Service(key_of(&s.metadata), Some(Svc::from_k8s(&s))),
+                Change::Deleted(s) => Delta::Service(key_of(&s.metadata), None),
+            })
         },
-        |s, deleted| Delta::Service(key_of(&s.metadata), (!deleted).then(|| Svc::from_k8s(s))),
     ));
-    let node2 = node.clone();
-    let node3 = node.clone();
     // Only slices managed for a Service (they carry its name).
+    let send = to(dtx);
+    let node2 = node.clone();
     tokio::spawn(reflect(
         slice_api,
-        SERVICE_NAME_LABEL.to_string(),
-        dtx,
-        move |list| {
-            Delta::Slices(
-                list.iter()
-                    .map(|s| (key_of(&s.metadata), slice_of(s, &node2)))
-                    .collect(),
-            )
-        },
-        move |s, deleted| {
-            Delta::Slice(
-                key_of(&s.metadata),
-                if deleted { None } else { slice_of(s, &node3) },
-            )
+        SERVICE_NAME_LABEL,
+        "Service advertisement",
+        RETRY,
+        move |c| {
+            send(match c {
+                Change::Listed(list) => Delta::Slices(
+                    list.iter()
+                        .map(|s| (key_of(&s.metadata), slice_of(s, &node2)))
+                        .collect(),
+                ),
+                Change::Applied(s) => Delta::Slice(key_of(&s.metadata), slice_of(&s, &node2)),
+                Change::Deleted(s) => Delta::Slice(key_of(&s.metadata), None),
+            })
         },
     ));
     tokio::spawn(async move {
@@ -846,91 +857,6 @@ fn apply(a: &mut Advertiser, d: Delta) {
             Some(v) => a.upsert_slice(k, Some(v)),
             None => a.remove_slice(&k),
         },
-    }
-}
-
-/// List once, then watch from the list's resourceVersion, resuming each watch where the last
-/// ended; list again only when the API says the version is gone (410) or a request failed.
-async fn reflect<K>(
-    api: kube::Api<K>,
-    labels: String,
-    tx: tokio::sync::mpsc::Sender<Delta>,
-    on_list: impl Fn(&[K]) -> Delta,
-    on_event: impl Fn(&K, bool) -> Delta,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    use futures_util::{StreamExt, TryStreamExt};
-    use kube::api::{ListParams, WatchEvent, WatchParams};
-    let kind = K::kind(&()).to_string();
-    loop {
-        let mut lp = ListParams::default();
-        let mut wp = WatchParams::default().timeout(WATCH_SECONDS);
-        if !labels.is_empty() {
-            lp = lp.labels(&labels);
-            wp = wp.labels(&labels);
-        }
-        let list = match api.list(&lp).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(%kind, error = %e, "listing for Service advertisement");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        let mut rv = list.metadata.resource_version.clone().unwrap_or_default();
-        tracing::debug!(%kind, items = list.items.len(), %rv, "listed");
-        if tx.send(on_list(&list.items)).await.is_err() {
-            return;
-        }
-        'watch: loop {
-            let stream = match api.watch(&wp, &rv).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(%kind, error = %e, "watching for Service advertisement");
-                    tokio::time::sleep(RETRY).await;
-                    break 'watch;
-                }
-            };
-            let mut stream = stream.boxed();
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(ev)) => {
-                        let (obj, deleted) = match ev {
-                            WatchEvent::Added(o) | WatchEvent::Modified(o) => (o, false),
-                            WatchEvent::Deleted(o) => (o, true),
-                            WatchEvent::Bookmark(b) => {
-                                rv = b.metadata.resource_version;
-                                continue;
-                            }
-                            WatchEvent::Error(e) => {
-                                // 410 Gone: the version was compacted away; list again.
-                                tracing::info!(%kind, code = e.code, message = %e.message, "watch ended; listing again");
-                                break 'watch;
-                            }
-                        };
-                        if let Some(v) = obj.meta().resource_version.clone() {
-                            rv = v;
-                        }
-                        if tx.send(on_event(&obj, deleted)).await.is_err() {
-                            return;
-                        }
-                    }
-                    // The watch timed out: resume from where it was.
-                    Ok(None) => continue 'watch,
-                    Err(e) => {
-                        tracing::warn!(%kind, error = %e, "watch stream failed; resuming");
-                        tokio::time::sleep(RETRY).await;
-                        continue 'watch;
-                    }
-                }
-            }
-        }
     }
 }
 
