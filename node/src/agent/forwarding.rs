@@ -99,9 +99,13 @@ impl Remote {
                     }
                     changed |= if c.next_hops.is_empty() {
                         self.routes.remove(&c.prefix).is_some()
+                    } else if self.routes.get(&c.prefix).map(Vec::as_slice)
+                        == Some(&c.next_hops[..])
+                    {
+                        false
                     } else {
-                        self.routes.insert(c.prefix, c.next_hops.to_vec())
-                            != Some(c.next_hops.to_vec())
+                        self.routes.insert(c.prefix, c.next_hops.to_vec());
+                        true
                     };
                 }
                 changed
@@ -159,11 +163,6 @@ mod tests {
         assert_eq!(load(&path, Duration::from_secs(60)), None);
     }
 
-    /// The next hops as `BestPathChange` holds them (a `Vec` or a type made from one).
-    fn hops<T: From<Vec<IpAddr>>>(v: Vec<IpAddr>) -> T {
-        T::from(v)
-    }
-
     #[test]
     fn kept_routes_stand_until_the_deferral_ends_and_the_unconfirmed_are_swept() {
         use reef_bgp::speaker::DeferralEnd;
@@ -174,7 +173,7 @@ mod tests {
         );
         let best = |p: &str, nh: &[IpAddr]| BestPathChange {
             prefix: net(p),
-            next_hops: hops(nh.to_vec()),
+            next_hops: nh.to_vec().into(),
         };
         let kept: Routes = [
             (net("10.244.1.0/26"), vec![a]),
