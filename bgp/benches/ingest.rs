@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use common::table;
 use common::{bgp_connect, drain};
 use reef_integration::cmd::Process;
+use reef_integration::procfs;
 use reef_integration::Netns;
 
 const PEER_AS: u32 = 65010;
@@ -132,29 +133,6 @@ struct Running {
     // Drop order: the processes before their directory.
     _procs: Vec<Process>,
     _dir: tempfile::TempDir,
-}
-
-fn cpu(pid: u32) -> Duration {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3; utime and stime (fields 14, 15) cover every thread.
-    let field = |n: usize| {
-        f.get(n - 3)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis((field(14) + field(15)) * 10)
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn wait<T>(what: &str, secs: u64, every: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -519,8 +497,8 @@ fn measure(which: Which, lab: &Lab, tables: &[Vec<u8>], n: u64) -> (Sample, Stri
         which.poll(),
         || ((d.probe)()? >= total).then(|| start.elapsed()),
     );
-    let cpu = cpu(d.pid);
-    let rss = peak_rss_mib(d.pid);
+    let cpu = procfs::cpu_time(d.pid);
+    let rss = common::mib(procfs::peak_rss_kib(d.pid));
     let mut send = Duration::ZERO;
     let mut keep = Vec::new();
     for h in senders {

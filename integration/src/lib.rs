@@ -33,6 +33,7 @@ pub mod frr;
 pub mod image;
 pub mod lan;
 pub mod netns;
+pub mod procfs;
 mod sys;
 pub mod topo;
 pub mod vm;

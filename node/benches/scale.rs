@@ -47,6 +47,7 @@ use reef_config::crds::{
 use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::{RequestKey, StandIn};
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
+use reef_integration::procfs::{cpu_time, peak_rss_kib};
 use reef_integration::{lan, Netns};
 use serde_json::{json, Value};
 
@@ -81,26 +82,6 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 fn io(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name (which may hold spaces): utime is field 14, stime 15.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-/// Peak resident set of `pid` (VmHWM), in kB.
-fn vm_hwm_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The agent's requests (those with a token) by key.
@@ -377,7 +358,7 @@ fn cluster(reef: &str, rows: &mut Vec<Row>) {
     };
     let pid = agent_pid(&ns);
     let at_ready = agent_requests(&api);
-    let hwm_ready = vm_hwm_kb(pid);
+    let hwm_ready = peak_rss_kib(pid).unwrap_or(0);
     row(
         rows,
         "1. start → ready (reef status: ready)",
@@ -407,12 +388,12 @@ fn cluster(reef: &str, rows: &mut Vec<Row>) {
     // Idle: what the agent does on its own.
     std::thread::sleep(Duration::from_secs(3));
     let r0 = agent_requests(&api);
-    let c0 = cpu_ticks(pid);
+    let c0 = cpu_time(pid);
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(idle_secs));
     let idle = t.elapsed().as_secs_f64();
     let r1 = agent_requests(&api);
-    let c1 = cpu_ticks(pid);
+    let c1 = cpu_time(pid);
     row(
         rows,
         &format!("1. idle {idle_secs} s: requests"),
@@ -422,7 +403,7 @@ fn cluster(reef: &str, rows: &mut Vec<Row>) {
     row(
         rows,
         &format!("1. idle {idle_secs} s: CPU"),
-        format!("{:.2} % of a core", (c1 - c0) as f64 / 100.0 / idle * 100.0),
+        format!("{:.2} % of a core", (c1 - c0).as_secs_f64() / idle * 100.0),
         "",
     );
 
@@ -442,7 +423,7 @@ fn cluster(reef: &str, rows: &mut Vec<Row>) {
     // What the last allocations caused.
     std::thread::sleep(Duration::from_secs(1));
     let r2 = agent_requests(&api);
-    let c2 = cpu_ticks(pid);
+    let c2 = cpu_time(pid);
     let during = grown(&r1, &r2);
     let caused: Vec<(RequestKey, u64)> = during
         .iter()
@@ -466,11 +447,11 @@ fn cluster(reef: &str, rows: &mut Vec<Row>) {
         "1.   agent CPU meanwhile",
         format!(
             "{:.2} % of a core",
-            (c2 - c1) as f64 / 100.0 / (secs + 1.0) * 100.0
+            (c2 - c1).as_secs_f64() / (secs + 1.0) * 100.0
         ),
         "< 2 %",
     );
-    let hwm = vm_hwm_kb(pid);
+    let hwm = peak_rss_kib(pid).unwrap_or(0);
     row(
         rows,
         "1. peak RSS (VmHWM) at ready / at the end",

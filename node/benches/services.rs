@@ -24,6 +24,7 @@ use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::StandIn;
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
 use reef_integration::lan;
+use reef_integration::procfs::cpu_time;
 use reef_ipam::kubernetes::KubeStore;
 use reef_ipam::{StoreExt, Typed};
 use serde_json::json;
@@ -84,16 +85,6 @@ fn put_service(api: &StandIn, i: usize) {
     if lb {
         api.set_load_balancer_ips("bench", &format!("s{i}"), &[&lb_ip(i)]);
     }
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3; utime 14,
-    // stime 15.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -229,8 +220,7 @@ fn main() {
 
     // 2. CPU while 100 endpoints a second move, for 10 s.
     let pid = *ns.pids().first().expect("the agent's pid");
-    let hz = 100.0; // USER_HZ on Linux
-    let c0 = cpu_ticks(pid);
+    let c0 = cpu_time(pid);
     let t0 = Instant::now();
     let mut moved = 0;
     while t0.elapsed() < Duration::from_secs(10) {
@@ -249,8 +239,8 @@ fn main() {
     }
     let secs = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    let c1 = cpu_ticks(pid);
-    let cpu = (c1 - c0) as f64 / hz / (secs + 0.5);
+    let c1 = cpu_time(pid);
+    let cpu = (c1 - c0).as_secs_f64() / (secs + 0.5);
     println!(
         "agent CPU while {moved} endpoint moves in {secs:.1} s ({:.0}/s): {:.1} % of one core",
         moved as f64 / secs,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use reef_bgp::packet::{frame, AfiSafi, Capability, EncodeCxt, Families, Message, Open, PeerKind};
 use reef_bgp::Asn;
+use reef_integration::procfs;
 use serde_json::Value;
 
 /// A daemon started by the bench; killed when dropped.
@@ -37,39 +38,23 @@ impl Daemon {
     /// CPU time (user + system) the process used so far: on a shared, noisy machine a
     /// steadier figure than wall time.
     pub fn cpu(&self) -> Duration {
-        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // rest starts at field 3 (state), so field n is f[n - 3].
-        let field = |n: usize| {
-            f.get(n - 3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let ticks = field(14) + field(15);
-        // USER_HZ is 100 on Linux.
-        Duration::from_millis(ticks * 10)
+        procfs::cpu_time(self.pid())
     }
 
     /// Peak resident set size (VmHWM) in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        self.status_mib("VmHWM:")
+        mib(procfs::peak_rss_kib(self.pid()))
     }
 
     /// Resident set size now (VmRSS) in MiB.
     pub fn rss_mib(&self) -> f64 {
-        self.status_mib("VmRSS:")
+        mib(procfs::rss_kib(self.pid()))
     }
+}
 
-    fn status_mib(&self, field: &str) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        s.lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .map(|kib| kib / 1024.0)
-            .unwrap_or(f64::NAN)
-    }
+/// KiB as MiB; NaN when unknown.
+pub fn mib(kib: Option<u64>) -> f64 {
+    kib.map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN)
 }
 
 pub fn free_port(addr: Ipv4Addr) -> u16 {
