@@ -625,6 +625,25 @@ impl StandIn {
         true
     }
 
+    /// Creates or replaces the Lease `namespace/name` as held by `holder` for `duration_secs`,
+    /// acquired and renewed now: a leader elected elsewhere (e.g. another node running the
+    /// cluster-wide jobs, so the agent under test does not).
+    pub fn put_lease(&self, namespace: &str, name: &str, holder: &str, duration_secs: u32) -> u64 {
+        let now = reef_config::time::rfc3339_micros(SystemTime::now());
+        self.put_object(
+            ("leases".to_string(), format!("{namespace}/{name}")),
+            "coordination.k8s.io/v1",
+            "Lease",
+            json!({"metadata": {}, "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": duration_secs,
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseTransitions": 0,
+            }}),
+        )
+    }
+
     /// Creates or replaces the LoadBalancerIPPool `name` with this `spec` (as `kubectl apply`;
     /// its status, which holds the allocations, is kept). Returns the resourceVersion written.
     pub fn put_load_balancer_pool(&self, name: &str, spec: Value) -> u64 {
@@ -1964,6 +1983,25 @@ mod tests {
         assert!(answer.contains("\"name\":\"n1\""), "{answer}");
         let events = read_for(&mut watch, Duration::from_millis(500));
         assert!(events.contains("\"name\":\"n2\""), "{events}");
+    }
+
+    #[test]
+    fn a_put_lease_is_served_as_held() {
+        let api = StandIn::start().unwrap();
+        let path = "/apis/coordination.k8s.io/v1/namespaces/reef-system/leases/reef-cleaner";
+        assert_eq!(call(&api, "GET", path, None).0, 404);
+        api.put_lease("reef-system", "reef-cleaner", "c", 3600);
+        let (code, l) = call(&api, "GET", path, None);
+        assert_eq!(code, 200, "{l}");
+        assert_eq!(l["kind"], "Lease");
+        assert_eq!(l["metadata"]["namespace"], "reef-system");
+        assert_eq!(l["spec"]["holderIdentity"], "c");
+        assert_eq!(l["spec"]["leaseDurationSeconds"], 3600);
+        assert_eq!(l["spec"]["acquireTime"], l["spec"]["renewTime"]);
+        assert!(
+            l["spec"]["renewTime"].as_str().unwrap().contains('.'),
+            "{l}"
+        );
     }
 
     #[test]

@@ -140,31 +140,12 @@ fn kubeconfig_with_token(api: &StandIn, dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// The cluster-wide Leases held by node `c` (not the one measured), renewed for an hour.
-fn leases_elsewhere(router: &Netns, url: &str) {
-    let url = url.to_string();
-    router
-        .in_ns(move || {
-            use reef_ipam::store::Lease;
-            use reef_ipam::Store;
-            let s = reef_ipam::kubernetes::KubeStore::connect_url(&url).map_err(io)?;
-            let now = reef_ipam::store::micro_time(SystemTime::now());
-            for name in [reef_ipam::cleaner::LEASE_NAME, "reef-loadbalancer"] {
-                s.create_lease(&Lease {
-                    namespace: "reef-system".into(),
-                    name: name.into(),
-                    revision: Default::default(),
-                    holder: Some("c".into()),
-                    duration_secs: 3600,
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now.clone()),
-                    transitions: 0,
-                })
-                .map_err(io)?;
-            }
-            Ok(())
-        })
-        .unwrap();
+/// The cluster-wide Leases (the cleaner's, LoadBalancer assignment's) held by node `c`, not
+/// the one measured, for an hour.
+fn leases_elsewhere(api: &StandIn) {
+    for name in [reef_ipam::cleaner::LEASE_NAME, "reef-loadbalancer"] {
+        api.put_lease("reef-system", name, "c", 3600);
+    }
 }
 
 fn custom(plural: &str, name: &str, labels: Value, spec: impl serde::Serialize) -> (String, Value) {
@@ -323,7 +304,7 @@ fn cluster(reef: &str, rows: &mut Vec<Row>) {
         objects.push(block(&name, cidr, PODS_PER_NODE));
     }
     api.put_custom_resources(objects).unwrap();
-    leases_elsewhere(&router, &api.url());
+    leases_elsewhere(&api);
     println!(
         "  seeded {NODES} Nodes, ReefNodes, affinities and blocks, {} allocations in {:.1?}",
         NODES as u32 * PODS_PER_NODE,
@@ -561,7 +542,7 @@ fn hung(reef: &str, rows: &mut Vec<Row>) {
         block(NODE, own, 0),
     ])
     .unwrap();
-    leases_elsewhere(&router, &api.url());
+    leases_elsewhere(&api);
 
     let mut cfg = BirdConfig::new(ROUTER_IP.parse().unwrap());
     let mut peer = BirdPeer::new(NODE, 64513, NODE_IP.parse().unwrap(), 64512);

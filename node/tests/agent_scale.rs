@@ -18,8 +18,7 @@ use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::{RequestKey, StandIn};
 use reef_integration::{wait_for, Netns};
 use reef_ipam::kubernetes::KubeStore;
-use reef_ipam::store::Lease;
-use reef_ipam::{AutoAssignArgs, HandleId, Ipam, Store, StoreExt, Typed};
+use reef_ipam::{AutoAssignArgs, HandleId, Ipam, StoreExt, Typed};
 use serde_json::{json, Value};
 
 const REEF: &str = env!("CARGO_BIN_EXE_reef");
@@ -100,25 +99,14 @@ fn another_nodes_pod_starts_cost_the_agent_no_list_and_no_block_request() {
             )
             .unwrap();
             s.create_typed(&Typed::new("default", pool)).map_err(io)?;
-            // The cluster-wide jobs (the cleaner, LoadBalancer assignment) are another
-            // node's: one agent of the cluster does them, and it is not the one measured.
-            let now = reef_ipam::store::micro_time(std::time::SystemTime::now());
-            for name in [reef_ipam::cleaner::LEASE_NAME, "reef-loadbalancer"] {
-                s.create_lease(&Lease {
-                    namespace: "reef-system".into(),
-                    name: name.into(),
-                    revision: Default::default(),
-                    holder: Some("c".into()),
-                    duration_secs: 3600,
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now.clone()),
-                    transitions: 0,
-                })
-                .map_err(io)?;
-            }
             Ok(())
         })
         .unwrap();
+    }
+    // The cluster-wide jobs (the cleaner, LoadBalancer assignment) are another node's: one
+    // agent of the cluster does them, and it is not the one measured.
+    for name in [reef_ipam::cleaner::LEASE_NAME, "reef-loadbalancer"] {
+        api.put_lease("reef-system", name, "c", 3600);
     }
     let token = issue_token(&ns, &api, "reef-node");
     let dir = tempfile::tempdir().unwrap();
