@@ -248,7 +248,7 @@ impl Residue {
     /// directory itself. Empty when the instance is fully gone.
     pub fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for pid in pids_of(&self.mount_ns, &self.socket) {
+        for pid in pids_of(&self.mount_ns, &self.socket, &self.dir) {
             out.push(format!("process {pid} ({})", comm(pid)));
         }
         for cg in cgroup_dirs(&self.cgroup_parent) {
@@ -592,7 +592,7 @@ state = "{d}/state"
         let sock = self.socket();
         // Shims first (they would restart nothing, but keep runc state busy), then what runc
         // still knows about, then whatever is left in the cgroups and the mount namespace.
-        for pid in pids_of(&self.mount_ns, &sock) {
+        for pid in pids_of(&self.mount_ns, &sock, &self.dir) {
             if comm(pid).starts_with("containerd-shim") {
                 kill9(pid);
             }
@@ -626,7 +626,7 @@ state = "{d}/state"
                 }
             }
             let holder = self.holder_pid();
-            for pid in pids_of(&self.mount_ns, &sock) {
+            for pid in pids_of(&self.mount_ns, &sock, &self.dir) {
                 if pid != holder {
                     kill9(pid);
                     busy = true;
@@ -681,10 +681,19 @@ impl Drop for Containerd {
     }
 }
 
-/// Processes in the mount namespace `mount_ns` (`mnt:[…]`) or whose command line names
-/// `socket` (containerd's shims are started with `-address SOCKET`).
-fn pids_of(mount_ns: &str, socket: &Path) -> Vec<u32> {
+/// Processes in the instance's mount namespace `mount_ns` (`mnt:[…]`) or whose command line
+/// names `socket` (containerd's shims are started with `-address SOCKET`).
+///
+/// A namespace's inode number is reused once the namespace is gone, so after the drop another
+/// program's fresh mount namespace (another test's containerd or pod) can carry the same
+/// `mnt:[…]`. An inode match counts only when the process also sees the instance's bind
+/// mounts: its mountinfo names the instance directory `dir` (a unique name).
+fn pids_of(mount_ns: &str, socket: &Path, dir: &Path) -> Vec<u32> {
     let sock = socket.to_string_lossy();
+    let marker = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let me = std::process::id();
     let mut out = Vec::new();
     for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -697,6 +706,10 @@ fn pids_of(mount_ns: &str, socket: &Path) -> Vec<u32> {
         let in_ns = !mount_ns.is_empty()
             && fs::read_link(e.path().join("ns/mnt"))
                 .map(|l| l.to_string_lossy() == mount_ns)
+                .unwrap_or(false)
+            && !marker.is_empty()
+            && fs::read_to_string(e.path().join("mountinfo"))
+                .map(|m| m.contains(&marker))
                 .unwrap_or(false);
         let names_sock = fs::read(e.path().join("cmdline"))
             .map(|c| c.split(|b| *b == 0).any(|a| a == sock.as_bytes()))
@@ -764,4 +777,72 @@ fn tail(p: &Path) -> String {
     let s = fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `unshare --mount` running `script` (after `d=DIR`), and its `mnt:[…]` once `DIR/ready`
+    /// exists.
+    fn in_new_mount_ns(dir: &Path, script: &str) -> (Process, String) {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!(
+                "set -e; d=\"$1\"; {script}; touch \"$d/ready\"; exec sleep 60"
+            ))
+            .arg("sh")
+            .arg(dir);
+        let p = Process::spawn("mount namespace", c).unwrap();
+        wait_for("the namespace", Duration::from_secs(10), |_| {
+            dir.join("ready").exists().then_some(())
+        })
+        .unwrap();
+        let ns = fs::read_link(format!("/proc/{}/ns/mnt", p.pid())).unwrap();
+        (p, ns.to_string_lossy().into_owned())
+    }
+
+    /// The CI failure of stop 19: after a clean drop the leftover check reported another
+    /// test's pod (`sh`, `sleep`) whose fresh mount namespace had been given the freed
+    /// namespace's inode number. A process counts only when it also sees the instance's mounts.
+    #[test]
+    fn a_reused_mount_namespace_inode_is_not_the_instance() {
+        let base = tempfile::tempdir().unwrap();
+        let ours = base.path().join(unique_name("ctrd"));
+        fs::create_dir_all(ours.join("a")).unwrap();
+        fs::create_dir_all(ours.join("b")).unwrap();
+        let foreign = base.path().join("foreign");
+        fs::create_dir_all(&foreign).unwrap();
+
+        // Someone else's namespace with the instance's inode number (as after reuse).
+        let (other, other_ns) = in_new_mount_ns(&foreign, "true");
+        let r = Residue {
+            dir: ours.clone(),
+            mount_ns: other_ns,
+            cgroup_parent: format!("/{}", unique_name("reeft-none")),
+            socket: ours.join("containerd.sock"),
+        };
+        let left = r.leftovers();
+        assert!(
+            !left
+                .iter()
+                .any(|l| l.starts_with(&format!("process {} ", other.pid()))),
+            "{left:#?}"
+        );
+        other.kill();
+
+        // The instance's own namespace (it bind-mounts from the instance directory) is found.
+        let (mine, my_ns) = in_new_mount_ns(&ours, "mount --bind \"$d/a\" \"$d/b\"");
+        let r = Residue {
+            mount_ns: my_ns,
+            ..r
+        };
+        let left = r.leftovers();
+        assert!(
+            left.iter()
+                .any(|l| l.starts_with(&format!("process {} ", mine.pid()))),
+            "{left:#?}"
+        );
+        mine.kill();
+    }
 }
