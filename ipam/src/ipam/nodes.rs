@@ -18,7 +18,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use reef_config::{BlockAffinitySpec, IpamBlockSpec, ReefNodeSpec};
 
-use super::{affinity_name, block_name, node_labels, with_block_labels, Ipam, TUNNEL_PURPOSE};
+use super::records::{affinity_name, block_name, node_labels, with_block_labels};
+use super::{Ipam, TUNNEL_PURPOSE};
 use crate::block::Block;
 use crate::store::{Kind, Labels, Store, StoreExt, Typed};
 use crate::{Error, HandleId};
@@ -372,35 +373,5 @@ impl<S: Store> Ipam<S> {
             self.set_handle_count(&h, &a.block, left)?;
         }
         Ok(freed)
-    }
-
-    /// The blocks `handle`'s record names.
-    fn handle_blocks(&self, handle: &HandleId) -> Result<Vec<IpNetwork>, Error> {
-        Ok(self
-            .store
-            .get_typed::<reef_config::IpamHandleSpec>(&super::handle_name(handle))?
-            .map(|t| {
-                t.spec
-                    .blocks
-                    .keys()
-                    .filter_map(|k| k.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
-    /// How many addresses `handle` holds in block `cidr` now.
-    fn count_in_block(&self, handle: &HandleId, cidr: &IpNetwork) -> Result<u32, Error> {
-        Ok(self
-            .store
-            .get_typed::<IpamBlockSpec>(&block_name(cidr))?
-            .map(|t| {
-                t.spec
-                    .allocations
-                    .iter()
-                    .filter(|a| a.handle_id == handle.0)
-                    .count() as u32
-            })
-            .unwrap_or(0))
     }
 }
