@@ -610,7 +610,57 @@ struct Peer {
     /// (received attrs, modifications) → attrs after import. Holds the input `Arc` so the
     /// pointer key stays valid.
     import_memo: Memo<(usize, Modifications), (Arc<PathAttributes>, Arc<PathAttributes>)>,
-    export_memo: Memo<ExportKey, (Arc<PathAttributes>, Option<Arc<PathAttributes>>)>,
+    /// The export class the peer belongs to while its session is up (`Rib::classes`).
+    class: Option<u32>,
+}
+
+/// What decides how a route looks when exported to a peer, apart from the peer itself (a
+/// client's own routes are not reflected back to it): peers with equal keys get the same
+/// attributes for the same best path, so they share one export memo. Wire encoding (4-octet
+/// AS, ADD-PATH, extended next hop) is the session's business, after the RIB, and does not
+/// enter here.
+#[derive(Debug, Clone, PartialEq)]
+struct ClassKey {
+    ebgp: bool,
+    rr_client: bool,
+    next_hop_self: bool,
+    export_learned: bool,
+    send_default_route: bool,
+    /// Compared by value: peers configured with equal policies share a class.
+    export_policy: Option<Arc<CompiledPolicy>>,
+    local_v4: Option<Ipv4Addr>,
+    local_v6: Option<Ipv6Addr>,
+    ipv4: bool,
+    ipv6: bool,
+}
+
+impl ClassKey {
+    fn of(p: &Peer) -> Option<Self> {
+        let s = p.session?;
+        Some(Self {
+            ebgp: p.ebgp,
+            rr_client: p.cfg.rr_client,
+            next_hop_self: p.cfg.next_hop_self,
+            export_learned: p.cfg.export_learned,
+            send_default_route: p.cfg.send_default_route,
+            export_policy: p.cfg.export_policy.clone(),
+            local_v4: s.local_v4,
+            local_v6: s.local_v6,
+            ipv4: s.ipv4,
+            ipv6: s.ipv6,
+        })
+    }
+}
+
+/// Peers with one [`ClassKey`] and what they share. With 500 route-reflector clients of one
+/// kind, that is one memo instead of 500 copies of it.
+#[derive(Debug)]
+struct ExportClass {
+    key: ClassKey,
+    members: usize,
+    /// (best path's attrs, source, family, export modifications) → attrs as sent (`None`:
+    /// not sent). Holds the input `Arc` so the pointer key stays valid.
+    memo: Memo<ExportKey, (Arc<PathAttributes>, Option<Arc<PathAttributes>>)>,
 }
 
 /// One address family's tables.
@@ -678,6 +728,7 @@ struct Shared<'a> {
     cfg: &'a RibConfig,
     trust: Option<&'a Trust>,
     peers: &'a mut Vec<Option<Peer>>,
+    classes: &'a mut Vec<Option<ExportClass>>,
     interner: &'a mut Interner,
     best_changes: &'a mut Vec<BestPathChange>,
     scratch: &'a mut Scratch,
@@ -696,6 +747,7 @@ impl Fam for Prefix4 {
                 cfg: &rib.cfg,
                 trust: rib.trust.as_ref(),
                 peers: &mut rib.peers,
+                classes: &mut rib.classes,
                 interner: &mut rib.interner,
                 best_changes: &mut rib.best_changes,
                 scratch: &mut rib.scratch,
@@ -715,6 +767,7 @@ impl Fam for Prefix6 {
                 cfg: &rib.cfg,
                 trust: rib.trust.as_ref(),
                 peers: &mut rib.peers,
+                classes: &mut rib.classes,
                 interner: &mut rib.interner,
                 best_changes: &mut rib.best_changes,
                 scratch: &mut rib.scratch,
@@ -731,6 +784,8 @@ impl Fam for Prefix6 {
 pub struct Rib {
     cfg: RibConfig,
     peers: Vec<Option<Peer>>,
+    /// Export classes by index; a slot is free (`None`) once its last member left.
+    classes: Vec<Option<ExportClass>>,
     v4: FamilyRib<Prefix4>,
     v6: FamilyRib<Prefix6>,
     interner: Interner,
@@ -755,6 +810,7 @@ impl Rib {
         Ok(Self {
             cfg,
             peers: Vec::new(),
+            classes: Vec::new(),
             v4: FamilyRib::default(),
             v6: FamilyRib::default(),
             interner,
@@ -796,7 +852,7 @@ impl Rib {
             stale: 0,
             exceeded: false,
             import_memo: Memo::default(),
-            export_memo: Memo::default(),
+            class: None,
         }));
         self.v4.add_slot();
         self.v6.add_slot();
@@ -862,6 +918,7 @@ impl Rib {
         }
         p.ebgp = cfg.remote_as != local_as;
         p.cfg = cfg;
+        self.regroup(id.0);
         self.clear_memos();
         self.reimport::<Prefix4>(id.0);
         self.reimport::<Prefix6>(id.0);
@@ -877,6 +934,9 @@ impl Rib {
         let local_as = self.cfg.local_as;
         for p in self.peers.iter_mut().flatten() {
             p.ebgp = p.cfg.remote_as != local_as;
+        }
+        for id in self.peer_ids() {
+            self.regroup(id.0);
         }
         self.clear_memos();
         for id in self.peer_ids() {
@@ -938,6 +998,7 @@ impl Rib {
         let rid_changed = p.router_id != session.router_id;
         p.session = Some(session);
         p.router_id = session.router_id;
+        self.regroup(id.0);
         // The router id feeds the decision and ORIGINATOR_ID on reflection.
         self.clear_memos();
         if rid_changed {
@@ -1224,7 +1285,60 @@ impl Rib {
     fn clear_memos(&mut self) {
         for p in self.peers.iter_mut().flatten() {
             p.import_memo.clear();
-            p.export_memo.clear();
+        }
+        for c in self.classes.iter_mut().flatten() {
+            c.memo.clear();
+        }
+    }
+
+    /// Puts the peer in the export class its configuration and session say (none without a
+    /// session), leaving the one it was in.
+    fn regroup(&mut self, slot: u32) {
+        let i = slot as usize;
+        let Some(p) = self.peers[i].as_mut() else {
+            return;
+        };
+        let key = ClassKey::of(p);
+        if let Some(c) = p.class.take() {
+            let class = self.classes[c as usize]
+                .as_mut()
+                .expect("a peer's class exists");
+            class.members -= 1;
+            if class.members == 0 {
+                self.classes[c as usize] = None;
+            }
+        }
+        let Some(key) = key else { return };
+        let found = self
+            .classes
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| c.key == key));
+        let c = match found {
+            Some(c) => c,
+            None => {
+                let class = Some(ExportClass {
+                    key,
+                    members: 0,
+                    memo: Memo::default(),
+                });
+                match self.classes.iter().position(Option::is_none) {
+                    Some(free) => {
+                        self.classes[free] = class;
+                        free
+                    }
+                    None => {
+                        self.classes.push(class);
+                        self.classes.len() - 1
+                    }
+                }
+            }
+        };
+        self.classes[c]
+            .as_mut()
+            .expect("just found or made")
+            .members += 1;
+        if let Some(p) = self.peers[i].as_mut() {
+            p.class = Some(c as u32);
         }
     }
 
@@ -1233,6 +1347,7 @@ impl Rib {
         if let Some(p) = self.peers[i].as_mut() {
             p.session = None;
         }
+        self.regroup(slot);
         // Nothing more goes to a peer without a session; its Adj-RIB-Out starts empty again.
         self.v4.adj_out[i] = Table::default();
         self.v4.pending[i].clear();
@@ -2055,7 +2170,11 @@ fn export<K: PrefixKey>(
         family: K::FAMILY,
         mods,
     };
-    if let Some((_, out)) = tp.export_memo.get(&memo_key) {
+    let class = tp.class? as usize;
+    if let Some((_, out)) = sh.classes[class]
+        .as_ref()
+        .and_then(|c| c.memo.get(&memo_key))
+    {
         return out.clone();
     }
     let self_nh = match K::FAMILY {
@@ -2072,9 +2191,9 @@ fn export<K: PrefixKey>(
         self_nh,
     )
     .map(|a| sh.interner.intern(a));
-    let tp = sh.peers[t].as_mut()?;
-    tp.export_memo
-        .insert(memo_key, (Arc::clone(attrs), out.clone()));
+    if let Some(c) = sh.classes[class].as_mut() {
+        c.memo.insert(memo_key, (Arc::clone(attrs), out.clone()));
+    }
     out
 }
 
@@ -2134,5 +2253,163 @@ mod tests {
         assert_eq!(std::mem::size_of::<Path>(), 16);
         assert_eq!(std::mem::size_of::<Dest>(), 16);
         assert_eq!(std::mem::size_of::<ManyPaths>(), 40);
+    }
+
+    // ---- export classes ------------------------------------------------------------------
+
+    use crate::attrs::NextHop;
+    use crate::policy::{Direction, PolicySet};
+    use crate::PeerType;
+
+    const AS: u32 = 64_500;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    fn peer_cfg(addr: &str, rr_client: bool) -> PeerConfig {
+        let mut c = PeerConfig::new(addr.parse().unwrap(), Asn(AS), PeerType::Node);
+        c.rr_client = rr_client;
+        c
+    }
+
+    fn up(rib: &mut Rib, cfg: PeerConfig) -> PeerId {
+        let router_id = match cfg.address {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => unreachable!("IPv4 peers here"),
+        };
+        let id = rib.add_peer(cfg).unwrap();
+        rib.peer_up(
+            id,
+            PeerSession {
+                router_id,
+                local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                local_v6: None,
+                ipv4: true,
+                ipv6: false,
+            },
+        )
+        .unwrap();
+        id
+    }
+
+    fn from(addr: &str) -> PathAttributes {
+        PathAttributes {
+            next_hop: Some(NextHop {
+                address: addr.parse().unwrap(),
+                link_local: None,
+            }),
+            ..PathAttributes::default()
+        }
+    }
+
+    fn class_of(rib: &Rib, id: PeerId) -> usize {
+        rib.peers[id.0 as usize].as_ref().unwrap().class.unwrap() as usize
+    }
+
+    fn class(rib: &Rib, id: PeerId) -> &ExportClass {
+        rib.classes[class_of(rib, id)].as_ref().unwrap()
+    }
+
+    fn sent(out: &RibOutput, id: PeerId) -> Option<Arc<PathAttributes>> {
+        let u = out.update_for(id)?;
+        assert_eq!(u.announce.len(), 1, "{u:?}");
+        Some(Arc::clone(&u.announce[0].attrs))
+    }
+
+    #[test]
+    fn peers_treated_alike_share_one_export_memo() {
+        let mut rib = Rib::new(RibConfig::new(Asn(AS), Ipv4Addr::new(10, 0, 0, 1))).unwrap();
+        let c1 = up(&mut rib, peer_cfg("10.0.2.1", true));
+        let c2 = up(&mut rib, peer_cfg("10.0.2.2", true));
+        let c3 = up(&mut rib, peer_cfg("10.0.2.3", true));
+        let mut nhs = peer_cfg("10.0.2.4", true);
+        nhs.next_hop_self = true;
+        let nhs = up(&mut rib, nhs);
+        let n1 = up(&mut rib, peer_cfg("10.0.3.1", false));
+
+        assert_eq!(class_of(&rib, c1), class_of(&rib, c2));
+        assert_eq!(class_of(&rib, c1), class_of(&rib, c3));
+        assert_ne!(
+            class_of(&rib, c1),
+            class_of(&rib, nhs),
+            "next-hop-self differs"
+        );
+        assert_ne!(class_of(&rib, c1), class_of(&rib, n1), "non-client differs");
+        assert_eq!(class(&rib, c1).members, 3);
+        assert_eq!(rib.classes.iter().flatten().count(), 3);
+
+        let out = rib
+            .announce(c1, &[net("10.244.1.0/26")], from("10.0.2.1"))
+            .unwrap();
+        assert!(
+            out.update_for(c1).is_none(),
+            "a client's own route is not sent back"
+        );
+        let (a2, a3) = (sent(&out, c2).unwrap(), sent(&out, c3).unwrap());
+        assert!(Arc::ptr_eq(&a2, &a3), "one attribute set for the class");
+        assert_eq!(a2.originator_id, Some(Ipv4Addr::new(10, 0, 2, 1)));
+        assert_eq!(
+            class(&rib, c1).memo.len(),
+            1,
+            "c2 and c3 share one memo entry"
+        );
+        let a_nhs = sent(&out, nhs).unwrap();
+        assert_eq!(
+            a_nhs.next_hop.unwrap().address,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            "the other class gets its own rewrite"
+        );
+        assert_eq!(class(&rib, nhs).memo.len(), 1);
+        assert_eq!(class(&rib, n1).memo.len(), 1);
+        assert!(
+            sent(&out, n1).is_some(),
+            "client routes go to non-clients too"
+        );
+        assert!(rib.adj_rib_out(c1).unwrap().is_empty());
+        assert_eq!(rib.adj_rib_out(c2).unwrap().len(), 1);
+
+        // A member's session going leaves the class to the others; the last one frees it.
+        rib.peer_down(nhs).unwrap();
+        assert_eq!(rib.classes.iter().flatten().count(), 2);
+        rib.peer_down(c3).unwrap();
+        assert_eq!(class(&rib, c1).members, 2);
+    }
+
+    #[test]
+    fn equal_export_policies_share_a_class_different_ones_do_not() {
+        let set: PolicySet = serde_yaml::from_str(
+            r#"
+policies:
+  a:
+    rules:
+      - match: { prefixes: [ { prefix: 10.244.0.0/16, le: 32 } ] }
+        actions: [ { add_community: "65000:7" }, accept ]
+    default: reject
+  b:
+    rules:
+      - match: { prefixes: [ { prefix: 10.244.0.0/16, le: 32 } ] }
+        actions: [ { add_community: "65000:8" }, accept ]
+    default: reject
+"#,
+        )
+        .unwrap();
+        let with = |addr: &str, name: &str| {
+            let mut c = peer_cfg(addr, true);
+            // Compiled per peer, as the speaker's configuration does: equal, not one `Arc`.
+            c.export_policy = Some(set.compile(name, Direction::Export).unwrap());
+            c
+        };
+        let mut rib = Rib::new(RibConfig::new(Asn(AS), Ipv4Addr::new(10, 0, 0, 1))).unwrap();
+        let p1 = up(&mut rib, with("10.0.2.1", "a"));
+        let p2 = up(&mut rib, with("10.0.2.2", "a"));
+        let p3 = up(&mut rib, with("10.0.2.3", "b"));
+        assert_eq!(class_of(&rib, p1), class_of(&rib, p2));
+        assert_ne!(class_of(&rib, p1), class_of(&rib, p3));
+
+        // A new policy moves the peer to the class it now belongs to.
+        rib.set_peer_config(p3, with("10.0.2.3", "a")).unwrap();
+        assert_eq!(class_of(&rib, p1), class_of(&rib, p3));
+        assert_eq!(rib.classes.iter().flatten().count(), 1);
     }
 }
