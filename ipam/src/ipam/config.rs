@@ -3,7 +3,7 @@
 use reef_config::{IpPoolSpec, IpamConfigSpec, DEFAULT_NAME};
 
 use super::{Ipam, IpamError};
-use crate::store::{Labels, Store, StoreExt, Typed};
+use crate::store::{Labels, Spec, Store, StoreExt, Typed};
 use crate::Error;
 
 impl<S: Store> Ipam<S> {
@@ -18,18 +18,7 @@ impl<S: Store> Ipam<S> {
 
     /// Stores the IPAMConfig.
     pub fn set_config(&self, spec: IpamConfigSpec) -> Result<(), Error> {
-        self.retry("set IPAMConfig", || {
-            match self.store.get_typed::<IpamConfigSpec>(DEFAULT_NAME)? {
-                None => self
-                    .store
-                    .create_typed(&Typed::new(DEFAULT_NAME, spec.clone()))
-                    .map(|_| ()),
-                Some(mut t) => {
-                    t.spec = spec.clone();
-                    self.store.update_typed(&t).map(|_| ())
-                }
-            }
-        })
+        self.put_spec("set IPAMConfig", DEFAULT_NAME, spec)
     }
 
     /// Creates or replaces pool `name` after validating it.
@@ -38,16 +27,19 @@ impl<S: Store> Ipam<S> {
             name: name.to_string(),
             source,
         })?;
-        self.retry("put IPPool", || {
-            match self.store.get_typed::<IpPoolSpec>(name)? {
-                None => self
-                    .store
-                    .create_typed(&Typed::new(name, spec.clone()))
-                    .map(|_| ()),
-                Some(mut t) => {
-                    t.spec = spec.clone();
-                    self.store.update_typed(&t).map(|_| ())
-                }
+        self.put_spec("put IPPool", name, spec)
+    }
+
+    /// Creates object `name` holding `spec`, or replaces the spec of the one stored.
+    fn put_spec<T: Spec>(&self, what: &str, name: &str, spec: T) -> Result<(), Error> {
+        self.retry(what, || match self.store.get_typed::<T>(name)? {
+            None => self
+                .store
+                .create_typed(&Typed::new(name, spec.clone()))
+                .map(|_| ()),
+            Some(mut t) => {
+                t.spec = spec.clone();
+                self.store.update_typed(&t).map(|_| ())
             }
         })
     }

@@ -8,10 +8,9 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use reef_config::{AffinityState, IpamBlockSpec, IpamHandleSpec};
 
-use super::records::{block_name, handle_name, with_block_labels};
+use super::records::{block_name, handle_name};
 use super::{Ipam, Problem};
-use crate::block::Block;
-use crate::store::{Store, StoreExt, Typed};
+use crate::store::{Store, StoreExt};
 use crate::{Error, HandleId};
 
 /// The outcome of `gc`.
@@ -49,19 +48,13 @@ impl<S: Store> Ipam<S> {
                         out.kept += 1;
                         continue;
                     }
-                    let bname = block_name(block);
-                    let freed = self.retry(&format!("gc {addr}"), || {
-                        let Some(t) = self.get_block(&bname)? else {
-                            return Ok(false);
-                        };
-                        let mut b = Block::from_spec(t.spec);
-                        if !b.release_if_sequence(*addr, *sequence) {
-                            return Ok(false);
-                        }
-                        self.store
-                            .update_typed(&with_block_labels(Typed { spec: b.spec, ..t }))?;
-                        Ok(true)
-                    })?;
+                    let freed = self.release_if_sequence(
+                        &format!("gc {addr}"),
+                        block,
+                        *addr,
+                        *sequence,
+                        None,
+                    )?;
                     if freed {
                         out.released.push(*addr);
                         touched.entry(handle.clone()).or_default().insert(*block);
@@ -109,17 +102,7 @@ impl<S: Store> Ipam<S> {
             }
             let mut changed = false;
             for cidr in blocks {
-                let n = self
-                    .store
-                    .get_typed::<IpamBlockSpec>(&block_name(&cidr))?
-                    .map(|t| {
-                        t.spec
-                            .allocations
-                            .iter()
-                            .filter(|a| a.handle_id == handle)
-                            .count() as u32
-                    })
-                    .unwrap_or(0);
+                let n = self.count_in_block(&h, &cidr)?;
                 let before = self.store.get_typed::<IpamHandleSpec>(&handle_name(&h))?;
                 let rec = before
                     .as_ref()

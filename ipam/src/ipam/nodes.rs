@@ -352,21 +352,13 @@ impl<S: Store> Ipam<S> {
     /// released and handed out again since `a` was read is never freed. Returns whether it
     /// freed it; the handle's record is updated to match.
     pub fn release_if_unchanged(&self, a: &PodAllocation) -> Result<bool, Error> {
-        let bname = block_name(&a.block);
-        let freed = self.retry(&format!("release leaked {}", a.addr), || {
-            let Some(t) = self.get_block(&bname)? else {
-                return Ok(false);
-            };
-            let mut b = Block::from_spec(t.spec);
-            if b.allocation(a.addr).map(|x| x.handle_id.as_str()) != Some(a.handle.as_str())
-                || !b.release_if_sequence(a.addr, a.sequence)
-            {
-                return Ok(false);
-            }
-            self.store
-                .update_typed(&with_block_labels(Typed { spec: b.spec, ..t }))?;
-            Ok(true)
-        })?;
+        let freed = self.release_if_sequence(
+            &format!("release leaked {}", a.addr),
+            &a.block,
+            a.addr,
+            a.sequence,
+            Some(&a.handle),
+        )?;
         if freed {
             let h = HandleId(a.handle.clone());
             let left = self.count_in_block(&h, &a.block)?;

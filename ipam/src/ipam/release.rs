@@ -110,4 +110,33 @@ impl<S: Store> Ipam<S> {
         }
         Ok(freed)
     }
+
+    /// Frees `addr` in block `cidr` only while it is still the allocation numbered `sequence`
+    /// (and, with `handle`, held by that handle): an address released and handed out again
+    /// since it was read is never freed. Returns whether it freed it; the handle record is
+    /// the caller's to update.
+    pub(super) fn release_if_sequence(
+        &self,
+        what: &str,
+        cidr: &IpNetwork,
+        addr: IpAddr,
+        sequence: u64,
+        handle: Option<&str>,
+    ) -> Result<bool, Error> {
+        let bname = block_name(cidr);
+        self.retry(what, || {
+            let Some(t) = self.get_block(&bname)? else {
+                return Ok(false);
+            };
+            let mut b = Block::from_spec(t.spec);
+            if handle.is_some_and(|h| b.allocation(addr).map(|x| x.handle_id.as_str()) != Some(h))
+                || !b.release_if_sequence(addr, sequence)
+            {
+                return Ok(false);
+            }
+            self.store
+                .update_typed(&with_block_labels(Typed { spec: b.spec, ..t }))?;
+            Ok(true)
+        })
+    }
 }
