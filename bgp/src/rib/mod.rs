@@ -71,6 +71,11 @@ impl PeerId {
     pub fn index(self) -> u32 {
         self.0
     }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(i: u32) -> Self {
+        Self(i)
+    }
 }
 
 /// Where a path in the Loc-RIB came from.

@@ -16,7 +16,8 @@ use tracing::{debug, info, warn};
 use super::deferral::Deferral;
 use super::net;
 use super::session::{
-    self, Established, RouteStep, Routes, SessionCmd, SessionEvent, SessionEventKind, Settings,
+    self, Established, RouteStep, Routes, SessionCmd, SessionEvent, SessionEventKind,
+    SessionHandle, Settings,
 };
 use super::{Command, DeferralEnd, PeerStatus, Shutdown, SpeakerError, SpeakerEvent};
 use crate::config::{ConfigError, PeerConfig, SpeakerConfig};
@@ -39,7 +40,7 @@ struct PeerEntry {
     cfg: PeerConfig,
     id: PeerId,
     key: u64,
-    cmd: mpsc::UnboundedSender<SessionCmd>,
+    cmd: SessionHandle,
     task: JoinHandle<()>,
     state: SessionState,
     since: SystemTime,
@@ -398,7 +399,7 @@ impl Core {
         entry.cfg = p.clone();
         let gtsm_changed = old.ttl_security != p.ttl_security;
         if transport {
-            let _ = entry.cmd.send(SessionCmd::Reconfigure(p));
+            let _ = entry.cmd.send(SessionCmd::Reconfigure(Box::new(p)));
         }
         if entry.max_prefix_exceeded {
             entry.max_prefix_exceeded = false;
@@ -490,9 +491,10 @@ impl Core {
         if !out.best_changes.is_empty() {
             let _ = self.events.send(SpeakerEvent::BestPaths(out.best_changes));
         }
+        let mut shared = SharedUpdates::default();
         for u in out.updates {
             if let Some(e) = self.by_id.get(&u.peer).and_then(|a| self.peers.get(a)) {
-                let _ = e.cmd.send(SessionCmd::Advertise(u));
+                e.cmd.advertise(shared.get(u));
             }
         }
         if let Some(m) = out.max_prefix_exceeded {
@@ -755,7 +757,7 @@ impl Core {
             return;
         }
         if let Some(e) = self.by_id.get(&id).and_then(|a| self.peers.get(a)) {
-            let _ = e.cmd.send(SessionCmd::Advertise(PeerUpdate {
+            e.cmd.advertise(Arc::new(PeerUpdate {
                 peer: id,
                 withdraw: Vec::new(),
                 announce: groups,
@@ -912,4 +914,41 @@ fn check_prefixes(prefixes: &[IpNetwork]) -> Result<(), SpeakerError> {
         }
     }
     Ok(())
+}
+
+/// One `Arc` per distinct Adj-RIB-Out delta of a RIB operation: peers of one export class
+/// mostly get equal deltas (a reflected route goes to every other client alike), and the
+/// sessions only read them, so they share one copy instead of holding one each.
+#[derive(Default)]
+pub(crate) struct SharedUpdates {
+    state: std::collections::hash_map::RandomState,
+    by_hash: HashMap<u64, Vec<Arc<PeerUpdate>>>,
+}
+
+impl SharedUpdates {
+    pub(crate) fn get(&mut self, u: PeerUpdate) -> Arc<PeerUpdate> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.state.build_hasher();
+        u.withdraw.hash(&mut h);
+        for a in &u.announce {
+            // Attribute sets are interned: equal sets are one `Arc`.
+            Arc::as_ptr(&a.attrs).hash(&mut h);
+            a.prefixes.hash(&mut h);
+        }
+        let bucket = self.by_hash.entry(h.finish()).or_default();
+        let same = |s: &PeerUpdate| {
+            s.withdraw == u.withdraw
+                && s.announce.len() == u.announce.len()
+                && s.announce
+                    .iter()
+                    .zip(&u.announce)
+                    .all(|(x, y)| Arc::ptr_eq(&x.attrs, &y.attrs) && x.prefixes == y.prefixes)
+        };
+        if let Some(s) = bucket.iter().find(|s| same(s)) {
+            return Arc::clone(s);
+        }
+        let a = Arc::new(u);
+        bucket.push(Arc::clone(&a));
+        a
+    }
 }

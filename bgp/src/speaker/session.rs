@@ -69,8 +69,8 @@ pub(crate) struct Settings {
 pub(crate) enum SessionCmd {
     /// The listener accepted a connection from this peer.
     Incoming(TcpStream),
-    /// Adj-RIB-Out delta to send.
-    Advertise(PeerUpdate),
+    /// Adj-RIB-Out deltas wait in the session's [`Mailbox`]: take and send them.
+    Advertise,
     /// The initial table has been queued: send End-of-RIB for every negotiated family.
     EndOfRib,
     /// Stop the session, sending `notification` if given (none: close quietly, the graceful
@@ -80,11 +80,72 @@ pub(crate) enum SessionCmd {
         exit: bool,
     },
     Start,
-    /// New transport settings: the running session (if any) is reset.
-    Reconfigure(PeerConfig),
+    /// New transport settings: the running session (if any) is reset. Boxed: a command
+    /// takes the size of its largest variant in the channel, and `Advertise` is the one
+    /// sent by the thousand.
+    Reconfigure(Box<PeerConfig>),
     /// Panic in the session task (tests of the supervision).
     #[cfg(test)]
     Panic,
+}
+
+/// Adj-RIB-Out deltas from the core to one session. The core puts a delta here and wakes the
+/// session with one [`SessionCmd::Advertise`] only when the mailbox was empty, so however far
+/// behind the session task is, the channel holds one wake-up and the mailbox one pointer per
+/// delta; the deltas themselves are shared: peers of one export class get the same delta, and
+/// the core sends them one `Arc` (its `peer` field names the first of them, and the session
+/// does not read it).
+#[derive(Debug, Default)]
+pub(crate) struct Mailbox {
+    queue: std::sync::Mutex<Vec<Arc<PeerUpdate>>>,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<PeerUpdate>>> {
+        // The lock is only held to push or swap a vector: no panic can poison it midway.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self) -> Vec<Arc<PeerUpdate>> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The core's end of one session task: its commands and its mailbox.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionHandle {
+    cmds: mpsc::UnboundedSender<SessionCmd>,
+    pub mail: Arc<Mailbox>,
+}
+
+impl SessionHandle {
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> (Self, mpsc::UnboundedReceiver<SessionCmd>) {
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let mail = Arc::default();
+        (Self { cmds, mail }, rx)
+    }
+
+    pub(crate) fn send(&self, c: SessionCmd) -> Result<(), mpsc::error::SendError<SessionCmd>> {
+        self.cmds.send(c)
+    }
+
+    /// Queues a delta, waking the session if nothing was waiting.
+    pub(crate) fn advertise(&self, u: Arc<PeerUpdate>) {
+        let wake = {
+            let mut q = self.mail.lock();
+            q.push(u);
+            q.len() == 1
+        };
+        if wake {
+            let _ = self.cmds.send(SessionCmd::Advertise);
+        }
+    }
 }
 
 /// The session reached Established.
@@ -181,8 +242,9 @@ pub(crate) fn spawn(
     cfg: PeerConfig,
     settings: Arc<Settings>,
     events: mpsc::Sender<SessionEvent>,
-) -> (mpsc::UnboundedSender<SessionCmd>, JoinHandle<()>) {
+) -> (SessionHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let mail = Arc::new(Mailbox::default());
     let (address, asn) = (cfg.address, cfg.asn);
     let fsm = Fsm::new(fsm_config(&cfg, &settings));
     let s = Session {
@@ -191,6 +253,7 @@ pub(crate) fn spawn(
         settings,
         events,
         cmds: rx,
+        mail: Arc::clone(&mail),
         fsm,
         conn: None,
         connecting: None,
@@ -211,7 +274,7 @@ pub(crate) fn spawn(
     let events = s.events.clone();
     let inner = tokio::spawn(s.run().instrument(span.clone()));
     let task = tokio::spawn(supervise(key, address, inner, events).instrument(span));
-    (tx, task)
+    (SessionHandle { cmds: tx, mail }, task)
 }
 
 /// Waits for a session task. A panic in it (a bug) becomes [`SessionEventKind::Crashed`], on
@@ -367,6 +430,7 @@ struct Session {
     settings: Arc<Settings>,
     events: mpsc::Sender<SessionEvent>,
     cmds: mpsc::UnboundedReceiver<SessionCmd>,
+    mail: Arc<Mailbox>,
     fsm: Fsm,
     conn: Option<Conn>,
     /// An outgoing connection attempt in progress.
@@ -755,10 +819,15 @@ impl Session {
     async fn command(&mut self, c: SessionCmd) {
         match c {
             SessionCmd::Incoming(s) => self.incoming(s).await,
-            SessionCmd::Advertise(u) => {
+            SessionCmd::Advertise => {
+                // Taken in any state: what was queued for a session that is not up is
+                // dropped, as its Adj-RIB-Out starts empty again when it comes up.
+                let mail = self.mail.take();
                 if let (Some(conn), Some(n)) = (&self.conn, &self.negotiated) {
                     if self.fsm.state() == SessionState::Established {
-                        conn.writer.advertise(&u, n.encode_cxt());
+                        for u in &mail {
+                            conn.writer.advertise(u, n.encode_cxt());
+                        }
                     }
                 }
             }
@@ -793,7 +862,7 @@ impl Session {
             SessionCmd::Reconfigure(cfg) => {
                 let n = Notification::new(codes::CEASE, codes::OTHER_CONFIGURATION_CHANGE);
                 self.feed(Event::AutomaticStop(n)).await;
-                self.cfg = cfg;
+                self.cfg = *cfg;
                 tracing::Span::current().record("asn", self.cfg.asn);
                 self.fsm = Fsm::new(fsm_config(&self.cfg, &self.settings));
                 self.timers = Timers::default();

@@ -1061,3 +1061,72 @@ async fn every_log_line_of_a_session_names_its_peer() {
         assert!(l.contains(&pa) || l.contains(&pb), "no peer span: {l}");
     }
 }
+
+#[test]
+fn a_session_command_is_no_bigger_than_an_update() {
+    // The core→session channel holds a command per queued change for every peer (hundreds
+    // of route-reflector clients): its slots take the largest variant's size, so a large
+    // rarely-sent variant (a peer's whole configuration) must stay boxed.
+    let cmd = std::mem::size_of::<session::SessionCmd>();
+    let update = std::mem::size_of::<crate::rib::PeerUpdate>();
+    let config = std::mem::size_of::<crate::config::PeerConfig>();
+    eprintln!("SessionCmd {cmd} B, PeerUpdate {update} B, PeerConfig {config} B");
+    assert!(
+        cmd <= update + 8,
+        "SessionCmd {cmd} B, PeerUpdate {update} B"
+    );
+}
+
+fn delta(
+    peer: u32,
+    attrs: &std::sync::Arc<crate::attrs::PathAttributes>,
+    prefix: &str,
+) -> crate::rib::PeerUpdate {
+    use crate::rib;
+    use std::sync::Arc;
+    rib::PeerUpdate {
+        peer: rib::PeerId::for_tests(peer),
+        withdraw: Vec::new(),
+        announce: vec![rib::Announcement {
+            attrs: Arc::clone(attrs),
+            prefixes: vec![prefix.parse().unwrap()],
+        }],
+    }
+}
+
+#[test]
+fn equal_deltas_for_several_peers_are_one_shared_copy() {
+    use std::sync::Arc;
+    let a = Arc::new(crate::attrs::PathAttributes::default());
+    let b = Arc::new(crate::attrs::PathAttributes::default());
+    let mut shared = core::SharedUpdates::default();
+    let one = shared.get(delta(1, &a, "10.64.0.0/26"));
+    let two = shared.get(delta(2, &a, "10.64.0.0/26"));
+    assert!(
+        Arc::ptr_eq(&one, &two),
+        "same prefixes, same attribute set: one copy"
+    );
+    let other_prefix = shared.get(delta(3, &a, "10.64.0.64/26"));
+    assert!(!Arc::ptr_eq(&one, &other_prefix));
+    let other_attrs = shared.get(delta(4, &b, "10.64.0.0/26"));
+    assert!(!Arc::ptr_eq(&one, &other_attrs), "another attribute set");
+}
+
+#[test]
+fn a_mailbox_wakes_its_session_once_however_many_deltas_wait() {
+    use std::sync::Arc;
+    let (handle, mut cmds) = session::SessionHandle::for_tests();
+    let a = Arc::new(crate::attrs::PathAttributes::default());
+    for i in 0..100u32 {
+        handle.advertise(Arc::new(delta(1, &a, &format!("10.64.{i}.0/26"))));
+    }
+    assert_eq!(handle.mail.len(), 100);
+    assert!(matches!(
+        cmds.try_recv(),
+        Ok(session::SessionCmd::Advertise)
+    ));
+    assert!(
+        cmds.try_recv().is_err(),
+        "one wake-up in the channel, not 100 deltas"
+    );
+}
