@@ -8,8 +8,11 @@
 //!   streams (`?watch=true&resourceVersion=N`);
 //! - core/v1 Pods, read-only for clients: `GET /api/v1/namespaces/{ns}/pods/{name}` (404 when
 //!   absent); tests put them with [`StandIn::put_pod`];
-//! - core/v1 Secrets the same way (`.../secrets/{name}`, values base64 as the real one sends
-//!   them); tests put them with [`StandIn::put_secret`];
+//! - core/v1 Secrets (`/api/v1/namespaces/{ns}/secrets[/{name}]`, values base64 as the real one
+//!   sends them): get, and list and watch with selectors — a client that may read only some
+//!   Secrets by name (a Role's `resourceNames`) lists and watches each with the field selector
+//!   `metadata.name=<name>`, which is honoured (only that Secret is sent); tests put and delete
+//!   them with [`StandIn::put_secret`] and [`StandIn::delete_secret`], seen by watches;
 //! - core/v1 ServiceAccounts the same way (`.../serviceaccounts/{name}`; tests create them with
 //!   [`StandIn::put_service_account`]) and their `token` subresource: an
 //!   authentication.k8s.io/v1 TokenRequest (`POST .../serviceaccounts/{name}/token`) answers
@@ -384,9 +387,6 @@ impl StandIn {
     /// Secret; clients get the values base64-encoded in `data`, as from the real API server).
     pub fn put_secret(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
         use base64::Engine as _;
-        let mut inner = self.state.lock();
-        inner.rev += 1;
-        let rev = inner.rev;
         let data: serde_json::Map<String, Value> = data
             .iter()
             .map(|(k, v)| {
@@ -394,22 +394,14 @@ impl StandIn {
                 (k.to_string(), Value::String(b64))
             })
             .collect();
-        let secret = json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "uid": format!("uid-{rev}"),
-                "resourceVersion": rev.to_string(),
-                "creationTimestamp": "2026-01-01T00:00:00Z",
-            },
-            "type": "Opaque",
-            "data": data,
-        });
-        inner
-            .objects
-            .insert(("secrets".into(), format!("{namespace}/{name}")), secret);
+        let secret = json!({"metadata": {}, "type": "Opaque", "data": data});
+        let key = ("secrets".to_string(), format!("{namespace}/{name}"));
+        self.put_object(key, "v1", "Secret", secret);
+    }
+
+    /// Deletes the Secret `namespace/name` (watches see it DELETED); false when absent.
+    pub fn delete_secret(&self, namespace: &str, name: &str) -> bool {
+        self.delete_object(("secrets".to_string(), format!("{namespace}/{name}")))
     }
 
     /// Creates the ServiceAccount `namespace/name` (as `kubectl create serviceaccount`), so
@@ -985,9 +977,16 @@ fn route(path: &str) -> Option<Resource> {
     None
 }
 
-/// Services, EndpointSlices and Events: namespaced, and listed or watched across namespaces
-/// too.
+/// Services, EndpointSlices, Events and Secrets: namespaced, and listed or watched across
+/// namespaces too.
 fn route_namespaced(path: &str) -> Option<Resource> {
+    let is_secrets = path.strip_prefix("/api/v1/").is_some_and(|r| {
+        let seg: Vec<&str> = r.split('/').collect();
+        matches!(
+            seg.as_slice(),
+            ["secrets", ..] | ["namespaces", _, "secrets", ..]
+        )
+    });
     let is_events = path.strip_prefix("/api/v1/").is_some_and(|r| {
         let seg: Vec<&str> = r.split('/').collect();
         matches!(
@@ -1000,6 +999,8 @@ fn route_namespaced(path: &str) -> Option<Resource> {
             (r, "events.k8s.io", "events.k8s.io/v1", "Event", false)
         } else if let Some(r) = path.strip_prefix("/api/v1/").filter(|_| is_events) {
             (r, "events", "v1", "Event", false)
+        } else if let Some(r) = path.strip_prefix("/api/v1/").filter(|_| is_secrets) {
+            (r, "secrets", "v1", "Secret", false)
         } else if let Some(r) = path.strip_prefix("/api/v1/") {
             (r, "services", "v1", "Service", true)
         } else if let Some(r) = path.strip_prefix(DISCOVERY_PREFIX) {
@@ -1184,7 +1185,7 @@ fn serve(mut s: TcpStream, st: &State) {
     }
 }
 
-/// core/v1 namespaced: GET of one Pod, Secret or ServiceAccount; a ServiceAccount's TokenRequest.
+/// core/v1 namespaced: GET of one Pod or ServiceAccount; a ServiceAccount's TokenRequest.
 fn serve_core(mut s: TcpStream, st: &State, req: &Request, rest: &str) {
     let seg: Vec<&str> = rest.split('/').collect();
     match (req.method.as_str(), seg.as_slice()) {
@@ -1192,7 +1193,7 @@ fn serve_core(mut s: TcpStream, st: &State, req: &Request, rest: &str) {
             let (code, body) = token_request(st, ns, name, &req.body);
             respond(&mut s, code, &body)
         }
-        ("GET", [ns, kind @ ("pods" | "secrets" | "serviceaccounts"), name])
+        ("GET", [ns, kind @ ("pods" | "serviceaccounts"), name])
             if !ns.is_empty() && !name.is_empty() =>
         {
             let got = st
@@ -1212,7 +1213,7 @@ fn serve_core(mut s: TcpStream, st: &State, req: &Request, rest: &str) {
                 405,
                 "MethodNotAllowed",
                 &format!(
-                    "{} {}: the stand-in serves only GET of one Pod, Secret or ServiceAccount, and TokenRequests",
+                    "{} {}: the stand-in serves only GET of one Pod or ServiceAccount, and TokenRequests",
                     req.method, req.path
                 ),
             ),
@@ -1666,6 +1667,55 @@ mod tests {
         assert_eq!(secret["data"]["router"], "czNjcmV0");
         let (code, _) = call(&api, "GET", "/api/v1/namespaces/default/secrets/bgp", None);
         assert_eq!(code, 404, "Secrets are namespaced");
+    }
+
+    /// A client allowed only some Secrets by name lists and watches each with the field
+    /// selector `metadata.name=<name>`: it gets that Secret and nothing of the others.
+    #[test]
+    fn secrets_listed_and_watched_by_name_show_only_that_secret() {
+        let api = StandIn::start().unwrap();
+        api.put_secret("reef-system", "bgp", &[("router", "one")]);
+        api.put_secret("reef-system", "other", &[("k", "v")]);
+        api.put_secret("default", "bgp", &[("router", "elsewhere")]);
+        let base = "/api/v1/namespaces/reef-system/secrets";
+        let (code, list) = call(
+            &api,
+            "GET",
+            &format!("{base}?fieldSelector=metadata.name%3Dbgp"),
+            None,
+        );
+        assert_eq!(code, 200, "{list}");
+        assert_eq!(list["kind"], "SecretList");
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{list}");
+        assert_eq!(
+            (&items[0]["metadata"]["name"], &items[0]["data"]["router"]),
+            (&json!("bgp"), &json!("b25l"))
+        );
+        let rev = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Changes of other Secrets are not sent; the named one's are, and its deletion.
+        api.put_secret("reef-system", "other", &[("k", "w")]);
+        api.put_secret("reef-system", "bgp", &[("router", "two")]);
+        api.put_secret("default", "bgp", &[("router", "x")]);
+        assert!(api.delete_secret("reef-system", "bgp"));
+        assert!(!api.delete_secret("reef-system", "bgp"));
+        let seen = watch_events(
+            &api,
+            &format!(
+                "{base}?watch=true&resourceVersion={rev}&fieldSelector=metadata.name%3Dbgp&timeoutSeconds=1"
+            ),
+            3,
+        );
+        assert_eq!(
+            seen,
+            [
+                ("MODIFIED".into(), "bgp".into()),
+                ("DELETED".into(), "bgp".into())
+            ]
+        );
     }
 
     #[test]

@@ -14,8 +14,11 @@
 //!   │  never waits   │  ownership, pools, policies   │ a restart defers   │ kernel routes stay,
 //!   │  on the API)   │◀──BestPaths / PeerState /─────│ selection until    │ best paths saved
 //!   └────────────────┘   SelectionDeferralEnded      │ every peer's End-  │ for the next agent
-//!     │                  (SpeakerEvent)              │ of-RIB, ≤ 60 s)    │ (forwarding.rs)
-//!     │                                              └────────────────────┘
+//!     │  ▲               (SpeakerEvent)              │ of-RIB, ≤ 60 s)    │ (forwarding.rs)
+//!     │  │                                           └────────────────────┘
+//!     │  └─ watch<Passwords> ◀── secrets task ◀── list+watch of each Secret the view names
+//!     ├──── watch<Wanted> ───▶  (secrets.rs)      (fieldSelector metadata.name=<name>), or
+//!     │    (Secret name, key)                       <dir>/<secret>/<key> (embedded store)
 //!     │ remote routes (forwarding::Remote): after a restart the saved ones stand until
 //!     │ SelectionDeferralEnded, then those BGP did not send again go
 //!     │ plan (pure)
@@ -28,8 +31,10 @@
 //! ```
 //!
 //! The loop is the single owner of the agent's state; everything else gets snapshots. Its
-//! datastore reads are the sync task's cached view; the one-shot reads left are start-up's
-//! registration and a node-label change's rewrite of the ReefNode.
+//! datastore reads are the sync task's cached view, and its BGP passwords the secrets task's
+//! cache (a Secret's change re-syncs the peers; a datastore change costs no Secret request);
+//! the one-shot reads left are start-up's registration and a node-label change's rewrite of
+//! the ReefNode.
 
 mod cleanup;
 mod forwarding;
@@ -90,7 +95,7 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     let secrets_dir = std::env::var_os("REEF_SECRETS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(SECRETS_DIR));
-    let secrets = secrets::Secrets::open(&cfg, secrets_dir)
+    let secrets_source = secrets::Source::open(&cfg, secrets_dir)
         .await
         .context("opening the Kubernetes API for BGP passwords")?;
 
@@ -119,6 +124,10 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     let mut readings = sync::spawn(ipam.clone(), sync::streams(&cfg.node_name));
     let first = first_reading(&mut readings).await?;
     let view = View::clone(&first.view);
+    // BGP passwords: the secrets task watches the Secrets the view names (see the diagram).
+    let (wanted_secrets, wanted_rx) = watch::channel(secrets::wanted(&view));
+    let mut passwords = secrets::spawn(secrets_source, wanted_rx);
+    let first_passwords = first_passwords(&mut passwords, &secrets::wanted(&view)).await;
     // One agent of the cluster (the Lease holder) releases what deleted nodes and vanished
     // pods held (Kubernetes datastore only).
     let cleaner = {
@@ -211,7 +220,7 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     let mut initial = {
         let (ranges, _) = services::ranges(view.bgp.as_ref(), &scfg.cluster_pools);
         let services_on = svc_client.is_some() && !ranges.is_empty();
-        wanted_peers(&cfg, &view, &secrets, services_on).await.0
+        wanted_peers(&cfg, &view, &first_passwords.lookup, services_on).0
     };
     initial.retain(|a, p| p.validate(&format!("peer {a}"), &scfg).is_ok());
     scfg.peers = initial.values().cloned().collect();
@@ -248,7 +257,8 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
         ownership,
         cfg: cfg.clone(),
         parent: parent.clone(),
-        secrets,
+        passwords,
+        wanted_secrets,
         view,
         own: own.clone(),
         peers: initial,
@@ -311,6 +321,10 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
                     tracing::warn!(error = %crate::causes(&e), "writing the node's labels");
                 }
                 dirty |= st.sync_peers_now(&speaker).await;
+            }
+            Ok(()) = st.passwords.changed() => {
+                // A watched Secret changed (or was first read): the peers take it.
+                st.sync_peers(&speaker).await;
             }
             Some(adverts) = service_adverts(&mut st.svc.adverts) => {
                 st.apply_service_adverts(adverts, &speaker).await;
@@ -380,7 +394,9 @@ struct AgentState {
     cfg: NodeConfig,
     /// The interface carrying the node address, found once at start-up.
     parent: String,
-    secrets: secrets::Secrets,
+    /// The secrets task's answers, and the references it is to answer (see `secrets`).
+    passwords: watch::Receiver<secrets::Passwords>,
+    wanted_secrets: watch::Sender<secrets::Wanted>,
     view: View,
     own: BTreeSet<IpNetwork>,
     /// Sessions configured on the speaker.
@@ -641,8 +657,19 @@ impl AgentState {
 
     async fn sync_peers(&mut self, speaker: &SpeakerHandle) {
         let services_on = !self.svc.ranges.borrow().is_empty();
-        let (want, problems) =
-            wanted_peers(&self.cfg, &self.view, &self.secrets, services_on).await;
+        let secrets = secrets::wanted(&self.view);
+        self.wanted_secrets.send_if_modified(|w| {
+            let changed = *w != secrets;
+            *w = secrets.clone();
+            changed
+        });
+        let passwords = self.passwords.borrow_and_update().clone();
+        if !passwords.ready_for(&secrets) {
+            // A Secret newly named has not been read: the secrets task answers within
+            // secrets::FIRST_READ, and its answer syncs the peers (the loop's passwords arm).
+            return;
+        }
+        let (want, problems) = wanted_peers(&self.cfg, &self.view, &passwords.lookup, services_on);
         self.problems.retain(|p| !view::is_peer_problem(p));
         self.problems.extend(problems);
         for addr in self.peers.keys().copied().collect::<Vec<_>>() {
@@ -860,14 +887,13 @@ async fn service_client(cfg: &NodeConfig) -> Option<kube::Client> {
 
 /// The peers the view asks for, with their passwords (and the Service export policies when
 /// Service advertisement is on), and the problems found on the way.
-async fn wanted_peers(
+fn wanted_peers(
     cfg: &NodeConfig,
     view: &View,
-    secrets: &secrets::Secrets,
+    passwords: &secrets::Lookup,
     services_on: bool,
 ) -> (BTreeMap<IpAddr, PeerConfig>, Vec<String>) {
-    let passwords = secrets.read_all(view).await;
-    let (mut want, problems) = view::desired_peers(cfg, view, &passwords);
+    let (mut want, problems) = view::desired_peers(cfg, view, passwords);
     if services_on {
         services::attach_policies(&mut want, &view.peers);
     }
@@ -898,6 +924,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| anyhow!("datastore task failed: {e}"))?
+}
+
+/// The secrets task's first answers for `wanted` (the peers started with the speaker carry
+/// their passwords). The task gives every Secret [`secrets::FIRST_READ`]; what is there
+/// after a little more is taken as it is (its problems say what is missing).
+async fn first_passwords(
+    rx: &mut watch::Receiver<secrets::Passwords>,
+    wanted: &secrets::Wanted,
+) -> secrets::Passwords {
+    let wait = rx.wait_for(|p| p.ready_for(wanted));
+    let got = match tokio::time::timeout(secrets::FIRST_READ + Duration::from_secs(1), wait).await {
+        Ok(Ok(p)) => Some(p.clone()),
+        _ => None,
+    };
+    got.unwrap_or_else(|| rx.borrow().clone())
 }
 
 /// The sync task's first complete reading (start-up cannot plan without one).
