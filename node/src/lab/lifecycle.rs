@@ -14,10 +14,7 @@ use reef_integration::Topology;
 use reef_ipam::{StoreExt, Typed};
 
 use super::pods::{add_pod, cni_call};
-use super::process::{
-    log_tails, path, run_ok, spawn_detached, wait, wait_every, wait_sessions, which,
-};
-use super::status::snapshot_of;
+use super::process::{path, run_ok, spawn_detached, wait_every, wait_sessions, which};
 use super::{
     load, save, sibling, state_path, LabNode, LabOutside, LabState, CLUSTER_AS, POOL, POOL6,
     PREFIX, ROUTER_AS, ROUTER_ID, STATE,
@@ -130,17 +127,8 @@ pub(super) fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
     save(&st)?;
 
     // Wait until every node has its mesh up (and the router session when there is one).
-    let want = st.nodes.len() - 1 + usize::from(st.router);
     for n in &st.nodes {
-        wait(
-            &format!("{}'s BGP sessions", n.name),
-            Duration::from_secs(60),
-            || {
-                let s = snapshot_of(n).ok()?;
-                (s.established() >= want).then_some(())
-            },
-        )
-        .map_err(|e| anyhow!("{e}\n{}", log_tails(&st)))?;
+        wait_sessions(&st, n)?;
     }
     for (i, n) in st.nodes.clone().iter().enumerate() {
         for j in 0..pods {
