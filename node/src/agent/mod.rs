@@ -21,7 +21,8 @@
 //!     │    (Secret name, key)                       <dir>/<secret>/<key> (embedded store)
 //!     │ remote routes (forwarding::Remote): after a restart the saved ones stand until
 //!     │ SelectionDeferralEnded, then those BGP did not send again go
-//!     │ plan (pure)
+//!     │◀── watch<Links> (interface names) ◀── links task (links.rs) ◀── rtnetlink link events
+//!     │ plan (pure; on a view, best-path or link change; a timer only retries a failed sync)
 //!     │   ├─▶ tunnel.sync (tunl0 or userspace ipip, MTU file, nat table)
 //!     │   └─▶ watch<Vec<Route>> ─▶ felix-lite reconciler task ─▶ rtnetlink
 //!     ├─▶ watch<Option<status::Input>> ─▶ status task ─▶ ReefNode status (coalesced,
@@ -39,6 +40,7 @@
 mod cleanup;
 mod forwarding;
 mod http;
+mod links;
 pub mod loadbalancer;
 mod reflector;
 mod secrets;
@@ -69,9 +71,11 @@ use self::view::View;
 
 /// Where BGP passwords are read from when the datastore is embedded (see `secrets`).
 const SECRETS_DIR: &str = "/etc/reef/secrets";
-/// How often the plan is checked against the pods' veths (a pod's veth appears after its
-/// allocation) — no datastore read.
-const POLL: Duration = Duration::from_secs(1);
+/// How often the loop refreshes its snapshot (heartbeat, sessions, readiness) when nothing
+/// happens; no replan (pods' veths come from link events, see `links`).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How soon a failed tunnel or natOutgoing sync is tried again.
+const RETRY_SYNC: Duration = Duration::from_secs(5);
 /// How long start-up waits for the first complete datastore reading.
 const FIRST_READING: Duration = Duration::from_secs(30);
 /// How often at most the node resource's status is written (only when it changed).
@@ -177,6 +181,8 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     let (desired_tx, desired_rx) = watch::channel(Vec::new());
     let (rstatus_tx, rstatus_rx) = watch::channel(felix_lite::ReconcilerStatus::default());
     let reconcile_task = tokio::spawn(reconciler.run(desired_rx, Some(rstatus_tx)));
+    // The namespace's interfaces, from link events (a pod's veth appears after its allocation).
+    let links = links::spawn().await?;
 
     // 3. The BGP speaker, originating this node's blocks; graceful restart so peers keep our
     //    routes while the agent restarts.
@@ -259,6 +265,7 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
         parent: parent.clone(),
         passwords,
         wanted_secrets,
+        links,
         view,
         own: own.clone(),
         peers: initial,
@@ -294,9 +301,18 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
 
     let status_tx = status::spawn(ipam.clone(), st.cfg.node_name.clone(), STATUS_EVERY);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut poll = tokio::time::interval(POLL);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut dirty = false;
+    let mut replanned = Instant::now();
     loop {
+        let install_at = st
+            .install
+            .as_ref()
+            .map(|i| tokio::time::Instant::from_std(i.next));
+        let retry_sync = st
+            .problems
+            .iter()
+            .any(|p| p.starts_with("tunnel:") || p.starts_with("natOutgoing"));
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -334,18 +350,23 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
                 tracing::debug!(problems = r.problems.len(), "datastore changed");
                 dirty |= st.on_reading(r, &speaker).await;
             }
-            _ = poll.tick() => {
-                // Pods' veths come and go without a datastore change: the plan compares
-                // itself with the last one, so this costs nothing when nothing changed.
+            Ok(()) = st.links.changed() => {
+                // An interface came or went (a pod's veth): local pods' routes follow.
                 dirty = true;
-                if st.install.as_ref().is_some_and(|i| i.next <= Instant::now()) {
-                    st.keep_installed().await;
-                }
+            }
+            _ = tokio::time::sleep_until(install_at.unwrap_or_else(tokio::time::Instant::now)),
+                if install_at.is_some() => {
+                st.keep_installed().await;
+            }
+            _ = heartbeat.tick() => {
+                // A failed tunnel or natOutgoing sync is tried again (the plan is the same).
+                dirty |= retry_sync && replanned.elapsed() >= RETRY_SYNC;
             }
         }
         if dirty {
             dirty = false;
             st.replan(&mut tunnel, &desired_tx).await;
+            replanned = Instant::now();
         }
         let peers = speaker.status().await.unwrap_or_default();
         let rs = rstatus_rx.borrow().clone();
@@ -397,6 +418,8 @@ struct AgentState {
     /// The secrets task's answers, and the references it is to answer (see `secrets`).
     passwords: watch::Receiver<secrets::Passwords>,
     wanted_secrets: watch::Sender<secrets::Wanted>,
+    /// The namespace's interface names (the links task's; pods' veths among them).
+    links: watch::Receiver<links::Links>,
     view: View,
     own: BTreeSet<IpNetwork>,
     /// Sessions configured on the speaker.
@@ -710,9 +733,10 @@ impl AgentState {
                 .collect(),
             parent_interface: self.parent.clone(),
             own_blocks: self.own.iter().copied().collect(),
-            local_pods: view::local_pods(&self.cfg, &self.view, |l| {
-                std::path::Path::new("/sys/class/net").join(l).exists()
-            }),
+            local_pods: {
+                let links = self.links.borrow_and_update().clone();
+                view::local_pods(&self.cfg, &self.view, |l| links.contains(l))
+            },
             pools: view::plan_pools(&self.view),
             remote_routes: self
                 .remote
