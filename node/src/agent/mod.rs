@@ -27,22 +27,32 @@
 //!     │   └─▶ watch<Vec<Route>> ─▶ felix-lite reconciler task ─▶ rtnetlink
 //!     ├─▶ watch<Option<status::Input>> ─▶ status task ─▶ ReefNode status (coalesced,
 //!     │                                   written only when changed, at most every 5 s)
-//!     └─▶ watch<Snapshot> ─▶ control socket (reef status / routes) and HTTP (/healthz,
-//!                            /readyz, /metrics)
+//!     ├─▶ watch<Snapshot> ─▶ control socket (reef status / routes) and HTTP (/healthz,
+//!     │                      /readyz, /metrics)
+//!     │◀── watch<Labels> ◀── Node labels follower (cleanup.rs; a watch on this Node)
+//!     │                        └─▶ relabel task (register.rs) ─▶ ReefNode labels (the
+//!     │                             latest labels; a failed write retried with backoff)
+//!     └◀── watch<cni::Report> ◀── cni task (cni.rs; --install only): CNI files checked,
+//!                                 plugin token renewed (TokenRequest)
 //! ```
 //!
-//! The loop is the single owner of the agent's state; everything else gets snapshots. Its
-//! datastore reads are the sync task's cached view, and its BGP passwords the secrets task's
-//! cache (a Secret's change re-syncs the peers; a datastore change costs no Secret request);
-//! the one-shot reads left are start-up's registration and a node-label change's rewrite of
-//! the ReefNode.
+//! The loop is the single owner of the agent's state; everything else gets snapshots. It
+//! never awaits the API server: its datastore reads are the sync task's cached view, its BGP
+//! passwords the secrets task's cache (a Secret's change re-syncs the peers; a datastore
+//! change costs no Secret request), and every write — the ReefNode's status, its labels after
+//! the Node's changed, the CNI install and token renewal — is a task's, which the loop hands
+//! the latest wanted state on a watch. What it awaits is the speaker, the tunnel (netlink)
+//! and the nft table. Only start-up reads and writes the datastore itself (opening it, the
+//! Node's labels, registration: the first plan needs the tunnel address).
 
 mod cleanup;
+mod cni;
 mod forwarding;
 mod http;
 mod links;
 pub mod loadbalancer;
 mod reflector;
+mod register;
 mod secrets;
 pub mod services;
 pub mod snapshot;
@@ -61,9 +71,8 @@ use ipnetwork::IpNetwork;
 use reef_bgp::speaker::{
     PeerConfig, Shutdown, Speaker, SpeakerConfig, SpeakerEvent, SpeakerHandle,
 };
-use reef_config::crds::ReefNodeSpec;
 use reef_config::node_config::NodeConfig;
-use reef_ipam::{Ipam, Labels, Store, StoreExt, Typed};
+use reef_ipam::{Ipam, Store};
 use tokio::sync::watch;
 
 use self::snapshot::{PeerRow, RouteRow, Snapshot};
@@ -83,8 +92,6 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// How long BGP sessions get to come up before a peer that stays down no longer holds the
 /// node's readiness (a router being down must not keep every node unready).
 const BGP_FIRST_CHANCE: Duration = Duration::from_secs(30);
-/// How often the CNI install is checked (files put back) and retried after a failure.
-const INSTALL_CHECK: Duration = Duration::from_secs(10);
 
 type SharedIpam = Arc<Ipam<Box<dyn Store>>>;
 
@@ -121,9 +128,11 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     let tunnel_addr = {
         let ipam = ipam.clone();
         let cfg = cfg.clone();
-        blocking(move || register(&ipam, &cfg)).await?
+        blocking(move || register::register(&ipam, &cfg)).await?
     };
     tracing::info!(node = %cfg.node_name, address = %cfg.address, tunnel = %tunnel_addr, "registered");
+    // From here on the relabel task keeps the ReefNode's labels the Node's (see the diagram).
+    let relabel = register::spawn_relabel(ipam.clone(), cfg.clone(), labels_rx.clone());
     // The datastore from here on: the sync task's cache (see the diagram).
     let mut readings = sync::spawn(ipam.clone(), sync::streams(&cfg.node_name));
     let first = first_reading(&mut readings).await?;
@@ -277,10 +286,8 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
         mtu,
         nat: None,
         install: install.map(|args| InstallState {
+            report: cni::spawn(args.clone()),
             args,
-            done: false,
-            next: Instant::now(),
-            renew_at: None,
         }),
         datastore_read: true,
         datastore_problems: first.problems.clone(),
@@ -295,7 +302,6 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
         },
     };
     st.sync_services(&speaker).await;
-    st.keep_installed().await;
     st.sync_peers(&speaker).await;
     st.replan(&mut tunnel, &desired_tx).await;
 
@@ -305,10 +311,6 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     let mut dirty = false;
     let mut replanned = Instant::now();
     loop {
-        let install_at = st
-            .install
-            .as_ref()
-            .map(|i| tokio::time::Instant::from_std(i.next));
         let retry_sync = st
             .problems
             .iter()
@@ -330,13 +332,10 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
                 let labels = labels_rx.borrow_and_update().clone();
                 tracing::info!(?labels, "node labels changed");
                 st.cfg.labels = labels;
-                // The ReefNode carries them for BGPPeer peer selectors on other nodes (the
-                // sync task brings the rewritten ReefNode back).
-                let (ipam2, cfg2) = (ipam.clone(), st.cfg.clone());
-                if let Err(e) = blocking(move || register(&ipam2, &cfg2)).await {
-                    tracing::warn!(error = %crate::causes(&e), "writing the node's labels");
-                }
-                dirty |= st.sync_peers_now(&speaker).await;
+                // BGPPeers select by them. The relabel task writes them to the ReefNode (for
+                // the other nodes' peer selectors); the sync task brings it back.
+                st.sync_peers(&speaker).await;
+                dirty = true;
             }
             Ok(()) = st.passwords.changed() => {
                 // A watched Secret changed (or was first read): the peers take it.
@@ -354,9 +353,10 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
                 // An interface came or went (a pod's veth): local pods' routes follow.
                 dirty = true;
             }
-            _ = tokio::time::sleep_until(install_at.unwrap_or_else(tokio::time::Instant::now)),
-                if install_at.is_some() => {
-                st.keep_installed().await;
+            Some(report) = install_report(&mut st.install) => {
+                // The CNI install task's outcome: readiness and problems (the snapshot).
+                st.problems.retain(|p| !p.starts_with("CNI install"));
+                st.problems.extend(report.problem);
             }
             _ = heartbeat.tick() => {
                 // A failed tunnel or natOutgoing sync is tried again (the plan is the same).
@@ -394,6 +394,7 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     control.abort();
     http.abort();
     let _ = std::fs::remove_file(&cfg.agent_socket);
+    relabel.abort();
     // The store may own a runtime, which must not be dropped on an async thread.
     drop(st);
     let _ = tokio::task::spawn_blocking(move || {
@@ -458,58 +459,13 @@ struct ServiceState {
     shown: services::ServiceAdverts,
 }
 
-/// The CNI install the agent keeps: done once, then checked, and the token renewed.
+/// The CNI install the agent keeps (the cni task installs, checks and renews the token).
 struct InstallState {
     args: crate::install::InstallArgs,
-    /// The last install or check succeeded.
-    done: bool,
-    /// When to check (or retry) next.
-    next: Instant,
-    /// When the plugin's token is due for renewal.
-    renew_at: Option<SystemTime>,
+    report: watch::Receiver<cni::Report>,
 }
 
 impl AgentState {
-    /// Runs the CNI install when it has not succeeded yet or a file went missing, renews the
-    /// plugin's token when due, and schedules the next check.
-    async fn keep_installed(&mut self) {
-        let Some(i) = &mut self.install else { return };
-        i.next = Instant::now() + INSTALL_CHECK;
-        self.problems.retain(|p| !p.starts_with("CNI install"));
-        let whole = !i.done || !crate::install::missing(&i.args).is_empty();
-        let result = if whole {
-            crate::install::install(&i.args).await.map(|done| {
-                for p in &done.written {
-                    tracing::info!(file = %p.display(), "CNI install: wrote");
-                }
-                i.renew_at = done.renew_at;
-            })
-        } else if i.renew_at.is_some_and(|t| t <= SystemTime::now()) {
-            crate::install::renew_token(&i.args).await.map(|t| {
-                tracing::info!("CNI install: renewed the plugin's token");
-                i.renew_at = Some(t);
-            })
-        } else {
-            Ok(())
-        };
-        match result {
-            Ok(()) => i.done = true,
-            Err(e) => {
-                let e = crate::causes(&e);
-                tracing::warn!(error = %e, "CNI install");
-                self.problems.push(format!("CNI install: {e}"));
-                i.done = false;
-            }
-        }
-        // A token due before the next check is renewed when due, not up to a check late.
-        if let Some(due) = i.renew_at.filter(|_| i.done) {
-            let left = due
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            i.next = i.next.min(Instant::now() + left);
-        }
-    }
-
     /// Takes a speaker event; returns whether the plan's inputs changed.
     fn on_event(&mut self, ev: SpeakerEvent) -> bool {
         if let SpeakerEvent::PeerState {
@@ -543,12 +499,6 @@ impl AgentState {
         }
         self.datastore_read = true;
         self.on_view(View::clone(&r.view), speaker).await
-    }
-
-    /// After the node's own labels changed: BGPPeers select by them.
-    async fn sync_peers_now(&mut self, speaker: &SpeakerHandle) -> bool {
-        self.sync_peers(speaker).await;
-        true
     }
 
     /// Takes a new datastore reading; returns whether the plan's inputs changed.
@@ -825,7 +775,7 @@ impl AgentState {
             reconciler_errors: rs.errors.len(),
             install_missing: self.install.as_ref().map(|i| {
                 let mut m = crate::install::missing(&i.args);
-                if !i.done && m.is_empty() {
+                if !i.report.borrow().done && m.is_empty() {
                     m.push("CNI install has not succeeded yet".into());
                 }
                 m
@@ -886,6 +836,17 @@ async fn service_adverts(
     match rx {
         Some(rx) => match rx.changed().await {
             Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The CNI install task's next report; never without install mode.
+async fn install_report(install: &mut Option<InstallState>) -> Option<cni::Report> {
+    match install {
+        Some(i) => match i.report.changed().await {
+            Ok(()) => Some(i.report.borrow_and_update().clone()),
             Err(_) => std::future::pending().await,
         },
         None => std::future::pending().await,
@@ -989,51 +950,4 @@ async fn first_reading(rx: &mut watch::Receiver<sync::Reading>) -> Result<sync::
             ))
         }
     }
-}
-
-/// Allocates the tunnel address and writes the node's ReefNode; returns the tunnel address.
-fn register(ipam: &SharedIpam, cfg: &NodeConfig) -> Result<IpAddr> {
-    let labels: Labels = cfg.labels.clone();
-    let tunnel = ipam
-        .ensure_tunnel_address(&cfg.node_name, &labels, true)
-        .context(
-            "allocating the tunnel address (is there an IPv4 IPPool that selects this node?)",
-        )?;
-    let spec = ReefNodeSpec {
-        address: cfg.address,
-        address_v6: cfg.address_v6,
-        as_number: cfg.as_number,
-        tunnel_address: Some(tunnel),
-        route_reflector_cluster_id: None,
-    };
-    let store = ipam.store();
-    for _ in 0..5 {
-        match store.get_typed::<ReefNodeSpec>(&cfg.node_name)? {
-            None => {
-                let mut obj = Typed::new(cfg.node_name.clone(), spec.clone());
-                obj.labels = labels.clone();
-                match store.create_typed(&obj) {
-                    Ok(_) => break,
-                    Err(reef_ipam::Error::AlreadyExists { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Some(mut obj) => {
-                // Keep what the user set on the resource (route reflector cluster id).
-                let mut s = spec.clone();
-                s.route_reflector_cluster_id = obj.spec.route_reflector_cluster_id;
-                if obj.spec == s && obj.labels == labels {
-                    break;
-                }
-                obj.spec = s;
-                obj.labels = labels.clone();
-                match store.update_typed(&obj) {
-                    Ok(_) => break,
-                    Err(reef_ipam::Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-    }
-    Ok(tunnel)
 }
