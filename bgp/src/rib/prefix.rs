@@ -41,7 +41,7 @@ pub(crate) trait PrefixKey: Copy + Eq + Hash + Ord + Debug {
     type Slot: super::table::Slot<Self>;
     /// Which shard holds the prefix.
     fn shard(self) -> usize;
-    /// The part of the key a [`super::Path`] carries (the low address bytes of IPv4).
+    /// The part of the key a [`super::dest::Path`] carries (the low address bytes of IPv4).
     fn low_bytes(self) -> [u8; 3];
 }
 
@@ -89,7 +89,7 @@ impl PrefixKey for Prefix4 {
     }
 
     const SHARDS: usize = 256 * 33;
-    type Slot = super::Dest;
+    type Slot = super::dest::Dest;
 
     fn shard(self) -> usize {
         // First octet and length: prefixes spread over all of unicast space, neighbours
@@ -221,7 +221,7 @@ impl PrefixKey for Prefix6 {
     }
 
     const SHARDS: usize = 256;
-    type Slot = (Prefix6, super::Dest);
+    type Slot = (Prefix6, super::dest::Dest);
 
     fn shard(self) -> usize {
         // Allocations differ in the bits after 2000::/3 and the registry's /12–/32 levels.

@@ -17,8 +17,8 @@ use std::hash::BuildHasher;
 
 use hashbrown::hash_table::{self, HashTable};
 
+use super::dest::Dest;
 use super::prefix::{Prefix4, Prefix6, PrefixKey};
-use super::Dest;
 
 /// What one table entry holds, and how its key is found again.
 pub(crate) trait Slot<K>: Sized {
@@ -181,7 +181,7 @@ impl<K: PrefixKey> Sharded<K> {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::Path;
+    use super::super::dest::Path;
     use super::*;
     use crate::attrs::PathAttributes;
 

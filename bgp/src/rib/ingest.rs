@@ -1,0 +1,324 @@
+//! The apply path: what peers announce and withdraw and what this node originates, into
+//! the table, with max-prefix limits and the per-peer counts kept in step.
+
+use std::sync::Arc;
+
+use ipnetwork::IpNetwork;
+
+use super::change::{settle, Out, Snapshot};
+use super::dest::{refusal_of, Dest, Path, LOCAL, MODIFIED, REJECTED, STALE};
+use super::import::import_path;
+use super::peers::peer_of;
+use super::table::Entry as RouteEntry;
+use super::{
+    Fam, FamilyRib, MaxPrefixExceeded, PeerId, Prefix4, Prefix6, PrefixKey, Rib, RibError,
+    RibOutput, Shared,
+};
+use crate::attrs::PathAttributes;
+
+/// Routes one UPDATE brought, for [`Rib::apply`]: the withdrawals of an UPDATE come before
+/// its announcements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRoutes<'a> {
+    Withdraw(&'a [IpNetwork]),
+    Announce(&'a [IpNetwork], PathAttributes),
+}
+
+struct Exceeded;
+
+impl Rib {
+    // ---- routes ---------------------------------------------------------------------------
+
+    /// The peer announced `prefixes` with `attrs` (one UPDATE's NLRI).
+    pub fn announce(
+        &mut self,
+        id: PeerId,
+        prefixes: &[IpNetwork],
+        attrs: PathAttributes,
+    ) -> Result<RibOutput, RibError> {
+        self.apply(id, [PeerRoutes::Announce(prefixes, attrs)])
+    }
+
+    /// The peer withdrew `prefixes`.
+    pub fn withdraw(&mut self, id: PeerId, prefixes: &[IpNetwork]) -> Result<RibOutput, RibError> {
+        self.apply(id, [PeerRoutes::Withdraw(prefixes)])
+    }
+
+    /// What the peer sent in several UPDATEs, applied in order as one operation with one
+    /// output (the session hands over all UPDATEs of a read at once). Once the peer exceeds
+    /// its `max_prefix`, its further announcements are ignored; withdrawals still apply.
+    pub fn apply<'a>(
+        &mut self,
+        id: PeerId,
+        routes: impl IntoIterator<Item = PeerRoutes<'a>>,
+    ) -> Result<RibOutput, RibError> {
+        self.established(id)?;
+        let mut exceeded = None;
+        for r in routes {
+            match r {
+                PeerRoutes::Withdraw(prefixes) => {
+                    for prefix in prefixes {
+                        match prefix {
+                            IpNetwork::V4(_) => self.remove_one::<Prefix4>(id.0, prefix),
+                            IpNetwork::V6(_) => self.remove_one::<Prefix6>(id.0, prefix),
+                        }
+                    }
+                }
+                PeerRoutes::Announce(..) if exceeded.is_some() => {}
+                PeerRoutes::Announce(prefixes, attrs) => {
+                    let attrs = self.interner.intern(attrs);
+                    for prefix in prefixes {
+                        let r = match prefix {
+                            IpNetwork::V4(_) => self.announce_one::<Prefix4>(id.0, prefix, &attrs),
+                            IpNetwork::V6(_) => self.announce_one::<Prefix6>(id.0, prefix, &attrs),
+                        };
+                        if r.is_err() {
+                            let limit = self.peer(id)?.cfg.max_prefix.unwrap_or(0);
+                            exceeded = Some(MaxPrefixExceeded { peer: id, limit });
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = self.finish();
+        out.max_prefix_exceeded = exceeded;
+        Ok(out)
+    }
+
+    /// This node originates `prefixes` (its blocks, or what the user adds).
+    pub fn originate(&mut self, prefixes: &[IpNetwork]) -> RibOutput {
+        let attrs = Arc::clone(&self.local_attrs);
+        for prefix in prefixes {
+            match prefix {
+                IpNetwork::V4(_) => self.originate_one::<Prefix4>(prefix, &attrs),
+                IpNetwork::V6(_) => self.originate_one::<Prefix6>(prefix, &attrs),
+            }
+        }
+        self.finish()
+    }
+
+    /// This node stops originating `prefixes`.
+    pub fn withdraw_originated(&mut self, prefixes: &[IpNetwork]) -> RibOutput {
+        for prefix in prefixes {
+            match prefix {
+                IpNetwork::V4(_) => self.remove_one::<Prefix4>(LOCAL, prefix),
+                IpNetwork::V6(_) => self.remove_one::<Prefix6>(LOCAL, prefix),
+            }
+        }
+        self.finish()
+    }
+
+    fn announce_one<K: Fam>(
+        &mut self,
+        slot: u32,
+        prefix: &IpNetwork,
+        attrs: &Arc<PathAttributes>,
+    ) -> Result<(), Exceeded> {
+        let Some(key) = K::from_net(prefix) else {
+            return Ok(());
+        };
+        let (fam, mut sh) = K::split(self);
+        let i = slot as usize;
+        let FamilyRib {
+            routes,
+            loc_len,
+            received,
+            adj_out,
+            pending,
+        } = fam;
+        let side = &mut received[i];
+        match routes.entry(key) {
+            RouteEntry::Vacant(e) => {
+                admit_new(&mut sh, slot)?;
+                let (flags, stored) = import_path(&mut sh, slot, key, attrs, side);
+                count_path(&mut sh, slot, flags, 1);
+                let d = e.insert(Dest::One(Path {
+                    source: slot,
+                    flags,
+                    lo: key.low_bytes(),
+                    attrs: stored,
+                }));
+                let mut out = Out {
+                    adj_out,
+                    pending,
+                    loc_len,
+                };
+                settle(&mut out, &mut sh, key, &Snapshot::Empty, d.multipath());
+            }
+            RouteEntry::Occupied(mut e) => {
+                let d = e.get_mut();
+                let existing = d.find(slot).map(|p| {
+                    let as_received = if p.has(MODIFIED) {
+                        side.get(&key).unwrap_or(&p.attrs)
+                    } else {
+                        &p.attrs
+                    };
+                    (Arc::ptr_eq(as_received, attrs), p.has(STALE), p.flags)
+                });
+                match existing {
+                    // A repeat of what the peer sent before: nothing to do.
+                    Some((true, false, _)) => return Ok(()),
+                    Some((_, stale, _)) => {
+                        if stale {
+                            peer_of(&mut sh, slot).stale -= 1;
+                        }
+                    }
+                    None => admit_new(&mut sh, slot)?,
+                }
+                let old_flags = existing.map(|(_, _, f)| f);
+                let before = Snapshot::of(d, sh.peers);
+                let (flags, stored) = import_path(&mut sh, slot, key, attrs, side);
+                let path = Path {
+                    source: slot,
+                    flags,
+                    lo: key.low_bytes(),
+                    attrs: stored,
+                };
+                match d.find_mut(slot) {
+                    Some(p) => *p = path,
+                    None => d.push(path),
+                }
+                if let Some(old) = old_flags {
+                    count_path(&mut sh, slot, old, -1);
+                }
+                count_path(&mut sh, slot, flags, 1);
+                d.reselect(sh.cfg, sh.peers, sh.scratch);
+                let mut out = Out {
+                    adj_out,
+                    pending,
+                    loc_len,
+                };
+                settle(&mut out, &mut sh, key, &before, d.multipath());
+            }
+        }
+        Ok(())
+    }
+
+    fn originate_one<K: Fam>(&mut self, prefix: &IpNetwork, attrs: &Arc<PathAttributes>) {
+        let Some(key) = K::from_net(prefix) else {
+            return;
+        };
+        let (fam, mut sh) = K::split(self);
+        let FamilyRib {
+            routes,
+            loc_len,
+            adj_out,
+            pending,
+            ..
+        } = fam;
+        let path = Path {
+            source: LOCAL,
+            flags: 0,
+            lo: key.low_bytes(),
+            attrs: Arc::clone(attrs),
+        };
+        let mut out = Out {
+            adj_out,
+            pending,
+            loc_len,
+        };
+        match routes.entry(key) {
+            RouteEntry::Vacant(e) => {
+                let d = e.insert(Dest::One(path));
+                settle(&mut out, &mut sh, key, &Snapshot::Empty, d.multipath());
+            }
+            RouteEntry::Occupied(mut e) => {
+                let d = e.get_mut();
+                if d.find(LOCAL).is_some() {
+                    return;
+                }
+                let before = Snapshot::of(d, sh.peers);
+                d.push(path);
+                d.reselect(sh.cfg, sh.peers, sh.scratch);
+                settle(&mut out, &mut sh, key, &before, d.multipath());
+            }
+        }
+    }
+
+    fn remove_one<K: Fam>(&mut self, slot: u32, prefix: &IpNetwork) {
+        let Some(key) = K::from_net(prefix) else {
+            return;
+        };
+        let (fam, mut sh) = K::split(self);
+        remove_path(fam, &mut sh, slot, key);
+    }
+}
+
+/// Counts a prefix new from this peer, unless that passes its max-prefix limit.
+fn admit_new(sh: &mut Shared<'_>, slot: u32) -> Result<(), Exceeded> {
+    let peer = peer_of(sh, slot);
+    if peer.exceeded
+        || peer
+            .cfg
+            .max_prefix
+            .is_some_and(|m| peer.received >= m as usize)
+    {
+        peer.exceeded = true;
+        return Err(Exceeded);
+    }
+    peer.received += 1;
+    Ok(())
+}
+
+/// Removes the route of `slot` (a peer or LOCAL) for `key`.
+pub(super) fn remove_path<K: PrefixKey>(
+    fam: &mut FamilyRib<K>,
+    sh: &mut Shared<'_>,
+    slot: u32,
+    key: K,
+) {
+    let FamilyRib {
+        routes,
+        loc_len,
+        received,
+        adj_out,
+        pending,
+    } = fam;
+    let RouteEntry::Occupied(mut e) = routes.entry(key) else {
+        return;
+    };
+    let d = e.get_mut();
+    if d.find(slot).is_none() {
+        return;
+    }
+    let before = Snapshot::of(d, sh.peers);
+    let (removed, empty) = d.remove(slot);
+    let Some(removed) = removed else { return };
+    if slot != LOCAL {
+        if removed.has(MODIFIED) {
+            received[slot as usize].remove(&key);
+        }
+        count_path(sh, slot, removed.flags, -1);
+        let peer = peer_of(sh, slot);
+        peer.received -= 1;
+        if removed.has(STALE) {
+            peer.stale -= 1;
+        }
+    }
+    let mut out = Out {
+        adj_out,
+        pending,
+        loc_len,
+    };
+    if empty {
+        e.remove();
+        settle(&mut out, sh, key, &before, &[]);
+    } else {
+        d.reselect(sh.cfg, sh.peers, sh.scratch);
+        settle(&mut out, sh, key, &before, d.multipath());
+    }
+}
+
+/// Counts a path of the peer coming (`delta` 1) or going (-1) as accepted or refused by
+/// reason, whichever its flags say.
+pub(super) fn count_path(sh: &mut Shared<'_>, source: u32, flags: u8, delta: isize) {
+    if let Some(p) = sh.peers.get_mut(source as usize).and_then(Option::as_mut) {
+        let n = match refusal_of(flags) {
+            None if flags & REJECTED == 0 => &mut p.accepted,
+            None => return,
+            Some(r) => &mut p.refused[r.index()],
+        };
+        *n = n.saturating_add_signed(delta);
+    }
+}
