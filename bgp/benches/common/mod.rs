@@ -8,6 +8,7 @@ pub mod table;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,13 +22,63 @@ use serde_json::Value;
 pub struct Daemon {
     pub child: Child,
     pub dir: tempfile::TempDir,
+    /// Started under a wrapper (`child` is the wrapper), as the leader of its own process
+    /// group.
+    wrapped: bool,
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.wrapped {
+            stop_group(&mut self.child);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Stops a daemon started under a wrapper. heaptrack runs reef-bgp as its child and waits for
+/// it, so killing the wrapper alone left reef-bgp running (holding its port and CPU, and later
+/// runs hung). reef-bgp gets SIGTERM first and the wrapper up to 60 s to write its output and
+/// exit; then whatever is left of the group gets SIGKILL.
+fn stop_group(wrapper: &mut Child) {
+    let pgid = wrapper.id();
+    for pid in group_members(pgid) {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == "reef-bgp" {
+            kill("-TERM", &pid.to_string());
+        }
+    }
+    let t = Instant::now();
+    while matches!(wrapper.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill("-KILL", &format!("-{pgid}"));
+}
+
+/// The processes of process group `pgid` (the field after the parent in `/proc/PID/stat`).
+fn group_members(pgid: u32) -> Vec<u32> {
+    let pgrp = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "PID (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let (_, rest) = stat.rsplit_once(')')?;
+        rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pgrp(pid) == Some(pgid))
+        .collect()
+}
+
+/// `kill SIGNAL -- TARGET` (a negative target: a process group); errors ignored (gone already).
+fn kill(signal: &str, target: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", target])
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Daemon {
@@ -82,10 +133,14 @@ pub fn reef_with(config: &str, args: &[&str], wrap: &str) -> Daemon {
     let out = std::fs::File::create(dir.path().join("out.jsonl")).unwrap();
     let err = std::fs::File::create(dir.path().join("err.log")).unwrap();
     let mut words = wrap.split_whitespace();
+    let wrapped = !wrap.trim().is_empty();
     let mut cmd = match words.next() {
         Some(w) => {
             let mut c = Command::new(w);
             c.args(words).arg(env!("CARGO_BIN_EXE_reef-bgp"));
+            // Its own process group, so stopping it reaches reef-bgp under the wrapper
+            // (`stop_group`); a Ctrl-C in the terminal no longer does.
+            c.process_group(0);
             c
         }
         None => Command::new(env!("CARGO_BIN_EXE_reef-bgp")),
@@ -100,7 +155,11 @@ pub fn reef_with(config: &str, args: &[&str], wrap: &str) -> Daemon {
         .stderr(err)
         .spawn()
         .expect("reef-bgp starts");
-    let d = Daemon { child, dir };
+    let d = Daemon {
+        child,
+        dir,
+        wrapped,
+    };
     wait("reef-bgp ready", 10, || {
         reef_lines(&d)
             .iter()
@@ -149,7 +208,11 @@ pub fn bird(config: &str) -> Daemon {
         .stderr(log)
         .spawn()
         .expect("bird starts (apt-get install bird2)");
-    let d = Daemon { child, dir };
+    let d = Daemon {
+        child,
+        dir,
+        wrapped: false,
+    };
     wait("BIRD control socket", 10, || birdcl(&d, "show status").ok());
     d
 }
