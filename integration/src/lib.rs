@@ -3,6 +3,9 @@
 //! - [`topo`]: N nodes on K subnets behind a router, pods attached to nodes — all network
 //!   namespaces the test creates and removes (also on panic).
 //! - [`netns`]: one namespace: run commands or our binaries inside it, ping, TCP, routes.
+//! - [`agent`]: real `reef node run` agents: node configs, starting them in a namespace,
+//!   waiting for their BGP sessions, `reef-cni` called as a runtime calls it; used by
+//!   [`Topology::start_agents`] and by the `reef lab` CLI alike.
 //! - [`bird`] and [`frr`]: real BGP daemons inside a namespace, from a generated config, with
 //!   their state read back in a structured way.
 //! - [`vm`]: a real IP-in-IP kernel under qemu; a test reruns itself inside it.

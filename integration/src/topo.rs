@@ -16,9 +16,21 @@
 //! another part of the network) hangs off the router on its own link: `10.100.254.10/24` and
 //! `fd00:100:fe::10/64`, the router `.1` / `::1`, default route via the router. It reaches pods
 //! only through routes the router has.
+//!
+//! [`Topology::start_agents`] runs a real `reef node run` in every node (node configs under a
+//! temporary directory the topology owns, one embedded datastore shared by the nodes, or the
+//! Kubernetes API server stand-in) and waits for their BGP sessions; [`Topology::add_cni_pod`]
+//! then makes pods through `reef-cni` as a container runtime does. Every name (namespaces,
+//! files) comes from the topology's unique prefix ([`Topology::prefix`]), so tests that build
+//! topologies run in parallel; dropping the topology stops the agents, reaps them and removes
+//! the namespaces and files.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use crate::agent::{self, Datastore, NodeConfig, NodeFiles};
+use crate::cmd::Process;
 use crate::netns::Netns;
 use crate::Error;
 
@@ -64,26 +76,97 @@ pub struct Node {
 
 /// A pod wired to a node the way reef's CNI plugin does (Calico-style): `/32` on the pod's
 /// `eth0`, default route via `169.254.1.1` answered by proxy ARP on the host-side veth, and a
-/// `/32` route to the pod on the node.
+/// `/32` route to the pod on the node. Made by hand ([`Topology::add_pod`]) or by `reef-cni`
+/// ([`Topology::add_cni_pod`]).
 #[derive(Debug)]
 pub struct Pod {
     pub ns: Netns,
     pub node: usize,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address, when it has one (reef-cni with an IPv6 pool).
+    pub addr6: Option<Ipv6Addr>,
     /// The host-side veth in the node namespace.
     pub host_veth: String,
 }
 
-/// The built topology; dropping it removes every namespace (pods first, then nodes, then the
-/// router) and every process still running inside them.
+/// How [`Topology::start_agents`] runs the nodes' agents.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The `reef` binary (a test's `env!("CARGO_BIN_EXE_reef")`).
+    pub reef: PathBuf,
+    /// `None`: one embedded store at [`Topology::store_path`], shared by the nodes (seed it
+    /// before starting the agents), as `reef lab` runs. Or the Kubernetes API server a
+    /// kubeconfig names (the agents get `POD_NAMESPACE=reef-system`, as [`agent::Agent`]).
+    pub datastore: Option<Datastore>,
+    /// Sessions every node has besides the mesh with the other nodes (e.g. a router's): each
+    /// waits for `nodes - 1 + extra_sessions` Established.
+    pub extra_sessions: usize,
+    /// How long each node may take to get its sessions up.
+    pub timeout: Duration,
+    /// `logLevel` of the node configs, when not the agent's default.
+    pub log_level: Option<String>,
+    /// More environment for the agents.
+    pub env: Vec<(String, String)>,
+}
+
+impl AgentOptions {
+    /// The lab's mode: an embedded store shared by the nodes, the full mesh awaited for 60 s.
+    pub fn new(reef: impl Into<PathBuf>) -> AgentOptions {
+        AgentOptions {
+            reef: reef.into(),
+            datastore: None,
+            extra_sessions: 0,
+            timeout: Duration::from_secs(60),
+            log_level: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A node's agent started by [`Topology::start_agents`]; killed and reaped when the topology
+/// drops (also when the test panics).
+#[derive(Debug)]
+pub struct NodeAgent {
+    /// Index in [`Topology::nodes`].
+    pub node: usize,
+    /// Its `nodeName` (`n<index>`).
+    pub name: String,
+    /// Its node config, control socket and log.
+    pub files: NodeFiles,
+    process: Process,
+}
+
+impl NodeAgent {
+    /// The agent's status snapshot (`reef -o json status`), from its control socket.
+    pub fn snapshot(&self) -> Result<serde_json::Value, Error> {
+        agent::snapshot(&self.files.socket())
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.files.log()).unwrap_or_default()
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+/// The built topology; dropping it stops its agents, then removes every namespace (pods first,
+/// then nodes, then the router) with every process still running inside them, then its files.
 #[derive(Debug)]
 pub struct Topology {
     // Field order is drop order.
+    pub agents: Vec<NodeAgent>,
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
     pub outside: Option<Outside>,
     pub router: Netns,
-    prefix: Option<String>,
+    /// Every namespace's name starts with it.
+    prefix: String,
+    /// Node configs, agent logs and sockets, the embedded store.
+    dir: tempfile::TempDir,
 }
 
 impl Default for TopologyBuilder {
@@ -130,13 +213,6 @@ impl TopologyBuilder {
         self
     }
 
-    fn netns(&self, tag: &str) -> Result<Netns, Error> {
-        match &self.prefix {
-            Some(p) => Netns::create(&format!("{p}{tag}")),
-            None => Netns::new(tag),
-        }
-    }
-
     /// Creates the namespaces, links and addresses.
     pub fn build(self) -> Result<Topology, Error> {
         if self.subnets == 0 || self.subnets > 200 || self.nodes == 0 || self.nodes > 200 {
@@ -145,7 +221,17 @@ impl TopologyBuilder {
                 self.nodes, self.subnets
             )));
         }
-        let router = self.netns("router")?;
+        // One prefix for every name of this topology: given, or unique (`reeft-<pid>-<n>-`).
+        let prefix = self
+            .prefix
+            .clone()
+            .unwrap_or_else(|| crate::netns::unique_name(""));
+        let dir = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempdir()
+            .map_err(Error::TempDir)?;
+        let netns = |tag: &str| Netns::create(&format!("{prefix}{tag}"));
+        let router = netns("router")?;
         router.sysctl("net.ipv4.ip_forward", "1")?;
         if self.ipv6 {
             router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
@@ -167,14 +253,16 @@ impl TopologyBuilder {
             router.ip(["link", "set", &br, "up"])?;
         }
         let mut topo = Topology {
+            agents: Vec::new(),
             pods: Vec::new(),
             nodes: Vec::new(),
             outside: None,
             router,
-            prefix: self.prefix.clone(),
+            prefix: prefix.clone(),
+            dir,
         };
         if self.outside {
-            let ns = self.netns("outside")?;
+            let ns = netns("outside")?;
             veth_pair(&ns, "out0", topo.router.name())?;
             let r = &topo.router;
             r.ip(["addr", "add", "10.100.254.1/24", "dev", "out0"])?;
@@ -201,11 +289,25 @@ impl TopologyBuilder {
             let subnet = i * self.subnets / self.nodes;
             let host = 10 + per_subnet[subnet];
             per_subnet[subnet] += 1;
-            let ns = self.netns(&format!("n{i}"))?;
+            let ns = netns(&format!("n{i}"))?;
             let node = attach_node(&topo.router, ns, i, subnet, host, self.ipv6)?;
             topo.nodes.push(node);
         }
         Ok(topo)
+    }
+}
+
+impl Node {
+    /// Its node config as agent `name` on `datastore`: its addresses on `eth0`.
+    pub fn config<'a>(&self, name: &'a str, datastore: &'a Datastore) -> NodeConfig<'a> {
+        NodeConfig {
+            node_name: name,
+            datastore,
+            address: format!("{}/{}", self.addr, self.prefix_len),
+            address6: self.addr6.map(|a| format!("{a}/64")),
+            interface: "eth0",
+            log_level: None,
+        }
     }
 }
 
@@ -306,11 +408,7 @@ impl Topology {
             .nodes
             .get(node)
             .ok_or_else(|| Error::Other(format!("no node {node}")))?;
-        let tag = format!("p{}", self.pods.len());
-        let ns = match &self.prefix {
-            Some(p) => Netns::create(&format!("{p}{tag}"))?,
-            None => Netns::new(&tag)?,
-        };
+        let ns = Netns::create(&format!("{}p{}", self.prefix, self.pods.len()))?;
         let host_veth = format!("rp{}", self.pods.len());
         veth_pair(&ns, &host_veth, n.ns.name())?;
         ns.ip(["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
@@ -348,7 +446,117 @@ impl Topology {
             ns,
             node,
             addr,
+            addr6: None,
             host_veth,
+        });
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// The prefix every namespace name of this topology starts with (unique unless
+    /// [`TopologyBuilder::named`]).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The directory the topology owns (removed when it drops): `<dir>/n<i>/` holds node
+    /// `i`'s agent files ([`NodeFiles`]).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The embedded store the agents share in [`AgentOptions`]'s default mode; seed it (pools,
+    /// BGP configuration) before [`Topology::start_agents`].
+    pub fn store_path(&self) -> PathBuf {
+        self.dir().join("store.db")
+    }
+
+    /// Node `node`'s agent files.
+    pub fn node_files(&self, node: usize) -> NodeFiles {
+        NodeFiles::new(self.dir().join(format!("n{node}")))
+    }
+
+    /// Writes every node's config (`nodeName: n<i>`, its addresses on `eth0`), starts a real
+    /// `reef node run` in every node's namespace, then waits until each has its sessions
+    /// Established (the full mesh plus `opts.extra_sessions`). The agents are held by the
+    /// topology ([`Topology::agents`]) and stopped when it drops, also when this fails.
+    pub fn start_agents(&mut self, opts: &AgentOptions) -> Result<(), Error> {
+        let datastore = opts
+            .datastore
+            .clone()
+            .unwrap_or_else(|| Datastore::Embedded(self.store_path()));
+        for n in &self.nodes {
+            let name = format!("n{}", n.index);
+            let files = self.node_files(n.index);
+            let config = NodeConfig {
+                log_level: opts.log_level.as_deref(),
+                ..n.config(&name, &datastore)
+            }
+            .write(&files)?;
+            let mut cmd = agent::ns_command(
+                n.ns.name(),
+                &opts.reef,
+                &agent::agent_args(&config),
+                &files.log(),
+                false,
+            )?;
+            if matches!(datastore, Datastore::Kubernetes { .. }) {
+                cmd.env("POD_NAMESPACE", "reef-system");
+            }
+            cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+            let process = Process::spawn(format!("reef agent {name}"), cmd)?;
+            self.agents.push(NodeAgent {
+                node: n.index,
+                name,
+                files,
+                process,
+            });
+        }
+        let want = self.nodes.len() - 1 + opts.extra_sessions;
+        for a in &self.agents {
+            agent::wait_sessions(&a.name, &a.files, want, opts.timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Makes a pod on node `node` through `reef-cni` (`cni`), called in the node's namespace as
+    /// a container runtime calls it (ADD, both address families); needs the node's agent files
+    /// ([`Topology::start_agents`]). The pod's namespace is the topology's; the pod is removed
+    /// with it.
+    pub fn add_cni_pod(&mut self, node: usize, cni: &Path) -> Result<&Pod, Error> {
+        let n = self
+            .nodes
+            .get(node)
+            .ok_or_else(|| Error::Other(format!("no node {node}")))?;
+        let k = self.pods.len();
+        let ns = Netns::create(&format!("{}p{k}", self.prefix))?;
+        let locks = self.dir().join("cni-locks");
+        let added = agent::CniCall {
+            cni,
+            node_ns: n.ns.name(),
+            node_config: &self.node_files(node).config(),
+            lock_dir: Some(&locks),
+            container_id: &format!("{}{k}", self.prefix),
+            pod_netns: &ns.path(),
+            cni_args: &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{k}"),
+        }
+        .add()?;
+        let addr = match added.addr {
+            Some(IpAddr::V4(a)) => a,
+            _ => {
+                return Err(Error::Other(format!(
+                    "reef-cni gave pod {k} no IPv4 address"
+                )))
+            }
+        };
+        self.pods.push(Pod {
+            ns,
+            node,
+            addr,
+            addr6: added.addr6.and_then(|a| match a {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            }),
+            host_veth: added.host_veth,
         });
         Ok(self.pods.last().expect("just pushed"))
     }
@@ -362,15 +570,18 @@ impl Topology {
         v
     }
 
-    /// Gives up every guard: the namespaces outlive this value. Returns their names.
+    /// Gives up every namespace's guard: the namespaces outlive this value. Returns their
+    /// names. Agents it started are stopped all the same, and its directory removed.
     pub fn persist(self) -> Vec<String> {
         let Topology {
+            agents,
             pods,
             nodes,
             outside,
             router,
             ..
         } = self;
+        drop(agents);
         let mut names: Vec<String> = pods.into_iter().map(|p| p.ns.persist()).collect();
         names.extend(nodes.into_iter().map(|n| n.ns.persist()));
         names.extend(outside.into_iter().map(|o| o.ns.persist()));

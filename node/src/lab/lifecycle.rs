@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use reef_config::crds::{BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec, DEFAULT_NAME};
 use reef_config::IpipMode;
+use reef_integration::agent::{self, Datastore, NodeConfig, NodeFiles};
 use reef_integration::bird::BirdConfig;
 use reef_integration::Topology;
 use reef_ipam::{StoreExt, Typed};
@@ -154,27 +155,17 @@ pub(super) fn up(nodes: usize, subnets: usize, pods: usize) -> Result<()> {
     Ok(())
 }
 
-/// Writes the node config of lab node `n` and describes it.
+/// Writes the node config of lab node `n` (in `STATE/n<i>/`, on the lab's embedded store) and
+/// describes it.
 fn lab_node(n: &reef_integration::topo::Node) -> Result<LabNode> {
     let name = format!("n{}", n.index);
-    let dir = Path::new(STATE).join(&name);
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("node.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "nodeName: {name}\ndatastore:\n  embedded: {{ path: {} }}\naddress: {}/{}\n{}interface: eth0\n\
-             agentSocket: {}\nmtuFile: {}\nlogLevel: info\n",
-            Path::new(STATE).join("store.db").display(),
-            n.addr,
-            n.prefix_len,
-            n.addr6
-                .map(|a| format!("addressV6: {a}/64\n"))
-                .unwrap_or_default(),
-            dir.join("agent.sock").display(),
-            dir.join("mtu").display()
-        ),
-    )?;
+    let files = NodeFiles::new(Path::new(STATE).join(&name));
+    let datastore = Datastore::Embedded(Path::new(STATE).join("store.db"));
+    let config = NodeConfig {
+        log_level: Some("info"),
+        ..n.config(&name, &datastore)
+    }
+    .write(&files)?;
     Ok(LabNode {
         name,
         ns: n.ns.name().to_string(),
@@ -199,8 +190,8 @@ fn start_agent(reef: &Path, n: &LabNode) -> Result<u32> {
     spawn_detached(
         &n.ns,
         reef,
-        &["--config", &path(&n.config), "node", "run"],
-        &n.config.with_file_name("agent.log"),
+        &agent::agent_args(&n.config),
+        &NodeFiles::of_config(&n.config).log(),
     )
 }
 

@@ -1,14 +1,13 @@
 //! Pods made the way a container runtime makes them: `reef-cni` called in the node's
 //! namespace with `CNI_*` variables and the network config on stdin.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Context, Result};
+use reef_integration::agent::CniCall;
 
-use super::process::{path, run_ok};
+use super::process::run_ok;
 use super::{LabNode, LabPod, PREFIX};
 
 /// Calls `reef-cni` for `command` in the node's namespace, the way a container runtime does:
@@ -21,28 +20,32 @@ pub(super) fn cni_call(
     pod_ns: &str,
     cni_args: &str,
 ) -> Result<std::process::Output> {
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0", "name": "reef", "type": "reef-cni",
-        "nodeConfig": path(&n.config),
-        "ipam": {"assignIpv4": true, "assignIpv6": true},
-    });
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &n.ns])
-        .arg(cni)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/")))
-        .env("CNI_ARGS", cni_args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(conf.to_string().as_bytes())?;
+    Ok(call(
+        cni,
+        n,
+        container_id,
+        &format!("/run/netns/{pod_ns}"),
+        cni_args,
+    )
+    .run(command)?)
+}
+
+fn call<'a>(
+    cni: &'a Path,
+    n: &'a LabNode,
+    container_id: &'a str,
+    pod_netns: &'a str,
+    cni_args: &'a str,
+) -> CniCall<'a> {
+    CniCall {
+        cni,
+        node_ns: &n.ns,
+        node_config: &n.config,
+        lock_dir: None,
+        container_id,
+        pod_netns,
+        cni_args,
     }
-    Ok(child.wait_with_output()?)
 }
 
 /// Runs `reef-cni ADD` in the node's namespace, the way a container runtime does.
@@ -50,38 +53,20 @@ pub(super) fn add_pod(cni: &Path, n: &LabNode, i: usize, j: usize) -> Result<Lab
     let ns = format!("{PREFIX}p{i}-{j}");
     run_ok("ip", &["netns", "add", &ns])?;
     let container_id = format!("lab{i}x{j}");
-    let out = cni_call(
-        cni,
-        n,
-        "ADD",
-        &container_id,
-        &ns,
-        &format!("K8S_POD_NAMESPACE=lab;K8S_POD_NAME=pod-{i}-{j}"),
-    )?;
-    if !out.status.success() {
-        bail!(
-            "reef-cni ADD for pod {i}-{j} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let res: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let addrs: Vec<IpAddr> = res["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect();
-    let address = *addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .ok_or_else(|| anyhow!("reef-cni returned no IPv4 address: {res}"))?;
+    let pod_netns = format!("/run/netns/{ns}");
+    let cni_args = format!("K8S_POD_NAMESPACE=lab;K8S_POD_NAME=pod-{i}-{j}");
+    let added = call(cni, n, &container_id, &pod_netns, &cni_args)
+        .add()
+        .with_context(|| format!("reef-cni ADD for pod {i}-{j} failed"))?;
+    let address: IpAddr = added
+        .addr
+        .ok_or_else(|| anyhow!("reef-cni returned no IPv4 address: {}", added.result))?;
     Ok(LabPod {
         name: format!("pod-{i}-{j}"),
         ns,
         node: n.name.clone(),
         address,
-        address6: addrs.iter().copied().find(IpAddr::is_ipv6),
+        address6: added.addr6,
         container_id,
     })
 }
