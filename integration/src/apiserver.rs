@@ -56,7 +56,8 @@
 //! replaces of an object find it changed by "someone else" and get a 409. It can hang
 //! ([`StandIn::hang`]): connections are accepted and requests read, but nothing is answered and
 //! open watch streams send nothing until it is released, as from a server stuck behind etcd.
-//! Large clusters are seeded in one go with [`StandIn::put_custom_resources`].
+//! Large clusters are seeded in one go with [`StandIn::put_custom_resources`], from objects
+//! the [`seed`] helpers make (ReefNodes, block affinities, blocks with allocations).
 //!
 //! ```no_run
 //! use reef_integration::apiserver::StandIn;
@@ -1622,6 +1623,89 @@ fn watch(
     let _ = s.write_all(b"0\r\n\r\n");
 }
 
+/// Objects for [`StandIn::put_custom_resources`] when seeding a simulated cluster: a node's
+/// ReefNode, its block affinity and its block with allocations, written as reef-ipam writes
+/// them. Object names of affinities and blocks are the caller's (reef-ipam's `affinity_name`
+/// and `block_name`: this crate does not link reef-ipam).
+pub mod seed {
+    use reef_config::crds::{
+        AffinityState, Allocation, AllocationAttributes, BlockAffinitySpec, IpamBlockSpec,
+        ReefNodeSpec,
+    };
+    use serde_json::{json, Value};
+
+    /// A custom resource: the plural and `{metadata: {name, labels}, spec}`.
+    pub fn custom(
+        plural: &str,
+        name: &str,
+        labels: Value,
+        spec: impl serde::Serialize,
+    ) -> (String, Value) {
+        // reef's specs are structs with string keys: they always serialize.
+        let spec = serde_json::to_value(spec).expect("a spec serializes");
+        (
+            plural.to_string(),
+            json!({"metadata": {"name": name, "labels": labels}, "spec": spec}),
+        )
+    }
+
+    /// Node `name`'s ReefNode with `address` (with its prefix length, e.g. `10.0.0.2/24`).
+    pub fn reef_node(name: &str, address: &str) -> (String, Value) {
+        let spec: ReefNodeSpec =
+            serde_json::from_value(json!({ "address": address })).expect("a node address");
+        custom("reefnodes", name, json!({}), spec)
+    }
+
+    /// `node`'s Confirmed affinity for block `cidr`, named `name`.
+    pub fn affinity(name: &str, node: &str, cidr: &str) -> (String, Value) {
+        let block = block_spec(cidr);
+        let spec = BlockAffinitySpec {
+            node: node.to_string(),
+            cidr: block.cidr,
+            state: AffinityState::Confirmed,
+        };
+        custom(
+            "blockaffinities",
+            name,
+            json!({"reef.dev/node": node}),
+            spec,
+        )
+    }
+
+    /// Block `cidr` of `size` addresses, affine to `node`, named `name`, with `pods`
+    /// allocations (ordinals `0..pods`, handles `reef.<node>-pod<o>`, pods
+    /// `bench/<node>-pod<o>`), labelled by node and free space as reef-ipam labels blocks.
+    pub fn block(name: &str, node: &str, cidr: &str, size: u32, pods: u32) -> (String, Value) {
+        let mut spec = block_spec(cidr);
+        spec.affinity = Some(node.to_string());
+        spec.allocations = (0..pods)
+            .map(|o| Allocation {
+                ordinal: o,
+                handle_id: format!("reef.{node}-pod{o}"),
+                sequence: u64::from(o) + 1,
+                attributes: AllocationAttributes {
+                    pod_namespace: Some("bench".into()),
+                    pod_name: Some(format!("{node}-pod{o}")),
+                    node: Some(node.to_string()),
+                    purpose: None,
+                    allocated_at: 1_767_225_600,
+                },
+            })
+            .collect();
+        spec.unallocated = (pods..size).collect();
+        spec.sequence_number = u64::from(pods);
+        spec.in_use = pods;
+        spec.free = size - pods;
+        let has_free = if pods < size { "true" } else { "false" };
+        let labels = json!({"reef.dev/node": node, "reef.dev/has-free": has_free});
+        custom("ipamblocks", name, labels, spec)
+    }
+
+    fn block_spec(cidr: &str) -> IpamBlockSpec {
+        serde_json::from_value(json!({ "cidr": cidr })).expect("a block CIDR")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The stand-in's own behaviour, over raw HTTP (the reef.dev resources are exercised by
@@ -2052,6 +2136,36 @@ mod tests {
             l["spec"]["renewTime"].as_str().unwrap().contains('.'),
             "{l}"
         );
+    }
+
+    /// The seed helpers' objects are stored as given and carry what reef-ipam writes: a
+    /// block's free list and counts follow its allocations, the has-free label its space.
+    #[test]
+    fn seeded_nodes_blocks_and_affinities_are_stored_as_reef_ipam_writes_them() {
+        let api = StandIn::start().unwrap();
+        api.put_custom_resources([
+            super::seed::reef_node("n1", "10.0.0.2/24"),
+            super::seed::affinity("n1-10-1-0-0-30", "n1", "10.1.0.0/30"),
+            super::seed::block("b-full", "n1", "10.1.0.0/30", 4, 4),
+            super::seed::block("b-some", "n1", "10.1.0.4/30", 4, 1),
+        ])
+        .unwrap();
+        let node = api.object("reefnodes", "n1").unwrap();
+        assert_eq!(node["spec"]["address"], "10.0.0.2/24");
+        let aff = api.object("blockaffinities", "n1-10-1-0-0-30").unwrap();
+        assert_eq!(aff["spec"]["state"], "confirmed");
+        assert_eq!(aff["metadata"]["labels"]["reef.dev/node"], "n1");
+        let full = api.object("ipamblocks", "b-full").unwrap();
+        assert_eq!(full["metadata"]["labels"]["reef.dev/has-free"], "false");
+        assert_eq!(full["spec"]["inUse"], 4);
+        assert_eq!(full["spec"]["unallocated"], json!([]));
+        let some = api.object("ipamblocks", "b-some").unwrap();
+        assert_eq!(some["metadata"]["labels"]["reef.dev/has-free"], "true");
+        assert_eq!(some["spec"]["unallocated"], json!([1, 2, 3]));
+        assert_eq!(some["spec"]["free"], 3);
+        let a = &some["spec"]["allocations"][0];
+        assert_eq!(a["handleId"], "reef.n1-pod0");
+        assert_eq!(a["attributes"]["podName"], "n1-pod0");
     }
 
     #[test]

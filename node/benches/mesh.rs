@@ -53,9 +53,8 @@ use reef_bgp::packet::{
     Message, Notification, Open, PeerKind, Update,
 };
 use reef_bgp::Asn;
-use reef_config::crds::{AffinityState, BlockAffinitySpec, IpamBlockSpec, ReefNodeSpec};
 use reef_integration::agent::{Agent, AgentSpec};
-use reef_integration::apiserver::StandIn;
+use reef_integration::apiserver::{seed, StandIn};
 use reef_integration::procfs::{cpu_time, peak_rss_kib};
 use reef_integration::{lan, Netns};
 use serde_json::{json, Value};
@@ -96,46 +95,14 @@ fn block_cidr(i: usize) -> Ipv4Network {
     Ipv4Network::new(Ipv4Addr::from(base), 26).expect("a /26")
 }
 
-fn custom(plural: &str, name: &str, labels: Value, spec: impl serde::Serialize) -> (String, Value) {
-    (
-        plural.to_string(),
-        json!({"metadata": {"name": name, "labels": labels},
-               "spec": serde_json::to_value(spec).unwrap()}),
-    )
-}
-
 /// A node's ReefNode, confirmed affinity and empty block.
 fn node_objects(name: &str, address: Ipv4Addr, cidr: Ipv4Network) -> Vec<(String, Value)> {
     let cidr = IpNetwork::V4(cidr);
-    let spec: ReefNodeSpec =
-        serde_json::from_value(json!({"address": format!("{address}/22")})).unwrap();
-    let block = IpamBlockSpec {
-        cidr,
-        affinity: Some(name.to_string()),
-        allocations: Vec::new(),
-        unallocated: (0..64).collect(),
-        sequence_number: 0,
-        in_use: 0,
-        free: 64,
-    };
+    let c = cidr.to_string();
     vec![
-        custom("reefnodes", name, json!({}), spec),
-        custom(
-            "blockaffinities",
-            &reef_ipam::ipam::affinity_name(name, &cidr),
-            json!({"reef.dev/node": name}),
-            BlockAffinitySpec {
-                node: name.to_string(),
-                cidr,
-                state: AffinityState::Confirmed,
-            },
-        ),
-        custom(
-            "ipamblocks",
-            &reef_ipam::ipam::block_name(&cidr),
-            json!({"reef.dev/node": name, "reef.dev/has-free": "true"}),
-            block,
-        ),
+        seed::reef_node(name, &format!("{address}/22")),
+        seed::affinity(&reef_ipam::ipam::affinity_name(name, &cidr), name, &c),
+        seed::block(&reef_ipam::ipam::block_name(&cidr), name, &c, 64, 0),
     ]
 }
 
@@ -599,13 +566,13 @@ fn main() {
     let t = Instant::now();
     let agent_name = "agent";
     let mut objects = vec![
-        custom(
+        seed::custom(
             "ippools",
             "default",
             json!({}),
             json!({"cidr": "10.128.0.0/16", "blockSize": 26, "ipipMode": "Never"}),
         ),
-        custom(
+        seed::custom(
             "bgpconfigurations",
             "default",
             json!({}),

@@ -41,11 +41,9 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use reef_config::crds::{
-    AffinityState, Allocation, AllocationAttributes, BlockAffinitySpec, IpamBlockSpec, ReefNodeSpec,
-};
+use reef_config::crds::{Allocation, AllocationAttributes, IpamBlockSpec};
 use reef_integration::agent::{Agent, AgentSpec};
-use reef_integration::apiserver::{RequestKey, StandIn};
+use reef_integration::apiserver::{seed, RequestKey, StandIn};
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
 use reef_integration::procfs::{cpu_time, peak_rss_kib};
 use reef_integration::{lan, Netns};
@@ -148,14 +146,6 @@ fn leases_elsewhere(api: &StandIn) {
     }
 }
 
-fn custom(plural: &str, name: &str, labels: Value, spec: impl serde::Serialize) -> (String, Value) {
-    (
-        plural.to_string(),
-        json!({"metadata": {"name": name, "labels": labels},
-               "spec": serde_json::to_value(spec).unwrap()}),
-    )
-}
-
 /// Node `i`'s name.
 fn node_name(i: usize) -> String {
     format!("n{i:04}")
@@ -169,52 +159,13 @@ fn block_cidr(i: usize) -> ipnetwork::IpNetwork {
 
 /// A block affine to `node` with `pods` allocations (ordinals 0..pods).
 fn block(node: &str, cidr: ipnetwork::IpNetwork, pods: u32) -> (String, Value) {
-    let spec = IpamBlockSpec {
-        cidr,
-        affinity: Some(node.to_string()),
-        allocations: (0..pods)
-            .map(|o| Allocation {
-                ordinal: o,
-                handle_id: format!("reef.{node}-pod{o}"),
-                sequence: u64::from(o) + 1,
-                attributes: AllocationAttributes {
-                    pod_namespace: Some("bench".into()),
-                    pod_name: Some(format!("{node}-pod{o}")),
-                    node: Some(node.to_string()),
-                    purpose: None,
-                    allocated_at: 1_767_225_600,
-                },
-            })
-            .collect(),
-        unallocated: (pods..BLOCK_SIZE).collect(),
-        sequence_number: u64::from(pods),
-        in_use: pods,
-        free: BLOCK_SIZE - pods,
-    };
-    custom(
-        "ipamblocks",
-        &reef_ipam::ipam::block_name(&cidr),
-        json!({"reef.dev/node": node, "reef.dev/has-free": "true"}),
-        spec,
-    )
+    let name = reef_ipam::ipam::block_name(&cidr);
+    seed::block(&name, node, &cidr.to_string(), BLOCK_SIZE, pods)
 }
 
 fn affinity(node: &str, cidr: ipnetwork::IpNetwork) -> (String, Value) {
-    custom(
-        "blockaffinities",
-        &reef_ipam::ipam::affinity_name(node, &cidr),
-        json!({"reef.dev/node": node}),
-        BlockAffinitySpec {
-            node: node.to_string(),
-            cidr,
-            state: AffinityState::Confirmed,
-        },
-    )
-}
-
-fn reef_node(name: &str, address: &str) -> (String, Value) {
-    let spec: ReefNodeSpec = serde_json::from_value(json!({"address": address})).unwrap();
-    custom("reefnodes", name, json!({}), spec)
+    let name = reef_ipam::ipam::affinity_name(node, &cidr);
+    seed::affinity(&name, node, &cidr.to_string())
 }
 
 /// One more pod on node `node`'s block `cidr`, as its CNI plugin writes it: the handle, then
@@ -277,13 +228,13 @@ fn cluster(reef: &str, rows: &mut Vec<Row>) {
         .unwrap();
     let t = Instant::now();
     let mut objects = vec![
-        custom(
+        seed::custom(
             "ippools",
             "default",
             json!({}),
             json!({"cidr": "10.128.0.0/9", "blockSize": 26, "ipipMode": "Never"}),
         ),
-        custom(
+        seed::custom(
             "bgpconfigurations",
             "default",
             json!({}),
@@ -299,7 +250,7 @@ fn cluster(reef: &str, rows: &mut Vec<Row>) {
         };
         api.put_node(&name, &[], &[&addr]);
         let cidr = block_cidr(i);
-        objects.push(reef_node(&name, &format!("{addr}/24")));
+        objects.push(seed::reef_node(&name, &format!("{addr}/24")));
         objects.push(affinity(&name, cidr));
         objects.push(block(&name, cidr, PODS_PER_NODE));
     }
@@ -520,19 +471,19 @@ fn hung(reef: &str, rows: &mut Vec<Row>) {
     api.put_node(NODE, &[], &[NODE_IP]);
     let own = "10.244.0.0/26".parse().unwrap();
     api.put_custom_resources([
-        custom(
+        seed::custom(
             "ippools",
             "default",
             json!({}),
             json!({"cidr": "10.244.0.0/16", "blockSize": 26, "ipipMode": "Never"}),
         ),
-        custom(
+        seed::custom(
             "bgpconfigurations",
             "default",
             json!({}),
             json!({"asNumber": 64512}),
         ),
-        custom(
+        seed::custom(
             "bgppeers",
             "router",
             json!({}),

@@ -16,7 +16,7 @@ use reef_config::crds::{BgpPeerSpec, IpPoolSpec, ReefNodeSpec};
 use reef_integration::agent::{Agent, AgentSpec};
 use reef_integration::apiserver::StandIn;
 use reef_integration::bird::{Bird, BirdConfig, BirdPeer};
-use reef_integration::{wait_for, Netns};
+use reef_integration::{lan, wait_for, Netns};
 use reef_ipam::kubernetes::KubeStore;
 use reef_ipam::{AutoAssignArgs, HandleId, Ipam, StoreExt, Typed};
 use serde_json::json;
@@ -71,30 +71,8 @@ fn bird_with(router: &Netns, password: &str) -> Bird {
 
 #[test]
 fn bgp_passwords_are_watched_by_name_and_cost_nothing_per_datastore_change() {
-    let node = Netns::new("agsec-n").unwrap();
-    let router = Netns::new("agsec-r").unwrap();
-    node.ip(["link", "set", "lo", "up"]).unwrap();
-    router.ip(["link", "set", "lo", "up"]).unwrap();
-    node.ip([
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        router.name(),
-    ])
-    .unwrap();
-    node.ip(["addr", "add", &format!("{NODE_IP}/24"), "dev", "eth0"])
-        .unwrap();
-    router
-        .ip(["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"])
-        .unwrap();
-    node.ip(["link", "set", "eth0", "up"]).unwrap();
-    router.ip(["link", "set", "eth0", "up"]).unwrap();
+    let router = lan::router("agsec-r", &format!("{ROUTER_IP}/24")).unwrap();
+    let node = lan::node(&router, "agsec-n", "n", &format!("{NODE_IP}/24")).unwrap();
 
     let api = node.in_ns(|| StandIn::start().map_err(io)).unwrap();
     let url = api.url();
