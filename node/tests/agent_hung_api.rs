@@ -7,8 +7,9 @@
 //! is seen), so the rewrite hangs. Then BIRD withdraws a route: it must leave the node's
 //! kernel within a second while the API server still hangs (with nothing hung it takes a few
 //! ms). An agent that rewrites the ReefNode inside its loop programs the withdraw only once
-//! the rewrite gave up (10 s, the store's request timeout). When the stand-in answers again,
-//! the ReefNode carries the new labels.
+//! the rewrite gave up (10 s, the store's request timeout). The stand-in answers again after
+//! 12 s, when the rewrite has failed: the ReefNode must carry the new labels all the same
+//! (the rewrite is retried).
 //!
 //! The rewrite may finish between the handle GET and the hang (the test's poll is late): then
 //! the round did not test anything and is tried again with the next labels.
@@ -29,6 +30,9 @@ const NODE: &str = "h1";
 const ROUNDS: usize = 5;
 /// The bound on withdraw → kernel while the API server hangs.
 const BOUND: Duration = Duration::from_secs(1);
+/// How long the API server hangs in the round that counts: longer than the store's request
+/// timeout (10 s), so the hung rewrite fails and only a retry writes the labels.
+const HUNG: Duration = Duration::from_secs(12);
 
 fn io(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
@@ -146,6 +150,7 @@ fn a_bgp_withdraw_reaches_the_kernel_while_the_reef_node_rewrite_hangs() {
             std::hint::spin_loop();
         }
         api.hang(true);
+        let hung_at = Instant::now();
         let hung_in_time = reef_node_rack(&api).as_deref() != Some(rack.as_str());
 
         let t = Instant::now();
@@ -160,6 +165,10 @@ fn a_bgp_withdraw_reaches_the_kernel_while_the_reef_node_rewrite_hangs() {
         }
         // The rewrite hung all along (not written during the withdraw): the round counts.
         let counts = hung_in_time && reef_node_rack(&api).as_deref() != Some(rack.as_str());
+        if counts {
+            // Hung longer than a request may take: the rewrite fails and must be retried.
+            std::thread::sleep(HUNG.saturating_sub(hung_at.elapsed()));
+        }
         api.hang(false);
         eprintln!(
             "round {i}: withdraw -> kernel {took:?} ({})",
@@ -190,7 +199,8 @@ fn a_bgp_withdraw_reaches_the_kernel_while_the_reef_node_rewrite_hangs() {
          server hung\n{}",
         agent.log()
     );
-    // The API server answers again: the rewrite is retried and the ReefNode takes the labels.
+    // The API server answers again: the failed rewrite is retried and the ReefNode takes the
+    // labels (the agent never sees the labels change again).
     wait_for(
         "the ReefNode's labels after the hang",
         Duration::from_secs(60),
@@ -200,4 +210,9 @@ fn a_bgp_withdraw_reaches_the_kernel_while_the_reef_node_rewrite_hangs() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let log = agent.log();
+    assert!(
+        log.contains("writing the node's labels"),
+        "the hung rewrite did not fail (the hang was shorter than a request's timeout?)\n{log}"
+    );
 }

@@ -23,6 +23,8 @@ use tokio::sync::watch;
 
 use super::SharedIpam;
 
+/// How many times a ReefNode write is tried when others write it meanwhile (409).
+const WRITE_TRIES: usize = 5;
 /// The first wait after a failed rewrite; doubled after each failure up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(16);
@@ -43,13 +45,13 @@ pub fn register(ipam: &SharedIpam, cfg: &NodeConfig) -> Result<IpAddr> {
         route_reflector_cluster_id: None,
     };
     let store = ipam.store();
-    for _ in 0..5 {
+    for _ in 0..WRITE_TRIES {
         match store.get_typed::<ReefNodeSpec>(&cfg.node_name)? {
             None => {
                 let mut obj = Typed::new(cfg.node_name.clone(), spec.clone());
                 obj.labels = labels.clone();
                 match store.create_typed(&obj) {
-                    Ok(_) => break,
+                    Ok(_) => return Ok(tunnel),
                     Err(reef_ipam::Error::AlreadyExists { .. }) => continue,
                     Err(e) => return Err(e.into()),
                 }
@@ -59,19 +61,23 @@ pub fn register(ipam: &SharedIpam, cfg: &NodeConfig) -> Result<IpAddr> {
                 let mut s = spec.clone();
                 s.route_reflector_cluster_id = obj.spec.route_reflector_cluster_id;
                 if obj.spec == s && obj.labels == labels {
-                    break;
+                    return Ok(tunnel);
                 }
                 obj.spec = s;
                 obj.labels = labels.clone();
                 match store.update_typed(&obj) {
-                    Ok(_) => break,
+                    Ok(_) => return Ok(tunnel),
                     Err(reef_ipam::Error::Conflict { .. }) => continue,
                     Err(e) => return Err(e.into()),
                 }
             }
         }
     }
-    Ok(tunnel)
+    // Not written: start-up fails (and the agent is restarted), the relabel task retries.
+    Err(anyhow::anyhow!(
+        "writing the ReefNode {}: {WRITE_TRIES} conflicting writes in a row",
+        cfg.node_name
+    ))
 }
 
 /// Starts the relabel task: `cfg` was registered with `cfg.labels`; each new value of
