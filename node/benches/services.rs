@@ -3,7 +3,7 @@
 //! process; no real API server runs here) holds 5,000 Services (1,000 of type LoadBalancer with
 //! status IPs the bench writes as a LoadBalancer controller would, 500 of those with
 //! `externalTrafficPolicy: Local`) and 50,000 endpoints (one EndpointSlice of 10 per Service,
-//! spread over 10 node names); one real agent (`reef node run`, node n1) peers with the lab's
+//! on 10 consecutive of 20 node names); one real agent (`reef node run`, node n1) peers with the lab's
 //! BIRD in namespaces the bench creates (`reeft-…`, removed on exit).
 //!
 //! Figures:
@@ -12,8 +12,9 @@
 //!    probe is `birdc show route for ADDR/32` (a prefix lookup, not a table walk); its own
 //!    cost is printed;
 //! 2. the agent's CPU (utime + stime from /proc/PID/stat) while 100 endpoints a second move
-//!    between nodes for 10 s (every move rewrites one slice; a tenth of them touch n1's
-//!    Local Services).
+//!    between nodes for 10 s (every move rewrites one slice; a tenth of them are Local
+//!    Services' slices whose move adds or removes n1's endpoint, so n1 originates or
+//!    withdraws that /32: 10 route changes a second; the others change nothing on n1).
 //!
 //! `REEF_BENCH_TIMED` sets the number of timed Services (default 200).
 
@@ -36,6 +37,8 @@ const SERVICES: usize = 5_000;
 const LB: usize = 1_000;
 const LOCAL: usize = 500;
 const ENDPOINTS_PER_SLICE: usize = 10;
+/// Node names the endpoints are spread over (n1 is the measured agent's).
+const NODE_NAMES: usize = 20;
 
 fn io(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
@@ -52,11 +55,16 @@ fn endpoints(i: usize, turn: usize) -> Vec<(String, String, bool)> {
         .map(|e| {
             (
                 format!("10.{}.{}.{}", 100 + i / 65_000, (i / 250) % 256, e + 1),
-                format!("n{}", (i + e + turn) % 10 + 1),
+                format!("n{}", (i + e + turn) % NODE_NAMES + 1),
                 true,
             )
         })
         .collect()
+}
+
+/// Whether Service `i`'s slice holds an endpoint on n1 at `turn`.
+fn on_n1(i: usize, turn: usize) -> bool {
+    endpoints(i, turn).iter().any(|(_, n, _)| n == "n1")
 }
 
 fn put_slice(api: &StandIn, i: usize, turn: usize) {
@@ -223,6 +231,10 @@ fn main() {
     let c0 = cpu_time(pid);
     let t0 = Instant::now();
     let mut moved = 0;
+    // Each slice's current turn, and the moves that add or remove n1's endpoint of a Local
+    // Service (each one a /32 n1 originates or withdraws).
+    let mut turns = vec![0usize; SERVICES];
+    let mut flips = 0;
     while t0.elapsed() < Duration::from_secs(10) {
         let due = Duration::from_millis(10 * moved as u64);
         if let Some(w) = due.checked_sub(t0.elapsed()) {
@@ -234,7 +246,12 @@ fn main() {
         } else {
             LOCAL + moved % (SERVICES - LOCAL)
         };
-        put_slice(&api, i, moved / 10 + 1);
+        let turn = moved / 10 + 1;
+        if i < LOCAL && on_n1(i, turns[i]) != on_n1(i, turn) {
+            flips += 1;
+        }
+        turns[i] = turn;
+        put_slice(&api, i, turn);
         moved += 1;
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -242,10 +259,28 @@ fn main() {
     let c1 = cpu_time(pid);
     let cpu = (c1 - c0).as_secs_f64() / (secs + 0.5);
     println!(
-        "agent CPU while {moved} endpoint moves in {secs:.1} s ({:.0}/s): {:.1} % of one core",
+        "agent CPU while {moved} endpoint moves in {secs:.1} s ({:.0}/s; {flips} of them add or remove n1's endpoint of a Local Service): {:.1} % of one core",
         moved as f64 / secs,
         cpu * 100.0
     );
+    // The moves took effect: each Local /32 is at the router exactly when n1 holds one of
+    // its endpoints.
+    let wrong = |turns: &[usize]| -> Vec<usize> {
+        (0..LOCAL)
+            .filter(|&i| has(&format!("{}/32", lb_ip(i))) != on_n1(i, turns[i]))
+            .collect()
+    };
+    let t = Instant::now();
+    let mut w = wrong(&turns);
+    while !w.is_empty() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        w = wrong(&turns);
+    }
+    println!(
+        "Local /32s at the router after the moves: {} of {LOCAL} as n1's endpoints say",
+        LOCAL - w.len()
+    );
+    assert!(w.is_empty(), "Local Services advertised wrongly: {w:?}");
     let st = agent.status();
     println!(
         "agent: {} Services and {} slices cached, {} Service routes",

@@ -293,7 +293,7 @@ impl Ignored {
 }
 
 /// What one Service contributes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Contribution {
     routes: Vec<(IpNetwork, Kind)>,
     withheld: Vec<(IpAddr, String)>,
@@ -314,6 +314,10 @@ pub struct Advertiser {
     routes: BTreeMap<IpNetwork, (Kind, BTreeSet<SvcKey>)>,
     /// Ignored addresses found since [`Advertiser::take_ignored`] (repeats included).
     ignored: Vec<Ignored>,
+    /// Whether [`Advertiser::adverts`] may have changed since [`Advertiser::take_changed`]:
+    /// building them walks every Service route, so a change that leaves this node's routes
+    /// alone (most endpoint moves elsewhere) must not cost that walk.
+    changed: bool,
 }
 
 impl Advertiser {
@@ -322,6 +326,7 @@ impl Advertiser {
             return;
         }
         self.ranges = r;
+        self.changed = true;
         let keys: Vec<SvcKey> = self.services.keys().cloned().collect();
         for k in keys {
             self.recompute(&k);
@@ -332,12 +337,16 @@ impl Advertiser {
         if self.services.get(&key) == Some(&svc) {
             return;
         }
+        // A changed Service may change a reason with the same routes (its policy), a new one
+        // the count `reef status` shows.
+        self.changed = true;
         self.services.insert(key.clone(), svc);
         self.recompute(&key);
     }
 
     pub fn remove_service(&mut self, key: &SvcKey) {
         if self.services.remove(key).is_some() {
+            self.changed = true;
             self.recompute(key);
         }
     }
@@ -362,15 +371,18 @@ impl Advertiser {
     /// A slice changed: `of` is its Service and whether it holds a ready endpoint here (None:
     /// it names no Service).
     pub fn upsert_slice(&mut self, slice: SvcKey, of: Option<(SvcKey, bool)>) {
+        let count = self.slices.len();
         let old = match &of {
             Some(v) => self.slices.insert(slice, v.clone()),
             None => self.slices.remove(&slice),
         };
+        self.changed |= self.slices.len() != count;
         self.slice_changed(old, of);
     }
 
     pub fn remove_slice(&mut self, slice: &SvcKey) {
         let old = self.slices.remove(slice);
+        self.changed |= old.is_some();
         self.slice_changed(old, None);
     }
 
@@ -415,17 +427,19 @@ impl Advertiser {
     }
 
     fn recompute(&mut self, key: &SvcKey) {
-        if let Some(old) = self.out.remove(key) {
-            for (p, _) in old.routes {
-                if let Some((_, svcs)) = self.routes.get_mut(&p) {
+        let old = self.out.remove(key);
+        if let Some(old) = &old {
+            for (p, _) in &old.routes {
+                if let Some((_, svcs)) = self.routes.get_mut(p) {
                     svcs.remove(key);
                     if svcs.is_empty() {
-                        self.routes.remove(&p);
+                        self.routes.remove(p);
                     }
                 }
             }
         }
         let Some(svc) = self.services.get(key) else {
+            self.changed |= old.is_some();
             return;
         };
         let mut c = Contribution::default();
@@ -473,7 +487,13 @@ impl Advertiser {
                 .1
                 .insert(key.clone());
         }
+        self.changed |= old.as_ref() != Some(&c);
         self.out.insert(key.clone(), c);
+    }
+
+    /// Whether this node's adverts may have changed since the last call (see `changed`).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// The ignored addresses found since the last call (to report as Events).
@@ -761,6 +781,9 @@ pub fn spawn(
             for ig in a.take_ignored() {
                 let _ = etx.try_send(ig);
             }
+            if !a.take_changed() {
+                continue;
+            }
             let new = a.adverts();
             tx.send_if_modified(|cur| {
                 let changed = *cur != new;
@@ -977,6 +1000,66 @@ mod tests {
         // The policy turns to Cluster: from every node, endpoints or not.
         a.upsert_service(key("db"), svc(&[], &["198.51.100.5"], false));
         assert_eq!(prefixes(&a).len(), 3);
+    }
+
+    #[test]
+    fn adverts_are_rebuilt_only_when_they_may_have_changed() {
+        let mut a = Advertiser::default();
+        a.set_ranges(ranges());
+        a.upsert_service(key("db"), svc(&[], &["198.51.100.5"], true));
+        a.upsert_service(key("web"), svc(&[], &["198.51.100.6"], false));
+        assert!(a.take_changed());
+        let mut last = a.adverts();
+        // (what happens, whether this node's adverts may change)
+        type Step = (&'static str, fn(&mut Advertiser), bool);
+        let steps: [Step; 8] = [
+            (
+                "a new slice (count shown)",
+                |a| a.upsert_slice(key("db-1"), Some((key("db"), false))),
+                true,
+            ),
+            (
+                "the same slice again",
+                |a| a.upsert_slice(key("db-1"), Some((key("db"), false))),
+                false,
+            ),
+            (
+                "a Cluster Service's endpoint moves here",
+                |a| a.upsert_slice(key("web-1"), Some((key("web"), true))),
+                true,
+            ),
+            (
+                "and away again",
+                |a| a.upsert_slice(key("web-1"), Some((key("web"), false))),
+                false,
+            ),
+            (
+                "a Local Service's endpoint moves here",
+                |a| a.upsert_slice(key("db-1"), Some((key("db"), true))),
+                true,
+            ),
+            (
+                "the Service rewritten unchanged",
+                |a| a.upsert_service(key("db"), svc(&[], &["198.51.100.5"], true)),
+                false,
+            ),
+            (
+                "its endpoint leaves",
+                |a| a.upsert_slice(key("db-1"), Some((key("db"), false))),
+                true,
+            ),
+            ("the Service goes", |a| a.remove_service(&key("db")), true),
+        ];
+        for (what, step, expected) in steps {
+            step(&mut a);
+            let changed = a.take_changed();
+            let now = a.adverts();
+            assert_eq!(changed, expected, "{what}");
+            if !changed {
+                assert_eq!(now, last, "{what}: adverts changed unannounced");
+            }
+            last = now;
+        }
     }
 
     #[test]
