@@ -219,28 +219,44 @@ pub fn wait_sessions(
     want: usize,
     timeout: Duration,
 ) -> Result<(), Error> {
-    crate::wait_for(
-        &format!("{name}'s {want} BGP sessions"),
-        timeout,
-        |last| match snapshot(&files.socket()) {
-            Ok(s) => {
-                let up = established(&s);
-                *last = format!("{up} of {want} Established");
-                (up >= want).then_some(())
-            }
-            Err(e) => {
-                *last = format!("no answer: {e}");
-                None
-            }
-        },
-    )
-    .map_err(|e| {
-        Error::Other(format!(
-            "{e}\n--- {name} agent log ({}, last lines):\n{}",
-            files.log().display(),
-            log_tail(&files.log(), 15)
-        ))
-    })
+    wait_sessions_while(name, files, want, timeout, || true)
+}
+
+/// [`wait_sessions`], giving up at once when `running` says the agent's process is gone.
+pub fn wait_sessions_while(
+    name: &str,
+    files: &NodeFiles,
+    want: usize,
+    timeout: Duration,
+    mut running: impl FnMut() -> bool,
+) -> Result<(), Error> {
+    let waited =
+        crate::wait_for(
+            &format!("{name}'s {want} BGP sessions"),
+            timeout,
+            |last| match snapshot(&files.socket()) {
+                Ok(s) => {
+                    let up = established(&s);
+                    *last = format!("{up} of {want} Established");
+                    (up >= want).then_some(Ok(()))
+                }
+                Err(e) if !running() => Some(Err(format!("{name}'s agent exited ({e})"))),
+                Err(e) => {
+                    *last = format!("no answer: {e}");
+                    None
+                }
+            },
+        );
+    let e = match waited {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(exited)) => exited,
+        Err(timeout) => timeout.to_string(),
+    };
+    Err(Error::Other(format!(
+        "{e}\n--- {name} agent log ({}, last lines):\n{}",
+        files.log().display(),
+        log_tail(&files.log(), 15)
+    )))
 }
 
 /// One pod's `reef-cni` calls in a node's namespace, made the way a container runtime makes

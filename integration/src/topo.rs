@@ -512,8 +512,10 @@ impl Topology {
             });
         }
         let want = self.nodes.len() - 1 + opts.extra_sessions;
-        for a in &self.agents {
-            agent::wait_sessions(&a.name, &a.files, want, opts.timeout)?;
+        for a in &mut self.agents {
+            agent::wait_sessions_while(&a.name, &a.files, want, opts.timeout, || {
+                a.process.is_running()
+            })?;
         }
         Ok(())
     }

@@ -21,8 +21,11 @@ use std::time::Duration;
 
 use reef_config::crds::IpPoolSpec;
 use reef_config::IpipMode;
+use reef_integration::agent::Datastore;
+use reef_integration::apiserver::{seed, StandIn};
 use reef_integration::topo::{AgentOptions, Topology};
 use reef_ipam::{EmbeddedStore, Ipam};
+use serde_json::json;
 
 const REEF: &str = env!("CARGO_BIN_EXE_reef");
 
@@ -163,6 +166,71 @@ fn a_session_that_never_comes_names_the_node_and_leaves_nothing() {
     assert!(err.contains("1 of 2 Established"), "{err}");
     assert!(err.contains("n0 agent log"), "{err}");
     assert_eq!(topo.agents.len(), 2);
+    let leftovers = Leftovers::of(&topo);
+    drop(topo);
+    leftovers.assert_gone();
+}
+
+/// A topology of `nodes` on 2 subnets whose agents read the API-server stand-in, which
+/// listens in the router namespace on the router's address (every node reaches it), with the
+/// nodes' Nodes and, with `pool`, an IPv4 pool.
+fn on_the_stand_in(nodes: usize, pool: bool) -> (Topology, StandIn, AgentOptions) {
+    let topo = Topology::builder().nodes(nodes).subnets(2).build().unwrap();
+    let api = topo
+        .router
+        .in_ns(|| {
+            StandIn::start_on("10.100.1.1:0".parse().unwrap())
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .unwrap();
+    for n in &topo.nodes {
+        api.put_node(&format!("n{}", n.index), &[], &[&n.addr.to_string()]);
+    }
+    if pool {
+        let pool = json!({"cidr": "10.244.0.0/16", "ipipMode": "CrossSubnet"});
+        api.put_custom_resources([seed::custom("ippools", "default", json!({}), pool)])
+            .unwrap();
+    }
+    let kubeconfig = api.write_kubeconfig(topo.dir()).unwrap();
+    let mut opts = AgentOptions::new(REEF);
+    opts.datastore = Some(Datastore::Kubernetes { kubeconfig });
+    (topo, api, opts)
+}
+
+/// The Kubernetes datastore mode: the agents register through the stand-in and mesh.
+#[test]
+fn agents_on_the_kubernetes_stand_in_mesh() {
+    let (mut topo, api, opts) = on_the_stand_in(3, true);
+    topo.start_agents(&opts).unwrap();
+    for a in &topo.agents {
+        assert_eq!(
+            reef_integration::agent::established(&a.snapshot().unwrap()),
+            2
+        );
+        assert!(a.files.config().starts_with(topo.dir()));
+    }
+    // The ReefNodes the agents registered through the stand-in.
+    for n in ["n0", "n1", "n2"] {
+        assert!(api.object("reefnodes", n).is_some(), "no ReefNode {n}");
+    }
+    let leftovers = Leftovers::of(&topo);
+    drop(topo);
+    leftovers.assert_gone();
+}
+
+/// An agent that exits (here: no pool gives it a tunnel address) is reported at once with its
+/// log, not after the whole timeout.
+#[test]
+fn an_agent_that_exits_is_reported_at_once() {
+    let (mut topo, _api, opts) = on_the_stand_in(2, false);
+    let t0 = std::time::Instant::now();
+    let err = topo.start_agents(&opts).unwrap_err().to_string();
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert!(err.contains("n0's agent exited"), "{err}");
+    assert!(
+        err.contains("no enabled IPv4 pool selects node n0"),
+        "{err}"
+    );
     let leftovers = Leftovers::of(&topo);
     drop(topo);
     leftovers.assert_gone();
