@@ -354,6 +354,28 @@ impl StandIn {
         Ok(path)
     }
 
+    /// [`StandIn::kubeconfig`] presenting `token` (one [`StandIn::issue_token`] gave): the
+    /// stand-in counts that client's requests apart from the others'.
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
+        self.kubeconfig()
+            .replace("user: {}", &format!("user: {{token: {token}}}"))
+    }
+
+    /// Issues a token for the service account `namespace/name` and writes a kubeconfig that
+    /// presents it to `dir/kubeconfig`; returns that path.
+    pub fn write_token_kubeconfig(
+        &self,
+        dir: &Path,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PathBuf, Error> {
+        let token = self.issue_token(namespace, name)?;
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, self.kubeconfig_with_token(&token))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(path)
+    }
+
     /// Creates or replaces the Pod `namespace/name` with these annotations (as the kubelet's
     /// view of a pod the runtime is about to wire up). Clients read it with
     /// `GET /api/v1/namespaces/{namespace}/pods/{name}`.

@@ -614,14 +614,9 @@ fn main() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let token = api.issue_token("reef-system", "reef-node").unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        api.kubeconfig()
-            .replace("user: {}", &format!("user: {{token: {token}}}")),
-    )
-    .unwrap();
+    let kubeconfig = api
+        .write_token_kubeconfig(dir.path(), "reef-system", "reef-node")
+        .unwrap();
     let node_ns = lan::node(&sim_ns, "ms-n", agent_name, &format!("{AGENT_IP}/22")).unwrap();
     let blocks: HashSet<String> = (0..n).map(|i| block_cidr(i).to_string()).collect();
     let address = format!("{AGENT_IP}/22");

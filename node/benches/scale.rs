@@ -36,7 +36,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
@@ -123,19 +122,6 @@ fn status_writes(reqs: &BTreeMap<RequestKey, u64>) -> u64 {
         .filter(|(k, _)| k.resource == "reefnodes/status" && k.verb == "update")
         .map(|(_, n)| n)
         .sum()
-}
-
-/// A kubeconfig for the stand-in that presents a token it issued.
-fn kubeconfig_with_token(api: &StandIn, dir: &Path) -> std::path::PathBuf {
-    let token = api.issue_token("reef-system", "reef-node").unwrap();
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        api.kubeconfig()
-            .replace("user: {}", &format!("user: {{token: {token}}}")),
-    )
-    .unwrap();
-    path
 }
 
 /// The cluster-wide Leases (the cleaner's, LoadBalancer assignment's) held by node `c`, not
@@ -263,7 +249,9 @@ fn cluster(reef: &str, rows: &mut Vec<Row>) {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = kubeconfig_with_token(&api, dir.path());
+    let kubeconfig = api
+        .write_token_kubeconfig(dir.path(), "reef-system", "reef-node")
+        .unwrap();
     let ns = lan::node(&router, "sc-n", &node_name(0), &format!("{NODE_IP}/24")).unwrap();
     let address = format!("{NODE_IP}/24");
     let d = dir.path().join("agent");
@@ -508,7 +496,9 @@ fn hung(reef: &str, rows: &mut Vec<Row>) {
     let bird = Bird::start(&router, &cfg).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = kubeconfig_with_token(&api, dir.path());
+    let kubeconfig = api
+        .write_token_kubeconfig(dir.path(), "reef-system", "reef-node")
+        .unwrap();
     let ns = lan::node(&router, "sh-n", NODE, &format!("{NODE_IP}/24")).unwrap();
     let address = format!("{NODE_IP}/24");
     let d = dir.path().join("agent");

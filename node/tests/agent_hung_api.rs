@@ -111,14 +111,9 @@ fn a_bgp_withdraw_reaches_the_kernel_while_the_reef_node_rewrite_hangs() {
 
     // The agent presents a token the stand-in issued: its requests are counted apart.
     let dir = tempfile::tempdir().unwrap();
-    let token = api.issue_token("reef-system", "reef-node").unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        api.kubeconfig()
-            .replace("user: {}", &format!("user: {{token: {token}}}")),
-    )
-    .unwrap();
+    let kubeconfig = api
+        .write_token_kubeconfig(dir.path(), "reef-system", "reef-node")
+        .unwrap();
     let ns = lan::node(&router, "hung-n", NODE, &format!("{NODE_IP}/24")).unwrap();
     let address = format!("{NODE_IP}/24");
     let d = dir.path().join("agent");

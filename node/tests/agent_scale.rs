@@ -111,12 +111,7 @@ fn another_nodes_pod_starts_cost_the_agent_no_list_and_no_block_request() {
     let token = issue_token(&ns, &api, "reef-node");
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        api.kubeconfig()
-            .replace("user: {}", &format!("user: {{token: {token}}}")),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, api.kubeconfig_with_token(&token)).unwrap();
     let d = dir.path().join("a");
     let address = format!("{NODE_IP}/24");
     let agent = Agent::spawn(&ns, &AgentSpec::new(REEF, "a", &address, &kubeconfig, &d)).unwrap();
