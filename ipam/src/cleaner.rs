@@ -231,6 +231,10 @@ impl Leading {
             })
             .collect();
         let unowned = ipam.release_unowned_empty_blocks()?.len();
+        let relabeled = ipam.relabel_blocks()?;
+        if !relabeled.is_empty() {
+            tracing::info!(blocks = ?relabeled, "cleanup: index labels of blocks rewritten from their spec");
+        }
         self.last_resync = Some(Instant::now());
         Ok(unowned)
     }

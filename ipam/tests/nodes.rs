@@ -366,3 +366,56 @@ fn leaked_addresses_are_freed_after_the_grace_but_never_once_reused() {
     let r = ipam.check(None).unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
+
+#[test]
+fn the_leader_relabels_blocks_whose_index_labels_disagree_with_their_spec() {
+    // As after an upgrade from a reef that had no `reef.dev/lent`: n1's block holds an
+    // address of n2's, but the label that makes every agent follow it is missing.
+    let api = StandIn::start().unwrap();
+    let ipam = ipam(&api);
+    ipam.put_pool("p", pool("10.73.0.0/24", &[])).unwrap();
+    api.put_node("n1", &[], &["192.168.1.1"]);
+    api.put_node("n2", &[], &["192.168.1.2"]);
+    alloc(&ipam, "net.c1", "n1", Some("a"));
+    let block = ipam.blocks_for_node("n1").unwrap()[0];
+    let borrowed = reef_ipam::block::nth_address(&block, 5).unwrap();
+    ipam.assign_ip(
+        borrowed,
+        &HandleId("net.c2".into()),
+        &Default::default(),
+        "n2",
+    )
+    .unwrap();
+    let lent = || -> Vec<IpNetwork> {
+        let sel: Labels = [(reef_ipam::ipam::LENT_LABEL.to_string(), "true".to_string())]
+            .into_iter()
+            .collect();
+        ipam.store()
+            .list_typed::<reef_config::IpamBlockSpec>(&sel)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.spec.cidr)
+            .collect()
+    };
+    assert_eq!(lent(), vec![block]);
+    // The old reef's block: written without the label (straight to the store).
+    let name = reef_ipam::ipam::block_name(&block);
+    let mut t = ipam
+        .store()
+        .get_typed::<reef_config::IpamBlockSpec>(&name)
+        .unwrap()
+        .unwrap();
+    t.labels.remove(reef_ipam::ipam::LENT_LABEL);
+    ipam.store().update_typed(&t).unwrap();
+    assert!(lent().is_empty());
+
+    // The cleaner's first pass as leader puts it back; nothing is left to relabel after.
+    let cfg = CleanerConfig::new("n1", "reef-system");
+    Sweeper::default()
+        .pass(&ipam, &cfg, Duration::ZERO)
+        .unwrap();
+    assert_eq!(lent(), vec![block]);
+    assert!(ipam.relabel_blocks().unwrap().is_empty());
+    let r = ipam.check(None).unwrap();
+    assert!(r.is_clean(), "{:?}", r.problems);
+}

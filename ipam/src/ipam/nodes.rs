@@ -320,6 +320,28 @@ impl<S: Store> Ipam<S> {
         Ok(out)
     }
 
+    /// Rewrites the blocks whose index labels (owner node, has-free, lent) disagree with
+    /// their spec; returns them. Every write reef makes sets the labels, so this finds only
+    /// blocks written by a reef from before a label existed (after an upgrade: a block lent
+    /// before `reef.dev/lent` existed is followed by no agent until it is written again) or
+    /// edited by hand. Compare-and-swap on the revision read: a block written since already
+    /// carries the right labels, and a conflict leaves it to that write.
+    pub fn relabel_blocks(&self) -> Result<Vec<IpNetwork>, Error> {
+        let mut out = Vec::new();
+        for t in self.store.list_typed::<IpamBlockSpec>(&Labels::new())? {
+            let want = with_block_labels(t.clone());
+            if want.labels == t.labels {
+                continue;
+            }
+            match self.store.update_typed(&want) {
+                Ok(_) => out.push(want.spec.cidr),
+                Err(Error::NotFound { .. }) | Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Every pod address (allocations naming a pod; tunnel addresses left out).
     pub fn pod_allocations(&self) -> Result<Vec<PodAllocation>, Error> {
         let mut out = Vec::new();
