@@ -277,15 +277,11 @@ fn running_cleaners_elect_one_and_a_deleted_node_is_released() {
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
 }
 
-#[test]
-fn a_deleted_nodes_block_with_borrowed_addresses_is_orphaned_then_deleted_when_empty() {
-    let api = StandIn::start().unwrap();
-    let ipam = ipam(&api);
-    ipam.put_pool("p", pool("10.71.0.0/24", &[])).unwrap();
-    api.put_node("n2", &[], &["192.168.1.2"]);
-    let a1 = alloc(&ipam, "net.c1", "n1", Some("a"));
+/// n1 allocates one address (claiming its first block), then n2 holds an address of n1's
+/// block (as when it borrows); returns n1's address and the block.
+fn n2_borrows_from_n1(ipam: &Ipam<KubeStore>) -> (std::net::IpAddr, IpNetwork) {
+    let a1 = alloc(ipam, "net.c1", "n1", Some("a"));
     let block = ipam.blocks_for_node("n1").unwrap()[0];
-    // n2 holds an address of n1's block (as when it borrows).
     let borrowed = reef_ipam::block::nth_address(&block, 5).unwrap();
     ipam.assign_ip(
         borrowed,
@@ -294,6 +290,16 @@ fn a_deleted_nodes_block_with_borrowed_addresses_is_orphaned_then_deleted_when_e
         "n2",
     )
     .unwrap();
+    (a1, block)
+}
+
+#[test]
+fn a_deleted_nodes_block_with_borrowed_addresses_is_orphaned_then_deleted_when_empty() {
+    let api = StandIn::start().unwrap();
+    let ipam = ipam(&api);
+    ipam.put_pool("p", pool("10.71.0.0/24", &[])).unwrap();
+    api.put_node("n2", &[], &["192.168.1.2"]);
+    let (a1, block) = n2_borrows_from_n1(&ipam);
     let r = ipam.release_node("n1").unwrap();
     assert_eq!(r.addresses, vec![a1]);
     assert_eq!(r.blocks_orphaned, vec![block]);
@@ -369,23 +375,14 @@ fn leaked_addresses_are_freed_after_the_grace_but_never_once_reused() {
 
 #[test]
 fn the_leader_relabels_blocks_whose_index_labels_disagree_with_their_spec() {
-    // As after an upgrade from a reef that had no `reef.dev/lent`: n1's block holds an
-    // address of n2's, but the label that makes every agent follow it is missing.
+    // As after an upgrade from a reef that had no `reef.dev/lent`: n2 holds an address of
+    // n1's block, but the label that makes every agent follow that block is missing.
     let api = StandIn::start().unwrap();
     let ipam = ipam(&api);
     ipam.put_pool("p", pool("10.73.0.0/24", &[])).unwrap();
     api.put_node("n1", &[], &["192.168.1.1"]);
     api.put_node("n2", &[], &["192.168.1.2"]);
-    alloc(&ipam, "net.c1", "n1", Some("a"));
-    let block = ipam.blocks_for_node("n1").unwrap()[0];
-    let borrowed = reef_ipam::block::nth_address(&block, 5).unwrap();
-    ipam.assign_ip(
-        borrowed,
-        &HandleId("net.c2".into()),
-        &Default::default(),
-        "n2",
-    )
-    .unwrap();
+    let (_, block) = n2_borrows_from_n1(&ipam);
     let lent = || -> Vec<IpNetwork> {
         let sel: Labels = [(reef_ipam::ipam::LENT_LABEL.to_string(), "true".to_string())]
             .into_iter()
