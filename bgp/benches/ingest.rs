@@ -660,16 +660,19 @@ fn main() {
     let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
     for (i, w) in daemons.iter().enumerate() {
         let ratio = |f: fn(&Sample) -> f64| match bird {
-            // Per-run ratios (daemons measured back to back), then their median.
+            // Per-run ratios (daemons measured back to back), then their median; and the
+            // ratio of the two medians beside it (they differ when runs spread: a target is
+            // held when both meet it).
             Some(b) => format!(
-                "{:.2}",
+                "{:.2} ({:.2})",
                 median(
                     samples[i]
                         .iter()
                         .zip(&samples[b])
                         .map(|(x, y)| f(x) / f(y))
                         .collect()
-                )
+                ),
+                med(i, f) / med(b, f)
             ),
             None => "-".into(),
         };
@@ -684,6 +687,9 @@ fn main() {
             ratio(|s| s.rss),
             med(i, |s| s.send),
         );
+    }
+    if bird.is_some() {
+        println!("ratios: median of the per-run ratios (ratio of the medians)");
     }
     println!("injector alone into a sink: {:.2} s", sink);
 }
