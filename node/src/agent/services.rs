@@ -781,17 +781,16 @@ pub fn spawn(
             for ig in a.take_ignored() {
                 let _ = etx.try_send(ig);
             }
-            if !a.take_changed() {
-                continue;
+            if a.take_changed() {
+                let new = a.adverts();
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != new;
+                    if changed {
+                        *cur = new;
+                    }
+                    changed
+                });
             }
-            let new = a.adverts();
-            tx.send_if_modified(|cur| {
-                let changed = *cur != new;
-                if changed {
-                    *cur = new;
-                }
-                changed
-            });
             if tx.is_closed() {
                 return;
             }
