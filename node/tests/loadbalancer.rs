@@ -157,14 +157,19 @@ fn load_balancer_addresses_are_assigned_once_advertised_released_and_refused_whe
             .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     }
 
-    // Both agents' controllers have listed (once, at start) before the window opens.
+    // Every cache has listed (once, at start) before the window opens: per agent the pools
+    // once (the controller) and Services twice (the controller, and Service advertisement,
+    // which serviceLoadBalancerIPs turns on). Counting Services once per agent let the window
+    // open while a controller had yet to list, and its start-up list was then taken for a
+    // re-list (2 of 8 runs failed so).
+    let agents = NODES.len() as u64;
     wait_for(
         "both agents listed the pools and Services",
         Duration::from_secs(30),
         |last| {
             let l = lb_lists(&api);
             *last = format!("{l:?}");
-            l.values().all(|n| *n >= NODES.len() as u64).then_some(())
+            (l["loadbalancerippools"] >= agents && l["services"] >= 2 * agents).then_some(())
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
