@@ -14,18 +14,15 @@
 //! Needs root, BIRD (`bird2`) and FRR (`frr`); every namespace is the test's own (`reeft-…`),
 //! removed with every process in it when the test ends, also on failure.
 
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reef_config::crds::{BgpConfigurationSpec, BgpPeerSpec, IpPoolSpec, DEFAULT_NAME};
 use reef_config::IpipMode;
+use reef_integration::agent::CniCall;
 use reef_integration::bird::{Bird, BirdConfig};
-use reef_integration::cmd::Process;
 use reef_integration::frr::{self, Frr};
-use reef_integration::topo::Topology;
+use reef_integration::topo::{AgentOptions, Topology};
 use reef_integration::Netns;
 use reef_ipam::{StoreExt, Typed};
 
@@ -87,16 +84,14 @@ fn peering_doc_frr_snippet_is_the_tested_config() {
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String>) {
-    let t0 = Instant::now();
-    loop {
-        match f() {
-            Ok(()) => return,
-            Err(last) if t0.elapsed() >= timeout => {
-                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+    reef_integration::wait_for(what, timeout, |last| match f() {
+        Ok(()) => Some(()),
+        Err(e) => {
+            *last = e;
+            None
         }
-    }
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The router of one test.
@@ -114,24 +109,6 @@ impl Router {
     }
 }
 
-struct Agent {
-    config: PathBuf,
-    log: PathBuf,
-    _process: Process,
-}
-
-impl Agent {
-    fn status(&self) -> Result<serde_json::Value, String> {
-        let out = Command::new(REEF)
-            .args(["--config", self.config.to_str().unwrap()])
-            .args(["-o", "json", "status"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
-
 struct Pod {
     ns: Netns,
     node: usize,
@@ -139,19 +116,18 @@ struct Pod {
     v6: IpAddr,
 }
 
-/// Three nodes on two subnets, dual stack, the router and the outside host; agents and pods
-/// running. Field order is drop order: agents and the router stop before their namespaces go.
+/// Three nodes on two subnets, dual stack, the router and the outside host; agents (held by
+/// the topology, `Topology::start_agents`) and pods running. Field order is drop order: pods
+/// and the router stop before the topology stops the agents and removes its namespaces.
 struct Fabric {
-    agents: Vec<Agent>,
     router: Router,
     pods: Vec<Pod>,
     topo: Topology,
-    _dir: tempfile::TempDir,
 }
 
 impl Fabric {
     fn start(use_frr: bool) -> Fabric {
-        let topo = Topology::builder()
+        let mut topo = Topology::builder()
             .nodes(3)
             .subnets(2)
             .ipv6(true)
@@ -161,11 +137,7 @@ impl Fabric {
         topo.router
             .ip(["addr", "add", &format!("{ROUTER_ID}/32"), "dev", "lo"])
             .unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("reeft-routers-")
-            .tempdir()
-            .unwrap();
-        let store = dir.path().join("store.db");
+        let store = topo.store_path();
         let ipam = reef_ipam::Ipam::new(reef_ipam::EmbeddedStore::open(&store).unwrap());
         let mut v4 = IpPoolSpec::new("10.244.0.0/16".parse().unwrap());
         v4.ipip_mode = IpipMode::CrossSubnet;
@@ -204,38 +176,25 @@ impl Fabric {
             Router::Bird(Bird::start(&topo.router, &conf).unwrap())
         };
 
-        let agents: Vec<Agent> = topo
-            .nodes
-            .iter()
-            .map(|n| start_agent(dir.path(), &store, n))
-            .collect();
+        // Each node: the mesh with the other two and the router's session.
+        let opts = AgentOptions {
+            extra_sessions: 1,
+            log_level: Some("info".into()),
+            ..AgentOptions::new(REEF)
+        };
+        if let Err(e) = topo.start_agents(&opts) {
+            let logs: Vec<String> = topo
+                .agents
+                .iter()
+                .map(|a| format!("--- {} agent log:\n{}", a.name, a.log()))
+                .collect();
+            panic!("{e}\n{}\nrouter log:\n{}", logs.join("\n"), router.log());
+        }
         let mut fabric = Fabric {
-            agents,
             router,
             pods: Vec::new(),
             topo,
-            _dir: dir,
         };
-        for (i, a) in fabric.agents.iter().enumerate() {
-            wait_until(
-                &format!("n{i}'s 2 mesh sessions and the router's Established"),
-                Duration::from_secs(60),
-                || {
-                    let s = a.status()?;
-                    let peers = s["peers"].as_array().ok_or("no peers")?;
-                    let up = peers.iter().filter(|p| p["state"] == "Established");
-                    if up.count() == 3 {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "{s}\nagent log:\n{}\nrouter log:\n{}",
-                            std::fs::read_to_string(&a.log).unwrap_or_default(),
-                            fabric.router.log()
-                        ))
-                    }
-                },
-            );
-        }
         for i in 0..fabric.topo.nodes.len() {
             let pod = fabric.add_pod(i);
             fabric.pods.push(pod);
@@ -246,50 +205,22 @@ impl Fabric {
     fn add_pod(&self, node: usize) -> Pod {
         let ns = Netns::new(&format!("pod{node}")).unwrap();
         let cni = reef_integration::workspace_bin("reef-cni").unwrap();
-        let conf = serde_json::json!({
-            "cniVersion": "1.0.0", "name": "reef", "type": "reef-cni",
-            "nodeConfig": self.agents[node].config,
-            "lockDir": self._dir.path().join("locks"),
-            "ipam": {"assignIpv4": true, "assignIpv6": true},
-        });
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", self.topo.nodes[node].ns.name()])
-            .arg(&cni)
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("routers-{node}"))
-            .env("CNI_NETNS", ns.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", cni.parent().unwrap())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(conf.to_string().as_bytes()).unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "reef-cni ADD on n{node}: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let addrs: Vec<IpAddr> = res["ips"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|ip| {
-                let a = ip["address"].as_str().unwrap();
-                a.split('/').next().unwrap().parse().unwrap()
-            })
-            .collect();
+        let added = CniCall {
+            cni: &cni,
+            node_ns: self.topo.nodes[node].ns.name(),
+            node_config: &self.topo.node_files(node).config(),
+            lock_dir: Some(&self.topo.dir().join("locks")),
+            container_id: &format!("routers-{node}"),
+            pod_netns: &ns.path(),
+            cni_args: "",
+        }
+        .add()
+        .unwrap_or_else(|e| panic!("reef-cni ADD on n{node}: {e}"));
         Pod {
             ns,
             node,
-            v4: *addrs.iter().find(|a| a.is_ipv4()).unwrap(),
-            v6: *addrs.iter().find(|a| a.is_ipv6()).unwrap(),
+            v4: added.addr.expect("an IPv4 address"),
+            v6: added.addr6.expect("an IPv6 address"),
         }
     }
 
@@ -297,12 +228,12 @@ impl Fabric {
     /// agent learns the IPv6 block its pod took within a second).
     fn blocks(&self) -> Vec<String> {
         let mut v = Vec::new();
-        for (i, a) in self.agents.iter().enumerate() {
+        for (i, a) in self.topo.agents.iter().enumerate() {
             wait_until(
                 &format!("n{i}'s IPv4 and IPv6 blocks"),
                 Duration::from_secs(10),
                 || {
-                    let s = a.status()?;
+                    let s = a.snapshot().map_err(|e| e.to_string())?;
                     let b: Vec<String> = s["blocks"]
                         .as_array()
                         .ok_or("no blocks")?
@@ -355,10 +286,11 @@ impl Fabric {
 
     /// The node whose agent lists `block`.
     fn owner(&self, block: &str) -> usize {
-        self.agents
+        self.topo
+            .agents
             .iter()
             .position(|a| {
-                a.status()
+                a.snapshot()
                     .map(|s| s["blocks"].as_array().unwrap().iter().any(|b| b == block))
                     .unwrap_or(false)
             })
@@ -397,37 +329,6 @@ impl Fabric {
             }
         }
         assert!(failed.is_empty(), "unreachable:\n{}", failed.join("\n"));
-    }
-}
-
-fn start_agent(dir: &Path, store: &Path, n: &reef_integration::topo::Node) -> Agent {
-    let name = format!("n{}", n.index);
-    let d = dir.join(&name);
-    std::fs::create_dir_all(&d).unwrap();
-    let config = d.join("node.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "nodeName: {name}\ndatastore:\n  embedded: {{ path: {} }}\naddress: {}/{}\n\
-             addressV6: {}/64\ninterface: eth0\nagentSocket: {}\nmtuFile: {}\nlogLevel: info\n",
-            store.display(),
-            n.addr,
-            n.prefix_len,
-            n.addr6.unwrap(),
-            d.join("agent.sock").display(),
-            d.join("mtu").display()
-        ),
-    )
-    .unwrap();
-    let log = d.join("agent.log");
-    let mut cmd = n.ns.command(REEF);
-    cmd.args(["--config", config.to_str().unwrap(), "node", "run"]);
-    let f = std::fs::File::create(&log).unwrap();
-    cmd.stdout(f.try_clone().unwrap()).stderr(f);
-    Agent {
-        config,
-        log,
-        _process: Process::spawn(format!("reef agent {name}"), cmd).unwrap(),
     }
 }
 
