@@ -4,11 +4,22 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 
-/// Polls `check` every `interval` until it returns `Some(value)` or `timeout` passes; the
-/// error names `what` was awaited and the last observation `check` reported through `last`.
+/// Polls `check` every 100 ms until it returns `Some(value)` or `timeout` passes; the error
+/// names `what` was awaited and the last observation `check` reported through `last`.
 pub fn wait_for<T>(
     what: &str,
     timeout: Duration,
+    check: impl FnMut(&mut String) -> Option<T>,
+) -> Result<T, Error> {
+    wait_every(what, timeout, Duration::from_millis(100), check)
+}
+
+/// [`wait_for`], polling every `every` (tightly where a few milliseconds matter, such as a
+/// restart's downtime).
+pub fn wait_every<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
     mut check: impl FnMut(&mut String) -> Option<T>,
 ) -> Result<T, Error> {
     let start = Instant::now();
@@ -24,6 +35,6 @@ pub fn wait_for<T>(
                 last,
             });
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(every);
     }
 }

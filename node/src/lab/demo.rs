@@ -34,8 +34,14 @@ pub(super) fn demo() -> Result<Exit> {
         wait(
             &format!("routes on {}", n.name),
             Duration::from_secs(30),
-            || {
-                let s = snapshot_of(n).ok()?;
+            |last| {
+                let s = match snapshot_of(n) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        *last = format!("no status: {e:#}");
+                        return None;
+                    }
+                };
                 let remote = s
                     .routes
                     .iter()
@@ -48,6 +54,11 @@ pub(super) fn demo() -> Result<Exit> {
                     .filter(|p| p.node == n.name)
                     .map(|p| 1 + usize::from(p.address6.is_some()))
                     .sum();
+                *last = format!(
+                    "{remote} of {want_remote} remote routes, {pods} of {want_pods} pod routes, \
+                     {} of {} programmed",
+                    s.routes_programmed, s.routes_desired
+                );
                 (remote >= want_remote
                     && pods == want_pods
                     && s.routes_programmed >= s.routes_desired)
@@ -67,8 +78,14 @@ pub(super) fn demo() -> Result<Exit> {
         let routes = wait(
             "the lab router's routes to every block",
             Duration::from_secs(30),
-            || {
-                let r = router_routes().ok()?;
+            |last| {
+                let r = match router_routes() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        *last = format!("birdcl: {e:#}");
+                        return None;
+                    }
+                };
                 let usable = r
                     .iter()
                     .filter(|r| {
@@ -76,6 +93,7 @@ pub(super) fn demo() -> Result<Exit> {
                     })
                     .filter(|r| r.kind == "unicast" && r.primary && !r.next_hops.is_empty())
                     .count();
+                *last = format!("{usable} of {want} block routes usable");
                 (usable >= want).then_some(())
             },
         );

@@ -249,7 +249,11 @@ pub(super) fn restart(node: &str) -> Result<()> {
         &format!("{node}'s agent to exit after SIGTERM"),
         Duration::from_secs(15),
         Duration::from_millis(5),
-        || (!old.iter().any(|p| alive(*p))).then_some(()),
+        |last| {
+            let running: Vec<&u32> = old.iter().filter(|p| alive(**p)).collect();
+            *last = format!("still running: {running:?}");
+            running.is_empty().then_some(())
+        },
     )?;
     let stopped = t0.elapsed();
     st.pids.retain(|p| !old.contains(p) && alive(*p));

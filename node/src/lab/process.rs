@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use reef_integration::agent::{self, NodeFiles};
@@ -27,26 +27,23 @@ fn log_tails(st: &LabState, except: &str) -> String {
     out
 }
 
-pub(super) fn wait<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> Result<T> {
-    wait_every(what, timeout, Duration::from_millis(200), f)
+pub(super) fn wait<T>(
+    what: &str,
+    timeout: Duration,
+    check: impl FnMut(&mut String) -> Option<T>,
+) -> Result<T> {
+    wait_every(what, timeout, Duration::from_millis(200), check)
 }
 
+/// The integration library's wait, its error pointing at the agents' logs.
 pub(super) fn wait_every<T>(
     what: &str,
     timeout: Duration,
     every: Duration,
-    mut f: impl FnMut() -> Option<T>,
+    check: impl FnMut(&mut String) -> Option<T>,
 ) -> Result<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if t0.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what} (agent logs in {STATE}/<node>/agent.log)");
-        }
-        std::thread::sleep(every);
-    }
+    reef_integration::wait::wait_every(what, timeout, every, check)
+        .map_err(|e| anyhow!("{e} (agent logs in {STATE}/<node>/agent.log)"))
 }
 
 /// Waits until `n` has a session with every other node and the lab router; returns how many.
