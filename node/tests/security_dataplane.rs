@@ -12,10 +12,11 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 
 use reef_config::IpPoolSpec;
+use reef_integration::agent::CniCall;
 use reef_integration::{Netns, Topology};
 use reef_tunnel::filter;
 
@@ -23,47 +24,6 @@ struct Lab {
     topo: Topology,
     pods: Vec<(Netns, IpAddr, IpAddr)>,
     _dir: tempfile::TempDir,
-}
-
-fn reef_cni_add(node: &Netns, dir: &Path, pod: &Netns, id: &str) -> serde_json::Value {
-    let cni = reef_integration::workspace_bin("reef-cni").unwrap();
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "reef",
-        "type": "reef-cni",
-        "nodeConfig": dir.join("node.yaml"),
-        "lockDir": dir.join("locks"),
-        "ipam": {"assignIpv4": true, "assignIpv6": true},
-    });
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node.name()])
-        .arg(&cni)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni.parent().unwrap())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "reef-cni ADD: {} {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Two nodes on one subnet (dual stack); n0 gets reef's filter through `Tunnel::sync`, then two
@@ -108,21 +68,23 @@ async fn lab() -> Lab {
         .await
         .unwrap();
 
+    let cni = reef_integration::workspace_bin("reef-cni").unwrap();
     let mut pods = Vec::new();
     for i in 0..2 {
         let ns = Netns::new(&format!("pod{i}")).unwrap();
-        let res = reef_cni_add(&n0.ns, dir.path(), &ns, &format!("security-{i}"));
-        let addrs: Vec<IpAddr> = res["ips"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|ip| {
-                let a = ip["address"].as_str().unwrap();
-                a.split('/').next().unwrap().parse().unwrap()
-            })
-            .collect();
-        let v4 = *addrs.iter().find(|a| a.is_ipv4()).unwrap();
-        let v6 = *addrs.iter().find(|a| a.is_ipv6()).unwrap();
+        let added = CniCall {
+            cni: &cni,
+            node_ns: n0.ns.name(),
+            node_config: &dir.path().join("node.yaml"),
+            lock_dir: Some(&dir.path().join("locks")),
+            container_id: &format!("security-{i}"),
+            pod_netns: &ns.path(),
+            cni_args: "",
+        }
+        .add()
+        .unwrap();
+        let v4 = added.addr.expect("an IPv4 address");
+        let v6 = added.addr6.expect("an IPv6 address");
         pods.push((ns, v4, v6));
     }
     n1.ns
