@@ -478,6 +478,26 @@ impl Agent {
             .unwrap_or(serde_json::Value::Null)
     }
 
+    /// The agent's process id (None once killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    /// The names of the agent's threads (their `comm`: the kernel keeps the first 15 bytes
+    /// of a thread's name); none once killed.
+    pub fn threads(&self) -> Vec<String> {
+        let Some(pid) = self.pid() else {
+            return Vec::new();
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|comm| comm.trim_end().to_string())
+            .collect()
+    }
+
     /// Its BGP peers' (address, state).
     pub fn peers(&self) -> Vec<(String, String)> {
         self.status()["peers"]

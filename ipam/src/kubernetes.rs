@@ -6,9 +6,14 @@
 //! [`Error::NotFound`]; a 410 on watch is [`Error::Expired`]. Everything else surfaces as
 //! [`Error::Backend`] naming the operation and object.
 //!
-//! The [`Store`] API is blocking (the CNI plugin is a short-lived process). The store runs
-//! its requests on a small tokio runtime of its own, so it can be called from any thread,
-//! including a blocking thread of the caller's own runtime.
+//! The [`Store`] API is blocking (the CNI plugin is a short-lived process). Its requests run
+//! as tasks on a tokio runtime while the calling thread waits for the answer:
+//! - [`KubeStore::connect`] / [`KubeStore::connect_url`] start a small runtime of the store's
+//!   own (the CNI plugins, the CLI), so the store can be called from any thread;
+//! - [`KubeStore::connect_on`] runs them on the caller's runtime (the agent: no second
+//!   runtime). Its methods must then be called from threads that do not drive that runtime's
+//!   tasks (`spawn_blocking`, threads of their own): a waiting worker could hold up the very
+//!   request it waits for. They panic on an async thread (`Handle::block_on`).
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -32,9 +37,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Kubernetes store.
 pub struct KubeStore {
     client: kube::Client,
-    /// Where requests run (`rt`'s handle).
+    /// Where requests run: `rt`'s handle, or the caller's runtime ([`KubeStore::connect_on`]).
     handle: tokio::runtime::Handle,
-    /// Taken by `Drop`: dropping a runtime inside another runtime's context (the agent's) panics.
+    /// The store's own runtime (None on the caller's). Taken by `Drop`: dropping a runtime
+    /// inside another runtime's context panics.
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -101,7 +107,20 @@ impl KubeStore {
     pub fn connect(kubeconfig: Option<&Path>) -> Result<Self, Error> {
         let rt = runtime()?;
         let config = rt.block_on(client_config(kubeconfig))?;
-        Self::with_config(config, rt)
+        let handle = rt.handle().clone();
+        Self::with_config(config, handle, Some(rt))
+    }
+
+    /// As [`KubeStore::connect`], with the requests running on the runtime of `handle` (the
+    /// caller's) instead of a runtime of the store's own. Call it, and the store's methods,
+    /// from a thread that drives none of that runtime's tasks (see the module's comment); it
+    /// panics on an async thread.
+    pub fn connect_on(
+        kubeconfig: Option<&Path>,
+        handle: tokio::runtime::Handle,
+    ) -> Result<Self, Error> {
+        let config = handle.block_on(client_config(kubeconfig))?;
+        Self::with_config(config, handle, None)
     }
 
     /// Connects to the API server at `url` without credentials (tests and local proxies).
@@ -112,10 +131,16 @@ impl KubeStore {
                 context: format!("kubernetes: API server URL {url:?}"),
                 source: Box::new(e),
             })?;
-        Self::with_config(kube::Config::new(uri), runtime()?)
+        let rt = runtime()?;
+        let handle = rt.handle().clone();
+        Self::with_config(kube::Config::new(uri), handle, Some(rt))
     }
 
-    fn with_config(mut config: kube::Config, rt: tokio::runtime::Runtime) -> Result<Self, Error> {
+    fn with_config(
+        mut config: kube::Config,
+        handle: tokio::runtime::Handle,
+        rt: Option<tokio::runtime::Runtime>,
+    ) -> Result<Self, Error> {
         // A dead or overloaded API server must fail an operation, not hang it: kube's own
         // retry of 429/503/504 backs off to minutes (a CNI ADD would outlive the runtime's
         // timeout), so it is off — callers retry conflicts themselves, and the agent and the
@@ -124,14 +149,15 @@ impl KubeStore {
         config.default_retry = false;
         // The client spawns its connection tasks: build it inside the runtime.
         let client = {
-            let _guard = rt.enter();
+            let _guard = handle.enter();
             kube::Client::try_from(config).map_err(backend("kubernetes: build client".into()))?
         };
-        Ok(KubeStore {
-            client,
-            handle: rt.handle().clone(),
-            rt: Some(rt),
-        })
+        Ok(KubeStore { client, handle, rt })
+    }
+
+    /// Whether requests run on a runtime of the store's own (false: on the caller's).
+    pub fn owns_runtime(&self) -> bool {
+        self.rt.is_some()
     }
 
     fn api(&self, kind: Kind) -> (Api<DynamicObject>, ApiResource) {
@@ -140,15 +166,22 @@ impl KubeStore {
         (Api::all_with(self.client.clone(), &ar), ar)
     }
 
-    /// Runs `fut` on the store's runtime and waits for it (works from any thread).
+    /// Runs `fut` as a task on the store's runtime and waits for it: from any thread with a
+    /// runtime of the store's own; on the caller's runtime ([`KubeStore::connect_on`]) only
+    /// from a thread that drives none of its tasks — `Handle::block_on` panics on an async
+    /// thread rather than let a worker wait for a request that may need that worker.
     fn run<T: Send + 'static>(
         &self,
         fut: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, Error> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.handle.spawn(async move {
+        let task = self.handle.spawn(async move {
             let _ = tx.send(tokio::time::timeout(REQUEST_TIMEOUT, fut).await);
         });
+        if self.rt.is_none() {
+            // The task sends before it ends; its end (or cancellation) is all we wait for.
+            let _ = self.handle.block_on(task);
+        }
         match rx.recv() {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(Error::Backend {

@@ -557,6 +557,29 @@ forward_store!(Box, Arc);
 /// `kubernetes` feature (on by default). Opening a Kubernetes store reads its kubeconfig but
 /// does not talk to the API server yet; errors name the config field and the fix.
 pub fn open(datastore: &reef_config::Datastore) -> Result<Box<dyn Store>, Error> {
+    open_with(datastore, open_kubernetes)
+}
+
+/// As [`open`], with a Kubernetes store's requests running on the runtime of `handle` (the
+/// caller's; see [`crate::kubernetes::KubeStore::connect_on`]) instead of a runtime of the
+/// store's own. Call it, and the store, from a thread that drives none of that runtime's
+/// tasks (`spawn_blocking`, a thread of its own).
+#[cfg(feature = "kubernetes")]
+pub fn open_on(
+    datastore: &reef_config::Datastore,
+    handle: tokio::runtime::Handle,
+) -> Result<Box<dyn Store>, Error> {
+    open_with(datastore, |kubeconfig| {
+        Ok(Box::new(crate::kubernetes::KubeStore::connect_on(
+            kubeconfig, handle,
+        )?))
+    })
+}
+
+fn open_with(
+    datastore: &reef_config::Datastore,
+    open_kubernetes: impl FnOnce(Option<&std::path::Path>) -> Result<Box<dyn Store>, Error>,
+) -> Result<Box<dyn Store>, Error> {
     match datastore {
         reef_config::Datastore::Embedded { path } => {
             Ok(Box::new(crate::embedded::EmbeddedStore::open(path)?))

@@ -28,6 +28,49 @@ fn conformance_suite_against_the_stand_in() {
     });
 }
 
+fn caller_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The same suite with the requests on the caller's runtime (the agent's way: no runtime of
+/// the store's own), called from a thread that drives none of its tasks.
+#[test]
+fn conformance_suite_on_the_callers_runtime() {
+    let rt = caller_runtime();
+    let dir = common::TempDir::new("on-runtime");
+    let servers = Mutex::new(Vec::new());
+    conformance::run_all(|| {
+        let server = StandIn::start().unwrap();
+        let path = server.write_kubeconfig(dir.path()).unwrap();
+        let store = KubeStore::connect_on(Some(&path), rt.handle().clone()).unwrap();
+        servers.lock().unwrap().push(server);
+        store
+    });
+}
+
+/// On the caller's runtime, a store call from one of its async threads panics: the worker
+/// would wait for a request that may need that very worker. From `spawn_blocking` it works.
+#[test]
+fn a_store_on_the_callers_runtime_refuses_its_async_threads() {
+    let rt = caller_runtime();
+    let server = StandIn::start().unwrap();
+    let dir = common::TempDir::new("on-runtime-async");
+    let path = server.write_kubeconfig(dir.path()).unwrap();
+    let store =
+        std::sync::Arc::new(KubeStore::connect_on(Some(&path), rt.handle().clone()).unwrap());
+    let s = store.clone();
+    let blocking = rt.block_on(rt.spawn_blocking(move || s.get(Kind::IpPool, "p")));
+    assert!(matches!(blocking, Ok(Ok(None))), "{blocking:?}");
+    let s = store.clone();
+    let on_worker = rt.block_on(rt.spawn(async move { s.get(Kind::IpPool, "p") }));
+    let e = on_worker.expect_err("a store call on an async thread returned");
+    assert!(e.is_panic(), "{e}");
+}
+
 fn args(handle: &str, node: &str) -> AutoAssignArgs {
     AutoAssignArgs {
         handle: HandleId(handle.into()),

@@ -192,6 +192,19 @@ fn agent_on_the_kubernetes_datastore_registers_and_peers_with_a_secret_password(
     )
     .unwrap();
 
+    // One runtime: the store's requests run on the agent's runtime, not on the small one a
+    // self-contained Kubernetes store starts (the CLI's and the CNI plugins'; its threads are
+    // "reef-kube-store"). The runtime's own workers show the count sees the agent's threads.
+    let threads = agent.threads();
+    assert!(
+        threads.iter().any(|t| t == "tokio-rt-worker"),
+        "no runtime worker among the agent's threads: {threads:?}"
+    );
+    assert!(
+        !threads.iter().any(|t| t == "reef-kube-store"),
+        "the agent started a second runtime for its Kubernetes store: {threads:?}"
+    );
+
     // The BGPPeer whose Secret does not exist is not configured, and `reef status` says why.
     let s = agent.status();
     let problems = s["problems"].to_string();

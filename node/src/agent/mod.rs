@@ -44,6 +44,12 @@
 //! the latest wanted state on a watch. What it awaits is the speaker, the tunnel (netlink)
 //! and the nft table. Only start-up reads and writes the datastore itself (opening it, the
 //! Node's labels, registration: the first plan needs the tunnel address).
+//!
+//! One runtime: the Kubernetes store's requests run as tasks on the agent's own runtime
+//! (`datastore::open_store_on`). Its `Store` API is blocking, so it is called only from
+//! threads that drive none of those tasks — the stream, label, cleaner and LoadBalancer Lease
+//! threads, and `spawn_blocking` for start-up and the status and label writes; on an async
+//! thread it panics rather than let a worker wait for a request that needs it.
 
 mod cleanup;
 mod cni;
@@ -98,10 +104,17 @@ type SharedIpam = Arc<Ipam<Box<dyn Store>>>;
 /// Runs the agent until SIGTERM / SIGINT.
 pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArgs>) -> Result<()> {
     let started = Instant::now();
-    // Off the async threads: the Kubernetes store runs its own runtime and blocks on it.
+    // The Kubernetes store's requests run on this runtime; its blocking calls (this one, the
+    // `blocking` ones below, the watch, label and cleaner threads) are made off its async
+    // threads, where they would panic.
     let ipam: SharedIpam = {
         let cfg = cfg.clone();
-        blocking(move || Ok(Arc::new(Ipam::new(crate::datastore::open_store(&cfg)?)))).await?
+        let handle = tokio::runtime::Handle::current();
+        blocking(move || {
+            let store = crate::datastore::open_store_on(&cfg, handle)?;
+            Ok(Arc::new(Ipam::new(store)))
+        })
+        .await?
     };
     let secrets_dir = std::env::var_os("REEF_SECRETS_DIR")
         .map(PathBuf::from)
@@ -395,10 +408,9 @@ pub async fn run(mut cfg: NodeConfig, install: Option<crate::install::InstallArg
     http.abort();
     let _ = std::fs::remove_file(&cfg.agent_socket);
     relabel.abort();
-    // The store may own a runtime, which must not be dropped on an async thread.
-    drop(st);
+    // Off the async threads: the cleaner joins its thread and hands its Lease over (a store
+    // request), and an embedded store joins its checkpointer (which may be in an fsync).
     let _ = tokio::task::spawn_blocking(move || {
-        // The cleaner joins its thread and hands its Lease over.
         drop(cleaner);
         drop(ipam)
     })
