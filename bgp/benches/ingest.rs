@@ -201,7 +201,8 @@ fn start(which: Which, lab: &Lab, peers: usize) -> Running {
             let ready = status.clone();
             wait("reef-bgp status", 60, which.poll(), ready);
             Running {
-                pid: p.pid(),
+                // Under INGEST_REEF_WRAP, reef-bgp's figures, not the wrapper's.
+                pid: common::reef_process(p.pid()),
                 probe: Box::new(move || {
                     let st = status()?;
                     let peers = st["peers"].as_array()?;

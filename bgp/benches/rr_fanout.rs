@@ -6,7 +6,8 @@
 //!
 //! Knobs: `RR_FANOUT_PACE` (connects at a time, default 8), `RR_FANOUT_STORM=0` (skip the
 //! mass reconnect), `RR_FANOUT_BIRD=0` (reef-bgp alone), `RR_FANOUT_REEF_WRAP` (run reef-bgp
-//! under e.g. `heaptrack -o /tmp/h`; its figures then include the tool's).
+//! under e.g. `heaptrack -o /tmp/h`; CPU and RSS are still read from the reef-bgp process,
+//! not the wrapper's, but include what the tool adds inside it, e.g. a preloaded library).
 //!
 //! The fair run (the row the targets are about) has two timed phases:
 //! - **session set-up**: the clients connect at most `RR_FANOUT_PACE` (default 8) at a time

@@ -6,7 +6,12 @@
 //! - folding every `best_changes` emitted so far gives the RIB's current best next hops;
 //! - folding every per-peer update gives each peer's Adj-RIB-Out, and that holds exactly
 //!   what the export rules allow (own prefixes everywhere, reflection between iBGP peers
-//!   when one side is a client, nothing back to the sender).
+//!   when one side is a client, nothing back to the sender, nothing to a peer that is down).
+//!
+//! Peers 4 and 5 are route-reflector clients and peers 3 and 6 iBGP non-clients: each pair
+//! shares an export class and so one Adj-RIB-Out table, which sessions going down and
+//! coming back later (joining a class that holds routes already) and client flags flipped
+//! (moving between classes) exercise.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -29,7 +34,7 @@ struct PeerSpec {
     rr_client: bool,
 }
 
-const PEERS: [PeerSpec; 5] = [
+const PEERS: [PeerSpec; 7] = [
     PeerSpec {
         addr: "10.0.0.10",
         asn: 65001,
@@ -59,6 +64,18 @@ const PEERS: [PeerSpec; 5] = [
         asn: LOCAL_AS,
         router_id: Ipv4Addr::new(1, 1, 1, 1),
         rr_client: true,
+    },
+    PeerSpec {
+        addr: "10.0.0.15",
+        asn: LOCAL_AS,
+        router_id: Ipv4Addr::new(1, 1, 1, 6),
+        rr_client: true,
+    },
+    PeerSpec {
+        addr: "10.0.0.16",
+        asn: LOCAL_AS,
+        router_id: Ipv4Addr::new(1, 1, 1, 7),
+        rr_client: false,
     },
 ];
 
@@ -107,6 +124,9 @@ enum Op {
     StopOriginating(usize),
     /// Flip the peer's route-reflector-client flag (a soft reconfiguration).
     ToggleClient(usize),
+    /// The session goes down (gracefully: routes kept stale) and stays down until `Up`.
+    Down(usize, bool),
+    Up(usize),
 }
 
 fn attr_spec() -> impl Strategy<Value = AttrSpec> {
@@ -157,6 +177,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => pfx.clone().prop_map(Op::Originate),
         1 => pfx.prop_map(Op::StopOriginating),
         1 => (0usize..PEERS.len()).prop_map(Op::ToggleClient),
+        1 => (0usize..PEERS.len(), any::<bool>()).prop_map(|(p, g)| Op::Down(p, g)),
+        2 => (0usize..PEERS.len()).prop_map(Op::Up),
     ]
 }
 
@@ -223,6 +245,8 @@ struct Model {
     adj_out: Vec<BTreeMap<IpNetwork, Arc<PathAttributes>>>,
     /// Which peers are route-reflector clients now.
     clients: Vec<bool>,
+    /// Which peers have their session up.
+    up: Vec<bool>,
 }
 
 impl Model {
@@ -345,6 +369,7 @@ fn run(ops: Vec<Op>, max_paths: usize, always_compare_med: bool) -> Result<(), T
     let mut model = Model {
         adj_out: vec![BTreeMap::new(); PEERS.len()],
         clients: PEERS.iter().map(|p| p.rr_client).collect(),
+        up: vec![true; PEERS.len()],
         ..Model::default()
     };
     let mut ids: Vec<PeerId> = Vec::new();
@@ -362,6 +387,36 @@ fn run(ops: Vec<Op>, max_paths: usize, always_compare_med: bool) -> Result<(), T
     }
     for op in ops {
         let out = match &op {
+            // A peer that is down sends nothing and cannot be reset.
+            Op::Announce(peer, ..)
+            | Op::Withdraw(peer, _)
+            | Op::Reset(peer)
+            | Op::GracefulRestart(peer)
+            | Op::Down(peer, _)
+                if !model.up[*peer] =>
+            {
+                continue
+            }
+            Op::Up(peer) if model.up[*peer] => continue,
+            Op::Down(peer, graceful) => {
+                model.up[*peer] = false;
+                model.adj_out[*peer].clear();
+                if *graceful {
+                    for ((p, _), (_, stale)) in model.adj_in.iter_mut() {
+                        if p == peer {
+                            *stale = true;
+                        }
+                    }
+                    rib.peer_down_graceful(ids[*peer]).unwrap()
+                } else {
+                    model.adj_in.retain(|(p, _), _| p != peer);
+                    rib.peer_down(ids[*peer]).unwrap()
+                }
+            }
+            Op::Up(peer) => {
+                model.up[*peer] = true;
+                rib.peer_up(ids[*peer], session(*peer)).unwrap()
+            }
             Op::Announce(peer, pfx, spec) => {
                 // One UPDATE carries one family's prefixes here, so use the first's family.
                 let v6 = PREFIXES[pfx[0]].contains(':');
@@ -479,6 +534,7 @@ fn check(
             .filter(|((p, _), (_, s))| *p == i && *s)
             .count();
         prop_assert_eq!(c.stale, stale, "stale count of peer {}", i);
+        prop_assert_eq!(c.sent, model.adj_out[i].len(), "sent count of peer {}", i);
     }
     prop_assert_eq!(
         &rib.best_next_hops(),
@@ -512,6 +568,7 @@ fn check(
         );
         let want: BTreeSet<IpNetwork> = bests
             .iter()
+            .filter(|_| model.up[t])
             .filter(|(_, b)| match b {
                 Some((None, _)) => true,
                 Some((Some(s), _)) => {

@@ -43,17 +43,50 @@ impl Drop for Daemon {
 /// exit; then whatever is left of the group gets SIGKILL.
 fn stop_group(wrapper: &mut Child) {
     let pgid = wrapper.id();
-    for pid in group_members(pgid) {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim_end() == "reef-bgp" {
-            kill("-TERM", &pid.to_string());
-        }
+    for pid in group_members(pgid).into_iter().filter(|&p| is_reef(p)) {
+        kill("-TERM", &pid.to_string());
     }
     let t = Instant::now();
     while matches!(wrapper.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(50));
     }
     kill("-KILL", &format!("-{pgid}"));
+}
+
+/// Whether process `pid` runs reef-bgp (its `comm`).
+fn is_reef(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "reef-bgp")
+}
+
+/// The reef-bgp process at or under `pid` (a wrapper such as heaptrack or valgrind runs it
+/// as a child, or execs it); `pid` itself when there is none (not started yet, or gone).
+/// Figures read from a wrapper's PID are the wrapper's, not the daemon's.
+pub fn reef_process(pid: u32) -> u32 {
+    let parent = |p: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // "PID (comm) state ppid ...": comm may hold spaces and parentheses.
+        let (_, rest) = stat.rsplit_once(')')?;
+        rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+    };
+    let all: Vec<(u32, Option<u32>)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .map(|p| (p, parent(p)))
+        .collect();
+    let mut level = vec![pid];
+    while !level.is_empty() {
+        if let Some(&p) = level.iter().find(|&&p| is_reef(p)) {
+            return p;
+        }
+        level = all
+            .iter()
+            .filter(|(_, pp)| pp.is_some_and(|pp| level.contains(&pp)))
+            .map(|(p, _)| *p)
+            .collect();
+    }
+    pid
 }
 
 /// The processes of process group `pgid` (the field after the parent in `/proc/PID/stat`).
@@ -82,8 +115,15 @@ fn kill(signal: &str, target: &str) {
 }
 
 impl Daemon {
+    /// The daemon's process: under a wrapper, the reef-bgp process of its group (the
+    /// wrapper's own CPU time and memory, heaptrack's say, are not the daemon's); the
+    /// wrapper itself only while reef-bgp is not (or no longer) found.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        let pid = self.child.id();
+        if self.wrapped {
+            return reef_process(pid);
+        }
+        pid
     }
 
     /// CPU time (user + system) the process used so far: on a shared, noisy machine a

@@ -4,9 +4,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::adj_out::diff_out;
+use super::adj_out::{export_change, Sent};
 use super::dest::{Dest, Path, LOCAL};
-use super::export::export;
 use super::{Peer, Pending, PrefixKey, Shared, Table};
 use crate::attrs::PathAttributes;
 use crate::{BestPathChange, NextHops};
@@ -69,7 +68,8 @@ impl Snapshot {
 
 /// Where `settle` queues Adj-RIB-Out changes and keeps the Loc-RIB size.
 pub(super) struct Out<'a, K: PrefixKey> {
-    pub(super) adj_out: &'a mut [Table<K, Arc<PathAttributes>>],
+    /// Per export class: what it is sent.
+    pub(super) adj_out: &'a mut [Table<K, Sent>],
     pub(super) pending: &'a mut [Pending<K>],
     pub(super) loc_len: &'a mut usize,
 }
@@ -113,13 +113,7 @@ pub(super) fn settle<K: PrefixKey>(
     if !best_changed {
         return;
     }
-    for t in 0..sh.peers.len() {
-        if sh.peers[t].as_ref().is_none_or(|p| p.session.is_none()) {
-            continue;
-        }
-        let desired = best.and_then(|b| export(sh, t as u32, key, b));
-        diff_out(&mut out.adj_out[t], &mut out.pending[t], key, desired);
-    }
+    export_change(out, sh, key, best);
 }
 
 fn next_hop_of(p: &Path, peers: &[Option<Peer>]) -> Option<IpAddr> {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
-use super::Family;
 use crate::policy::CompiledPolicy;
 use crate::{Asn, PeerType};
 
@@ -173,13 +172,4 @@ pub struct PeerSession {
     /// Negotiated address families (RFC 4760).
     pub ipv4: bool,
     pub ipv6: bool,
-}
-
-impl PeerSession {
-    pub(super) fn has(&self, family: Family) -> bool {
-        match family {
-            Family::Ipv4 => self.ipv4,
-            Family::Ipv6 => self.ipv6,
-        }
-    }
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use super::dest::{Path, LOCAL};
-use super::{Family, Memo, Peer, PrefixKey, Rib, RibConfig, Shared};
+use super::{Family, Memo, Peer, Prefix4, Prefix6, PrefixKey, Rib, RibConfig, Shared};
 use crate::attrs::{AsSegment, NextHop, PathAttributes};
 use crate::policy::{
     CompiledPolicy, Modifications, Verdict, NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED,
@@ -58,12 +58,23 @@ impl ClassKey {
     }
 }
 
-/// Peers with one [`ClassKey`] and what they share. With 500 route-reflector clients of one
-/// kind, that is one memo instead of 500 copies of it.
+impl ClassKey {
+    fn has(&self, family: Family) -> bool {
+        match family {
+            Family::Ipv4 => self.ipv4,
+            Family::Ipv6 => self.ipv6,
+        }
+    }
+}
+
+/// Peers with one [`ClassKey`] and what they share: the export memo and the Adj-RIB-Out
+/// (`FamilyRib::adj_out`, by class index). With 500 route-reflector clients of one kind,
+/// that is one memo and one table instead of 500 copies of them.
 #[derive(Debug)]
 pub(super) struct ExportClass {
     key: ClassKey,
-    members: usize,
+    /// The peer slots in the class, each with its session up.
+    pub(super) members: Vec<u32>,
     /// (best path's attrs, source, family, export modifications) → attrs as sent (`None`:
     /// not sent). Holds the input `Arc` so the pointer key stays valid.
     memo: Memo<ExportKey, (Arc<PathAttributes>, Option<Arc<PathAttributes>>)>,
@@ -80,23 +91,37 @@ impl Rib {
     }
 
     /// Puts the peer in the export class its configuration and session say (none without a
-    /// session), leaving the one it was in.
-    pub(super) fn regroup(&mut self, slot: u32) {
+    /// session), leaving the one it was in. A peer that moves with its session up is queued
+    /// the difference between what its old class was sent and what its new one is; a peer
+    /// that joins on coming up, the new class's whole table. Returns the class joined.
+    pub(super) fn regroup(&mut self, slot: u32) -> Option<usize> {
         let i = slot as usize;
-        let Some(p) = self.peers[i].as_mut() else {
-            return;
-        };
+        let p = self.peers[i].as_ref()?;
         let key = ClassKey::of(p);
-        if let Some(c) = p.class.take() {
-            let class = self.classes[c as usize]
-                .as_mut()
-                .expect("a peer's class exists");
-            class.members -= 1;
-            if class.members == 0 {
-                self.classes[c as usize] = None;
+        let old = p.class.map(|c| c as usize);
+        if let (Some(c), Some(k)) = (old, &key) {
+            if self.classes[c].as_ref().is_some_and(|c| c.key == *k) {
+                return Some(c);
             }
         }
-        let Some(key) = key else { return };
+        // What the peer was sent, if it moves with its session up.
+        let was = match (old, &key) {
+            (Some(c), Some(_)) => Some((self.v4.sent_to(c, slot), self.v6.sent_to(c, slot))),
+            _ => None,
+        };
+        if let Some(c) = old {
+            let class = self.classes[c].as_mut().expect("a peer's class exists");
+            class.members.retain(|&m| m != slot);
+            if class.members.is_empty() {
+                self.classes[c] = None;
+                self.v4.reset_class(c);
+                self.v6.reset_class(c);
+            }
+            if let Some(p) = self.peers[i].as_mut() {
+                p.class = None;
+            }
+        }
+        let key = key?;
         let found = self
             .classes
             .iter()
@@ -106,10 +131,10 @@ impl Rib {
             None => {
                 let class = Some(ExportClass {
                     key,
-                    members: 0,
+                    members: Vec::new(),
                     memo: Memo::default(),
                 });
-                match self.classes.iter().position(Option::is_none) {
+                let c = match self.classes.iter().position(Option::is_none) {
                     Some(free) => {
                         self.classes[free] = class;
                         free
@@ -118,31 +143,42 @@ impl Rib {
                         self.classes.push(class);
                         self.classes.len() - 1
                     }
-                }
+                };
+                // A new class's table is filled before anyone is in it: nothing queued.
+                self.v4.reset_class(c);
+                self.v6.reset_class(c);
+                self.export_full::<Prefix4>(c);
+                self.export_full::<Prefix6>(c);
+                c
             }
         };
         self.classes[c]
             .as_mut()
             .expect("just found or made")
-            .members += 1;
+            .members
+            .push(slot);
         if let Some(p) = self.peers[i].as_mut() {
             p.class = Some(c as u32);
         }
+        let (was4, was6) = was.unwrap_or_default();
+        self.v4.join(c, slot, was4);
+        self.v6.join(c, slot, was6);
+        Some(c)
     }
 }
 
-/// What `best` looks like when sent to peer `target`, or `None` when it must not be sent.
+/// What `best` looks like when sent to the peers of class `c`, or `None` when it must not
+/// be sent. Split horizon (a peer is not sent its own route back) is the caller's business:
+/// it is the one thing that differs between the members.
 pub(super) fn export<K: PrefixKey>(
     sh: &mut Shared<'_>,
-    target: u32,
+    c: usize,
     key: K,
     best: &Path,
 ) -> Option<Arc<PathAttributes>> {
     let cfg = sh.cfg;
-    let t = target as usize;
-    let tp = sh.peers[t].as_ref()?;
-    let session = tp.session?;
-    if !session.has(K::FAMILY) || best.source == target {
+    let ExportClass { key: ck, memo, .. } = sh.classes.get_mut(c)?.as_mut()?;
+    if !ck.has(K::FAMILY) {
         return None;
     }
     let mut reflect_from = None;
@@ -151,31 +187,31 @@ pub(super) fn export<K: PrefixKey>(
             .peers
             .get(best.source as usize)
             .and_then(Option::as_ref)?;
-        if !sp.ebgp && !tp.ebgp {
+        if !sp.ebgp && !ck.ebgp {
             // iBGP split horizon, lifted by route reflection (RFC 4456 §6).
-            if sp.cfg.rr_client || tp.cfg.rr_client {
+            if sp.cfg.rr_client || ck.rr_client {
                 reflect_from = Some(sp.router_id);
             } else {
                 return None;
             }
         }
-        if reflect_from.is_none() && !tp.cfg.export_learned {
+        if reflect_from.is_none() && !ck.export_learned {
             // Safe default: only what this node originates.
             return None;
         }
     }
-    if key.is_default() && !tp.cfg.send_default_route {
+    if key.is_default() && !ck.send_default_route {
         return None;
     }
     let attrs = &best.attrs;
     if attrs.communities.contains(&NO_ADVERTISE)
-        || (tp.ebgp
+        || (ck.ebgp
             && (attrs.communities.contains(&NO_EXPORT)
                 || attrs.communities.contains(&NO_EXPORT_SUBCONFED)))
     {
         return None;
     }
-    let mods = match &tp.cfg.export_policy {
+    let mods = match &ck.export_policy {
         None => Modifications::default(),
         Some(p) => match p.evaluate(&key.to_net(), attrs) {
             Verdict::Reject => return None,
@@ -188,20 +224,16 @@ pub(super) fn export<K: PrefixKey>(
         family: K::FAMILY,
         mods,
     };
-    let class = tp.class? as usize;
-    if let Some((_, out)) = sh.classes[class]
-        .as_ref()
-        .and_then(|c| c.memo.get(&memo_key))
-    {
+    if let Some((_, out)) = memo.get(&memo_key) {
         return out.clone();
     }
     let self_nh = match K::FAMILY {
-        Family::Ipv4 => session.local_v4.map(IpAddr::V4),
-        Family::Ipv6 => session.local_v6.map(IpAddr::V6),
+        Family::Ipv4 => ck.local_v4.map(IpAddr::V4),
+        Family::Ipv6 => ck.local_v6.map(IpAddr::V6),
     };
     let out = rewrite(
         cfg,
-        tp,
+        ck,
         best.source == LOCAL,
         reflect_from,
         attrs,
@@ -209,15 +241,13 @@ pub(super) fn export<K: PrefixKey>(
         self_nh,
     )
     .map(|a| sh.interner.intern(a));
-    if let Some(c) = sh.classes[class].as_mut() {
-        c.memo.insert(memo_key, (Arc::clone(attrs), out.clone()));
-    }
+    memo.insert(memo_key, (Arc::clone(attrs), out.clone()));
     out
 }
 
 fn rewrite(
     cfg: &RibConfig,
-    target: &Peer,
+    target: &ClassKey,
     local: bool,
     reflect_from: Option<Ipv4Addr>,
     attrs: &PathAttributes,
@@ -247,7 +277,7 @@ fn rewrite(
         if a.local_pref.is_none() {
             a.local_pref = Some(cfg.default_local_pref);
         }
-        if local || mods.next_hop_self || target.cfg.next_hop_self || a.next_hop.is_none() {
+        if local || mods.next_hop_self || target.next_hop_self || a.next_hop.is_none() {
             a.next_hop = Some(self_hop(self_nh?));
         }
         if let Some(originator) = reflect_from {
@@ -345,7 +375,7 @@ mod tests {
             "next-hop-self differs"
         );
         assert_ne!(class_of(&rib, c1), class_of(&rib, n1), "non-client differs");
-        assert_eq!(class(&rib, c1).members, 3);
+        assert_eq!(class(&rib, c1).members.len(), 3);
         assert_eq!(rib.classes.iter().flatten().count(), 3);
 
         let out = rib
@@ -382,7 +412,125 @@ mod tests {
         rib.peer_down(nhs).unwrap();
         assert_eq!(rib.classes.iter().flatten().count(), 2);
         rib.peer_down(c3).unwrap();
-        assert_eq!(class(&rib, c1).members, 2);
+        assert_eq!(class(&rib, c1).members.len(), 2);
+    }
+
+    fn prefixes(rib: &Rib, id: PeerId) -> Vec<IpNetwork> {
+        rib.adj_rib_out(id)
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    fn announced(out: &RibOutput, id: PeerId) -> Vec<IpNetwork> {
+        let mut v: Vec<IpNetwork> = out
+            .update_for(id)
+            .map(|u| {
+                u.announce
+                    .iter()
+                    .flat_map(|a| a.prefixes.iter().copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn withdrawn(out: &RibOutput, id: PeerId) -> Vec<IpNetwork> {
+        out.update_for(id)
+            .map(|u| u.withdraw.clone())
+            .unwrap_or_default()
+    }
+
+    /// One Adj-RIB-Out table per class: each member sees it less its own routes, a member
+    /// that comes up late is sent all of it, one that goes is no longer counted, and one that
+    /// moves to another class is sent the difference, never its own route.
+    #[test]
+    fn a_class_shares_one_table_that_each_member_sees_less_its_own_routes() {
+        let (a, b) = (net("10.244.1.0/26"), net("10.244.2.0/26"));
+        let mut rib = Rib::new(RibConfig::new(Asn(AS), Ipv4Addr::new(10, 0, 0, 1))).unwrap();
+        let c1 = up(&mut rib, peer_cfg("10.0.2.1", true));
+        let c2 = up(&mut rib, peer_cfg("10.0.2.2", true));
+        rib.announce(c1, &[a], from("10.0.2.1")).unwrap();
+        let out = rib.announce(c2, &[b], from("10.0.2.2")).unwrap();
+        assert_eq!(announced(&out, c1), vec![b]);
+        assert!(
+            out.update_for(c2).is_none(),
+            "its own route is not sent back"
+        );
+        let c = class_of(&rib, c1);
+        assert_eq!(rib.v4.adj_out[c].len(), 2, "one table for the class");
+        assert_eq!(prefixes(&rib, c1), vec![b]);
+        assert_eq!(prefixes(&rib, c2), vec![a]);
+        assert_eq!(rib.counters(c1).unwrap().sent, 1);
+
+        // A client coming up late gets the class's whole table in its peer_up output.
+        let id = rib.add_peer(peer_cfg("10.0.2.3", true)).unwrap();
+        let out = rib
+            .peer_up(
+                id,
+                PeerSession {
+                    router_id: Ipv4Addr::new(10, 0, 2, 3),
+                    local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                    local_v6: None,
+                    ipv4: true,
+                    ipv6: false,
+                },
+            )
+            .unwrap();
+        let c3 = id;
+        assert_eq!(class_of(&rib, c3), c);
+        assert_eq!(announced(&out, c3), vec![a, b]);
+        assert_eq!(
+            out.updates.len(),
+            1,
+            "the others were sent all of it already"
+        );
+
+        // c2 moves to a class of its own (next-hop-self) with its session up: it is sent
+        // what differs (a's next hop), still not its own route.
+        let mut nhs = peer_cfg("10.0.2.2", true);
+        nhs.next_hop_self = true;
+        let out = rib.set_peer_config(c2, nhs).unwrap();
+        assert_ne!(class_of(&rib, c2), c);
+        assert_eq!(announced(&out, c2), vec![a]);
+        assert!(withdrawn(&out, c2).is_empty());
+        assert_eq!(prefixes(&rib, c2), vec![a]);
+        assert_eq!(
+            rib.adj_rib_out(c2).unwrap()[0].1.next_hop.unwrap().address,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        assert_eq!(prefixes(&rib, c1), vec![b], "the others are unchanged");
+        assert_eq!(prefixes(&rib, c3), vec![a, b]);
+
+        // c1's session goes: its route is withdrawn from the others, and c1 is sent nothing.
+        let out = rib.peer_down(c1).unwrap();
+        assert!(out.update_for(c1).is_none());
+        assert_eq!(withdrawn(&out, c2), vec![a]);
+        assert_eq!(withdrawn(&out, c3), vec![a]);
+        assert!(rib.adj_rib_out(c1).unwrap().is_empty());
+        assert_eq!(rib.counters(c1).unwrap().sent, 0);
+        assert_eq!(class(&rib, c3).members, vec![c3.0]);
+
+        // And back: the class (now c3 alone) holds b, which c1 gets; c1 announces again.
+        let out = rib
+            .peer_up(
+                c1,
+                PeerSession {
+                    router_id: Ipv4Addr::new(10, 0, 2, 1),
+                    local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                    local_v6: None,
+                    ipv4: true,
+                    ipv6: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(announced(&out, c1), vec![b]);
+        let out = rib.announce(c1, &[a], from("10.0.2.1")).unwrap();
+        assert!(out.update_for(c1).is_none());
+        assert_eq!(announced(&out, c3), vec![a]);
+        assert_eq!(announced(&out, c2), vec![a]);
     }
 
     #[test]

@@ -93,7 +93,6 @@ impl Rib {
 
     pub fn counters(&self, id: PeerId) -> Result<PeerCounters, RibError> {
         let p = self.peer(id)?;
-        let i = id.0 as usize;
         Ok(PeerCounters {
             received: p.received,
             accepted: p.accepted,
@@ -104,7 +103,9 @@ impl Rib {
                 .map(|(r, n)| (*r, n))
                 .collect(),
             last_refused: p.last_refused.clone(),
-            sent: self.v4.adj_out[i].len() + self.v6.adj_out[i].len(),
+            sent: p.class.map_or(0, |c| {
+                self.v4.sent_count(c as usize, id.0) + self.v6.sent_count(c as usize, id.0)
+            }),
             stale: p.stale,
             max_prefix_exceeded: p.exceeded,
         })
@@ -117,15 +118,19 @@ impl Rib {
         let rid_changed = p.router_id != session.router_id;
         p.session = Some(session);
         p.router_id = session.router_id;
-        self.regroup(id.0);
+        // Joining the class queues the peer the class's table.
+        let class = self.regroup(id.0);
         // The router id feeds the decision and ORIGINATOR_ID on reflection.
         self.clear_memos();
         if rid_changed {
             self.reselect_peer::<Prefix4>(id.0);
             self.reselect_peer::<Prefix6>(id.0);
         }
-        self.export_full::<Prefix4>(id.0);
-        self.export_full::<Prefix6>(id.0);
+        // And the class's table is recomputed in full, as a session coming up always did.
+        if let Some(c) = class {
+            self.export_full::<Prefix4>(c);
+            self.export_full::<Prefix6>(c);
+        }
         Ok(self.finish())
     }
 
@@ -146,9 +151,7 @@ impl Rib {
         let i = id.0 as usize;
         self.peers[i] = None;
         self.v4.received[i] = Table::default();
-        self.v4.adj_out[i] = Table::default();
         self.v6.received[i] = Table::default();
-        self.v6.adj_out[i] = Table::default();
         Ok(out)
     }
 
@@ -181,11 +184,10 @@ impl Rib {
         if let Some(p) = self.peers[i].as_mut() {
             p.session = None;
         }
+        // Nothing more goes to a peer without a session; leaving its class, its Adj-RIB-Out
+        // starts empty again.
         self.regroup(slot);
-        // Nothing more goes to a peer without a session; its Adj-RIB-Out starts empty again.
-        self.v4.adj_out[i] = Table::default();
         self.v4.pending[i].clear();
-        self.v6.adj_out[i] = Table::default();
         self.v6.pending[i].clear();
     }
 }

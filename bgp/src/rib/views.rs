@@ -110,15 +110,19 @@ impl Rib {
         &self,
         id: PeerId,
     ) -> Result<Vec<(IpNetwork, Arc<PathAttributes>)>, RibError> {
-        self.peer(id)?;
-        let i = id.0 as usize;
-        let mut v: Vec<(IpNetwork, Arc<PathAttributes>)> = self.v4.adj_out[i]
-            .iter()
-            .map(|(k, a)| (k.to_net(), Arc::clone(a)))
+        let Some(c) = self.peer(id)?.class.map(|c| c as usize) else {
+            return Ok(Vec::new());
+        };
+        let mut v: Vec<(IpNetwork, Arc<PathAttributes>)> = self
+            .v4
+            .sent_to(c, id.0)
+            .into_iter()
+            .map(|(k, a)| (k.to_net(), a))
             .chain(
-                self.v6.adj_out[i]
-                    .iter()
-                    .map(|(k, a)| (k.to_net(), Arc::clone(a))),
+                self.v6
+                    .sent_to(c, id.0)
+                    .into_iter()
+                    .map(|(k, a)| (k.to_net(), a)),
             )
             .collect();
         v.sort_by_key(|(k, _)| *k);
