@@ -220,8 +220,10 @@ impl Leading {
         self.reef_nodes = reef.into_iter().map(|o| o.name).collect();
         self.node_watch = Some(store.watch_nodes(None, &nrev)?);
         self.reef_watch = Some(store.watch(Kind::ReefNode, &rrev)?);
+        // One listing of the blocks serves the holders, the unowned blocks and the labels.
+        let blocks = ipam.list_blocks()?;
         self.holders = ipam
-            .gone_nodes()?
+            .gone_nodes_in(&blocks)?
             .into_iter()
             .map(|p| match p {
                 crate::ipam::GoneNodeProblem::ReefNodeWithoutNode { node }
@@ -230,13 +232,15 @@ impl Leading {
                 | crate::ipam::GoneNodeProblem::Address { node, .. } => node,
             })
             .collect();
-        let unowned = ipam.release_unowned_empty_blocks()?.len();
-        let relabeled = ipam.relabel_blocks()?;
+        let unowned = ipam.release_unowned_empty_blocks_in(&blocks)?;
+        // The deleted ones need no labels.
+        let relabeled =
+            ipam.relabel_blocks_in(blocks.iter().filter(|b| !unowned.contains(&b.spec.cidr)))?;
         if !relabeled.is_empty() {
             tracing::info!(blocks = ?relabeled, "cleanup: index labels of blocks rewritten from their spec");
         }
         self.last_resync = Some(Instant::now());
-        Ok(unowned)
+        Ok(unowned.len())
     }
 
     /// Applies what the watches have (waiting up to `wait` on the first); a lost watch

@@ -416,3 +416,31 @@ fn the_leader_relabels_blocks_whose_index_labels_disagree_with_their_spec() {
     let r = ipam.check(None).unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
+
+/// The leader's resync lists the IPAM blocks once for all it does with them: the holders of
+/// gone nodes, the unowned empty blocks, the index labels.
+#[test]
+fn the_leaders_resync_lists_the_blocks_once() {
+    let api = StandIn::start().unwrap();
+    let ipam = ipam(&api);
+    ipam.put_pool("p", pool("10.73.0.0/24", &[])).unwrap();
+    api.put_node("n1", &[], &["192.168.1.1"]);
+    api.put_node("n2", &[], &["192.168.1.2"]);
+    n2_borrows_from_n1(&ipam);
+    let block_lists = || -> u64 {
+        api.request_counts()
+            .iter()
+            .filter(|(k, _)| k.verb == "list" && k.resource == "ipamblocks")
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let mut cfg = CleanerConfig::new("n1", "reef-system");
+    // Every pass resyncs; only the first scans for leaks (which lists the blocks too).
+    cfg.resync_every = Duration::ZERO;
+    cfg.leak_scan_every = Duration::from_secs(3600);
+    let mut sweeper = Sweeper::default();
+    sweeper.pass(&ipam, &cfg, Duration::ZERO).unwrap();
+    let before = block_lists();
+    sweeper.pass(&ipam, &cfg, Duration::ZERO).unwrap();
+    assert_eq!(block_lists() - before, 1, "block lists in one resync");
+}

@@ -126,8 +126,23 @@ impl<S: Store> Ipam<S> {
         }
     }
 
+    /// Every IPAM block, for the `*_in` methods below: one listing can serve several (the
+    /// cleaner's resync).
+    pub fn list_blocks(&self) -> Result<Vec<Typed<IpamBlockSpec>>, Error> {
+        self.store.list_typed::<IpamBlockSpec>(&Labels::new())
+    }
+
     /// Everything held by nodes that do not exist ([`Ipam::existing_nodes`]).
     pub fn gone_nodes(&self) -> Result<Vec<GoneNodeProblem>, Error> {
+        self.gone_nodes_in(&self.list_blocks()?)
+    }
+
+    /// [`Ipam::gone_nodes`] with the blocks already listed. The nodes are listed after the
+    /// blocks, so a node that registered in between counts as existing (never the reverse).
+    pub fn gone_nodes_in(
+        &self,
+        blocks: &[Typed<IpamBlockSpec>],
+    ) -> Result<Vec<GoneNodeProblem>, Error> {
         let live = self.existing_nodes()?;
         let gone = |n: &str| !live.contains(n);
         let mut out = Vec::new();
@@ -138,14 +153,14 @@ impl<S: Store> Ipam<S> {
                 }
             }
         }
-        for b in self.store.list_typed::<IpamBlockSpec>(&Labels::new())? {
+        for b in blocks {
             if let Some(n) = b.spec.affinity.as_deref().filter(|n| gone(n)) {
                 out.push(GoneNodeProblem::Block {
                     cidr: b.spec.cidr,
                     node: n.to_string(),
                 });
             }
-            let blk = Block::from_spec(b.spec);
+            let blk = Block::from_spec(b.spec.clone());
             for a in &blk.spec.allocations {
                 if let Some(n) = a.attributes.node.as_deref().filter(|n| gone(n)) {
                     out.push(GoneNodeProblem::Address {
@@ -304,14 +319,22 @@ impl<S: Store> Ipam<S> {
     /// Deletes blocks affine to no node that hold no address (what a deleted node's
     /// borrowed-from blocks become when their last address goes); returns them.
     pub fn release_unowned_empty_blocks(&self) -> Result<Vec<IpNetwork>, Error> {
+        self.release_unowned_empty_blocks_in(&self.list_blocks()?)
+    }
+
+    /// [`Ipam::release_unowned_empty_blocks`] with the blocks already listed.
+    pub fn release_unowned_empty_blocks_in(
+        &self,
+        blocks: &[Typed<IpamBlockSpec>],
+    ) -> Result<Vec<IpNetwork>, Error> {
         let mut out = Vec::new();
-        for t in self.store.list_typed::<IpamBlockSpec>(&Labels::new())? {
+        for t in blocks {
             if t.spec.affinity.is_some() || !t.spec.allocations.is_empty() {
                 continue;
             }
             // On the revision read: an allocation (or a claim) since makes this conflict,
             // and the block is looked at again on the next pass.
-            match self.store.delete_typed(&t) {
+            match self.store.delete_typed(t) {
                 Ok(()) => out.push(t.spec.cidr),
                 Err(Error::NotFound { .. }) | Err(Error::Conflict { .. }) => {}
                 Err(e) => return Err(e),
@@ -327,8 +350,16 @@ impl<S: Store> Ipam<S> {
     /// edited by hand. Compare-and-swap on the revision read: a block written since already
     /// carries the right labels, and a conflict leaves it to that write.
     pub fn relabel_blocks(&self) -> Result<Vec<IpNetwork>, Error> {
+        self.relabel_blocks_in(&self.list_blocks()?)
+    }
+
+    /// [`Ipam::relabel_blocks`] with the blocks already listed.
+    pub fn relabel_blocks_in<'a>(
+        &self,
+        blocks: impl IntoIterator<Item = &'a Typed<IpamBlockSpec>>,
+    ) -> Result<Vec<IpNetwork>, Error> {
         let mut out = Vec::new();
-        for t in self.store.list_typed::<IpamBlockSpec>(&Labels::new())? {
+        for t in blocks {
             let want = with_block_labels(t.clone());
             if want.labels == t.labels {
                 continue;
