@@ -86,6 +86,31 @@ impl Rib {
         Ok(out)
     }
 
+    /// Reads where `prefixes` live in the table, ahead of [`Rib::apply`] on them: the
+    /// UPDATEs of a full table come in no address order, so each prefix is a cache miss or
+    /// two in a table of tens of MB. Taken one by one inside `apply`, between the import and
+    /// best-path work of each prefix, those misses are waited for one at a time (measured on
+    /// the realistic 1 M ingest: the table's control bytes and slots were half of the RIB's
+    /// cycles); here the lookups of a whole hand-off are independent of each other and the
+    /// CPU overlaps their misses, and `apply` then finds the lines in its caches (a hand-off
+    /// is at most ~1,000 prefixes, a few dozen KiB of lines).
+    pub(crate) fn prefetch(&self, prefixes: &[IpNetwork]) {
+        let mut present = 0usize;
+        for p in prefixes {
+            let hit = match p {
+                IpNetwork::V4(_) => {
+                    Prefix4::from_net(p).is_some_and(|k| self.v4.routes.get(&k).is_some())
+                }
+                IpNetwork::V6(_) => {
+                    Prefix6::from_net(p).is_some_and(|k| self.v6.routes.get(&k).is_some())
+                }
+            };
+            present += usize::from(hit);
+        }
+        // The lookups are only for their loads: keep the compiler from dropping them.
+        std::hint::black_box(present);
+    }
+
     /// This node originates `prefixes` (its blocks, or what the user adds).
     pub fn originate(&mut self, prefixes: &[IpNetwork]) -> RibOutput {
         let attrs = Arc::clone(&self.local_attrs);
