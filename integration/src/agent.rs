@@ -418,8 +418,8 @@ pub struct Agent {
     pub name: String,
     pub config: PathBuf,
     pub log: PathBuf,
-    reef: String,
-    netns: String,
+    /// Its control socket.
+    pub socket: PathBuf,
     process: Option<Process>,
 }
 
@@ -455,8 +455,7 @@ impl Agent {
             name: spec.node_name.to_string(),
             config,
             log,
-            reef: spec.reef.to_string(),
-            netns: ns.name().to_string(),
+            socket: files.socket(),
             process: Some(process),
         })
     }
@@ -466,16 +465,10 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `reef -o json status` against this agent (Null when it does not answer).
+    /// The agent's status snapshot (what `reef -o json status` prints), from its control
+    /// socket; Null when it does not answer.
     pub fn status(&self) -> serde_json::Value {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.netns, &self.reef, "--config"])
-            .arg(&self.config)
-            .args(["-o", "json", "status"])
-            .output();
-        out.ok()
-            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-            .unwrap_or(serde_json::Value::Null)
+        snapshot(&self.socket).unwrap_or(serde_json::Value::Null)
     }
 
     /// The agent's process id (None once killed).
