@@ -65,9 +65,20 @@ fn a_store_on_the_callers_runtime_refuses_its_async_threads() {
     let s = store.clone();
     let blocking = rt.block_on(rt.spawn_blocking(move || s.get(Kind::IpPool, "p")));
     assert!(matches!(blocking, Ok(Ok(None))), "{blocking:?}");
+    // Without the guard the call deadlocks (its request task waits in the blocked worker's
+    // LIFO slot): bounded here, so that fails instead of hanging.
     let s = store.clone();
-    let on_worker = rt.block_on(rt.spawn(async move { s.get(Kind::IpPool, "p") }));
-    let e = on_worker.expect_err("a store call on an async thread returned");
+    let on_worker = rt.block_on(async move {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::spawn(async move { s.get(Kind::IpPool, "p") }),
+        )
+        .await
+    });
+    rt.shutdown_background();
+    let e = on_worker
+        .expect("a store call on an async thread hung")
+        .expect_err("a store call on an async thread returned");
     assert!(e.is_panic(), "{e}");
 }
 
