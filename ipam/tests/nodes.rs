@@ -293,6 +293,17 @@ fn n2_borrows_from_n1(ipam: &Ipam<KubeStore>) -> (std::net::IpAddr, IpNetwork) {
     (a1, block)
 }
 
+/// Nodes n1 and n2 on the stand-in, one pool, n2 holding an address of n1's block (returned).
+fn two_nodes_n2_borrowing() -> (StandIn, Ipam<KubeStore>, IpNetwork) {
+    let api = StandIn::start().unwrap();
+    let ipam = ipam(&api);
+    ipam.put_pool("p", pool("10.73.0.0/24", &[])).unwrap();
+    api.put_node("n1", &[], &["192.168.1.1"]);
+    api.put_node("n2", &[], &["192.168.1.2"]);
+    let (_, block) = n2_borrows_from_n1(&ipam);
+    (api, ipam, block)
+}
+
 #[test]
 fn a_deleted_nodes_block_with_borrowed_addresses_is_orphaned_then_deleted_when_empty() {
     let api = StandIn::start().unwrap();
@@ -377,12 +388,7 @@ fn leaked_addresses_are_freed_after_the_grace_but_never_once_reused() {
 fn the_leader_relabels_blocks_whose_index_labels_disagree_with_their_spec() {
     // As after an upgrade from a reef that had no `reef.dev/lent`: n2 holds an address of
     // n1's block, but the label that makes every agent follow that block is missing.
-    let api = StandIn::start().unwrap();
-    let ipam = ipam(&api);
-    ipam.put_pool("p", pool("10.73.0.0/24", &[])).unwrap();
-    api.put_node("n1", &[], &["192.168.1.1"]);
-    api.put_node("n2", &[], &["192.168.1.2"]);
-    let (_, block) = n2_borrows_from_n1(&ipam);
+    let (_api, ipam, block) = two_nodes_n2_borrowing();
     let lent = || -> Vec<IpNetwork> {
         let sel: Labels = [(reef_ipam::ipam::LENT_LABEL.to_string(), "true".to_string())]
             .into_iter()
@@ -421,12 +427,7 @@ fn the_leader_relabels_blocks_whose_index_labels_disagree_with_their_spec() {
 /// gone nodes, the unowned empty blocks, the index labels.
 #[test]
 fn the_leaders_resync_lists_the_blocks_once() {
-    let api = StandIn::start().unwrap();
-    let ipam = ipam(&api);
-    ipam.put_pool("p", pool("10.73.0.0/24", &[])).unwrap();
-    api.put_node("n1", &[], &["192.168.1.1"]);
-    api.put_node("n2", &[], &["192.168.1.2"]);
-    n2_borrows_from_n1(&ipam);
+    let (api, ipam, _) = two_nodes_n2_borrowing();
     let block_lists = || -> u64 {
         api.request_counts()
             .iter()

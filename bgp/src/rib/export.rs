@@ -318,18 +318,19 @@ mod tests {
             IpAddr::V6(_) => unreachable!("IPv4 peers here"),
         };
         let id = rib.add_peer(cfg).unwrap();
-        rib.peer_up(
-            id,
-            PeerSession {
-                router_id,
-                local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
-                local_v6: None,
-                ipv4: true,
-                ipv6: false,
-            },
-        )
-        .unwrap();
+        rib.peer_up(id, session(router_id)).unwrap();
         id
+    }
+
+    /// An IPv4 session with `router_id`, from 10.0.0.1.
+    fn session(router_id: Ipv4Addr) -> PeerSession {
+        PeerSession {
+            router_id,
+            local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            local_v6: None,
+            ipv4: true,
+            ipv6: false,
+        }
     }
 
     fn from(addr: &str) -> PathAttributes {
@@ -468,16 +469,7 @@ mod tests {
         // A client coming up late gets the class's whole table in its peer_up output.
         let id = rib.add_peer(peer_cfg("10.0.2.3", true)).unwrap();
         let out = rib
-            .peer_up(
-                id,
-                PeerSession {
-                    router_id: Ipv4Addr::new(10, 0, 2, 3),
-                    local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
-                    local_v6: None,
-                    ipv4: true,
-                    ipv6: false,
-                },
-            )
+            .peer_up(id, session(Ipv4Addr::new(10, 0, 2, 3)))
             .unwrap();
         let c3 = id;
         assert_eq!(class_of(&rib, c3), c);
@@ -515,16 +507,7 @@ mod tests {
 
         // And back: the class (now c3 alone) holds b, which c1 gets; c1 announces again.
         let out = rib
-            .peer_up(
-                c1,
-                PeerSession {
-                    router_id: Ipv4Addr::new(10, 0, 2, 1),
-                    local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
-                    local_v6: None,
-                    ipv4: true,
-                    ipv6: false,
-                },
-            )
+            .peer_up(c1, session(Ipv4Addr::new(10, 0, 2, 1)))
             .unwrap();
         assert_eq!(announced(&out, c1), vec![b]);
         let out = rib.announce(c1, &[a], from("10.0.2.1")).unwrap();
