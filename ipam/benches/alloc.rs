@@ -100,15 +100,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 /// CPU time (user + system) this process has used: unlike wall time it does not grow when
 /// other work shares the machine's two cores.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the ")" that ends the command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    reef_integration::procfs::cpu_time(std::process::id())
 }
 
 fn report(

@@ -40,17 +40,23 @@ impl Drop for Daemon {
 /// Stops a daemon started under a wrapper. heaptrack runs reef-bgp as its child and waits for
 /// it, so killing the wrapper alone left reef-bgp running (holding its port and CPU, and later
 /// runs hung). reef-bgp gets SIGTERM first and the wrapper up to 60 s to write its output and
-/// exit; then whatever is left of the group gets SIGKILL.
+/// exit; then whatever is left of the group gets SIGKILL, and reef-bgp too: it is found
+/// among the wrapper's descendants, not by group, since a wrapper may start a session of
+/// its own (`setsid -w` left reef-bgp running when only the group was stopped).
 fn stop_group(wrapper: &mut Child) {
     let pgid = wrapper.id();
-    for pid in group_members(pgid).into_iter().filter(|&p| is_reef(p)) {
-        kill("-TERM", &pid.to_string());
+    let daemon = Some(reef_process(pgid)).filter(|&p| is_reef(p));
+    if let Some(d) = daemon {
+        kill("-TERM", &d.to_string());
     }
     let t = Instant::now();
     while matches!(wrapper.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(50));
     }
     kill("-KILL", &format!("-{pgid}"));
+    if let Some(d) = daemon.filter(|&d| is_reef(d)) {
+        kill("-KILL", &d.to_string());
+    }
 }
 
 /// Whether process `pid` runs reef-bgp (its `comm`).
@@ -62,19 +68,8 @@ fn is_reef(pid: u32) -> bool {
 /// as a child, or execs it); `pid` itself when there is none (not started yet, or gone).
 /// Figures read from a wrapper's PID are the wrapper's, not the daemon's.
 pub fn reef_process(pid: u32) -> u32 {
-    let parent = |p: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        // "PID (comm) state ppid ...": comm may hold spaces and parentheses.
-        let (_, rest) = stat.rsplit_once(')')?;
-        rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-    };
-    let all: Vec<(u32, Option<u32>)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .map(|p| (p, parent(p)))
-        .collect();
+    // (pid, its parent: stat field 4)
+    let all: Vec<(u32, Option<u64>)> = pids().map(|p| (p, procfs::stat_field(p, 4))).collect();
     let mut level = vec![pid];
     while !level.is_empty() {
         if let Some(&p) = level.iter().find(|&&p| is_reef(p)) {
@@ -82,28 +77,20 @@ pub fn reef_process(pid: u32) -> u32 {
         }
         level = all
             .iter()
-            .filter(|(_, pp)| pp.is_some_and(|pp| level.contains(&pp)))
+            .filter(|(_, pp)| pp.is_some_and(|pp| level.iter().any(|&l| u64::from(l) == pp)))
             .map(|(p, _)| *p)
             .collect();
     }
     pid
 }
 
-/// The processes of process group `pgid` (the field after the parent in `/proc/PID/stat`).
-fn group_members(pgid: u32) -> Vec<u32> {
-    let pgrp = |pid: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // "PID (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        let (_, rest) = stat.rsplit_once(')')?;
-        rest.split_whitespace().nth(2)?.parse::<u32>().ok()
-    };
+/// Every process id in `/proc`.
+fn pids() -> impl Iterator<Item = u32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pgrp(pid) == Some(pgid))
-        .collect()
 }
 
 /// `kill SIGNAL -- TARGET` (a negative target: a process group); errors ignored (gone already).
