@@ -155,11 +155,6 @@ impl KubeStore {
         Ok(KubeStore { client, handle, rt })
     }
 
-    /// Whether requests run on a runtime of the store's own (false: on the caller's).
-    pub fn owns_runtime(&self) -> bool {
-        self.rt.is_some()
-    }
-
     fn api(&self, kind: Kind) -> (Api<DynamicObject>, ApiResource) {
         let gvk = GroupVersionKind::gvk(reef_config::GROUP, reef_config::VERSION, kind.as_str());
         let ar = ApiResource::from_gvk_with_plural(&gvk, kind.plural());
