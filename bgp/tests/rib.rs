@@ -1117,6 +1117,10 @@ fn apply_is_the_updates_one_by_one_and_stops_announcing_at_max_prefix() {
     assert_eq!((ex.peer, ex.limit), (p, 2));
     let prefixes: Vec<IpNetwork> = batched.loc_rib().iter().map(|e| e.prefix).collect();
     assert_eq!(prefixes, vec![c]);
+    // Nothing is left of the announcements not taken (apply writes an entry for each new
+    // prefix of a batch before it takes the first).
+    assert_eq!((batched.lookup(&a), batched.lookup(&d)), (None, None));
+    assert_eq!(batched.loc_rib_len(), 1);
     assert_eq!(
         out.best_changes,
         vec![

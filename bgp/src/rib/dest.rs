@@ -12,6 +12,10 @@ use crate::attrs::PathAttributes;
 /// `Path::source` of a locally originated path.
 pub(super) const LOCAL: u32 = u32::MAX;
 
+/// `Path::source` of a stand-in: the entry [`Rib::apply`](super::Rib::apply) writes for a
+/// prefix it is about to add, ahead of adding it (see `table.rs`). Never outside `apply`.
+pub(super) const STAND_IN: u32 = u32::MAX - 1;
+
 /// Kept for a restarting peer (RFC 4724) and not yet refreshed.
 pub(super) const STALE: u8 = 1;
 /// Import refused the route: it stays for the Adj-RIB-In view and soft reconfiguration.
@@ -95,6 +99,20 @@ impl Storage {
 }
 
 impl Dest {
+    /// A stand-in for the prefix with these low bytes (see [`STAND_IN`]).
+    pub(super) fn stand_in(lo: [u8; 3], attrs: &Arc<PathAttributes>) -> Dest {
+        Dest::One(Path {
+            source: STAND_IN,
+            flags: 0,
+            lo,
+            attrs: Arc::clone(attrs),
+        })
+    }
+
+    pub(super) fn is_stand_in(&self) -> bool {
+        matches!(self, Dest::One(p) if p.source == STAND_IN)
+    }
+
     /// The key part the paths carry (they all carry the same).
     pub(super) fn low_bytes(&self) -> [u8; 3] {
         match self {

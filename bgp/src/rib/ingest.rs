@@ -9,7 +9,7 @@ use super::change::{settle, Out, Snapshot};
 use super::dest::{refusal_of, Dest, Path, LOCAL, MODIFIED, REJECTED, STALE};
 use super::import::import_path;
 use super::peers::peer_of;
-use super::table::Entry as RouteEntry;
+use super::table::{Entry as RouteEntry, Occupied, Vacant};
 use super::{
     Fam, FamilyRib, MaxPrefixExceeded, PeerId, Prefix4, Prefix6, PrefixKey, Rib, RibError,
     RibOutput, Shared,
@@ -25,6 +25,12 @@ pub enum PeerRoutes<'a> {
 }
 
 struct Exceeded;
+
+/// Where a prefix new from a peer goes: a free entry, or the stand-in `reserve` wrote.
+enum Fresh<'a, K: PrefixKey> {
+    Vacant(Vacant<'a, K>),
+    StandIn(Occupied<'a, K>),
+}
 
 impl Rib {
     // ---- routes ---------------------------------------------------------------------------
@@ -53,11 +59,13 @@ impl Rib {
         routes: impl IntoIterator<Item = PeerRoutes<'a>>,
     ) -> Result<RibOutput, RibError> {
         self.established(id)?;
+        let mut routes: Vec<PeerRoutes<'a>> = routes.into_iter().collect();
+        self.reserve(&routes);
         let mut exceeded = None;
-        for r in routes {
+        for r in &mut routes {
             match r {
                 PeerRoutes::Withdraw(prefixes) => {
-                    for prefix in prefixes {
+                    for prefix in prefixes.iter() {
                         match prefix {
                             IpNetwork::V4(_) => self.remove_one::<Prefix4>(id.0, prefix),
                             IpNetwork::V6(_) => self.remove_one::<Prefix6>(id.0, prefix),
@@ -66,8 +74,8 @@ impl Rib {
                 }
                 PeerRoutes::Announce(..) if exceeded.is_some() => {}
                 PeerRoutes::Announce(prefixes, attrs) => {
-                    let attrs = self.interner.intern(attrs);
-                    for prefix in prefixes {
+                    let attrs = self.interner.intern(std::mem::take(attrs));
+                    for prefix in prefixes.iter() {
                         let r = match prefix {
                             IpNetwork::V4(_) => self.announce_one::<Prefix4>(id.0, prefix, &attrs),
                             IpNetwork::V6(_) => self.announce_one::<Prefix6>(id.0, prefix, &attrs),
@@ -81,34 +89,84 @@ impl Rib {
                 }
             }
         }
+        // Only announcements left out (the peer passed its limit) leave stand-ins.
+        if self.v4.routes.stand_ins() + self.v6.routes.stand_ins() > 0 {
+            self.remove_stand_ins(&routes);
+        }
         let mut out = self.finish();
         out.max_prefix_exceeded = exceeded;
         Ok(out)
     }
 
-    /// Reads where `prefixes` live in the table, ahead of [`Rib::apply`] on them: the
-    /// UPDATEs of a full table come in no address order, so each prefix is a cache miss or
-    /// two in a table of tens of MB. Taken one by one inside `apply`, between the import and
-    /// best-path work of each prefix, those misses are waited for one at a time (measured on
-    /// the realistic 1 M ingest: the table's control bytes and slots were half of the RIB's
-    /// cycles); here the lookups of a whole hand-off are independent of each other and the
-    /// CPU overlaps their misses, and `apply` then finds the lines in its caches (a hand-off
-    /// is at most ~1,000 prefixes, a few dozen KiB of lines).
-    pub(crate) fn prefetch(&self, prefixes: &[IpNetwork]) {
+    /// Gets the table ready for `routes`, ahead of applying them: writes a stand-in entry
+    /// for each announced prefix not in the table yet (see `table.rs`: the writes of a whole
+    /// batch overlap their cache misses, where one by one inside the loop each was waited
+    /// for), and looks up each withdrawn prefix, for the same reason (the lookups are
+    /// independent of each other, and the loop then finds the lines in its caches; a
+    /// batch is at most ~1,000 prefixes, a few dozen KiB of lines).
+    fn reserve(&mut self, routes: &[PeerRoutes<'_>]) {
         let mut present = 0usize;
-        for p in prefixes {
-            let hit = match p {
-                IpNetwork::V4(_) => {
-                    Prefix4::from_net(p).is_some_and(|k| self.v4.routes.get(&k).is_some())
+        let attrs = &self.local_attrs;
+        for r in routes {
+            match r {
+                PeerRoutes::Withdraw(prefixes) => {
+                    for p in prefixes.iter() {
+                        let hit = match p {
+                            IpNetwork::V4(_) => Prefix4::from_net(p)
+                                .is_some_and(|k| self.v4.routes.get(&k).is_some()),
+                            IpNetwork::V6(_) => Prefix6::from_net(p)
+                                .is_some_and(|k| self.v6.routes.get(&k).is_some()),
+                        };
+                        present += usize::from(hit);
+                    }
                 }
-                IpNetwork::V6(_) => {
-                    Prefix6::from_net(p).is_some_and(|k| self.v6.routes.get(&k).is_some())
+                PeerRoutes::Announce(prefixes, _) => {
+                    for p in prefixes.iter() {
+                        match p {
+                            IpNetwork::V4(_) => {
+                                if let Some(k) = Prefix4::from_net(p) {
+                                    self.v4
+                                        .routes
+                                        .reserve(k, || Dest::stand_in(k.low_bytes(), attrs));
+                                }
+                            }
+                            IpNetwork::V6(_) => {
+                                if let Some(k) = Prefix6::from_net(p) {
+                                    self.v6
+                                        .routes
+                                        .reserve(k, || Dest::stand_in(k.low_bytes(), attrs));
+                                }
+                            }
+                        }
+                    }
                 }
-            };
-            present += usize::from(hit);
+            }
         }
         // The lookups are only for their loads: keep the compiler from dropping them.
         std::hint::black_box(present);
+    }
+
+    /// Removes the stand-ins `reserve` wrote for announcements `apply` did not take.
+    fn remove_stand_ins(&mut self, routes: &[PeerRoutes<'_>]) {
+        fn remove<K: PrefixKey>(t: &mut super::table::Sharded<K>, key: Option<K>) {
+            if let Some(RouteEntry::Occupied(e)) = key.map(|k| t.entry(k)) {
+                if e.get().is_stand_in() {
+                    e.remove();
+                }
+            }
+        }
+        for r in routes {
+            let PeerRoutes::Announce(prefixes, _) = r else {
+                continue;
+            };
+            for p in prefixes.iter() {
+                match p {
+                    IpNetwork::V4(_) => remove(&mut self.v4.routes, Prefix4::from_net(p)),
+                    IpNetwork::V6(_) => remove(&mut self.v6.routes, Prefix6::from_net(p)),
+                }
+            }
+        }
+        debug_assert_eq!(self.v4.routes.stand_ins() + self.v6.routes.stand_ins(), 0);
     }
 
     /// This node originates `prefixes` (its blocks, or what the user adds).
@@ -153,24 +211,9 @@ impl Rib {
             pending,
         } = fam;
         let side = &mut received[i];
-        match routes.entry(key) {
-            RouteEntry::Vacant(e) => {
-                admit_new(&mut sh, slot)?;
-                let (flags, stored) = import_path(&mut sh, slot, key, attrs, side);
-                count_path(&mut sh, slot, flags, 1);
-                let d = e.insert(Dest::One(Path {
-                    source: slot,
-                    flags,
-                    lo: key.low_bytes(),
-                    attrs: stored,
-                }));
-                let mut out = Out {
-                    adj_out,
-                    pending,
-                    loc_len,
-                };
-                settle(&mut out, &mut sh, key, &Snapshot::Empty, d.multipath());
-            }
+        let fresh = match routes.entry(key) {
+            RouteEntry::Vacant(e) => Fresh::Vacant(e),
+            RouteEntry::Occupied(e) if e.get().is_stand_in() => Fresh::StandIn(e),
             RouteEntry::Occupied(mut e) => {
                 let d = e.get_mut();
                 let existing = d.find(slot).map(|p| {
@@ -215,8 +258,28 @@ impl Rib {
                     loc_len,
                 };
                 settle(&mut out, &mut sh, key, &before, d.multipath());
+                return Ok(());
             }
-        }
+        };
+        admit_new(&mut sh, slot)?;
+        let (flags, stored) = import_path(&mut sh, slot, key, attrs, side);
+        count_path(&mut sh, slot, flags, 1);
+        let dest = Dest::One(Path {
+            source: slot,
+            flags,
+            lo: key.low_bytes(),
+            attrs: stored,
+        });
+        let d = match fresh {
+            Fresh::Vacant(e) => e.insert(dest),
+            Fresh::StandIn(e) => e.fill(dest),
+        };
+        let mut out = Out {
+            adj_out,
+            pending,
+            loc_len,
+        };
+        settle(&mut out, &mut sh, key, &Snapshot::Empty, d.multipath());
         Ok(())
     }
 

@@ -560,7 +560,6 @@ impl Core {
                 if e.max_prefix_exceeded {
                     steps.retain(|s| matches!(s, RouteStep::Withdraw(_)));
                 }
-                self.rib.prefetch(&prefixes);
                 self.rib
                     .apply(id, Routes::rib_routes(&prefixes, steps))
                     .map(|o| self.dispatch(o))
