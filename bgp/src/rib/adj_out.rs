@@ -221,9 +221,9 @@ impl Rib {
                 updates.push(u);
             }
         }
-        if self.interner.wants_sweep() {
+        if self.interner.lock().wants_sweep() {
             self.clear_memos();
-            self.interner.sweep();
+            self.interner.lock().sweep();
         }
         RibOutput {
             best_changes: std::mem::take(&mut self.best_changes),

@@ -8,6 +8,7 @@ use ipnetwork::IpNetwork;
 use super::change::{settle, Out, Snapshot};
 use super::dest::{refusal_of, Dest, Path, LOCAL, MODIFIED, REJECTED, STALE};
 use super::import::import_path;
+use super::intern::Interned;
 use super::peers::peer_of;
 use super::table::{Entry as RouteEntry, Occupied, Vacant};
 use super::{
@@ -22,6 +23,8 @@ use crate::attrs::PathAttributes;
 pub enum PeerRoutes<'a> {
     Withdraw(&'a [IpNetwork]),
     Announce(&'a [IpNetwork], PathAttributes),
+    /// As `Announce`, with the attributes already interned (by a session of this RIB).
+    Interned(&'a [IpNetwork], Interned),
 }
 
 struct Exceeded;
@@ -63,7 +66,7 @@ impl Rib {
         self.reserve(&routes);
         let mut exceeded = None;
         for r in &mut routes {
-            match r {
+            let (prefixes, attrs) = match r {
                 PeerRoutes::Withdraw(prefixes) => {
                     for prefix in prefixes.iter() {
                         match prefix {
@@ -71,21 +74,23 @@ impl Rib {
                             IpNetwork::V6(_) => self.remove_one::<Prefix6>(id.0, prefix),
                         }
                     }
+                    continue;
                 }
-                PeerRoutes::Announce(..) if exceeded.is_some() => {}
-                PeerRoutes::Announce(prefixes, attrs) => {
-                    let attrs = self.interner.intern(std::mem::take(attrs));
-                    for prefix in prefixes.iter() {
-                        let r = match prefix {
-                            IpNetwork::V4(_) => self.announce_one::<Prefix4>(id.0, prefix, &attrs),
-                            IpNetwork::V6(_) => self.announce_one::<Prefix6>(id.0, prefix, &attrs),
-                        };
-                        if r.is_err() {
-                            let limit = self.peer(id)?.cfg.max_prefix.unwrap_or(0);
-                            exceeded = Some(MaxPrefixExceeded { peer: id, limit });
-                            break;
-                        }
-                    }
+                PeerRoutes::Announce(..) | PeerRoutes::Interned(..) if exceeded.is_some() => {
+                    continue
+                }
+                PeerRoutes::Announce(p, a) => (*p, self.interner.intern(std::mem::take(a))),
+                PeerRoutes::Interned(p, a) => (*p, Arc::clone(&a.0)),
+            };
+            for prefix in prefixes {
+                let r = match prefix {
+                    IpNetwork::V4(_) => self.announce_one::<Prefix4>(id.0, prefix, &attrs),
+                    IpNetwork::V6(_) => self.announce_one::<Prefix6>(id.0, prefix, &attrs),
+                };
+                if r.is_err() {
+                    let limit = self.peer(id)?.cfg.max_prefix.unwrap_or(0);
+                    exceeded = Some(MaxPrefixExceeded { peer: id, limit });
+                    break;
                 }
             }
         }
@@ -120,7 +125,7 @@ impl Rib {
                         present += usize::from(hit);
                     }
                 }
-                PeerRoutes::Announce(prefixes, _) => {
+                PeerRoutes::Announce(prefixes, _) | PeerRoutes::Interned(prefixes, _) => {
                     for p in prefixes.iter() {
                         match p {
                             IpNetwork::V4(_) => {
@@ -156,7 +161,7 @@ impl Rib {
             }
         }
         for r in routes {
-            let PeerRoutes::Announce(prefixes, _) = r else {
+            let (PeerRoutes::Announce(prefixes, _) | PeerRoutes::Interned(prefixes, _)) = r else {
                 continue;
             };
             for p in prefixes.iter() {

@@ -68,7 +68,9 @@ pub use config::{PeerConfig, PeerId, PeerSession, RibConfig, RibError, RouteSour
 use dest::{Scratch, MODIFIED, STALE};
 use export::ExportClass;
 pub use ingest::PeerRoutes;
-use intern::{Hasher, Interner};
+use intern::Hasher;
+pub use intern::Interned;
+pub(crate) use intern::SharedInterner;
 pub use output::{
     Announcement, LocEntry, MaxPrefixExceeded, PeerCounters, PeerUpdate, RibOutput, Route,
 };
@@ -159,7 +161,7 @@ struct Shared<'a> {
     trust: Option<&'a Trust>,
     peers: &'a mut Vec<Option<Peer>>,
     classes: &'a mut Vec<Option<ExportClass>>,
-    interner: &'a mut Interner,
+    interner: &'a SharedInterner,
     best_changes: &'a mut Vec<BestPathChange>,
     scratch: &'a mut Scratch,
 }
@@ -178,7 +180,7 @@ impl Fam for Prefix4 {
                 trust: rib.trust.as_ref(),
                 peers: &mut rib.peers,
                 classes: &mut rib.classes,
-                interner: &mut rib.interner,
+                interner: &rib.interner,
                 best_changes: &mut rib.best_changes,
                 scratch: &mut rib.scratch,
             },
@@ -198,7 +200,7 @@ impl Fam for Prefix6 {
                 trust: rib.trust.as_ref(),
                 peers: &mut rib.peers,
                 classes: &mut rib.classes,
-                interner: &mut rib.interner,
+                interner: &rib.interner,
                 best_changes: &mut rib.best_changes,
                 scratch: &mut rib.scratch,
             },
@@ -218,7 +220,7 @@ pub struct Rib {
     classes: Vec<Option<ExportClass>>,
     v4: FamilyRib<Prefix4>,
     v6: FamilyRib<Prefix6>,
-    interner: Interner,
+    interner: SharedInterner,
     /// Best-path changes of the running operation.
     best_changes: Vec<BestPathChange>,
     scratch: Scratch,
@@ -232,7 +234,7 @@ pub struct Rib {
 impl Rib {
     pub fn new(cfg: RibConfig) -> Result<Self, RibError> {
         cfg.validate()?;
-        let mut interner = Interner::default();
+        let interner = SharedInterner::default();
         // Locally originated routes: ORIGIN IGP, empty AS path; export fills in the rest.
         let local_attrs = interner.intern(PathAttributes::default());
         Ok(Self {
@@ -248,6 +250,11 @@ impl Rib {
             ownership: None,
             trust: None,
         })
+    }
+
+    /// The interner the sessions make [`Interned`] sets with.
+    pub(crate) fn interner(&self) -> SharedInterner {
+        self.interner.clone()
     }
 
     pub fn config(&self) -> &RibConfig {

@@ -131,7 +131,7 @@ impl Rib {
 
     /// Number of distinct attribute sets held (for memory figures).
     pub fn attribute_sets(&self) -> usize {
-        self.interner.len()
+        self.interner.lock().len()
     }
 
     fn lookup_in<K: Fam>(&self, prefix: &IpNetwork) -> Option<LocEntry> {

@@ -322,6 +322,7 @@ impl Core {
             p.clone(),
             Arc::clone(&self.settings),
             self.sess_tx.clone(),
+            self.rib.interner(),
         );
         info!(peer = %p.address, asn = p.asn, "peer added");
         if let Some(d) = &mut self.deferral {
@@ -674,6 +675,7 @@ impl Core {
             e.cfg.clone(),
             Arc::clone(&self.settings),
             self.sess_tx.clone(),
+            self.rib.interner(),
         );
         if e.max_prefix_exceeded {
             // Stopped until reconfigured, as the task that died was.

@@ -41,7 +41,6 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::net;
 use super::writer::{SendHoldExpired, Writer};
-use crate::attrs::PathAttributes;
 use crate::config::{GracefulRestartConfig, PeerConfig};
 use crate::fsm::{self, Action, Collision, DownReason, Event, Fsm, FsmConfig, Negotiated, Timer};
 use crate::packet::error::codes;
@@ -49,7 +48,7 @@ use crate::packet::{
     frame, Capability, EncodeCxt, Families, Family, GrFamily, GracefulRestart, Message,
     MessageType, Notification, Open, Update, Verdict,
 };
-use crate::rib::{PeerRoutes, PeerUpdate};
+use crate::rib::{Interned, PeerRoutes, PeerUpdate, SharedInterner};
 use crate::{Asn, SessionState};
 
 /// Speaker-wide settings every session needs.
@@ -193,7 +192,9 @@ pub(crate) struct Routes {
 #[derive(Debug)]
 pub(crate) enum RouteStep {
     Withdraw(usize),
-    Announce(PathAttributes, usize),
+    /// The session interned the attributes (with the RIB's interner): the RIB's task, which
+    /// a full table waits for, gets a pointer.
+    Announce(Interned, usize),
 }
 
 impl Routes {
@@ -215,7 +216,7 @@ impl Routes {
             at += n;
             match s {
                 RouteStep::Withdraw(_) => PeerRoutes::Withdraw(p),
-                RouteStep::Announce(a, _) => PeerRoutes::Announce(p, a),
+                RouteStep::Announce(a, _) => PeerRoutes::Interned(p, a),
             }
         })
     }
@@ -242,6 +243,7 @@ pub(crate) fn spawn(
     cfg: PeerConfig,
     settings: Arc<Settings>,
     events: mpsc::Sender<SessionEvent>,
+    interner: SharedInterner,
 ) -> (SessionHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let mail = Arc::new(Mailbox::default());
@@ -265,6 +267,7 @@ pub(crate) fn spawn(
         negotiated: None,
         verdict: Verdict::Ok,
         batch: Routes::default(),
+        interner,
         hold_due: false,
         first_open: true,
         exit: false,
@@ -453,6 +456,8 @@ struct Session {
     verdict: Verdict,
     /// Routes of the UPDATEs decoded so far from the current read, not yet sent to the core.
     batch: Routes,
+    /// The RIB's, for the attribute sets of `batch`.
+    interner: SharedInterner,
     /// UPDATEs were taken in Established since the hold timer was last restarted.
     hold_due: bool,
     /// No session reached Established yet in this process: our OPEN carries the graceful
@@ -1106,22 +1111,22 @@ impl Session {
             Verdict::AttributeDiscard(issues) => {
                 info!(peer = %self.cfg.address, ?issues, "malformed attributes discarded (RFC 7606)");
                 b.step(from, RouteStep::Withdraw);
-                collect_announcements(&mut u, b);
+                collect_announcements(&mut u, b, &self.interner);
             }
             // Session resets never get here (UpdateMsgErr).
             Verdict::Ok | Verdict::SessionReset(_) => {
                 b.step(from, RouteStep::Withdraw);
-                collect_announcements(&mut u, b);
+                collect_announcements(&mut u, b, &self.interner);
             }
         }
     }
 }
 
-fn collect_announcements(u: &mut Update, b: &mut Routes) {
+fn collect_announcements(u: &mut Update, b: &mut Routes, interner: &SharedInterner) {
     // The usual UPDATE (IPv4 NLRI, no MP_REACH): its attributes move, no copy.
     if u.mp_reach.is_none() {
         if !u.nlri.is_empty() {
-            let a = u.attrs.take().unwrap_or_default();
+            let a = interner.interned(u.attrs.take().unwrap_or_default());
             let from = b.prefixes.len();
             b.prefixes.extend(u.nlri.iter().map(|p| IpNetwork::V4(*p)));
             b.step(from, |n| RouteStep::Announce(a, n));
@@ -1129,14 +1134,17 @@ fn collect_announcements(u: &mut Update, b: &mut Routes) {
         return;
     }
     if !u.nlri.is_empty() {
-        if let Some(a) = u.attributes_for(Family::Ipv4Unicast) {
+        if let Some(a) = u
+            .attributes_for(Family::Ipv4Unicast)
+            .map(|a| interner.interned(a))
+        {
             let from = b.prefixes.len();
             b.prefixes.extend(u.nlri.iter().map(|p| IpNetwork::V4(*p)));
             b.step(from, |n| RouteStep::Announce(a, n));
         }
     }
     if let Some(r) = &u.mp_reach {
-        if let Some(a) = u.attributes_for(r.family) {
+        if let Some(a) = u.attributes_for(r.family).map(|a| interner.interned(a)) {
             let from = b.prefixes.len();
             b.prefixes.extend_from_slice(&r.nlri);
             b.step(from, |n| RouteStep::Announce(a, n));
