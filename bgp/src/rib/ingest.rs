@@ -130,16 +130,12 @@ impl Rib {
                         match p {
                             IpNetwork::V4(_) => {
                                 if let Some(k) = Prefix4::from_net(p) {
-                                    self.v4
-                                        .routes
-                                        .reserve(k, || Dest::stand_in(k.low_bytes(), attrs));
+                                    self.v4.routes.reserve(k, attrs);
                                 }
                             }
                             IpNetwork::V6(_) => {
                                 if let Some(k) = Prefix6::from_net(p) {
-                                    self.v6
-                                        .routes
-                                        .reserve(k, || Dest::stand_in(k.low_bytes(), attrs));
+                                    self.v6.routes.reserve(k, attrs);
                                 }
                             }
                         }

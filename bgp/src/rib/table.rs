@@ -22,11 +22,13 @@
 //! independent writes whose misses overlap, and then fill the entries, now in the caches.
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use hashbrown::hash_table::{self, HashTable};
 
 use super::dest::Dest;
 use super::prefix::{Prefix4, Prefix6, PrefixKey};
+use crate::attrs::PathAttributes;
 
 /// What one table entry holds, and how its key is found again.
 pub(crate) trait Slot<K>: Sized {
@@ -183,14 +185,14 @@ impl<K: PrefixKey> Sharded<K> {
         }
     }
 
-    /// Writes `stand_in()` (a [`Dest::stand_in`]) where `key` goes if `key` is not in the
-    /// table, and says whether it did. The caller fills the entry ([`Occupied::fill`]) or
-    /// removes it before anything else reads the table.
-    pub(crate) fn reserve(&mut self, key: K, stand_in: impl FnOnce() -> Dest) -> bool {
+    /// Writes a stand-in ([`Dest::stand_in`], holding `attrs`) where `key` goes if `key` is
+    /// not in the table, and says whether it did. The caller fills the entry
+    /// ([`Occupied::fill`]) or removes it before anything else reads the table.
+    pub(crate) fn reserve(&mut self, key: K, attrs: &Arc<PathAttributes>) -> bool {
         match self.entry(key) {
             Entry::Occupied(_) => false,
             Entry::Vacant(e) => {
-                e.insert(stand_in());
+                e.insert(Dest::stand_in(key.low_bytes(), attrs));
                 self.stand_ins += 1;
                 true
             }
@@ -289,8 +291,9 @@ mod tests {
             e.insert(dest(a, 1));
         }
         // A prefix in the table gets no stand-in.
-        assert!(!t.reserve(a, || unreachable!()));
-        assert!(t.reserve(b, || Dest::stand_in(b.low_bytes(), &attrs)));
+        assert!(!t.reserve(a, &attrs));
+        assert_eq!(t.get(&a).unwrap().paths()[0].source, 1);
+        assert!(t.reserve(b, &attrs));
         assert_eq!((t.len, t.stand_ins()), (2, 1));
         assert!(t.get(&b).unwrap().is_stand_in());
         let Entry::Occupied(e) = t.entry(b) else {
@@ -298,11 +301,10 @@ mod tests {
         };
         assert_eq!(e.fill(dest(b, 2)).paths()[0].source, 2);
         assert_eq!((t.len, t.stand_ins()), (2, 0));
-        assert!(t.reserve(net("203.0.113.0/24"), || Dest::stand_in(
-            [0, 113, 0],
-            &attrs
-        )));
-        if let Entry::Occupied(e) = t.entry(net("203.0.113.0/24")) {
+        let c = net("203.0.113.0/24");
+        assert!(t.reserve(c, &attrs));
+        assert!(t.get(&c).unwrap().is_stand_in());
+        if let Entry::Occupied(e) = t.entry(c) {
             assert!(e.remove().is_stand_in());
         }
         assert_eq!((t.len, t.stand_ins()), (2, 0));
